@@ -1,0 +1,377 @@
+"""OpenVINO backend: Q/DQ ONNX -> IR (model.xml/.bin), compiled on a device, with proof of what
+precision every Conv/MatMul really runs in.
+
+Facts this relies on (BACKENDS.md, measured with openvino 2026.4 on CPU):
+- A Conv/MatMul runs an int8 kernel only when both its data and weight inputs carry Q/DQ; the
+  compiled model's runtime graph says so per layer (rt_info `runtimePrecision`, `primitiveType`).
+- The CPU's default inference precision may be bf16: the build pins f32 so the reported
+  precision of layers left in float is the one a fidelity reference uses; a runner reports the
+  precision it really got.
+- One `ov.Core` per process; several compiled models share it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+
+from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions,
+                           check_feeds)
+from rexdeploy.errors import UserError
+
+# Runtime layer types that do the multiply-accumulate work; variants (GroupConvolution,
+# FullyConnectedCompressed, FullyConnectedQuantizedLegacy, ...) match by prefix.
+COMPUTE_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "GroupDeconvolution",
+                 "FullyConnected", "MatMul")
+PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16", "default": None}
+MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# Name decorations OpenVINO adds to a node it splits or renames (e.g. Conv + bias Add).
+_SUFFIXES = ("/WithoutBiases", "/sink_port_0", "_original")
+
+
+@functools.lru_cache(maxsize=None)
+def shared_core():
+    """The process's one `ov.Core` (compiled models share its plugins and thread pools)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def version() -> str:
+    import openvino as ov
+
+    return ov.__version__.split("-")[0]
+
+
+def is_compute(layer_type: str) -> bool:
+    return layer_type.startswith(COMPUTE_TYPES)
+
+
+def onnx_node_names(onnx_path: str) -> dict[str, str]:
+    """Map every ONNX node name and output tensor name to its node name.
+
+    OpenVINO names a runtime layer after the ONNX node or, for a graph output, after the tensor,
+    so both keys are needed to map a runtime layer back to the ONNX node.
+    """
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    names: dict[str, str] = {}
+    for node in graph.node:
+        if node.name:
+            for out in node.output:
+                names.setdefault(out, node.name)
+            names[node.name] = node.name
+    return names
+
+
+def _resolve(raw: str, node_names: dict[str, str] | None) -> tuple[str, ...]:
+    """ONNX node names behind a runtime `originalLayersNames` value ("a,b/WithoutBiases,...")."""
+    out: list[str] = []
+    for token in filter(None, (t.strip() for t in raw.split(","))):
+        candidates = [token] + [token[: -len(s)] for s in _SUFFIXES if token.endswith(s)]
+        if node_names is None:
+            found = candidates[-1]
+        else:
+            found = next((node_names[c] for c in candidates if c in node_names), None)
+        if found and found not in out:
+            out.append(found)
+    return tuple(out)
+
+
+def runtime_layers(compiled, node_names: dict[str, str] | None = None
+                   ) -> tuple[LayerPrecision, ...]:
+    """Every compute layer of a compiled model with the precision and kernel it runs.
+
+    node_names: from `onnx_node_names`, to map each layer back to ONNX node names; without it,
+    `original_names` holds OpenVINO's names with its decorations stripped.
+    """
+    layers = []
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        get = lambda key: rt[key].astype(str) if key in rt else ""  # noqa: E731
+        layer_type = get("layerType")
+        if not is_compute(layer_type):
+            continue
+        layers.append(LayerPrecision(
+            name=op.get_friendly_name(), type=layer_type, precision=get("runtimePrecision"),
+            kernel=get("primitiveType"),
+            original_names=_resolve(get("originalLayersNames"), node_names)))
+    return tuple(layers)
+
+
+def int8_coverage(layers: tuple[LayerPrecision, ...]) -> float:
+    """Fraction of compute layers running an int8 kernel (0.0 when there are none)."""
+    return sum(l.is_int8 for l in layers) / len(layers) if layers else 0.0
+
+
+def _check_device(device: str) -> None:
+    base = device.split(":")[0].split(".")[0].upper()
+    if base in ("AUTO", "MULTI", "HETERO", "BATCH"):
+        return
+    available = shared_core().available_devices
+    if not any(d == device or d.split(".")[0] == base for d in available):
+        raise UserError(f"OpenVINO device {device!r} is not available here",
+                        f"available devices: {', '.join(available) or 'none'}")
+
+
+def _precision_name(compiled) -> str:
+    try:
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:  # a device without the property (e.g. some NPUs)
+        return "unknown"
+
+
+def _read(path: str):
+    try:
+        return shared_core().read_model(path)
+    except RuntimeError as exc:
+        raise UserError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[-1]}",
+                        "rebuild the artifact, or check the ONNX with onnx.checker") from exc
+
+
+def _stable_names(model, onnx_names) -> None:
+    """Rename the nodes OpenVINO named from its process-wide counter (Constant_3952,
+    Reshape_11695) by their position instead, so that building the same model twice gives a
+    byte-identical IR. Names that came from the ONNX file are kept."""
+    import re
+
+    auto = re.compile(r"^[A-Za-z][A-Za-z0-9]*_\d+$")
+    for index, op in enumerate(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        if auto.match(name) and name not in onnx_names:
+            op.set_friendly_name(f"{op.get_type_name()}_rx{index}")
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    description = "OpenVINO IR (.xml/.bin) for CPU (GPU/NPU where present)"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            return False, f"openvino does not import: {exc}"
+        devices = shared_core().available_devices
+        return True, f"openvino {version()}, devices: {', '.join(devices)}"
+
+    def build(self, onnx_path: str, out_dir: str, options: BuildOptions) -> BuildResult:
+        """Convert to IR in `out_dir`, compile it with f32 pinned and read back every compute
+        layer's runtime precision. The saved IR is what gets compiled (not the in-memory model):
+        the two can differ, e.g. int4 conv weights fold to float only after saving."""
+        import openvino as ov
+
+        if not os.path.isfile(onnx_path):
+            raise UserError(f"no ONNX file at {onnx_path}")
+        _check_device(options.device)
+        try:
+            model = ov.convert_model(onnx_path)
+        except Exception as exc:  # the ONNX frontend raises plain Exception subclasses
+            raise UserError(f"OpenVINO cannot convert {onnx_path}: "
+                            f"{str(exc).strip().splitlines()[-1]}",
+                            "check that every op is supported by OpenVINO's ONNX frontend") \
+                from exc
+        files = {"ir_xml": f"{options.model_name}.xml", "ir_bin": f"{options.model_name}.bin"}
+        xml = os.path.join(out_dir, files["ir_xml"])
+        node_names = onnx_node_names(onnx_path)
+        _stable_names(model, node_names)
+        # int8/int4 weights stay integer either way; float weights stay f32 (no silent fp16).
+        ov.save_model(model, xml, compress_to_fp16=False)
+        compiled = shared_core().compile_model(_read(xml), options.device,
+                                               {"INFERENCE_PRECISION_HINT": "f32"})
+        layers = runtime_layers(compiled, node_names)
+        info = {"openvino": version(), "device": options.device,
+                "device_name": shared_core().get_property(options.device.split(":")[0],
+                                                          "FULL_DEVICE_NAME"),
+                "inference_precision": _precision_name(compiled),
+                "compute_layers": len(layers), "int8_layers": sum(l.is_int8 for l in layers)}
+        return BuildResult(files=files, layers=layers, info=info)
+
+    def runner(self, out_dir: str, files: dict[str, str], options: RunOptions
+               ) -> "OpenVINORunner":
+        """A runner over the IR (`ir_xml`) or, failing that, a float/Q/DQ `onnx` file."""
+        for role in ("ir_xml", "onnx"):
+            if role in files:
+                path = os.path.join(out_dir, files[role])
+                if not os.path.isfile(path):
+                    raise UserError(f"{path} is missing", "rebuild the artifact")
+                return OpenVINORunner(path, options)
+        raise UserError(f"nothing OpenVINO can run in {out_dir} (no ir_xml or onnx file)")
+
+
+def compile_config(options: RunOptions, mode: str | None = None,
+                   perf_count: bool | None = None) -> dict:
+    """RunOptions -> OpenVINO compile properties (mode/perf_count override the options')."""
+    mode = mode or options.mode
+    if options.precision not in PRECISIONS:
+        raise UserError(f"precision {options.precision!r}: use one of {', '.join(PRECISIONS)}")
+    if mode not in MODES:
+        raise UserError(f"mode {mode!r}: use latency or throughput")
+    config: dict = {"PERFORMANCE_HINT": MODES[mode]}
+    if PRECISIONS[options.precision]:
+        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[options.precision]
+    streams = options.throughput_streams if mode == "throughput" and options.throughput_streams \
+        else options.streams
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = int(options.threads)
+    if options.reserve_cores:  # ensemble members: each its own cores (one ov.Core for all)
+        config["ENABLE_CPU_PINNING"] = True
+        config["ENABLE_CPU_RESERVATION"] = True
+    if options.perf_count if perf_count is None else perf_count:
+        config["PERF_COUNT"] = True
+    return config
+
+
+class OpenVINORunner:
+    """Compiles on `__enter__`, releases on `__exit__`; one sync infer request for `infer`, an
+    `AsyncInferQueue` on a THROUGHPUT-compiled twin for `throughput`."""
+
+    def __init__(self, path: str, options: RunOptions):
+        self.path = path
+        self.options = options
+        self.config = compile_config(options)  # validate before any work
+        self.compiled = None
+        self.request = None
+        self._tput = None
+        self._precision_of: dict[str, str] = {}
+        self.inputs: dict = {}
+        self.dtypes: dict = {}
+        self.outputs: list[str] = []
+        self.info: dict = {}
+        self.throughput_info: dict = {}  # streams/requests of the last `throughput` call
+
+    def __enter__(self) -> "OpenVINORunner":
+        _check_device(self.options.device)
+        self.compiled = shared_core().compile_model(self._model(), self.options.device,
+                                                    self.config)
+        self.request = self.compiled.create_infer_request()
+        self.inputs = {p.get_any_name(): None if p.get_partial_shape().rank.is_dynamic else
+                       tuple(d.get_length() if d.is_static else None
+                             for d in p.get_partial_shape())
+                       for p in self.compiled.inputs}
+        self.dtypes = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype())
+                       for p in self.compiled.inputs if not p.get_element_type().is_dynamic()}
+        self.outputs = [p.get_any_name() if p.get_names() else f"output{i}"
+                        for i, p in enumerate(self.compiled.outputs)]
+        self._precision_of = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"]
+                              .astype(str) for op in self.compiled.get_runtime_model().get_ops()
+                              if "runtimePrecision" in op.get_rt_info()}
+        self.info = self._describe(self.compiled)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.request = self.compiled = self._tput = None
+
+    def _model(self):
+        """The model read from disk, its inputs' first dim set to options.batch if given."""
+        model = _read(self.path)
+        batch = self.options.batch
+        if batch:
+            import openvino as ov
+
+            shapes = {}
+            for port in model.inputs:
+                shape = port.get_partial_shape()
+                if shape.rank.is_dynamic or len(shape) == 0:
+                    raise UserError(f"cannot set batch {batch}: input {port.get_any_name()!r} "
+                                    "has no batch dim", "profile without --batch")
+                shapes[port] = ov.PartialShape([batch] + [shape[i] for i in range(1, len(shape))])
+            try:
+                model.reshape(shapes)
+            except RuntimeError as exc:
+                raise UserError(f"this model cannot run at batch {batch}: "
+                                f"{str(exc).strip().splitlines()[-1]}",
+                                "rebuild it with a dynamic batch dim "
+                                "(e.g. --input input:Bx3x224x224)") from exc
+        return model
+
+    @staticmethod
+    def _describe(compiled) -> dict:
+        prop = compiled.get_property
+        return {"backend": "openvino", "openvino": version(),
+                "inference_precision": _precision_name(compiled),
+                "performance_hint": str(prop("PERFORMANCE_HINT")),
+                "streams": int(prop("NUM_STREAMS")),
+                "threads": int(prop("INFERENCE_NUM_THREADS")),
+                "optimal_requests": int(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))}
+
+    def _active(self):
+        if self.request is None:
+            raise RuntimeError("runner is not active: use it as `with backend.runner(...) as r`")
+        return self.request
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One synchronous inference; outputs keyed by the model's output names (copies)."""
+        request = self._active()
+        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        result = request.infer(feeds)
+        # The request reuses its output buffers: copy before the next infer overwrites them.
+        return {name: np.array(result[port], copy=True)
+                for name, port in zip(self.outputs, self.compiled.outputs)}
+
+    def sync_call(self, feeds: dict[str, np.ndarray]):
+        """A no-argument function running one sync inference on `feeds`, set once here: the
+        timed loop of benchmark_app (-inference_only), without the per-call input and output
+        copies of `infer`. Valid until the next `infer` or `sync_call`."""
+        import openvino as ov
+
+        request = self._active()
+        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        for name, value in feeds.items():
+            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
+        return request.infer
+
+    def timings(self) -> list[LayerTiming]:
+        """Per-layer times of the last `infer` (needs RunOptions.perf_count): executed nodes
+        only, in execution order."""
+        if not self.options.perf_count:
+            return []
+        import openvino as ov
+
+        executed = ov.ProfilingInfo.Status.EXECUTED
+        return [LayerTiming(name=p.node_name, type=p.node_type, kernel=p.exec_type,
+                            precision=self._precision_of.get(p.node_name, ""),
+                            time_ms=p.real_time.total_seconds() * 1e3)
+                for p in self._active().profiling_info if p.status == executed]
+
+    def throughput(self, feeds: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
+        """Inferences completed in about `seconds` with as many requests in flight as OpenVINO
+        finds optimal (PERFORMANCE_HINT THROUGHPUT unless the runner already is). Returns
+        (completed, elapsed seconds)."""
+        import openvino as ov
+
+        self._active()
+        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        if self._tput is None:
+            self._tput = self.compiled if self.options.mode == "throughput" else \
+                shared_core().compile_model(self._model(), self.options.device,
+                                            compile_config(self.options, "throughput", False))
+        jobs = int(self._tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.throughput_info = {"streams": int(self._tput.get_property("NUM_STREAMS")),
+                                "requests": jobs,
+                                "threads": int(self._tput.get_property("INFERENCE_NUM_THREADS")),
+                                "inference_precision": _precision_name(self._tput)}
+        queue = ov.AsyncInferQueue(self._tput, jobs)
+        # Inputs set once per request and reused, no Python callback: the loop benchmark_app
+        # runs (-inference_only), so the figure is the model's, not Python's copying.
+        for i in range(jobs):
+            for name, value in feeds.items():
+                queue[i].set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
+        for _ in range(jobs):  # warm-up: every request once, untimed
+            queue.start_async()
+        queue.wait_all()
+        started = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or started % jobs:
+            queue.start_async()  # blocks while all requests are busy
+            started += 1
+        queue.wait_all()
+        return started, time.perf_counter() - start
+
+
+BACKEND = OpenVINOBackend()

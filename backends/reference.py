@@ -1,0 +1,124 @@
+"""Reference backend: ONNX Runtime on CPU running the (Q/DQ or float) ONNX as it is.
+
+The numerical oracle of the tests and of `compare --backend reference`. It builds nothing: the
+ONNX is the artifact. ORT's default graph optimizations stay on; they fuse Q/DQ into QLinear ops
+without changing what the graph computes beyond rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from backends.base import BuildOptions, BuildResult, LayerTiming, RunOptions, check_feeds
+from rexdeploy.errors import UserError
+
+PROVIDERS = ["CPUExecutionProvider"]
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+           "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def _session(path: str, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or 0)  # 0: ORT's choice (one per core)
+    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+    # Basic optimizations only: the extended level rewrites weight-only DQ->MatMul into
+    # MatMulNBits (which quantizes activations on the fly) and its MatMul+Add fusion breaks on
+    # int8 Q/DQ (onnxruntime 1.32): the oracle must run the graph as written.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    try:
+        return ort.InferenceSession(path, options, providers=PROVIDERS)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[-1]}",
+                        "check the model with onnx.checker.check_model") from exc
+
+
+class ReferenceBackend:
+    name = "reference"
+    description = "ONNX Runtime CPU running the Q/DQ ONNX: the numerical reference"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return False, f"onnxruntime does not import: {exc}"
+        return True, f"onnxruntime {ort.__version__}, providers: CPUExecutionProvider"
+
+    def build(self, onnx_path: str, out_dir: str, options: BuildOptions) -> BuildResult:
+        """Check that ORT loads the model; the artifact is the ONNX itself."""
+        import onnxruntime as ort
+
+        if not os.path.isfile(onnx_path):
+            raise UserError(f"no ONNX file at {onnx_path}")
+        if options.device.upper() != "CPU":
+            raise UserError(f"the reference backend runs on CPU only (asked: {options.device})")
+        _session(onnx_path, 1)
+        return BuildResult(files={"onnx": os.path.relpath(onnx_path, out_dir)},
+                           info={"onnxruntime": ort.__version__, "device": "CPU"})
+
+    def runner(self, out_dir: str, files: dict[str, str], options: RunOptions
+               ) -> "ReferenceRunner":
+        if "onnx" not in files:
+            raise UserError(f"no ONNX file for the reference backend in {out_dir}")
+        path = os.path.join(out_dir, files["onnx"])
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing", "rebuild the artifact")
+        return ReferenceRunner(path, options)
+
+
+class ReferenceRunner:
+    """One ORT session, created on `__enter__`. Float parts run in f32 whatever the options say."""
+
+    def __init__(self, path: str, options: RunOptions):
+        self.path = path
+        self.options = options
+        self.session = None
+        self.inputs: dict = {}
+        self.dtypes: dict = {}
+        self.outputs: list[str] = []
+        self.info: dict = {}
+
+    def __enter__(self) -> "ReferenceRunner":
+        import onnxruntime as ort
+
+        self.session = _session(self.path, self.options.threads)
+        self.inputs = {i.name: None if i.shape is None else
+                       tuple(d if isinstance(d, int) else None for d in i.shape)
+                       for i in self.session.get_inputs()}
+        self.dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in self.session.get_inputs()
+                       if i.type in _DTYPES}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.info = {"backend": "reference", "onnxruntime": ort.__version__,
+                     "inference_precision": "f32",
+                     "threads": self.options.threads}  # None: ORT's choice, one per core
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session = None
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise RuntimeError("runner is not active: use it as `with backend.runner(...) as r`")
+        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def timings(self) -> list[LayerTiming]:
+        """ORT writes its profile to a file only when profiling ends; not collected here."""
+        return []
+
+    def throughput(self, feeds: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
+        """Sync `run` in a loop (ORT parallelises inside one run): (completed, elapsed s)."""
+        self.infer(feeds)  # warm-up, and validates the feeds once
+        completed, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.session.run(self.outputs, feeds)
+            completed += 1
+        return completed, time.perf_counter() - start
+
+
+BACKEND = ReferenceBackend()

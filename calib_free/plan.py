@@ -1,0 +1,183 @@
+"""QuantPlan: the frozen, serialisable decision of what is quantized how.
+
+The lowering applies a plan and never re-decides it. Arrays are numpy (codes int8, scales
+float32); `save`/`load` write `plan.json` (everything readable) and `plan.npz` (the arrays).
+Pure Python + numpy: no ONNX or backend import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class WeightOrder:
+    """One order of a (possibly expanded) weight: W_k = scale * codes.
+
+    codes: int8 array in the ONNX weight layout (Conv [Cout, Cin/g, kh, kw]; Gemm as stored,
+    i.e. [Cout, Cin] when transB=1 else [Cin, Cout]; MatMul [Cin, Cout]).
+    scale: float32; shape [] (per tensor), [C] along `axis` (per channel), or the codes' shape with
+    the blocked axis divided by `block_size` (per block, ONNX DequantizeLinear blocked layout).
+    bits: the code width (codes lie in [-(2^(b-1)-1), 2^(b-1)-1]).
+    channels: for a group-sparse order, the sorted output-channel indices it covers (int64);
+    the codes of the other channels are 0. None: every channel (dense).
+    """
+
+    codes: np.ndarray
+    scale: np.ndarray
+    bits: int
+    axis: int | None = 0
+    block_size: int | None = None
+    channels: np.ndarray | None = None
+
+    def kept_fraction(self, out_channels: int) -> float:
+        return 1.0 if self.channels is None else len(self.channels) / max(out_channels, 1)
+
+    def dequantize(self) -> np.ndarray:
+        s = self.scale
+        if self.block_size:
+            s = np.repeat(s, self.block_size, axis=self.axis)
+            s = s[tuple(slice(0, n) for n in self.codes.shape)]
+        elif s.ndim == 1 and self.axis is not None:
+            shape = [1] * self.codes.ndim
+            shape[self.axis] = -1
+            s = s.reshape(shape)
+        return self.codes.astype(np.float32) * s.astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """A quantized Conv/Gemm/MatMul: its weight orders, activation input and bias fix."""
+
+    name: str                      # ONNX node name
+    op: str                        # Conv | Gemm | MatMul
+    weight: str                    # initializer name of the float weight it replaces
+    input: str                     # value name of the activation input
+    orders: tuple[WeightOrder, ...]
+    bias_shift: np.ndarray | None = None  # float32 [Cout]: subtract from the bias (correction)
+    metrics: dict = field(default_factory=dict)  # weight error before/after, MACs, ...
+
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    """Per-tensor symmetric activation quantization (zero-point 0)."""
+
+    tensor: str        # ONNX value name
+    scale: float       # real units per code step
+    bits: int = 8
+    signed: bool = True  # False: uint8 [0, 255] with zero-point 0 (non-negative tensors)
+    source: str = ""     # where the range came from: bn, ln, propagated, synthetic, input-range
+    range: float = 0.0   # the clip value the scale was derived from
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - (1 if self.signed else 0)) - 1
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A layer kept in float, and why (listed in the build report, never silent)."""
+
+    name: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class QuantPlan:
+    layers: tuple[LayerPlan, ...]
+    activations: tuple[ActivationPlan, ...]
+    skipped: tuple[SkippedLayer, ...] = ()
+    config: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def activation(self, tensor: str) -> ActivationPlan | None:
+        for act in self.activations:
+            if act.tensor == tensor:
+                return act
+        return None
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        layers = []
+        for layer in self.layers:
+            layers.append({
+                "name": layer.name, "op": layer.op, "weight": layer.weight, "input": layer.input,
+                "orders": [{"bits": o.bits, "axis": o.axis, "block_size": o.block_size,
+                            "shape": list(o.codes.shape),
+                            "channels": None if o.channels is None else len(o.channels)}
+                           for o in layer.orders],
+                "bias_shift": layer.bias_shift is not None,
+                "metrics": layer.metrics,
+            })
+        return {
+            "version": self.version,
+            "config": self.config,
+            "layers": layers,
+            "activations": [vars(a) | {} for a in self.activations],
+            "skipped": [vars(s) | {} for s in self.skipped],
+        }
+
+    def save(self, directory: str) -> tuple[str, str]:
+        """Write plan.json and plan.npz into `directory`; returns both paths."""
+        arrays: dict[str, np.ndarray] = {}
+        for i, layer in enumerate(self.layers):
+            for k, order in enumerate(layer.orders):
+                arrays[f"l{i}.o{k}.codes"] = order.codes
+                arrays[f"l{i}.o{k}.scale"] = order.scale
+                if order.channels is not None:
+                    arrays[f"l{i}.o{k}.channels"] = np.asarray(order.channels, np.int64)
+            if layer.bias_shift is not None:
+                arrays[f"l{i}.bias_shift"] = layer.bias_shift
+        json_path = os.path.join(directory, "plan.json")
+        npz_path = os.path.join(directory, "plan.npz")
+        with open(json_path, "w") as f:
+            json.dump(self.to_json_dict(), f, indent=1, sort_keys=True)
+            f.write("\n")
+        _save_npz_deterministic(npz_path, arrays)
+        return json_path, npz_path
+
+    @classmethod
+    def load(cls, directory: str) -> "QuantPlan":
+        with open(os.path.join(directory, "plan.json")) as f:
+            d = json.load(f)
+        if d.get("version", 0) > PLAN_VERSION:
+            raise ValueError(f"plan version {d['version']} is newer than this code ({PLAN_VERSION})")
+        with np.load(os.path.join(directory, "plan.npz")) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        layers = []
+        for i, ld in enumerate(d["layers"]):
+            orders = tuple(
+                WeightOrder(arrays[f"l{i}.o{k}.codes"], arrays[f"l{i}.o{k}.scale"], od["bits"],
+                            od["axis"], od["block_size"], arrays.get(f"l{i}.o{k}.channels"))
+                for k, od in enumerate(ld["orders"]))
+            layers.append(LayerPlan(ld["name"], ld["op"], ld["weight"], ld["input"], orders,
+                                    arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {})))
+        return cls(tuple(layers), tuple(ActivationPlan(**a) for a in d["activations"]),
+                   tuple(SkippedLayer(**s) for s in d["skipped"]), d.get("config", {}),
+                   d["version"])
+
+
+def _save_npz_deterministic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez writes zip entries with the current time; fix it so equal plans hash equal."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, buf.getvalue())

@@ -1,0 +1,208 @@
+"""Find the quantizable layers of a float ONNX graph, and say why the others stay float.
+
+    find_layers(model) -> (layers: list[LayerInfo], skipped: list[SkippedLayer])
+
+A quantizable layer is a Conv with a constant weight, a Gemm (transA=0) with a constant B, or a
+MatMul whose second input is a constant 2-D matrix. Weight arrays are float32 in the ONNX layout;
+`out_axis` / `in_axis` say where the output / input channels sit in that layout:
+
+    Conv   [Cout, Cin/g, k...]   out_axis 0, in_axis 1
+    Gemm   transB=1: [Cout, Cin] out_axis 0, in_axis 1;  transB=0: [Cin, Cout] out_axis 1, in_axis 0
+    MatMul [Cin, Cout]           out_axis 1, in_axis 0
+
+The analysis reads the graph and never changes it (missing shapes are inferred on a clone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from rexdeploy.constants import const_array as _const
+
+from calib_free.plan import SkippedLayer
+from rexdeploy.passes.qdq_nodes import FLOAT_DTYPES, value_dtype
+
+_COMPUTE = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True, eq=False)
+class LayerInfo:
+    """One quantizable Conv/Gemm/MatMul, as the graph holds it.
+
+    bias: initializer name of the layer's bias (Conv input 2, Gemm C, or the constant of the Add
+    that follows a MatMul), None if there is none; bias_array is it as float32 [Cout] (for Gemm
+    already multiplied by beta). bias_node: the node holding the bias when it is not the layer
+    itself (the MatMul's Add), else None.
+    output: the layer's output value *after* its bias, i.e. the bias Add's output for MatMul+Add.
+    macs: multiply-accumulates at batch 1 from the inferred shapes (0 when a dim is unknown).
+    """
+
+    name: str
+    op: str
+    weight: str
+    weight_array: np.ndarray
+    bias: str | None
+    bias_array: np.ndarray | None
+    input: str
+    output: str
+    groups: int
+    out_axis: int
+    in_axis: int
+    out_channels: int
+    in_channels: int
+    macs: int
+    kernel_shape: tuple[int, ...]
+    bias_node: str | None = None
+
+
+def find_layers(model: ir.Model) -> tuple[list[LayerInfo], list[SkippedLayer]]:
+    """The quantizable layers of the main graph, in graph order, and the layers kept float."""
+    layers: list[LayerInfo] = []
+    skipped: list[SkippedLayer] = []
+    shapes = _output_shapes(model)
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "ConvTranspose":
+            skipped.append(SkippedLayer(node.name, node.op_type,
+                                        "ConvTranspose is not supported yet; kept in float"))
+            continue
+        if node.op_type not in _COMPUTE:
+            continue
+        reason = _why_not(node)
+        if reason:
+            skipped.append(SkippedLayer(node.name, node.op_type, reason))
+            continue
+        layers.append(_layer_info(node, shapes.get(node.outputs[0].name)))
+    return layers, skipped
+
+
+def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
+    """(Add node, index of its constant input) when `value` (a MatMul's output) flows only into
+    an Add with a constant of `channels` values along the last axis, i.e. a Linear's bias."""
+    uses = list(value.uses())
+    if value.is_graph_output() or len(uses) != 1:
+        return None
+    add, index = uses[0]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1 - index]
+    array = _const(other)
+    if array is None or array.size != channels or not value_dtype(other).is_floating_point():
+        return None
+    if array.ndim == 0 or array.shape[-1] != channels:
+        return None
+    return add, 1 - index
+
+
+def _why_not(node: ir.Node) -> str | None:
+    """Why `node` (Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
+    op = node.op_type
+    if op == "Gemm" and node.attributes.get_int("transA", 0):
+        return "Gemm with transA=1 is not supported yet; kept in float"
+    if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+        return "missing input; kept in float"
+    data, weight = node.inputs[0], node.inputs[1]
+    if op == "MatMul" and _const(data) is not None and _const(weight) is None:
+        return "the constant is the first input (W @ x); not supported yet; kept in float"
+    array = _const(weight)
+    if array is None:
+        producer = weight.producer()
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            return "already quantized (weight comes from DequantizeLinear); kept as is"
+        if producer is not None and all(_const(v) is not None for v in producer.inputs if v):
+            return (f"weight is computed from constants by {producer.op_type} (fold constants "
+                    "first); kept in float")
+        if op in ("MatMul", "Gemm"):
+            return "both inputs are activations; kept in float"
+        source = "a graph input" if producer is None else f"computed by {producer.op_type}"
+        return f"weight is not a constant ({source}); kept in float"
+    dtype = value_dtype(weight)
+    if dtype is not None and not dtype.is_floating_point():
+        return f"weight dtype {dtype.name} is not floating point; kept as is"
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        return (f"{dtype.name} weights cannot be dequantized in ONNX (DequantizeLinear outputs "
+                "float32/float16/bfloat16); kept in float")
+    if op == "MatMul" and array.ndim != 2:
+        return (f"weight has rank {array.ndim}; only 2-D MatMul weights are quantized; "
+                "kept in float")
+    if op == "Conv" and len(node.inputs) > 2 and node.inputs[2] is not None \
+            and _const(node.inputs[2]) is None:
+        return "bias is not a constant; kept in float"
+    return None
+
+
+def _layer_info(node: ir.Node, out_shape: tuple | None) -> LayerInfo:
+    op = node.op_type
+    weight = node.inputs[1]
+    array = _const(weight).astype(np.float32)
+    groups = node.attributes.get_int("group", 1) if op == "Conv" else 1
+    if op == "Conv":
+        out_axis, in_axis = 0, 1
+    elif op == "Gemm" and node.attributes.get_int("transB", 0):
+        out_axis, in_axis = 0, 1
+    else:
+        out_axis, in_axis = 1, 0
+    cout = array.shape[out_axis]
+    cin = array.shape[in_axis] * groups
+    kernel = tuple(int(k) for k in array.shape[2:]) if op == "Conv" else ()
+    bias, bias_array, bias_node = None, None, None
+    output = node.outputs[0].name
+    if op in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias_array = _per_channel(_const(node.inputs[2]), cout)
+        if op == "Gemm" and bias_array is not None:
+            bias_array = bias_array * node.attributes.get_float("beta", 1.0)
+        bias = node.inputs[2].name if bias_array is not None else None
+    elif op == "MatMul":
+        match = matmul_bias(node.outputs[0], cout)
+        if match is not None:
+            add, index = match
+            bias, bias_node, output = add.inputs[index].name, add.name, add.outputs[0].name
+            bias_array = _per_channel(_const(add.inputs[index]), cout)
+    macs = _macs(out_shape, cout, int(np.prod(array.shape[1:])) if op == "Conv" else cin)
+    return LayerInfo(node.name, op, weight.name, array, bias, bias_array, node.inputs[0].name,
+                     output, groups, out_axis, in_axis, cout, cin, macs, kernel, bias_node)
+
+
+def _macs(shape: tuple | None, cout: int, per_output: int) -> int:
+    """MACs at batch 1: output elements (dim 0 taken as batch) x MACs per output element."""
+    if not shape:
+        return 0
+    dims = list(shape[1:]) if len(shape) > 1 else [cout]
+    if not all(isinstance(d, int) for d in dims):
+        return 0
+    return int(np.prod(dims, dtype=np.int64)) * per_output
+
+
+def _output_shapes(model: ir.Model) -> dict[str, tuple]:
+    """Static-or-symbolic output shapes of the compute nodes, inferring them on a clone when the
+    graph does not carry them (the export often has no intermediate value_info)."""
+    def collect(graph: ir.Graph) -> dict[str, tuple]:
+        return {n.outputs[0].name: tuple(d if isinstance(d, int) else str(d)
+                                         for d in n.outputs[0].shape)
+                for n in graph if n.op_type in _COMPUTE and n.outputs[0].shape is not None}
+
+    shapes = collect(model.graph)
+    wanted = sum(1 for n in model.graph if n.op_type in _COMPUTE)
+    if len(shapes) < wanted:
+        from onnx_ir.passes.common import ShapeInferencePass
+
+        clone = model.clone()
+        ShapeInferencePass(strict_mode=False)(clone)
+        shapes = collect(clone.graph) | shapes
+    return shapes
+
+
+def _per_channel(array: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """A bias as float32 [channels] (broadcasting a single value), None when not per channel."""
+    if array is None:
+        return None
+    array = np.asarray(array, np.float32)
+    if array.size == 1:
+        return np.full(channels, array.ravel()[0], np.float32)
+    if array.size == channels and array.shape[-1] == channels:
+        return array.reshape(channels)
+    return None

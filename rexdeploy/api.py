@@ -1,0 +1,610 @@
+"""The Python API the CLI is a thin layer over.
+
+    import rexdeploy
+    art = rexdeploy.build("model.pt", ["input:1x3x224x224"], target="openvino",
+                          output="out/model.openvino")
+    rexdeploy.compare(art.path, inputs="photos/")
+    rexdeploy.profile(art.path)
+
+Stages (each a function with a typed input and output, see DESIGN.md): load -> export (float
+ONNX, BN kept) -> statistics -> fold BN -> analyze -> quantize (QuantPlan) -> lower (Q/DQ ONNX) ->
+compile (backend) -> artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import replace
+
+from rexdeploy import __version__
+from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
+from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.errors import UserError
+from rexdeploy.inputspec import InputSpec, parse_input_specs
+from rexdeploy.progress import StageLog
+
+__all__ = ["build", "compare", "profile", "inspect", "load_artifact", "BuildConfig",
+           "QuantConfig", "Artifact"]
+
+
+def build(model, inputs=(), *, target: str = "openvino", output: str | None = None,
+          config: BuildConfig | None = None, force: bool = False, quiet: bool = False,
+          preprocess: str | None = None) -> Artifact:
+    """Quantize `model` without data and compile it for `target`; returns the artifact.
+
+    model: a path (TorchScript, .pt2, ONNX, pickled module with trust_pickle), a
+    `package.module:factory` string (weights in config.factory_weights), or an nn.Module.
+    inputs: `--input` style strings or InputSpec objects (optional for ONNX models).
+    preprocess: how images are turned into inputs (recorded for compare), e.g.
+    "resize=256,crop=224,mean=127,std=128".
+    """
+    import backends
+
+    config = config or BuildConfig()
+    specs = tuple(s if isinstance(s, InputSpec) else None for s in inputs)
+    if any(s is None for s in specs):
+        specs = parse_input_specs([str(s) for s in inputs])
+    config = replace(config, target=target, inputs=specs or config.inputs)
+    config.validate()
+    _check_input_sizes(config.inputs)
+    backend = backends.get(config.target)
+    ok, why = backend.available()
+    if not ok and (config.require_engine or not getattr(backend, "defers", False)):
+        raise UserError(f"target {config.target} is unavailable here: {why}",
+                        "for trt, drop --require-engine to write a deferred artifact (Q/DQ ONNX "
+                        "+ build_engine.sh) and build the engine on the device"
+                        if config.target == "trt" else None)
+    if preprocess:
+        from rexdeploy.inputs import parse_preprocess
+
+        parse_preprocess(preprocess)  # validate before any work
+    name = _model_name(model)
+    output = output or os.path.join("out", f"{name}.{config.target}")
+    log = StageLog(quiet=quiet)
+    _import_heavy()
+    with ArtifactWriter(output, force=force) as writer:
+        stages = _run_pipeline(model, config, writer, log, backend)
+        manifest = _manifest(stages["config"], stages, preprocess)
+        artifact = writer.commit(manifest)
+    summary = stages["report"]["summary"]
+    if artifact.manifest.get("engine") == "deferred":
+        log.note(f"no TensorRT engine was built: {stages['result'].info.get('reason')}. The "
+                 f"artifact holds the checked Q/DQ ONNX and build_engine.sh: finish it on the "
+                 f"device with `rexdeploy build --from-deferred {artifact.path}`")
+    log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
+             f"{summary['skipped_layers']} kept float, runtime int8 coverage "
+             f"{summary['int8_coverage']:.0%}")
+    return artifact
+
+
+def _import_heavy() -> None:
+    """Import torch and onnx before the first file is written. A Ctrl-C that lands inside
+    `import torch` leaves it half-initialised, and the process can then crash (SIGSEGV) instead
+    of cleaning up; before any file exists there is nothing to clean up."""
+    import onnx  # noqa: F401
+    import onnx_ir  # noqa: F401
+    import torch  # noqa: F401
+
+
+_ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
+
+
+def _check_input_sizes(specs) -> None:
+    """Refuse inputs too large to export on this machine, before any work (an export that
+    swaps for minutes is worse than a clear error)."""
+    available = _available_memory()
+    for spec in specs:
+        n = 1
+        for d in spec.concrete_shape():
+            n *= d
+        size = n * _ITEMSIZE.get(spec.dtype, 4)
+        # export and statistics hold several activations of this size at once
+        if available and size * 16 > available:
+            raise UserError(f"--input {spec}: one example of this input is {size / 2**30:.1f} "
+                            f"GiB, too large to export with {available / 2**30:.1f} GiB of "
+                            "memory available", "check the shape for a typo, or build with a "
+                            "smaller example shape (named dims stay dynamic)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
+                  backend) -> dict:
+    import onnx_ir as ir
+
+    from rexdeploy.analyze import find_layers
+    from rexdeploy.frontend import export_onnx, load_model
+    from rexdeploy.lower import summarize
+    from rexdeploy.passes.fold_batchnorm import FoldBatchNormPass
+
+    keep = config.keep_intermediates
+    with log.stage("load", str(model) if isinstance(model, str) else type(model).__name__):
+        loaded = _load(model, config, load_model)
+    with log.stage("export", f"ONNX opset {config.opset}"):
+        float_model, specs = export_onnx(loaded, config.inputs, opset=config.opset)
+    config = replace(config, inputs=specs)
+    with log.stage("statistics", f"ranges: {config.quant.ranges}"):
+        stats = _statistics(float_model, config)
+        FoldBatchNormPass()(float_model)
+        ir.save(float_model, writer.path("float.onnx", "float_onnx"))
+        if keep:
+            ir.save(float_model, writer.path("intermediates/00_float.onnx"))
+    with log.stage("analyze"):
+        layers, skipped = find_layers(float_model)
+    if not layers:
+        log.note("no Conv/Gemm/MatMul with constant weights: nothing to quantize")
+    with log.stage("quantize", f"W{config.quant.weight_bits} K={config.quant.max_orders} "
+                               f"A:{config.quant.activations}"):
+        plan, range_notes, ensemble = _quantize(float_model, layers, skipped, stats, config,
+                                                loaded, log)
+        plan_dir = writer.path("plan.json", "plan")
+        plan.save(os.path.dirname(plan_dir))
+        writer.roles["plan_arrays"] = "plan.npz"
+        if keep:
+            inter = os.path.dirname(writer.path("intermediates/10_plan.json"))
+            for path in plan.save(inter):
+                os.replace(path, os.path.join(inter, "10_" + os.path.basename(path)))
+    if ensemble is not None:
+        return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
+                               log, backend, loaded, specs)
+    with log.stage("lower", "Q/DQ ONNX"):
+        qdq = _lower(float_model, plan, config, backend)
+        ir.save(qdq, writer.path("model.onnx", "onnx"))
+        if keep:
+            ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
+    from backends.base import BuildOptions
+
+    with log.stage("compile", f"{config.target} on {config.device}"):
+        result = backend.build(writer.path("model.onnx"), writer.tmp,
+                               BuildOptions(device=config.device,
+                                            parallel_branches=max(
+                                                (len(lp.orders) for lp in plan.layers), default=1),
+                                            dla_core=config.dla_core,
+                                            dim_ranges=config.dim_ranges,
+                                            require_engine=config.require_engine))
+        for role, rel in result.files.items():
+            writer.roles[role] = rel
+    from rexdeploy.report import build_report
+
+    report = build_report(plan, layers, result, summarize(qdq), range_notes)
+    writer.write_json("report.json", report, "report")
+    return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
+            "outputs": [o.name for o in qdq.graph.outputs], "config": config,
+            "seconds": log.seconds}
+
+
+def _lower(float_model, plan, config: BuildConfig, backend):
+    from rexdeploy.lower import lower
+
+    # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
+    return lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
+                 sparse_form=sparse_form(backend, config))
+
+
+def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildConfig,
+                    writer: ArtifactWriter, log: StageLog, backend, loaded, specs) -> dict:
+    """Lower and compile the base and each member as a complete model under members/<name>/;
+    the manifest's `ensemble` entry holds the files and the combine weights."""
+    import onnx_ir as ir
+
+    from backends.base import BuildOptions, BuildResult
+    from calib_free.ensemble import combine_weights
+    from rexdeploy.lower import summarize
+    from rexdeploy.report import build_report
+
+    member_plans, groups = ensemble
+    weights = combine_weights(len(member_plans) - 1)
+    entries, results, graphs = [], [], []
+    for i, (mplan, weight) in enumerate(zip(member_plans, weights)):
+        name = "base" if i == 0 else f"member{i}"
+        rel = f"members/{name}"
+        with log.stage("lower", f"{name}: Q/DQ ONNX"):
+            qdq = _lower(float_model, mplan, config, backend)
+            ir.save(qdq, writer.path(f"{rel}/model.onnx", f"{name}_onnx"))
+        with log.stage("compile", f"{name}: {config.target} on {config.device}"):
+            result = backend.build(writer.path(f"{rel}/model.onnx"),
+                                   os.path.join(writer.tmp, rel),
+                                   BuildOptions(device=config.device))
+        files = {"onnx": f"{rel}/model.onnx"}
+        for role, r in result.files.items():
+            files[role] = f"{rel}/{r}"
+            writer.roles[f"{name}_{role}"] = f"{rel}/{r}"
+        entries.append({"name": name, "weight": weight, "files": files,
+                        "layers": [] if i == 0 else groups[i - 1]})
+        results.append(result)
+        graphs.append(summarize(qdq))
+    merged = BuildResult(files={}, layers=tuple(l for r in results for l in r.layers),
+                         info=dict(results[0].info, members=len(results)))
+    report = build_report(plan, layers, merged, graphs[-1], notes)
+    report["ensemble"] = [{"name": e["name"], "weight": e["weight"], "layers": e["layers"],
+                           "runtime_int8_layers": sum(l.is_int8 for l in r.layers),
+                           "runtime_compute_layers": len(r.layers), "graph_ops": g["ops"]}
+                          for e, r, g in zip(entries, results, graphs)]
+    report["summary"]["ensemble_members"] = len(entries) - 1
+    # the work the members do together (a member's own cost sets its stream's latency)
+    base = report["summary"]["bops_order1"] or 1.0
+    member_bops = [sum(lp.metrics.get("bops", 0.0) or 0.0 for lp in mp.layers) / base
+                   for mp in member_plans]
+    report["summary"]["bops_ratio"] = round(sum(member_bops), 4)
+    report["summary"]["bops_ratio_members"] = [round(b, 4) for b in member_bops]
+    writer.write_json("report.json", report, "report")
+    return {"loaded": loaded, "specs": specs, "plan": plan, "result": merged, "report": report,
+            "outputs": [o.name for o in float_model.graph.outputs],
+            "config": replace(config, inputs=specs), "seconds": log.seconds,
+            "ensemble": {"rule": "output = sum over members of weight * member output",
+                         "partition": config.quant.ensemble_partition, "members": entries}}
+
+
+def sparse_form(backend, config: BuildConfig) -> str:
+    """How group-sparse orders are lowered for this target: the config's choice, else the
+    backend's measured preference (tools/bench/rex_latency.py), else dense zero rows."""
+    if config.quant.sparse_form != "auto":
+        return config.quant.sparse_form
+    return getattr(backend, "sparse_form", "dense")
+
+
+def _load(model, config: BuildConfig, load_model):
+    from rexdeploy.frontend import LoadedModel
+
+    if isinstance(model, str):
+        return load_model(model, trust_pickle=config.trust_pickle,
+                          factory_weights=config.factory_weights)
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return LoadedModel("module", model.eval(), type(model).__name__, "")
+    raise UserError(f"cannot build from a {type(model).__name__}: give a path, a "
+                    "package.module:factory string or a torch.nn.Module")
+
+
+def _statistics(float_model, config: BuildConfig) -> dict:
+    from rexdeploy.stats import propagate_stats
+
+    ranges = {name: (lo, hi) for name, lo, hi in config.quant.input_ranges}
+    known = {v.name for v in float_model.graph.inputs}
+    for name in ranges:
+        if name not in known:
+            raise UserError(f"--input-range names {name!r}, which is not a model input "
+                            f"(inputs: {', '.join(sorted(known))})",
+                            "name one of the model's inputs, e.g. --input-range "
+                            f"{sorted(known)[0]}:-1,1")
+    return propagate_stats(float_model, ranges, config.quant.range_sigma)
+
+
+def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, log: StageLog):
+    from rexdeploy.quantize import activation_tensors, make_plan, observed_means, use_stats
+
+    q = config.quant
+    tensors = activation_tensors(float_model, layers) if q.activations != "none" else []
+    missing = [t for t in tensors if not use_stats(stats.get(t), q.ranges)]
+    means_missing = [layer.input for layer in layers if q.bias_correction
+                     and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
+    need = list(dict.fromkeys(missing + means_missing))
+    observed = {}
+    notes = []
+    if need:
+        samples = _synthetic_samples(float_model, config, loaded, log)
+        from rexdeploy.observe import observe
+
+        observed = observe(float_model, need, samples)
+        notes.append(f"{len(missing)} activation ranges observed on {len(samples)} synthetic "
+                     f"inputs ({q.ranges}); {len(tensors) - len(missing)} from statistics")
+    assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
+               and s.name not in {n for n, _, _ in q.input_ranges}]
+    if assumed and q.activations != "none":
+        notes.append(f"input value range not given for {', '.join(assumed)}: assumed N(0, 1) "
+                     f"(pass --input-range NAME:LO,HI, e.g. input:-1,1 for images in [-1, 1])")
+    for n in notes:
+        log.note(n)
+    allow_unsigned = config.target != "trt"
+    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned)
+    ensemble = None
+    if q.ensemble:
+        from rexdeploy.quantize import ensemble_plans
+
+        ensemble = ensemble_plans(plan, layers, stats, observed, q)
+        if not any(ensemble[1]):
+            raise UserError("--ensemble: no layer has a second order to share among members",
+                            "raise --budget or drop --ensemble")
+    return plan, notes, ensemble
+
+
+def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:
+    from rexdeploy.inputs import synthetic_inputs
+    from rexdeploy.observe import integer_input_ranges
+
+    q = config.quant
+    ranges = {name: (lo, hi) for name, lo, hi in q.input_ranges}
+    ranges.update(integer_input_ranges(float_model))
+    specs = [s.to_dict() for s in config.inputs]
+    if q.ranges == "zeroq":
+        return _zeroq_samples(config, loaded, log, ranges)
+    return [feeds for _, feeds in synthetic_inputs(specs, q.synthetic_samples, q.seed, ranges)]
+
+
+def _zeroq_samples(config: BuildConfig, loaded, log: StageLog, ranges) -> list[dict]:
+    import torch
+
+    from calib_free.synthetic import bn_matched_inputs
+
+    if loaded.kind != "module" or len(config.inputs) != 1:
+        raise UserError("--ranges zeroq needs an eager PyTorch model (package.module:factory or "
+                        "a Python nn.Module; TorchScript hides its BatchNorm layers) with one "
+                        "image input", "use --ranges auto (BatchNorm statistics) instead")
+    spec = config.inputs[0]
+    q = config.quant
+    try:
+        x = bn_matched_inputs(loaded.obj, spec.concrete_shape(), n=q.synthetic_samples,
+                              steps=q.zeroq_steps, seed=q.seed, bounded=ranges.get(spec.name))
+    except ValueError as exc:
+        raise UserError(f"--ranges zeroq: {exc}", "use --ranges auto instead") from None
+    return [{spec.name: x[i:i + 1].numpy().astype("float32")} for i in range(x.shape[0])]
+
+
+def _manifest(config: BuildConfig, stages: dict, preprocess: str | None) -> dict:
+    loaded = stages["loaded"]
+    result = stages["result"]
+    return {
+        "rexdeploy_version": __version__,
+        "target": config.target,
+        "device": config.device,
+        "config": config.to_dict(),
+        "source": {"path": os.path.abspath(loaded.path) if os.path.exists(str(loaded.path))
+                   else loaded.path, "kind": loaded.kind, "sha256": loaded.sha256},
+        "inputs": [s.to_dict() for s in stages["specs"]],
+        "outputs": stages["outputs"],
+        "preprocess": preprocess,
+        "members": [],
+        "ensemble": stages.get("ensemble"),
+        "versions": _versions(),
+        "backend": result.info,
+        "engine": result.info.get("engine"),  # trt: "built" or "deferred"
+        "summary": stages["report"]["summary"],
+        "stage_seconds": dict(stages["seconds"]),  # here, not in a hashed file: reproducible
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "onnx", "onnx-ir", "onnxruntime", "openvino", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _model_name(model) -> str:
+    if isinstance(model, str):
+        base = os.path.basename(model.rstrip("/")) if os.path.exists(model) else \
+            model.split(":")[-1]
+        return os.path.splitext(base)[0] or "model"
+    return type(model).__name__.lower()
+
+
+# -- compare -----------------------------------------------------------------------------------
+def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None = None,
+            preprocess: str | None = None, reference: str = "auto", backend: str | None = None,
+            limit: int | None = None, quiet: bool = False, per_layer: bool = False,
+            threshold_db: float | None = None, top: int | None = None) -> dict:
+    """Float model vs the artifact on real (`inputs`) or synthetic inputs: fidelity metrics.
+
+    per_layer: also localise the error layer by layer (rexdeploy.localize: float.onnx vs
+    model.onnx in ONNX Runtime, every quantized layer's output marked) under "per_layer";
+    threshold_db (default 20) marks a layer bad, top (default 5) worst layers are listed.
+    """
+    art = load_artifact(artifact)
+    from rexdeploy.fidelity import run_compare
+    from rexdeploy.inputs import load_inputs, load_labels, synthetic_inputs
+
+    log = StageLog(quiet=quiet)
+    specs = art.manifest["inputs"]
+    preprocess = preprocess or art.manifest.get("preprocess")
+    if inputs and synthetic:
+        raise UserError("give either --inputs or --synthetic, not both",
+                        "--inputs DIR compares on your data; --synthetic N on random inputs")
+    if per_layer and art.manifest.get("ensemble"):  # before any work
+        raise UserError("--per-layer localises one Q/DQ model; an ensemble artifact holds "
+                        f"{len(art.manifest['ensemble']['members'])} member models",
+                        "build the exact expansion (--orders 2, no --ensemble) to localise")
+    with log.stage("inputs", inputs or f"{synthetic or 16} synthetic"):
+        labels = None
+        if inputs:
+            samples = load_inputs(inputs, specs, preprocess, limit)
+            labels = load_labels(inputs, specs, limit)
+        else:
+            ranges = {n: (lo, hi) for n, lo, hi in
+                      art.manifest["config"]["quant"].get("input_ranges", [])}
+            ranges.update(_integer_ranges(art))
+            samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges)
+    ref_runner, ref_name = _reference_runner(art, reference)
+    test_runner = _artifact_runner(art, backend)
+    with log.stage("compare", f"{len(samples)} samples: {ref_name} vs "
+                              f"{backend or art.target}"):
+        with ref_runner as r, test_runner as t:
+            result = run_compare(r, t, samples, labels=labels)
+    result["reference"] = ref_name
+    result["backend"] = backend or art.target
+    if art.manifest.get("engine") == "deferred" and result["backend"] == art.target:
+        result["backend"] = f"reference (deferred {art.target} artifact: its Q/DQ ONNX in " \
+                            "ONNX Runtime)"
+    result["samples"] = len(samples)
+    result["inputs"] = inputs or f"synthetic:{synthetic or 16}"
+    if per_layer:
+        result["per_layer"] = _per_layer(art, samples, threshold_db, top, log)
+    return result
+
+
+def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | None,
+               log: StageLog) -> dict:
+    from rexdeploy.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
+
+    with log.stage("per-layer", f"{len(samples)} samples: float.onnx vs model.onnx, "
+                                "every quantized layer marked (onnxruntime)"):
+        return localize(art.file("float_onnx"), art.file("onnx"), samples,
+                        threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None
+                        else threshold_db, top=top or DEFAULT_TOP)
+def _integer_ranges(art: Artifact) -> dict:
+    """Token ids in [0, vocab), masks all 1 (as the build drew them), read from float.onnx."""
+    if all(s.get("dtype", "float32").startswith("float") for s in art.manifest["inputs"]):
+        return {}
+    import onnx_ir as ir
+
+    from rexdeploy.observe import integer_input_ranges
+
+    return integer_input_ranges(ir.load(art.file("float_onnx")))
+
+
+def _reference_runner(art: Artifact, reference: str):
+    """The float reference: the source torch model when it is still there, else float.onnx."""
+    if reference not in ("auto", "torch", "onnx"):
+        raise UserError(f"--reference {reference}: use auto, torch or onnx")
+    source = art.manifest.get("source", {})
+    if reference in ("auto", "torch"):
+        from rexdeploy.torch_runner import TorchRunner, source_available
+
+        if source_available(source):
+            return TorchRunner(source, art.manifest), f"torch ({source['kind']})"
+        if reference == "torch":
+            raise UserError(f"the source model {source.get('path')} is not available (moved or "
+                            "changed since the build)", "use --reference onnx")
+    import backends
+    from backends.base import RunOptions
+
+    return (backends.get("reference").runner(art.path, {"onnx": art.files["float_onnx"]},
+                                             RunOptions()), "float ONNX (onnxruntime)")
+
+
+def artifact_runner(art: Artifact | str, backend: str | None = None, *,
+                    threads: int | None = None, precision: str = "f32"):
+    """A runner (context manager with infer/timings/throughput) over the artifact's compiled
+    model on its own backend (or `backend="reference"`: ONNX Runtime on its Q/DQ ONNX).
+    threads: inference threads per compiled model (None: the runtime's choice)."""
+    if isinstance(art, str):
+        art = load_artifact(art)
+    return _artifact_runner(art, backend, threads=threads, precision=precision)
+
+
+def _artifact_runner(art: Artifact, backend: str | None, *, threads: int | None = None,
+                     precision: str = "f32"):
+    from backends.base import RunOptions
+
+    name = backend or art.target
+    if name == art.target and art.manifest.get("engine") == "deferred":
+        name = "reference"  # no engine yet: its Q/DQ ONNX through ONNX Runtime
+    options = RunOptions(device=art.manifest.get("device", "CPU") if name != "reference"
+                         else "CPU", threads=threads, precision=precision)
+    b = _usable_backend(art, name)
+    if art.manifest.get("ensemble"):
+        return _ensemble_runner(art, b, options)
+    if name == "reference":
+        return b.runner(art.path, {"onnx": art.files["onnx"]}, options)
+    return b.runner(art.path, art.files, options)
+
+
+def _usable_backend(art: Artifact, name: str):
+    """The backend `name` if it can run this artifact here (its own target, or reference)."""
+    import backends
+
+    if name not in (art.target, "reference"):
+        raise UserError(f"--backend {name}: this artifact was built for {art.target}; use "
+                        f"{art.target} or reference")
+    b = backends.get(name)
+    ok, why = b.available()
+    if not ok:
+        raise UserError(f"{name} is unavailable here: {why}")
+    return b
+
+
+def _ensemble_runner(art: Artifact, b, options):
+    """Every member on its own runner, run concurrently: each with cores // members threads,
+    and (when every member can have a core of its own) cores reserved so members never share."""
+    from dataclasses import replace as _replace
+
+    from backends.ensemble import EnsembleRunner
+
+    name = b.name
+    members = art.manifest["ensemble"]["members"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = options.threads or max(1, (cores or 1) // len(members))
+    opts = _replace(options, threads=threads,
+                    reserve_cores=name == "openvino" and (cores or 1) >= len(members))
+    runners = []
+    for m in members:
+        files = dict(m["files"])
+        if name == "reference":
+            files = {"onnx": files["onnx"]}
+        runners.append(b.runner(art.path, files, opts))
+    return EnsembleRunner(runners, [m["weight"] for m in members], [m["name"] for m in members])
+
+
+def build_from_deferred(artifact: str, *, quiet: bool = False) -> Artifact:
+    """Finish a deferred TensorRT artifact on the device: build the engine, update it in place."""
+    from rexdeploy.trt_deferred import finish_deferred
+
+    return finish_deferred(artifact, StageLog(quiet=quiet))
+
+
+# -- profile -----------------------------------------------------------------------------------
+def profile(artifact: str | list[str], config=None, *, compare: bool = False,
+            baselines: bool | None = None, quiet: bool = False, **overrides) -> dict:
+    """Latency (sync, 1 request), async throughput and per-layer times of one or more
+    artifacts, interleaved in one run; with `compare` also the float model under OpenVINO with
+    f32 pinned and with the device default precision. `config`: a profile_run.ProfileConfig;
+    keyword `overrides` replace its fields (e.g. duration=1.0, rounds=2, device="GPU").
+    `baselines` is the former name of `compare`. Returns the profile_schema document."""
+    from rexdeploy.profile_run import ProfileConfig, run_profile
+
+    config = replace(config or ProfileConfig(), **overrides)
+    artifacts = [artifact] if isinstance(artifact, str) else list(artifact)
+    if len(artifacts) == 1:
+        art = load_artifact(artifacts[0])
+        if art.target == "trt":  # the engine alone (no float baselines on TensorRT yet)
+            return _profile_trt(art, config.duration, config.rounds, quiet)
+    return run_profile(artifacts, config, compare=compare if baselines is None else baselines,
+                       quiet=quiet)
+
+
+def _profile_trt(art: Artifact, duration: float, rounds: int, quiet: bool) -> dict:
+    """A TensorRT engine's latency and throughput (no float baselines: those would need a float
+    engine; build one with --activations none --weights ... to compare)."""
+    import backends
+    from backends.base import RunOptions
+    from rexdeploy.devinfo import device_info
+    from rexdeploy.inputs import synthetic_inputs
+    from rexdeploy.profiler import profile_variants
+
+    trt = backends.get("trt")
+    feeds = synthetic_inputs(art.manifest["inputs"], 1, 0)[0][1]
+    variants = [(f"rexdeploy {art.manifest['config']['quant']['weights']} (TensorRT)",
+                 lambda: trt.runner(art.path, art.files, RunOptions(device="GPU")))]
+    with StageLog(quiet=quiet).stage("profile", f"TensorRT engine x {rounds} rounds"):
+        results = profile_variants(variants, feeds, duration_s=duration, rounds=rounds)
+    return {"artifact": art.path, "device": device_info(), "variants": results}
+
+
+# -- inspect -----------------------------------------------------------------------------------
+def inspect(artifact: str, verify: bool = True) -> dict:
+    """The artifact's manifest and report; with `verify` (the default) every file's sha256,
+    the manifest's digest and its schema are checked first (a mismatch is a UserError), and
+    `verified` says what was checked."""
+    art = load_artifact(artifact, verify=verify)
+    verified = None
+    if verify:
+        verified = {"files": len(art.manifest["files"]),
+                    "schema_version": art.manifest["schema_version"],
+                    "manifest_digest": "manifest_sha256" in art.manifest}
+    return {"path": art.path, "manifest": art.manifest, "report": art.report(),
+            "verified": verified}

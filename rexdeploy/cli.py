@@ -1,0 +1,539 @@
+"""`rexdeploy` command line: one thin click command per verb over rexdeploy.api.
+
+Imports nothing heavy at module level: `rexdeploy --help` stays instant (a test checks that
+neither torch nor openvino gets imported).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from rexdeploy import __version__
+from rexdeploy.errors import UserError
+
+WEIGHT_CHOICES = ("int8", "int6", "int5", "int4", "int3", "int2")
+RANGE_CHOICES = ("auto", "stats", "synthetic", "zeroq")
+
+
+def user_errors(fn):
+    """User mistakes: one clear message, exit 1, no traceback. Bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import signal
+
+        from rexdeploy.interrupts import exit_code, interrupted_by, signals_as_interrupts
+
+        try:
+            with signals_as_interrupts():  # SIGTERM unwinds (and cleans up) like Ctrl-C
+                return fn(*args, **kwargs)
+        except (KeyboardInterrupt, Exception) as exc:
+            signum = interrupted_by(exc)
+            if signum:
+                what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+                click.secho(f"{what}: stopped; no partial output was left behind",
+                            fg="yellow", err=True)
+                sys.exit(exit_code(signum))
+            if not isinstance(exc, UserError):
+                raise
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
+        console = Console(width=120)
+    return console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rexdeploy")
+def cli():
+    """rexdeploy: data-free quantization compiler for edge targets.
+
+    \b
+    Quantize a trained PyTorch model without any data, lower it to a Q/DQ ONNX, compile it for
+    OpenVINO or TensorRT, prove which precision each layer really runs in, compare it
+    with the float model and profile it.
+
+    \b
+    Typical session:
+      rexdeploy build model.pt --input input:1x3x224x224 --input-range input:-1,1 -o out/m.openvino
+      rexdeploy compare out/m.openvino --inputs photos/
+      rexdeploy profile out/m.openvino
+      rexdeploy inspect out/m.openvino --layers
+    """
+
+
+# -- build -------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--target", "-t", type=click.Choice(["openvino", "reference", "trt"]),
+              default="openvino", show_default=True,
+              help="openvino: IR compiled for the device; reference: the Q/DQ ONNX checked in "
+                   "ONNX Runtime only; trt: TensorRT engine (deferred: ONNX + build_engine.sh "
+                   "where tensorrt does not import).")
+@click.option("-o", "--output", help="Artifact directory [default: out/<model>.<target>].")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:DIMS[:DTYPE]",
+              help="Model input, e.g. input:1x3x224x224 or ids:Bx128:int64 (named dims are "
+                   "dynamic). Required for PyTorch models; optional for ONNX. Repeatable.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME:LO,HI",
+              help="Value range of a float input (e.g. input:-1,1); without it N(0,1) is "
+                   "assumed for the data-free activation ranges.")
+@click.option("--weights", default="int8", show_default=True, metavar="PRECISION",
+              help=f"Weight precision: {', '.join(WEIGHT_CHOICES)} (int2 = ternary). Codes below 8 "
+                   "bits are stored in int8 tensors on Conv (int8 kernels run them) and as INT4 "
+                   "on MatMul/Gemm for int4 and below. (For a package.module:factory "
+                   "model a state-dict file here is taken as --state-dict.)")
+@click.option("--state-dict", type=click.Path(), help="Weights for a package.module:factory "
+              "model (loaded with torch.load(weights_only=True)).")
+@click.option("--activations", type=click.Choice(["int8", "none"]), default="int8",
+              show_default=True, help="none: weight-only quantization.")
+@click.option("--orders", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="REx residual expansion order K: each weight as a sum of K int8 kernels "
+                   "(the highest order under --budget / --ensemble; they use 2 at least).")
+@click.option("--sparsity", type=float, metavar="GAMMA",
+              help="Orders 2..K cover only this fraction of each layer's output channels (those "
+                   "with the largest residual error), e.g. 0.25. Needs --orders >= 2.")
+@click.option("--budget", type=float, metavar="X",
+              help="Total bit-operations <= X times the order-1 model (e.g. 1.25); the second "
+                   "order goes greedily to the channels where it removes the largest share of "
+                   "their layer's error per bit-operation. Not with --sparsity.")
+@click.option("--ensemble", type=int, metavar="M",
+              help="Layer-partition ensemble: the base (order 1) plus M members, each adding the "
+                   "second order of one group of layers; output = sum of members - (M-1) x "
+                   "base. The M+1 models run concurrently. Approximates --orders 2 at about "
+                   "(1 + 1/M) x the base cost per model.")
+@click.option("--ensemble-partition", type=click.Choice(["balanced", "contiguous", "bops"]),
+              default="balanced", show_default=True,
+              help="How layers are split among ensemble members: balanced (most sensitive "
+                   "layers spread, BOPs balanced), bops (BOPs only), contiguous (by depth).")
+@click.option("--sparse-form", type=click.Choice(["auto", "dense", "compact", "gather"]), default="auto",
+              show_default=True,
+              help="Lowering of sparse orders: dense (zero rows), compact (kept channels only, "
+                   "ScatterElements back), gather (kept channels only, Gather back), auto (the "
+                   "form measured fastest on the target).")
+@click.option("--ranges", type=click.Choice(RANGE_CHOICES), default="auto", show_default=True,
+              help="Activation ranges without data. auto: BatchNorm statistics where they reach, "
+                   "synthetic inputs elsewhere; stats: BatchNorm/LayerNorm statistics wherever "
+                   "they reach; synthetic: Gaussian/random-token inputs; zeroq: images optimised "
+                   "to match the BatchNorm statistics (slow).")
+@click.option("--range-sigma", type=float, default=4.0, show_default=True,
+              help="Range = |mean| + SIGMA * std for statistics-derived ranges.")
+@click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction.")
+@click.option("--clip-search", is_flag=True, help="MSE-optimal weight clipping per channel.")
+@click.option("--exclude", multiple=True, metavar="NODE",
+              help="Keep this layer (ONNX node name) in float. Repeatable.")
+@click.option("--preprocess", metavar="SPEC",
+              help="How images become inputs, recorded for compare, e.g. "
+                   "resize=256,crop=224,mean=127,std=128.")
+@click.option("--device", default="CPU", show_default=True, help="Device to compile for.")
+@click.option("--opset", type=int, default=21, show_default=True)
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a pickled nn.Module (torch.save(model)); loading it runs code from "
+                   "the file.")
+@click.option("--dla-core", type=int, help="trt: build for this DLA core (Jetson), with GPU "
+              "fallback for layers DLA cannot run.")
+@click.option("--dim-range", "dim_ranges", multiple=True, metavar="DIM=MIN:OPT:MAX",
+              help="trt: optimization-profile range of a named dynamic dim, e.g. B=1:4:16 "
+                   "[default 1:1:8]. Repeatable.")
+@click.option("--require-engine", is_flag=True, help="trt: fail (exit 1, nothing written) "
+              "instead of writing a deferred artifact when tensorrt does not import.")
+@click.option("--from-deferred", type=click.Path(), metavar="ARTIFACT",
+              help="trt: finish a deferred artifact here (where tensorrt imports): build its "
+                   "engine and update it in place. Takes no MODEL.")
+@click.option("--keep-intermediates", is_flag=True,
+              help="Also write each stage's output under intermediates/.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@user_errors
+def build(model, target, output, inputs, input_ranges, weights, state_dict, activations, orders,
+          sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
+          no_bias_correction, clip_search, exclude, preprocess, device, opset, dla_core,
+          dim_ranges, require_engine, from_deferred, trust_pickle, keep_intermediates, force,
+          quiet, as_json):
+    """Quantize MODEL without data and compile it for a target.
+
+    MODEL is a TorchScript file (torch.jit.save), a torch.export program (.pt2), an ONNX file,
+    or package.module:factory with --state-dict. Pickled whole modules are refused unless
+    --trust-pickle.
+    """
+    import os
+
+    from rexdeploy.config import BuildConfig, QuantConfig
+    from rexdeploy.inputspec import parse_input_specs
+
+    if from_deferred:
+        if model:
+            raise click.UsageError("--from-deferred takes the artifact, not a MODEL")
+        from rexdeploy import api
+
+        artifact = api.build_from_deferred(from_deferred, quiet=quiet)
+        if as_json:
+            click.echo(json.dumps({"path": artifact.path, **artifact.manifest["summary"]}))
+        elif not quiet:
+            from rexdeploy.render import build_table
+
+            _console().print(build_table(artifact))
+        return
+    if not model:
+        raise click.UsageError("missing argument MODEL")
+
+    if weights not in WEIGHT_CHOICES:
+        if os.path.isfile(weights) and not state_dict:
+            state_dict, weights = weights, "int8"
+        else:
+            raise click.BadParameter(f"{weights!r}: use one of {', '.join(WEIGHT_CHOICES)}",
+                                     param_hint="--weights")
+    specs = parse_input_specs(inputs)
+    quant = QuantConfig(weights=weights, activations=activations, orders=orders,
+                        sparsity=sparsity, budget=budget, ensemble=ensemble or 0,
+                        ensemble_partition=ensemble_partition, sparse_form=sparse_form,
+                        ranges=ranges,
+                        range_sigma=range_sigma, bias_correction=not no_bias_correction,
+                        clip_search=clip_search, exclude=tuple(exclude),
+                        input_ranges=tuple(_parse_range(r) for r in input_ranges))
+    config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
+                         keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
+                         factory_weights=state_dict, dla_core=dla_core,
+                         dim_ranges=tuple(_parse_dim_range(r) for r in dim_ranges),
+                         require_engine=require_engine)
+    config.validate()
+    from rexdeploy import api
+
+    artifact = api.build(model, specs, target=target, output=output, config=config, force=force,
+                         quiet=quiet, preprocess=preprocess)
+    if as_json:
+        click.echo(json.dumps({"path": artifact.path, **artifact.manifest["summary"]}, indent=1))
+    elif not quiet:
+        from rexdeploy.render import build_table
+
+        _console().print(build_table(artifact))
+
+
+def _parse_range(text: str) -> tuple[str, float, float]:
+    import math
+
+    try:
+        name, rest = text.rsplit(":", 1)
+        lo, hi = (float(v) for v in rest.split(","))
+        if not name or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("a name and finite bounds are needed")
+    except ValueError:
+        raise UserError(f"bad --input-range {text!r}: expected NAME:LO,HI (finite numbers)",
+                        "e.g. --input-range input:-1,1 for images scaled to [-1, 1]") from None
+    return name, lo, hi
+
+
+def _parse_dim_range(text: str) -> tuple[str, int, int, int]:
+    try:
+        name, rest = text.split("=", 1)
+        lo, opt, hi = (int(v) for v in rest.split(":"))
+    except ValueError:
+        raise UserError(f"bad --dim-range {text!r}: expected DIM=MIN:OPT:MAX, e.g. B=1:4:16") \
+            from None
+    return name, lo, opt, hi
+
+
+# -- compare -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--inputs", type=click.Path(), help="Directory of images (needs a preprocess spec, "
+              "recorded at build or given here) or of .npy/.npz files.")
+@click.option("--synthetic", type=click.IntRange(1, 100000), help="N synthetic inputs instead.")
+@click.option("--preprocess", metavar="SPEC", help="Override the artifact's preprocess spec.")
+@click.option("--reference", type=click.Choice(["auto", "torch", "onnx"]), default="auto",
+              show_default=True, help="Float reference: the source torch model (auto: when it "
+                                      "is still there unchanged) or the artifact's float.onnx.")
+@click.option("--backend", type=click.Choice(["openvino", "reference", "trt"]),
+              help="Run the artifact on this backend [default: its target].")
+@click.option("--limit", type=int, help="Use at most N inputs.")
+@click.option("--per-layer", is_flag=True,
+              help="Also compare every quantized layer's output (float.onnx vs model.onnx in "
+                   "ONNX Runtime, all layer outputs marked) and name the first bad layer. Two "
+                   "columns: 'SQNR' is the quantized model's layer output against the float "
+                   "model's, so it accumulates the error of every earlier layer (where the "
+                   "damage shows); 'local SQNR' runs the layer alone (its input Q/DQ, weights "
+                   "and bias) on the float model's input to it, so it is that layer's own "
+                   "quantization error: the layers it ranks worst are the ones to keep in higher "
+                   "precision (--exclude at build). Also lists layers whose bias overflows "
+                   "int32 at input scale x weight scale.")
+@click.option("--threshold", "threshold_db", type=float, default=20.0, show_default=True,
+              metavar="DB", help="With --per-layer: a layer below this SQNR is bad. 20 dB is "
+                                 "noise at 1% of the signal power, 20 dB under the ~40 dB a "
+                                 "clean int8 tensor keeps; EfficientNet-Lite0's int8 logits at "
+                                 "23 dB already flip 4% of its top-1 answers.")
+@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="With --per-layer: list the N worst layers (by local SQNR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--save", type=click.Path(), help="Also write the metrics as JSON to this file.")
+@click.option("--quiet", "-q", is_flag=True)
+@user_errors
+def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, per_layer,
+            threshold_db, top, as_json, save, quiet):
+    """Fidelity of ARTIFACT against the float model: SQNR, cosine, top-1 agreement, KL."""
+    from rexdeploy import api
+
+    result = api.compare(artifact, inputs, synthetic=synthetic, preprocess=preprocess,
+                         reference=reference, backend=backend, limit=limit, quiet=quiet or as_json,
+                         per_layer=per_layer, threshold_db=threshold_db, top=top)
+    _save(save, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=_json_default))
+    else:
+        from rexdeploy.fidelity import render_table
+
+        _console().print(render_table(result))
+        if "per_layer" in result:
+            from rexdeploy.localize import render_per_layer
+
+            _console().print(render_per_layer(result["per_layer"]))
+
+
+# -- profile -----------------------------------------------------------------------------------
+@cli.command(epilog="""\b
+Exit status: 0 done; 1 user error (e.g. a missing or invalid --baseline); 2 usage error;
+3 the regression gate failed: a median latency or throughput is worse than --baseline's by more
+than --max-regression (the figures are named on stderr).""")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(), metavar="ARTIFACT...")
+@click.option("--device", help="OpenVINO device: CPU, GPU, NPU [default: the build's]. "
+                               "DLA0 is for TensorRT artifacts.")
+@click.option("--batch", type=click.IntRange(1, 4096), help="Reshape the inputs to this batch; "
+              "FPS counts frames [default: the artifact's shapes].")
+@click.option("--warmup", type=click.FloatRange(0, 60000), default=200.0, show_default=True,
+              metavar="MS", help="Untimed inferences before each variant's round, in ms.")
+@click.option("--duration", type=click.FloatRange(0.1, 600),
+              help="Seconds of timed inference per variant per round, for latency and again for "
+                   "throughput [default: 3].")
+@click.option("--iterations", type=click.IntRange(1), help="Instead of --duration: timed sync "
+              "inferences per variant, split over the rounds.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Interleaved rounds (variants alternate, so machine noise hits all alike).")
+@click.option("--streams", type=click.IntRange(1, 256), help="Streams (= requests in flight) "
+              "for async throughput [default: OpenVINO's THROUGHPUT hint].")
+@click.option("--inputs", metavar="DIR|random", help="Inputs: a folder/file as for compare, or "
+              "random (synthetic, in the build's input ranges) [default: random].")
+@click.option("--compare", is_flag=True, help="Also profile the float model, f32 pinned and at "
+              "the device default precision, interleaved, with ratios against float f32.")
+@click.option("--no-baselines", is_flag=True, hidden=True, help="Kept for old scripts: the "
+              "float baselines now run only with --compare.")
+@click.option("--top", type=click.IntRange(0), default=10, show_default=True,
+              help="Slowest layers to show per variant (0: all).")
+@click.option("--no-layers", is_flag=True, help="Skip the per-layer times (PERF_COUNT).")
+@click.option("--json", "json_path", is_flag=False, flag_value="-", metavar="[FILE]",
+              help="Write the versioned JSON result to FILE (alone, or '-': print it).")
+@click.option("--save", type=click.Path(), help="Same as --json FILE (kept for old scripts).")
+@click.option("--markdown", is_flag=True, help="Print markdown tables instead of rich tables.")
+@click.option("--plot", type=click.Path(), metavar="FILE.png",
+              help="Latency distribution and per-layer bars (needs matplotlib).")
+@click.option("--baseline", type=click.Path(), metavar="FILE.json",
+              help="Regression gate: compare with this earlier --json result (exit 3 if worse).")
+@click.option("--max-regression", default="10%", show_default=True, metavar="PERCENT",
+              help="The gate's bound on the median latency rise and the throughput drop.")
+@click.option("--quiet", "-q", is_flag=True)
+@user_errors
+def profile(artifacts, device, batch, warmup, duration, iterations, rounds, streams, inputs,
+            compare, no_baselines, top, no_layers, json_path, save, markdown, plot, baseline,
+            max_regression, quiet):
+    """Latency (sync, 1 request), async throughput and per-layer times of each ARTIFACT,
+    interleaved in one run; with --compare also the float model, with ratios."""
+    from rexdeploy import api
+    from rexdeploy.profile_run import ProfileConfig
+    from rexdeploy.profile_schema import load_profile, save_profile
+    from rexdeploy.regression import parse_bound
+
+    if duration is not None and iterations is not None:
+        raise click.UsageError("give --duration or --iterations, not both")
+    bound = parse_bound(max_regression)
+    base_doc = load_profile(baseline) if baseline else None  # fail before any timing
+    config = ProfileConfig(device=device, batch=batch, warmup_ms=warmup,
+                           duration=duration or 3.0, iterations=iterations, rounds=rounds,
+                           streams=streams, inputs=inputs, layers=not no_layers,
+                           keep_times=bool(plot))
+    to_stdout = json_path == "-"
+    doc = api.profile(list(artifacts), config, compare=compare,
+                      quiet=quiet or to_stdout or markdown)
+    for path in filter(None, (save, None if to_stdout else json_path)):
+        save_profile(doc, path)
+    if plot:
+        from rexdeploy.profile_plot import plot_profile
+
+        plot_profile(doc, plot)
+    if to_stdout:
+        click.echo(json.dumps(doc, indent=1, default=_json_default))
+    elif markdown:
+        from rexdeploy.profile_render import markdown_tables
+
+        click.echo(markdown_tables(doc, top))
+    elif not quiet:
+        _print_profile(doc, top)
+    if base_doc is not None:
+        _gate(doc, base_doc, bound, baseline, quiet)
+
+
+def _print_profile(doc: dict, top: int) -> None:
+    from rexdeploy.profile_render import device_line, render_layer_table
+    from rexdeploy.profiler import render_profile_table
+
+    console = _console()
+    for v in doc["variants"]:
+        if v.get("layers"):
+            console.print(render_layer_table(v, top))
+    console.print(render_profile_table(doc["variants"]))
+    console.print(device_line(doc), style="dim")
+
+
+def _gate(doc: dict, base_doc: dict, bound: float, baseline: str, quiet: bool) -> None:
+    from rexdeploy.regression import EXIT_REGRESSION, check_regression
+
+    findings = check_regression(doc, base_doc, bound)
+    failed = [f for f in findings if f.regressed]
+    for f in findings if not quiet else failed:
+        click.echo(("REGRESSION " if f.regressed else "ok ") + f.describe(), err=True)
+    if failed:
+        click.secho(f"regression gate failed: {len(failed)} figure(s) worse than {baseline} by "
+                    f"more than {bound:.0%}", fg="red", err=True)
+        sys.exit(EXIT_REGRESSION)
+
+
+# -- inspect -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--layers", is_flag=True, help="Per-layer table: quantization, error, runtime "
+                                             "precision.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check every file's sha256 against the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print manifest and report as JSON.")
+@click.option("--check", type=click.Choice(["trt"]), help="Check an ONNX file (or the "
+              "artifact's model.onnx) against TensorRT's Q/DQ rules; exit 1 on errors.")
+@user_errors
+def inspect(artifact, layers, verify, as_json, check):
+    """Show what ARTIFACT holds: config, versions, int8 coverage, layers kept in float."""
+    from rexdeploy import api
+
+    if check:
+        _check_trt(artifact, as_json)
+        return
+
+    info = api.inspect(artifact, verify=verify)
+    if as_json:
+        click.echo(json.dumps(info, indent=1, default=_json_default))
+        return
+    from rexdeploy.render import inspect_tables
+
+    for table in inspect_tables(info, layers):
+        _console().print(table)
+    if info["verified"]:
+        v = info["verified"]
+        click.echo(f"verified: {v['files']} files (sha256), "
+                   f"{'manifest digest, ' if v['manifest_digest'] else ''}"
+                   f"schema {v['schema_version']}")
+
+
+def _check_trt(path: str, as_json: bool) -> None:
+    import os
+
+    from rexdeploy.trt_rules import check_trt_rules
+
+    if os.path.isdir(path):
+        path = api_artifact_onnx(path)
+    if not os.path.isfile(path):
+        raise UserError(f"no ONNX file at {path}")
+    try:
+        result = check_trt_rules(path)
+    except Exception as exc:  # not an ONNX file
+        raise UserError(f"cannot read {path} as ONNX: {exc}") from None
+    if as_json:
+        click.echo(json.dumps({"path": path, **result.to_dict()}, indent=1))
+    else:
+        for finding in result.findings:
+            click.secho(str(finding), fg="red" if finding.level == "error" else "yellow")
+        click.echo(f"{path}: {len(result.errors)} errors, {len(result.warnings)} warnings "
+                   f"against TensorRT's Q/DQ rules")
+    if result.errors:
+        sys.exit(1)
+
+
+def api_artifact_onnx(path: str) -> str:
+    from rexdeploy.artifact import load_artifact
+
+    return load_artifact(path).file("onnx")
+
+
+# -- backends ----------------------------------------------------------------------------------
+@cli.command("backends")
+@user_errors
+def backends_cmd():
+    """List the targets and whether their runtimes are available here."""
+    import backends
+    from rich.table import Table
+
+    table = Table(title="rexdeploy targets")
+    for col in ("target", "status", "details"):
+        table.add_column(col)
+    for name, ok, why in backends.status():
+        if not ok and getattr(backends.get(name), "defers", False):
+            table.add_row(name, "[yellow]deferred[/]", f"{why}; builds write the ONNX and "
+                          "build_engine.sh for the device")
+        else:
+            table.add_row(name, "[green]available[/]" if ok else "[red]unavailable[/]", why)
+    _console().print(table)
+
+
+def _save(path: str | None, result: dict) -> None:
+    if path:
+        from rexdeploy.artifact import write_json_atomic
+
+        write_json_atomic(path, result, "choose a writable --save path")
+
+
+def _json_default(obj):
+    from rexdeploy.artifact import _json_default as default
+
+    return default(obj)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    from rexdeploy import interrupts
+
+    interrupts.after_command = signal.SIG_IGN
+    try:
+        cli.main(args=argv, prog_name="rexdeploy")
+    except KeyboardInterrupt:  # after the command finished (its output is complete)
+        sys.stderr.write("interrupted\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    except SystemExit as exc:
+        if exc.code in (130, 143):
+            # Interrupted; the artifact's temp dir is already gone (ArtifactWriter.__exit__).
+            # Skip the interpreter's teardown: an interrupt that landed inside `import torch`
+            # or an OpenVINO compile leaves native state whose finalizers can crash (seen:
+            # SIGSEGV, or death by the re-raised SIGINT).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
+        # The command has finished and its exit code stands: an interrupt during the
+        # interpreter's shutdown would otherwise end the process by the signal (exit -2/-15).
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Build configuration: small frozen dataclasses that serialise to JSON with a version.
+
+`BuildConfig` is what `rexdeploy.build` takes and what the artifact manifest records; the CLI
+only maps flags onto it. Pure Python: no torch import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from rexdeploy.errors import UserError
+from rexdeploy.inputspec import InputSpec
+
+CONFIG_VERSION = 1
+WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
+ACTIVATIONS = ("int8", "none")
+RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
+GRANULARITIES = ("channel", "tensor", "block")
+PARTITIONS = ("balanced", "contiguous", "bops")
+SPARSE_FORMS = ("auto", "dense", "compact", "gather")
+MAX_ENSEMBLE = 8
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how. Defaults are the data-free W8A8 recipe."""
+
+    weights: str = "int8"
+    activations: str = "int8"
+    orders: int = 1                     # REx expansion order K (1 = plain rounding)
+    sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
+    budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
+    ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
+    ensemble_partition: str = "balanced"  # how layers are split among the members
+    sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
+                                        # compact
+    granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
+    block_size: int | None = None       # input columns per block (granularity="block")
+    clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
+    ranges: str = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
+                                        # "stats" (BN+LN), "synthetic", "zeroq"
+    range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
+    bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
+    unsigned_activations: bool = True   # uint8 (zero-point 0) for non-negative tensors where the
+                                        # target allows it (OpenVINO); TensorRT forces int8
+    synthetic_samples: int = 8
+    zeroq_steps: int = 100
+    input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
+    exclude: tuple[str, ...] = ()       # layer (node) names kept in float
+    seed: int = 0
+
+    @property
+    def weight_bits(self) -> int:
+        return WEIGHT_BITS[self.weights]
+
+    @property
+    def max_orders(self) -> int:
+        """The highest order any layer gets: --orders, at least 2 under a budget or ensemble."""
+        return max(self.orders, 2) if (self.budget is not None or self.ensemble) else self.orders
+
+    def validate(self) -> None:
+        if self.weights not in WEIGHT_BITS:
+            raise UserError(f"--weights {self.weights} is not supported; use one of "
+                            f"{', '.join(WEIGHT_BITS)}")
+        if self.activations not in ACTIVATIONS:
+            raise UserError(f"--activations {self.activations} is not supported; use one of "
+                            f"{', '.join(ACTIVATIONS)}")
+        if not 1 <= self.orders <= 4:
+            raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
+        self._validate_expansion()
+        if self.granularity not in GRANULARITIES:
+            raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
+        if self.granularity == "block" and not self.block_size:
+            raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
+        if self.ranges not in RANGE_SOURCES:
+            raise UserError(f"--ranges {self.ranges}: use one of {', '.join(RANGE_SOURCES)}")
+        if not 0.5 <= self.range_sigma <= 20:
+            raise UserError(f"--range-sigma {self.range_sigma}: expected 0.5..20",
+                            "drop it for the default 4")
+        for name, lo, hi in self.input_ranges:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise UserError(f"--input-range {name}:{lo},{hi}: bounds must be finite",
+                                f"e.g. --input-range {name}:-1,1")
+            if not lo < hi:
+                raise UserError(f"--input-range {name}:{lo},{hi}: low must be below high",
+                                f"e.g. --input-range {name}:-1,1")
+
+    def _validate_expansion(self) -> None:
+        """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""
+        if self.sparsity is not None:
+            if not 0.0 < self.sparsity <= 1.0:
+                raise UserError(f"--sparsity {self.sparsity}: the kept fraction of channels must "
+                                "be in (0, 1], e.g. 0.25")
+            if self.orders < 2:
+                raise UserError("--sparsity applies to orders 2 and up, but --orders is 1",
+                                "add --orders 2 (or more)")
+            if self.budget is not None:
+                raise UserError("give either --sparsity (the same fraction in every layer) or "
+                                "--budget (the allocator chooses), not both")
+        if self.budget is not None:
+            if not 1.0 <= self.budget <= 16.0:
+                raise UserError(f"--budget {self.budget}: a multiple of the order-1 "
+                                "bit-operations, from 1 (no expansion) to 16, e.g. 1.25")
+        if self.ensemble:
+            if not 2 <= self.ensemble <= MAX_ENSEMBLE:
+                raise UserError(f"--ensemble {self.ensemble}: the number of members must be 2.."
+                                f"{MAX_ENSEMBLE}")
+            if self.orders > 2:
+                raise UserError(f"--ensemble expands to order 2 (members share order 1 and split "
+                                f"order 2 among them); --orders {self.orders} cannot be combined",
+                                "drop --orders, or build the exact expansion without --ensemble")
+            if self.ensemble_partition not in PARTITIONS:
+                raise UserError(f"--ensemble-partition {self.ensemble_partition}: use one of "
+                                f"{', '.join(PARTITIONS)}")
+        if self.sparse_form not in SPARSE_FORMS:
+            raise UserError(f"--sparse-form {self.sparse_form}: use one of "
+                            f"{', '.join(SPARSE_FORMS)}")
+        if (self.sparsity is not None or self.budget is not None) and \
+                self.granularity == "tensor":
+            raise UserError("group-sparse orders need per-channel (or per-block) weight scales, "
+                            "not per-tensor")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `build` needs besides the model file."""
+
+    target: str = "openvino"
+    inputs: tuple[InputSpec, ...] = ()
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    opset: int = 21
+    device: str = "CPU"
+    keep_intermediates: bool = False
+    trust_pickle: bool = False
+    factory_weights: str | None = None  # state dict for a `package.module:factory` model
+    # target trt: DLA core (GPU fallback on), dynamic dim ranges (name, min, opt, max), and
+    # whether a missing TensorRT is an error instead of a deferred engine build
+    dla_core: int | None = None
+    dim_ranges: tuple[tuple[str, int, int, int], ...] = ()
+    require_engine: bool = False
+
+    def validate(self) -> None:
+        if self.opset < 21:
+            raise UserError(f"--opset {self.opset}: rexdeploy writes opset 21 or newer "
+                            "(blocked and INT4 DequantizeLinear need it)",
+                            "drop --opset (21 is the default) or give 21 or newer; older ONNX "
+                            "models are upgraded automatically")
+        self.quant.validate()
+        if self.target != "trt" and (self.dla_core is not None or self.dim_ranges
+                                     or self.require_engine):
+            raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "
+                            "only")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise UserError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
+        for name, lo, opt, hi in self.dim_ranges:
+            if not 1 <= lo <= opt <= hi:
+                raise UserError(f"--dim-range {name}={lo}:{opt}:{hi}: need 1 <= MIN <= OPT <= MAX")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
+        d["version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BuildConfig":
+        d = dict(d)
+        version = d.pop("version", CONFIG_VERSION)
+        if version > CONFIG_VERSION:
+            raise UserError(f"config version {version} is newer than this rexdeploy understands "
+                            f"({CONFIG_VERSION}); upgrade rexdeploy")
+        q = dict(d.pop("quant", {}))
+        q["input_ranges"] = tuple(tuple(r) for r in q.get("input_ranges", ()))
+        q["exclude"] = tuple(q.get("exclude", ()))
+        inputs = tuple(InputSpec.from_dict(s) for s in d.pop("inputs", ()))
+        d["dim_ranges"] = tuple(tuple(r) for r in d.get("dim_ranges", ()))
+        return cls(inputs=inputs, quant=QuantConfig(**q), **d)

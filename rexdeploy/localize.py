@@ -1,0 +1,356 @@
+"""First-bad-layer localisation: per-layer fidelity of the Q/DQ model against the float model.
+
+    localize(float_onnx, qdq_onnx, samples, threshold_db=20.0, top=5) -> dict
+
+What Polygraphy's `--onnx-outputs mark all` does for TensorRT: both ONNX models run side by side in
+ONNX Runtime (graph optimisations off: the Q/DQ graph's own semantics) on the same inputs with
+every quantized layer's output marked as a graph output, and each layer's output is compared in
+topological order. Two numbers per layer:
+
+  sqnr_db        the quantized model's layer output vs the float model's: the error accumulated
+                 by this layer and everything before it (where the damage shows up).
+  local_sqnr_db  the layer's own Q/DQ subgraph (input Q/DQ, weight orders, bias) run on the float
+                 model's input to that layer, vs the float output: its own quantization error in
+                 isolation (which layer to keep in higher precision).
+
+A layer is matched by its output tensor: the lowering keeps the original output name of every
+planned layer (the sum of its REx orders `<layer>/order<K>`, after the bias Add of a MatMul), and
+BatchNorm is folded in both models (float.onnx is saved after folding).
+Metrics are streamed (pooled sums per layer), so no activation is kept beyond one sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rexdeploy.errors import UserError
+from rexdeploy.fidelity import _fmt
+
+DEFAULT_THRESHOLD_DB = 20.0
+DEFAULT_TOP = 5
+
+
+@dataclass(frozen=True)
+class LayerTap:
+    """A quantized layer as both graphs hold it: node name, op, input and output tensor names."""
+
+    name: str
+    op: str
+    input: str
+    output: str
+
+
+class _Pooled:
+    """Running pooled SQNR and per-sample cosine of one tensor over the samples."""
+
+    def __init__(self):
+        self.signal = 0.0
+        self.noise = 0.0
+        self.cosines: list[float] = []
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+        from rexdeploy.fidelity import cosine
+
+        r, t = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+        if r.shape != t.shape:
+            raise UserError(f"layer output shapes differ: float {r.shape} vs quantized {t.shape}")
+        self.signal += float(np.sum(r * r))
+        self.noise += float(np.sum((t - r) ** 2))
+        self.cosines.append(float(cosine(r.reshape(1, -1), t.reshape(1, -1))[0]))
+
+    def sqnr_db(self) -> float | None:
+        if not self.cosines:
+            return None
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    def cosine_mean(self) -> float | None:
+        return float(np.mean(self.cosines)) if self.cosines else None
+
+    def cosine_min(self) -> float | None:
+        return float(np.min(self.cosines)) if self.cosines else None
+
+
+def quantized_layers(float_model, qdq_model) -> list[LayerTap]:
+    """The planned layers of `qdq_model` (tagged by the lowering), in the float graph's
+    topological order, whose input and output tensors exist in both models (onnx_ir models)."""
+    from rexdeploy.analyze import find_layers
+    from rexdeploy.passes.qdq_nodes import layer_of
+
+    planned = {tag[0] for node in qdq_model.graph if (tag := layer_of(node))}
+    qdq_values = _value_names(qdq_model.graph)
+    float_values = _value_names(float_model.graph)
+    layers, _ = find_layers(float_model)
+    return [LayerTap(layer.name, layer.op, layer.input, layer.output) for layer in layers
+            if layer.name in planned and {layer.input, layer.output} <= qdq_values
+            and {layer.input, layer.output} <= float_values]
+
+
+def _value_names(graph) -> set[str]:
+    names = {v.name for v in graph.inputs}
+    for node in graph:
+        names.update(v.name for v in node.outputs if v is not None)
+    return names
+
+
+def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
+             threshold_db: float = DEFAULT_THRESHOLD_DB, top: int = DEFAULT_TOP,
+             local: bool = True, progress=None) -> dict:
+    """Per-layer SQNR/cosine of `qdq_onnx` against `float_onnx` on `samples` ([(id, feeds)]).
+
+    Returns {"threshold_db", "samples", "runtime", "layers": [per-layer rows in topological
+    order], "first_bad": the first row whose accumulated sqnr_db < threshold_db (or None),
+    "first_bad_local": same on local_sqnr_db, "worst": the `top` rows of lowest local SQNR
+    (accumulated SQNR when local is unavailable), "worst_by"}. Rows: index, name, op, output,
+    sqnr_db, cosine_mean, cosine_min, local_sqnr_db, local_cosine_mean (None where a layer's
+    subgraph could not be cut out on its own). progress: called as progress(done, total).
+    """
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    if not samples:
+        raise UserError("no samples for the per-layer comparison")
+    if top < 1:
+        raise UserError(f"--top {top} must be at least 1")
+    float_ir, qdq_ir = ir.load(float_onnx), ir.load(qdq_onnx)
+    taps = quantized_layers(float_ir, qdq_ir)
+    if not taps:
+        raise UserError("the artifact has no quantized layer to compare layer by layer")
+    float_proto, qdq_proto = ir.to_proto(float_ir), ir.to_proto(qdq_ir)
+    inputs = {v.name for v in float_ir.graph.inputs}
+    float_marks = [t.output for t in taps] + [t.input for t in taps if t.input not in inputs]
+    float_session = _session(_with_outputs(float_proto, float_marks), "float.onnx")
+    qdq_session = _session(_with_outputs(qdq_proto, [t.output for t in taps]), "model.onnx")
+    locals_ = _local_sessions(qdq_proto, taps, float_proto) if local else {}
+    acc = {t.name: _Pooled() for t in taps}
+    loc = {t.name: _Pooled() for t in taps}
+    for i, (_sid, feeds) in enumerate(samples):
+        ref = _run(float_session, feeds)
+        test = _run(qdq_session, feeds)
+        ref.update({k: v for k, v in feeds.items() if k in inputs})
+        for t in taps:
+            acc[t.name].add(ref[t.output], test[t.output])
+            session = locals_.get(t.name)
+            if session is not None:
+                x = ref[t.input]
+                out = session.run(None, {session.get_inputs()[0].name: x})[0]
+                loc[t.name].add(ref[t.output], out)
+        if progress:
+            progress(i + 1, len(samples))
+    overflow = _bias_overflow(qdq_proto, taps)
+    rows = [_row(i, t, acc[t.name], loc[t.name]) | {"bias_int32_overflow": overflow.get(t.name)}
+            for i, t in enumerate(taps)]
+    return summarize_layers(rows, threshold_db, top) | {
+        "samples": len(samples),
+        "runtime": f"onnxruntime {ort.__version__} (no graph optimisation, CPU)"}
+
+
+def summarize_layers(rows: list[dict], threshold_db: float, top: int) -> dict:
+    """First-bad and worst layers of per-layer `rows` (topological order)."""
+    def first_below(key: str) -> dict | None:
+        return next((r for r in rows if r[key] is not None and r[key] < threshold_db), None)
+
+    have_local = any(r["local_sqnr_db"] is not None for r in rows)
+    key = "local_sqnr_db" if have_local else "sqnr_db"
+    ranked = sorted(rows, key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0.0,
+                                         r["sqnr_db"]))
+    return {"threshold_db": threshold_db, "layers": rows,
+            "first_bad": first_below("sqnr_db"), "first_bad_local": first_below("local_sqnr_db"),
+            "worst": ranked[:top], "worst_by": key}
+
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def _bias_overflow(qdq, taps: list[LayerTap]) -> dict[str, int]:
+    """layer name -> how many output channels have a bias that int32 cannot hold at the scale
+    input_scale * weight_scale (order 1), the bias integer kernels use (ORT's QLinearConv,
+    TensorRT): those runtimes saturate it. Only Conv/Gemm layers with an input Q/DQ and a bias."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in qdq.graph.initializer}
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    wanted = {t.name for t in taps}
+    found = {}
+    for node in qdq.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        name = props.get("rexdeploy.layer")
+        if name not in wanted or props.get("rexdeploy.role") != "order1" or \
+                node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        if x_dq is None or w_dq is None or "DequantizeLinear" not in (x_dq.op_type, w_dq.op_type)\
+                or x_dq.op_type != w_dq.op_type or node.input[2] not in inits:
+            continue
+        try:
+            x_scale = float(numpy_helper.to_array(inits[x_dq.input[1]]).reshape(-1)[0])
+            w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
+            bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(-1)
+        except KeyError:
+            continue
+        if w_scale.size not in (1, bias.size):
+            continue
+        found[name] = int(np.sum(np.abs(bias) / (x_scale * w_scale) > INT32_MAX))
+    return found
+
+
+def _row(index: int, tap: LayerTap, acc: _Pooled, loc: _Pooled) -> dict:
+    return {"index": index, "name": tap.name, "op": tap.op, "output": tap.output,
+            "sqnr_db": acc.sqnr_db(), "cosine_mean": acc.cosine_mean(),
+            "cosine_min": acc.cosine_min(), "local_sqnr_db": loc.sqnr_db(),
+            "local_cosine_mean": loc.cosine_mean()}
+
+
+# -- ONNX plumbing -----------------------------------------------------------------------------
+def _session(model_bytes: bytes, what: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # No graph optimisation: every Q/DQ and float Conv runs as written, so a marked layer in
+    # the whole model and the same layer cut out alone compute the same thing. Already the basic
+    # level fuses DQ -> Conv -> ... -> Q into integer kernels with an int32 bias (onnxruntime
+    # 1.32) in the whole model but not in the cut-out layer, and the extended level's
+    # MatMul+Add fusion breaks on int8 Q/DQ.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise UserError(f"ONNX Runtime cannot load {what} with the layer outputs marked: "
+                        f"{str(exc).strip().splitlines()[-1]}") from exc
+
+
+def _run(session, feeds: dict) -> dict:
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def _elem_types(model) -> dict[str, int]:
+    """Element type of every typed value of an onnx ModelProto (shape inference fills gaps)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a convenience here: untyped values default to float
+        inferred = model
+    g = inferred.graph
+    return {vi.name: vi.type.tensor_type.elem_type
+            for vi in list(g.value_info) + list(g.input) + list(g.output)
+            if vi.type.HasField("tensor_type")}
+
+
+def _with_outputs(model, names: list[str]) -> bytes:
+    """`model` (ModelProto) with `names` appended to its graph outputs, serialised."""
+    import onnx
+    from onnx import helper
+
+    types = _elem_types(model)
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    have = {o.name for o in tapped.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in have:
+            tapped.graph.output.append(helper.make_tensor_value_info(
+                name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return tapped.SerializeToString()
+
+
+def _local_sessions(qdq, taps: list[LayerTap], float_model) -> dict:
+    """layer name -> an ORT session of that layer's Q/DQ subgraph alone (its input tensor ->
+    its output tensor); layers whose subgraph reaches another graph input are left out."""
+    import onnx
+    from onnx import helper
+
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    order = {id(node): i for i, node in enumerate(qdq.graph.node)}
+    inits = {t.name: t for t in qdq.graph.initializer}
+    types = _elem_types(float_model)
+    sessions = {}
+    for tap in taps:
+        nodes = _cut(producers, inits, tap.input, tap.output)
+        if nodes is None:
+            continue
+        nodes.sort(key=lambda n: order[id(n)])
+        used = {name for n in nodes for name in n.input}
+        elem = types.get(tap.input, onnx.TensorProto.FLOAT)
+        graph = helper.make_graph(
+            nodes, f"layer:{tap.name}",
+            [helper.make_tensor_value_info(tap.input, elem, None)],
+            [helper.make_tensor_value_info(tap.output, types.get(tap.output, elem), None)],
+            initializer=[inits[n] for n in sorted(used) if n in inits])
+        model = helper.make_model(graph, opset_imports=list(qdq.opset_import),
+                                  ir_version=qdq.ir_version)
+        sessions[tap.name] = _session(model.SerializeToString(), f"layer {tap.name}")
+    return sessions
+
+
+def _cut(producers: dict, inits: dict, start: str, end: str) -> list | None:
+    """The nodes computing `end` from `start` and constants; None if more inputs are needed."""
+    nodes, seen, stack = {}, set(), [end]
+    while stack:
+        name = stack.pop()
+        if not name or name == start or name in inits or name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            return None  # another graph input: not this layer's own computation
+        if id(node) not in nodes:
+            nodes[id(node)] = node
+            stack.extend(node.input)
+    return list(nodes.values())
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def summary_lines(result: dict) -> list[str]:
+    """Plain-text verdict: the first bad layer (accumulated and local) and the worst layers."""
+    thr = result["threshold_db"]
+    lines = []
+    for key, col, what in (("first_bad", "sqnr_db", "accumulated"),
+                           ("first_bad_local", "local_sqnr_db", "local")):
+        row = result.get(key)
+        if row is None:
+            lines.append(f"no layer below {thr:g} dB ({what} SQNR)")
+        else:
+            lines.append(f"first layer below {thr:g} dB ({what} SQNR): #{row['index']} "
+                         f"{row['name']} ({row['op']}) at {_fmt(row[col], '.1f')} dB")
+    by = "local" if result["worst_by"] == "local_sqnr_db" else "accumulated"
+    worst = ", ".join(f"{r['name']} ({_fmt(r[result['worst_by']], '.1f')} dB)"
+                      for r in result["worst"])
+    lines.append(f"worst {len(result['worst'])} by {by} SQNR: {worst}")
+    over = [r for r in result["layers"] if r.get("bias_int32_overflow")]
+    if over:
+        named = ", ".join(f"{r['name']} ({r['bias_int32_overflow']} channels)"
+                          for r in over[:3]) + (", ..." if len(over) > 3 else "")
+        lines.append(f"{len(over)} layers have a bias beyond int32 at input scale x weight scale "
+                     f"in {sum(r['bias_int32_overflow'] for r in over)} channels (runtimes that "
+                     f"quantize the bias, as ORT's QLinearConv and TensorRT, saturate it): "
+                     f"{named}")
+    return lines
+
+
+def render_per_layer(result: dict):
+    """A rich Table: one row per quantized layer in topological order; bad rows in red."""
+    from rich.table import Table
+
+    thr = result["threshold_db"]
+    table = Table(title=f"per layer, {result['samples']} samples, {result['runtime']}")
+    for col in ("#", "layer", "op", "SQNR dB", "cosine mean", "local SQNR dB", "local cosine"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    worst = {r["name"] for r in result["worst"]}
+    for r in result["layers"]:
+        bad = (r["sqnr_db"] is not None and r["sqnr_db"] < thr) or \
+            (r["local_sqnr_db"] is not None and r["local_sqnr_db"] < thr)
+        style = "red" if bad else ("yellow" if r["name"] in worst else None)
+        table.add_row(str(r["index"]), r["name"], r["op"], _fmt(r["sqnr_db"], ".1f"),
+                      _fmt(r["cosine_mean"], ".5f"), _fmt(r["local_sqnr_db"], ".1f"),
+                      _fmt(r["local_cosine_mean"], ".5f"), style=style)
+    table.caption = "\n".join(summary_lines(result))
+    return table

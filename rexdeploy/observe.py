@@ -1,0 +1,96 @@
+"""Observe intermediate tensors of the float graph on given inputs (ONNX Runtime, CPU).
+
+Used where data-free statistics cannot reach a tensor (ops without a moment rule, LayerNorm-fed
+tensors in transformers) and for `--ranges synthetic|zeroq`: the inputs are synthetic (Gaussian,
+uniform within `--input-range`, random token ids, or BN-matched images), never user data here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+
+@dataclass(frozen=True, eq=False)
+class Observed:
+    """Running statistics of one tensor over all samples."""
+
+    lo: float
+    hi: float
+    channel_mean: np.ndarray  # [C], channel axis 1 (rank 3: last axis)
+
+    @property
+    def bound(self) -> float:
+        return float(max(abs(self.lo), abs(self.hi)))
+
+    @property
+    def nonneg(self) -> bool:
+        return self.lo >= 0.0
+
+
+def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarray]],
+            threads: int | None = None) -> dict[str, Observed]:
+    """Min/max and per-channel means of the named float tensors over `samples`."""
+    import onnxruntime as ort
+
+    if not names or not samples:
+        return {}
+    proto = _with_outputs(model, names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0] for n in names}
+    for feeds in samples:
+        outs = session.run(names, feeds)
+        for name, x in zip(names, outs):
+            a = acc[name]
+            a[0] = min(a[0], float(x.min()))
+            a[1] = max(a[1], float(x.max()))
+            cm = _channel_mean(x)
+            a[2] = cm if a[2] is None else a[2] + cm
+            a[3] += 1
+    return {n: Observed(a[0], a[1], a[2] / a[3]) for n, a in acc.items()}
+
+
+def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
+    """Half-open value ranges [lo, hi) for integer inputs, as `synthetic_inputs` draws them:
+    token ids feeding a Gather get [0, vocab) (the table's rows), masks get [1, 2) (all
+    tokens attended), other integer inputs [0, 2)."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for value in model.graph.inputs:
+        if value.dtype is None or value.dtype.is_floating_point():
+            continue
+        if "mask" in value.name.lower():
+            ranges[value.name] = (1, 2)
+            continue
+        for use in value.uses():
+            node = use.node
+            if node.op_type == "Gather" and use.idx == 1:
+                table = node.inputs[0]
+                if table is not None and table.shape is not None and \
+                        isinstance(table.shape[0], int):
+                    ranges[value.name] = (0, table.shape[0])
+        ranges.setdefault(value.name, (0, 2))
+    return ranges
+
+
+def _with_outputs(model: ir.Model, names: list[str]):
+    proto = ir.to_proto(model)
+    existing = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in existing:
+            proto.graph.output.add(name=name)
+    return proto
+
+
+def _channel_mean(x: np.ndarray) -> np.ndarray:
+    if x.ndim <= 1:
+        return np.atleast_1d(x.astype(np.float64).mean())
+    axis = x.ndim - 1 if x.ndim == 3 else 1
+    other = tuple(i for i in range(x.ndim) if i != axis)
+    return x.astype(np.float64).mean(axis=other)

@@ -1,0 +1,182 @@
+"""Insert per-tensor QuantizeLinear -> DequantizeLinear on the planned activation tensors.
+
+Requires: every `ActivationPlan` names a non-constant value of the graph (graph input or node
+output), 8 bits, a positive finite scale; every planned layer reads its `input` at input 0.
+Ensures: every planned layer whose input has an ActivationPlan (all K branches) reads it from a
+DequantizeLinear with zero point 0, fed by a QuantizeLinear; no Q/DQ sits between a Pad and a
+Conv (TensorRT refuses that; the frontend fuses zero pads into the Conv, so one left here means
+a non-zero pad the plan should not have quantized).
+
+Only these consumers of a tensor T are re-wired to T's DQ output:
+  - the planned layers whose input is T (every order's branch);
+  - residual Adds: an Add with T on one side and a planned layer's output (its order node, the
+    Add summing its orders, or a MatMul's bias Add) on the other side gets the DQ on the T side.
+    That is TensorRT's rule: Q/DQ on the skip branch lets Conv+Add fuse in int8.
+Every other consumer, and a graph output T, keep the float tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from calib_free.plan import ActivationPlan, QuantPlan
+from rexdeploy.passes.qdq_nodes import (
+    FLOAT_DTYPES, UniqueNames, add_initializer, branches, dequantize_node,
+    dq_zero_point_is_zero, layer_of, numpy_dtype, quantize_node)
+
+
+class QuantizeActivationsPass(ir.passes.InPlacePass):
+    """T -> QuantizeLinear -> DequantizeLinear -> (planned layers, residual Adds)."""
+
+    def __init__(self, plan: QuantPlan):
+        super().__init__()
+        self.plan = plan
+
+    def requires(self, model: ir.Model) -> None:
+        tensors = [act.tensor for act in self.plan.activations]
+        if len(set(tensors)) != len(tensors):
+            raise ir.passes.PreconditionError("the plan lists an activation tensor twice")
+        values = _values(model.graph)
+        for act in self.plan.activations:
+            value = values.get(act.tensor)
+            if value is None:
+                raise ir.passes.PreconditionError(f"activation {act.tensor!r} is not in the graph")
+            if act.bits != 8:
+                raise ir.passes.PreconditionError(
+                    f"activation {act.tensor!r}: {act.bits} bits; the Q/DQ lowering writes int8/"
+                    "uint8 activations only")
+            if not (math.isfinite(act.scale) and act.scale > 0):
+                raise ir.passes.PreconditionError(
+                    f"activation {act.tensor!r}: scale {act.scale} is not positive and finite")
+        for lp in self.plan.layers:
+            for branch in branches(model.graph, lp.name):
+                node, _ = branch_input(branch)
+                if node.inputs[0] is None or node.inputs[0].name != lp.input:
+                    raise ir.passes.PreconditionError(
+                        f"layer {lp.name!r} reads {node.inputs[0] and node.inputs[0].name!r}, "
+                        f"the plan says {lp.input!r}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        names = UniqueNames(graph)
+        values = _values(graph)
+        planned = {lp.name for lp in self.plan.layers}
+        modified = False
+        for act in self.plan.activations:
+            value = values[act.tensor]
+            targets = _targets(graph, value, self.plan, planned)
+            if not targets:
+                continue
+            dq_out = _insert_qdq(graph, value, act, names)
+            for node, index in targets:
+                node.replace_input_with(index, dq_out)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        for lp in self.plan.layers:
+            if self.plan.activation(lp.input) is None:
+                continue
+            for branch in branches(model.graph, lp.name):
+                node, _ = branch_input(branch)
+                problem = _activation_problem(node.inputs[0])
+                if problem:
+                    raise ir.passes.PostconditionError(f"{node.name!r}: {problem}")
+        for node in model.graph:
+            if node.op_type != "Conv" or node.inputs[0] is None:
+                continue
+            dq = node.inputs[0].producer()
+            q = dq.inputs[0].producer() if dq is not None and dq.op_type == "DequantizeLinear" \
+                else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                pad = q.inputs[0].producer()
+                if pad is not None and pad.op_type == "Pad":
+                    raise ir.passes.PostconditionError(
+                        f"Q/DQ between Pad {pad.name!r} and Conv {node.name!r}: TensorRT refuses "
+                        "it; fuse the pad into the Conv (FusePadIntoConvPass) or keep "
+                        f"{q.inputs[0].name!r} float")
+
+
+def _targets(graph: ir.Graph, value: ir.Value, plan: QuantPlan,
+             planned: set[str]) -> list[tuple[ir.Node, int]]:
+    """(consumer, input index) pairs of `value` that get its dequantized version."""
+    targets = []
+    for lp in plan.layers:
+        if lp.input == value.name:
+            targets += [branch_input(node) for node in branches(graph, lp.name)]
+    for node, index in value.uses():
+        if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 \
+                or layer_of(node) is not None:  # an Add summing orders or adding a bias
+            continue
+        other = node.inputs[1 - index]
+        if other is not None and other is not value and _is_layer_output(other, planned):
+            targets.append((node, index))
+    return list(dict.fromkeys(targets))
+
+
+def branch_input(branch: ir.Node) -> tuple[ir.Node, int]:
+    """(node, input index) that reads a branch's activation: the branch itself, or the Gather
+    in front of a compact depthwise order (rexdeploy.role "gather")."""
+    x = branch.inputs[0]
+    producer = x.producer() if x is not None else None
+    tagged = layer_of(producer) if producer is not None else None
+    if tagged is not None and tagged[1] == "gather" and tagged[0] == (layer_of(branch) or ("",))[0]:
+        return producer, 0
+    return branch, 0
+
+
+def _is_layer_output(value: ir.Value, planned: set[str]) -> bool:
+    producer = value.producer()
+    if producer is None:
+        return False
+    tagged = layer_of(producer)
+    return tagged[0] in planned if tagged else producer.name in planned
+
+
+def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
+                names: UniqueNames) -> ir.Value:
+    """Q/DQ nodes right after `value`'s producer; returns the DQ output."""
+    dtype = value.dtype if value.dtype in FLOAT_DTYPES else ir.DataType.FLOAT
+    scale = add_initializer(graph, names, f"{value.name}/scale",
+                            np.array(act.scale, numpy_dtype(dtype)))
+    zero = add_initializer(graph, names, f"{value.name}/zero_point",
+                           np.array(0, np.int8 if act.signed else np.uint8))
+    q = quantize_node(names.node(f"{value.name}/QuantizeLinear"), value, scale, zero,
+                      out_name=names.value(f"{value.name}/quantized"))
+    dq = dequantize_node(names.node(f"{value.name}/DequantizeLinear"), q.outputs[0], scale, zero,
+                         out_name=names.value(f"{value.name}/dequantized"), out_dtype=dtype,
+                         shape=value.shape)
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, [q, dq])
+    else:
+        first = next(iter(graph), None)
+        if first is None:
+            graph.extend([q, dq])
+        else:
+            graph.insert_before(first, [q, dq])
+    return dq.outputs[0]
+
+
+def _activation_problem(value: ir.Value | None) -> str | None:
+    dq = value.producer() if value is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return "activation input does not come from DequantizeLinear"
+    if not dq_zero_point_is_zero(dq):
+        return "activation zero point is not 0"
+    q = dq.inputs[0].producer()
+    if q is None or q.op_type != "QuantizeLinear":
+        return "activation DequantizeLinear is not fed by QuantizeLinear"
+    return None
+
+
+def _values(graph: ir.Graph) -> dict[str, ir.Value]:
+    """Non-constant values by name: graph inputs and node outputs."""
+    values = {v.name: v for v in graph.inputs if not v.is_initializer()}
+    for node in graph:
+        if node.op_type != "Constant":
+            values.update((v.name, v) for v in node.outputs)
+    return values

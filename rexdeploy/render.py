@@ -1,0 +1,107 @@
+"""Rich tables for build and inspect output."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def build_table(artifact) -> Table:
+    s = artifact.manifest["summary"]
+    cfg = artifact.manifest["config"]["quant"]
+    table = Table(title=f"built {artifact.path}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("target", f"{artifact.target} ({artifact.manifest.get('device', 'CPU')})")
+    table.add_row("quantization", f"W:{cfg['weights']} K={cfg['orders']} A:{cfg['activations']}, "
+                                  f"ranges {cfg['ranges']}, bias correction "
+                                  f"{'on' if cfg['bias_correction'] else 'off'}")
+    table.add_row("layers", f"{s['quantized_layers']} quantized, {s['skipped_layers']} kept float")
+    table.add_row("expansion", _expansion(cfg, s))
+    skipped = artifact.report().get("skipped", [])
+    if skipped:  # never silent: name them here, the reasons are in `inspect`
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        table.add_row("kept in float", ", ".join(f"{r['name']} ({r['op']})" for r in skipped[:5])
+                      + f"{more} (why: rexdeploy inspect)")
+    cov = s["int8_coverage"]
+    colour = "green" if cov >= 0.95 else "yellow" if cov >= 0.5 else "red"
+    if artifact.manifest.get("engine") == "deferred":
+        table.add_row("runtime int8", "[yellow]unknown: no TensorRT engine built here "
+                                      "(deferred; see build_engine.sh)[/]")
+        return table
+    table.add_row("runtime int8", f"[{colour}]{s['runtime_int8_layers']}/"
+                                  f"{s['runtime_compute_layers']} compute layers ({cov:.1%})[/]")
+    low_bit = s.get("runtime_low_bit_layers", 0)
+    if low_bit > s["runtime_int8_layers"]:  # weight-only: integer weights, float compute
+        table.add_row("runtime weights", f"{low_bit}/{s['runtime_compute_layers']} compute "
+                                         "layers read compressed integer weights")
+    return table
+
+
+def _expansion(cfg: dict, s: dict) -> str:
+    """One line on the REx expansion: orders, sparsity/budget/ensemble and the BOPs it costs."""
+    parts = [f"K<={max(cfg['orders'], 2) if cfg.get('budget') or cfg.get('ensemble') else cfg['orders']}"]
+    if cfg.get("sparsity") is not None:
+        parts.append(f"gamma {cfg['sparsity']:g}")
+    if cfg.get("budget") is not None:
+        parts.append(f"budget {cfg['budget']:g}")
+    if cfg.get("ensemble"):
+        parts.append(f"ensemble: base + {cfg['ensemble']} members "
+                     f"({cfg.get('ensemble_partition', 'balanced')} partition)")
+    parts.append(f"{s.get('bops_ratio', 1.0):.2f}x the order-1 bit-operations")
+    return ", ".join(parts)
+
+
+def inspect_tables(info: dict, layers: bool) -> list[Table]:
+    m, report = info["manifest"], info["report"]
+    head = Table(title=info["path"], show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("schema", str(m["schema_version"]))
+    head.add_row("built by", f"rexdeploy {m['rexdeploy_version']}")
+    head.add_row("source", f"{m['source']['path']} ({m['source']['kind']})")
+    head.add_row("target", f"{m['target']} on {m.get('device', 'CPU')}")
+    head.add_row("inputs", ", ".join(f"{i['name']}:{'x'.join(map(str, i['shape']))}"
+                                     for i in m["inputs"]))
+    s = report["summary"]
+    head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
+                                  f"({s['int8_coverage']:.1%})")
+    head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    head.add_row("files", ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)"
+                                    for f in m["files"].values()))
+    for note in report.get("notes", []):
+        head.add_row("note", note)
+    tables = [head]
+    if report["skipped"]:
+        t = Table(title="kept in float")
+        for col in ("layer", "op", "reason"):
+            t.add_column(col)
+        for row in report["skipped"]:
+            t.add_row(row["name"], row["op"], row["reason"])
+        tables.append(t)
+    if layers:
+        tables.append(layer_table(report))
+    return tables
+
+
+def layer_table(report: dict) -> Table:
+    t = Table(title="layers")
+    numeric = ("K", "kept", "MMACs", "GBOPs", "weight SQNR dB (K=1 -> K)", "act range")
+    for col in ("layer", "op") + numeric[:-1] + ("act range", "act", "runs as"):
+        t.add_column(col, justify="right" if col in numeric else "left")
+    for row in report["layers"]:
+        err = (row.get("weight_error") or {}).get("sqnr_db")
+        err1 = (row.get("weight_error_order1") or {}).get("sqnr_db")
+        act = row.get("activation")
+        runs = ", ".join(sorted({f"{r['precision']} {r['kernel']}".strip()
+                                 for r in row["runtime"]})) or "?"
+        kept = "/".join(f"{f:.2f}" for f in row.get("kept_fraction") or []) or "-"
+        bops = row.get("bops")
+        t.add_row(row["name"], row["op"], str(row["orders"]), kept, f"{row['macs'] / 1e6:.1f}",
+                  "-" if bops is None else f"{bops / 1e9:.2f}",
+                  "-" if err is None else (f"{err:.1f}" if row["orders"] == 1 or err1 is None
+                                           else f"{err1:.1f} -> {err:.1f}"),
+                  "-" if act is None else f"{act['range']:.3g}",
+                  "-" if act is None else f"{act['dtype']} ({act['source']})",
+                  f"[{'green' if row['runs_int8'] or row.get('runs_low_bit') else 'red'}]"
+                  f"{runs}[/]")
+    return t

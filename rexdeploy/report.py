@@ -1,0 +1,99 @@
+"""report.json: what was quantized how, and what precision really runs, per layer."""
+
+from __future__ import annotations
+
+REPORT_VERSION = 1
+# Runtime precisions of a compute layer that read integer weights: int8 kernels, or compressed
+# int8/int4 weights decompressed inside the kernel (weight-only builds, OpenVINO FullyConnected).
+LOW_BIT = ("i8", "u8", "i4", "u4")
+
+
+def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
+    """Join the plan (decisions), the analysis (MACs) and the backend's runtime precisions.
+    Nothing run-dependent goes in (stage timings live in the manifest), so two builds of one
+    model give the same report.json byte for byte."""
+    runtime = [
+        {"name": l.name, "type": l.type, "precision": l.precision, "kernel": l.kernel,
+         "int8": l.is_int8, "original": list(getattr(l, "original_names", ()) or ())}
+        for l in result.layers]
+    acts = {a.tensor: a for a in plan.activations}
+    bias_nodes = {info.name: info.bias_node for info in layers}
+    assigned = _assign_runtime([lp.name for lp in plan.layers], bias_nodes, runtime)
+    rows = []
+    for lp in plan.layers:
+        act = acts.get(lp.input)
+        ran = assigned[lp.name]
+        rows.append({
+            "name": lp.name, "op": lp.op, "orders": len(lp.orders),
+            "bits": [o.bits for o in lp.orders],
+            "macs": lp.metrics.get("macs", 0),
+            "kept_fraction": lp.metrics.get("kept_fraction", []),
+            "bops": lp.metrics.get("bops"),
+            "weight_error_order1": lp.metrics.get("error_order1"),
+            "weight_error": lp.metrics.get("error"),
+            "bias_corrected": lp.bias_shift is not None,
+            "activation": None if act is None else {
+                "tensor": act.tensor, "scale": act.scale, "range": act.range,
+                "dtype": "int8" if act.signed else "uint8", "source": act.source},
+            "runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
+            "runs_int8": bool(ran) and all(r["int8"] for r in ran),
+            "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
+        })
+    int8 = sum(r["int8"] for r in runtime)
+    coverage = int8 / len(runtime) if runtime else 0.0
+    skipped = [{"name": s.name, "op": s.op, "reason": s.reason} for s in plan.skipped]
+    return {
+        "version": REPORT_VERSION,
+        "summary": {
+            "quantized_layers": len(plan.layers),
+            "skipped_layers": len(plan.skipped),
+            "activation_tensors": len(plan.activations),
+            "runtime_compute_layers": len(runtime),
+            "runtime_int8_layers": int8,
+            "runtime_low_bit_layers": sum(r["int8"] or r["precision"] in LOW_BIT
+                                          for r in runtime),
+            "int8_coverage": round(coverage, 4),
+            "macs": sum(r["macs"] for r in rows),
+            **_bops(plan),
+        },
+        "layers": rows,
+        "skipped": skipped,
+        "activations": [{"tensor": a.tensor, "scale": a.scale, "range": a.range,
+                         "dtype": "int8" if a.signed else "uint8", "source": a.source}
+                        for a in plan.activations],
+        "runtime_layers": runtime,
+        "graph": lowered,
+        "notes": list(notes) + list(result.info.get("notes", [])),
+        "backend": dict(result.info),
+    }
+
+
+def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],
+                    runtime: list[dict]) -> dict[str, list[dict]]:
+    """The runtime layers of each planned layer, each runtime layer given to one layer at most.
+
+    First by the runtime layer's own name: the ONNX node `name`, a piece OpenVINO made of it
+    (`name/DequantizationMultiply`, `name/order2` for expansion branches), or the layer's bias
+    Add (a MatMul with its bias fused is named after the Add). Then, for runtime layers left,
+    by `originalLayersNames` (which may list fused neighbours too, hence second).
+    """
+    def owner(n: str) -> str | None:
+        for name in names:
+            if n == name or n.startswith(name + "/") or n == bias_nodes.get(name):
+                return name
+        return None
+
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    for r in runtime:
+        name = owner(r["name"]) or next(filter(None, map(owner, r["original"])), None)
+        if name is not None:
+            out[name].append(r)
+    return out
+
+
+def _bops(plan) -> dict:
+    """Total bit-operations of the plan and the ratio to its order-1 model."""
+    total = sum(lp.metrics.get("bops", 0.0) or 0.0 for lp in plan.layers)
+    base = sum(lp.metrics.get("bops_order1", 0.0) or 0.0 for lp in plan.layers)
+    return {"bops": total, "bops_order1": base,
+            "bops_ratio": round(total / base, 4) if base else 1.0}

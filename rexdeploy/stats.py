@@ -1,0 +1,246 @@
+"""Data-free activation statistics from the float graph (ALGORITHMS.md §3).
+
+Every tensor gets per-channel Gaussian moments (mean, variance) and an extent [lo, hi] where they
+can be derived without data: BatchNormalization outputs are N(beta, gamma^2) per channel,
+LayerNormalization outputs N(bias, scale^2); the moments are then carried through Conv/Gemm/MatMul
+(independent inputs), Relu/Clip (clipped Gaussian), Add, pooling and reshapes. The extent of a
+tensor is `mean_c +- sigma * std_c` over its channels, clamped by Relu/Clip and kept through
+pooling (the pre-pool bound: a pooled Gaussian's own spread is far too narrow, measured).
+
+Runs on the graph BEFORE BatchNorm folding (it needs the BN nodes). Needs numpy and onnx_ir; the
+math itself lives in calib_free.moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from rexdeploy.constants import const_array as _const
+
+# Where a tensor's statistics come from; "ln" is kept apart because LayerNorm statistics miss the
+# outlier channels of transformers (MiniLM W8A8 cosine 0.81-0.89, ALGORITHMS.md §3.3).
+ROOTS = ("bn", "ln", "input", "assumed-input")
+_PASS_THROUGH = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                 "GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool", "ReduceMean",
+                 "ReduceMax", "Cast"}
+
+
+@dataclass(frozen=True, eq=False)
+class TensorStats:
+    """Per-channel moments and extent of one tensor. mean/var: float64 [C] (C may be 1)."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    lo: float
+    hi: float
+    roots: frozenset[str]  # which of ROOTS the statistics were derived from
+
+    @property
+    def bound(self) -> float:
+        """Symmetric clip value: the largest magnitude the tensor is expected to reach."""
+        return float(max(abs(self.lo), abs(self.hi)))
+
+    @property
+    def nonneg(self) -> bool:
+        return self.lo >= 0.0
+
+    @property
+    def source(self) -> str:
+        return "+".join(sorted(self.roots)) or "propagated"
+
+
+def propagate_stats(model: ir.Model, input_ranges: dict[str, tuple[float, float]] | None = None,
+                    sigma: float = 4.0) -> dict[str, TensorStats]:
+    """Statistics for every tensor where they can be derived without data, keyed by value name.
+
+    input_ranges: graph input name -> (lo, hi) of its values (e.g. (-1, 1) for images scaled to
+    [-1, 1]); inputs without one are assumed N(0, 1) per element. Integer inputs get none.
+    """
+    input_ranges = input_ranges or {}
+    stats: dict[str, TensorStats] = {}
+    for value in model.graph.inputs:
+        if value.dtype is not None and not value.dtype.is_floating_point():
+            continue
+        channels = _channels(value)
+        if value.name in input_ranges:
+            lo, hi = input_ranges[value.name]
+            mean = np.full(channels, (lo + hi) / 2.0)
+            var = np.full(channels, (hi - lo) ** 2 / 12.0)
+            stats[value.name] = TensorStats(mean, var, lo, hi, frozenset({"input"}))
+        else:
+            stats[value.name] = _from_moments(np.zeros(channels), np.ones(channels), sigma,
+                                              frozenset({"assumed-input"}))
+    for node in model.graph:
+        _visit(node, stats, sigma)
+    return stats
+
+
+def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
+    op = node.op_type
+    out = node.outputs[0] if node.outputs else None
+    if out is None or not out.name:
+        return
+    if op == "BatchNormalization":
+        gamma, beta = _const(node.inputs[1]), _const(node.inputs[2])
+        if gamma is not None and beta is not None:
+            stats[out.name] = _from_moments(beta, gamma**2, sigma, frozenset({"bn"}))
+        return
+    if op == "LayerNormalization":
+        scale = _const(node.inputs[1])
+        bias = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if scale is not None:
+            bias = np.zeros_like(scale) if bias is None else bias
+            stats[out.name] = _from_moments(bias.ravel(), scale.ravel() ** 2, sigma,
+                                            frozenset({"ln"}))
+        return
+    inputs = [stats.get(v.name) if v is not None else None for v in node.inputs]
+    first = inputs[0] if inputs else None
+    result = None
+    if op in _PASS_THROUGH and first is not None:
+        result = _reshaped(first, _channels(out))
+    elif op in ("Relu", "Clip") and first is not None:
+        lo, hi = (0.0, None) if op == "Relu" else _clip_bounds(node)
+        result = _clipped(first, lo, hi)
+    elif op == "Pad" and first is not None:
+        result = TensorStats(first.mean, first.var, min(first.lo, 0.0), max(first.hi, 0.0),
+                             first.roots)
+    elif op in ("Conv", "Gemm", "MatMul") and first is not None:
+        result = _linear(node, first, sigma)
+    elif op in ("Add", "Sub"):
+        result = _add(node, inputs, sigma, subtract=op == "Sub")
+    elif op == "Concat":
+        result = _concat(node, inputs, out)
+    if result is not None:
+        stats[out.name] = result
+
+
+# -- rules -------------------------------------------------------------------------------------
+def _from_moments(mean: np.ndarray, var: np.ndarray, sigma: float,
+                  roots: frozenset[str]) -> TensorStats:
+    mean = np.asarray(mean, np.float64).ravel()
+    var = np.maximum(np.asarray(var, np.float64).ravel(), 0.0)
+    std = np.sqrt(var)
+    return TensorStats(mean, var, float(np.min(mean - sigma * std)),
+                       float(np.max(mean + sigma * std)), roots)
+
+
+def _clipped(s: TensorStats, lo: float | None, hi: float | None) -> TensorStats:
+    import torch
+
+    from calib_free.moments import clipped_gaussian_moments
+
+    m, v = clipped_gaussian_moments(torch.from_numpy(s.mean), torch.from_numpy(np.sqrt(s.var)),
+                                    lo, hi)
+    new_lo = s.lo if lo is None else min(max(s.lo, lo), hi if hi is not None else np.inf)
+    new_hi = s.hi if hi is None else max(min(s.hi, hi), lo if lo is not None else -np.inf)
+    if lo is not None:
+        new_hi = max(new_hi, lo)
+    return TensorStats(m.double().numpy(), v.double().numpy(), float(new_lo), float(new_hi),
+                       s.roots)
+
+
+def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
+    import torch
+
+    from calib_free.moments import conv_moments, linear_moments
+
+    weight = _const(node.inputs[1])
+    if weight is None:
+        return None
+    bias = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if node.op_type == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        cin = weight.shape[1] * groups
+        fn = lambda w, b, m, v: conv_moments(w, b, m, v, groups=groups)  # noqa: E731
+    else:
+        if node.op_type == "MatMul" or not node.attributes.get_int("transB", 0):
+            weight = weight.T  # -> [Cout, Cin]
+        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+            return None
+        if weight.ndim != 2:
+            return None
+        cin = weight.shape[1]
+        fn = linear_moments
+    mean, var = _fit_channels(s, cin)
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    m, v = fn(t(weight), t(bias.ravel()) if bias is not None else None, t(mean), t(var))
+    return _from_moments(m.numpy(), v.numpy(), sigma, s.roots)
+
+
+def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,
+         subtract: bool) -> TensorStats | None:
+    a, b = (inputs + [None, None])[:2]
+    sign = -1.0 if subtract else 1.0
+    if a is not None and b is not None:
+        c = max(a.mean.size, b.mean.size)
+        (ma, va), (mb, vb) = _fit_channels(a, c), _fit_channels(b, c)
+        return _from_moments(ma + sign * mb, va + vb, sigma, a.roots | b.roots)
+    # tensor + constant (e.g. a MatMul's bias): shift the mean
+    known, const_value = (a, node.inputs[1]) if a is not None else (b, node.inputs[0])
+    const = _const(const_value) if const_value is not None else None
+    if known is None or const is None:
+        return None
+    shift = const.ravel().astype(np.float64)
+    if shift.size not in (1, known.mean.size):
+        return None
+    if known is b and subtract:
+        return None  # constant - tensor: rare, not worth a rule
+    mean = known.mean + sign * shift
+    return _from_moments(mean, known.var * np.ones_like(mean), sigma, known.roots)
+
+
+def _concat(node: ir.Node, inputs: list[TensorStats | None], out: ir.Value) -> TensorStats | None:
+    if any(s is None for s in inputs) or not inputs:
+        return None
+    axis = node.attributes.get_int("axis", 1)
+    rank = len(out.shape) if out.shape is not None else 4
+    if axis % rank != _channel_axis(rank):
+        merged = [_fit_channels(s, 1) for s in inputs]
+        mean = np.concatenate([m for m, _ in merged]).mean(keepdims=True)
+        var = np.concatenate([v for _, v in merged]).mean(keepdims=True)
+    else:
+        mean = np.concatenate([s.mean for s in inputs])
+        var = np.concatenate([s.var for s in inputs])
+    return TensorStats(mean, var, min(s.lo for s in inputs), max(s.hi for s in inputs),
+                       frozenset().union(*(s.roots for s in inputs)))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _channel_axis(rank: int) -> int:
+    return rank - 1 if rank == 3 else 1 if rank >= 2 else 0
+
+
+def _channels(value: ir.Value) -> int:
+    shape = value.shape
+    if shape is None or len(shape) == 0:
+        return 1
+    dim = shape[_channel_axis(len(shape))]
+    return dim if isinstance(dim, int) and dim > 0 else 1
+
+
+def _fit_channels(s: TensorStats, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stats as `channels` per-channel values; pooled to one value when layouts differ."""
+    if s.mean.size == channels:
+        return s.mean, s.var
+    mean = float(s.mean.mean())
+    var = float(s.var.mean() + s.mean.var())
+    return np.full(channels, mean), np.full(channels, var)
+
+
+def _reshaped(s: TensorStats, channels: int) -> TensorStats:
+    mean, var = _fit_channels(s, channels)
+    return TensorStats(mean, var, s.lo, s.hi, s.roots)
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
+    bounds = []
+    for i in (1, 2):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        c = _const(v) if v is not None else None
+        bounds.append(None if c is None else float(c))
+    if "min" in node.attributes or "max" in node.attributes:  # opset < 11 form
+        bounds = [node.attributes.get_float("min", None), node.attributes.get_float("max", None)]
+    return bounds[0], bounds[1]

@@ -1,0 +1,67 @@
+"""Finish a deferred TensorRT artifact on the device: `rexdeploy build --from-deferred ARTIFACT`.
+
+The artifact was written where `tensorrt` did not import: it holds the checked Q/DQ ONNX and
+trt_build.json (the build spec). Here, where TensorRT imports, the engine is built from exactly
+that spec, the engine inspector's per-layer precision goes into report.json, and the artifact is
+rewritten atomically (a copy built next to it, renamed into place) with `engine: built`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
+from rexdeploy.errors import UserError
+
+
+def finish_deferred(path: str, log) -> Artifact:
+    from backends.tensorrt import SPEC, TrtBuildSpec, build_engine, tensorrt_status
+    from rexdeploy.report import _assign_runtime
+    from rexdeploy.trt_rules import check_trt_rules
+
+    art = load_artifact(path)
+    if art.target != "trt":
+        raise UserError(f"{path} is a {art.target} artifact; --from-deferred finishes trt ones")
+    if art.manifest.get("engine") != "deferred":
+        raise UserError(f"{path} is not a deferred build (engine: {art.manifest.get('engine')})")
+    ok, why = tensorrt_status()
+    if not ok:
+        raise UserError(f"cannot finish {path} here: {why}",
+                        "run this on the device that will run the engine (engines are not "
+                        "portable), e.g. a Jetson with JetPack")
+    check = check_trt_rules(art.file("onnx"))
+    if check.errors:
+        raise UserError(f"{art.file('onnx')} breaks TensorRT's rules: {check.errors[0]}")
+    with open(art.file("trt_build")) as f:
+        spec = TrtBuildSpec.from_dict(json.load(f))
+    with ArtifactWriter(art.path, force=True) as writer:
+        for role, rel in art.files.items():
+            shutil.copy2(os.path.join(art.path, rel), writer.path(rel, role))
+        with log.stage("compile", f"TensorRT engine from {SPEC}"):
+            layers, built = build_engine(spec, writer.tmp)
+        for role, rel in (("engine", spec.engine), ("timing_cache", spec.timing_cache),
+                          ("layer_info", spec.layer_info)):
+            writer.roles[role] = rel
+        report = art.report()
+        runtime = [{"name": l.name, "type": l.type, "precision": l.precision,
+                    "kernel": l.kernel, "int8": l.is_int8, "original": list(l.original_names)}
+                   for l in layers]
+        report["runtime_layers"] = runtime
+        assigned = _assign_runtime([row["name"] for row in report["layers"]], {}, runtime)
+        for row in report["layers"]:
+            ran = assigned[row["name"]]
+            row["runtime"] = [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran]
+            row["runs_int8"] = bool(ran) and all(r["int8"] for r in ran)
+        int8 = sum(r["int8"] for r in runtime)
+        report["summary"].update(runtime_compute_layers=len(runtime), runtime_int8_layers=int8,
+                                 int8_coverage=round(int8 / len(runtime), 4) if runtime else 0.0)
+        report.setdefault("backend", {}).update(engine="built", **built)
+        writer.write_json("report.json", report, "report")
+        manifest = {k: v for k, v in art.manifest.items()
+                    if k not in ("files", "schema_version", "manifest_sha256")}
+        manifest["engine"] = "built"
+        manifest["backend"] = {**manifest.get("backend", {}), "engine": "built", **built}
+        manifest["summary"] = report["summary"]
+        return writer.commit(manifest)

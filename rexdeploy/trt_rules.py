@@ -1,0 +1,258 @@
+"""TensorRT's Q/DQ rules checked on an ONNX graph (pure ONNX: runs without TensorRT).
+
+    check_trt_rules(model_or_path) -> TrtCheck      findings, each naming the node
+    rexdeploy inspect --check trt model.onnx        the same from the command line
+
+Errors are what TensorRT's ONNX parser or builder refuses (BACKENDS.md, reference/anchors.md
+sections 1.2-1.3); warnings are what builds but does not run as int8 the way the graph suggests.
+
+  opset            ai.onnx opset >= 13 (per-channel Q/DQ), >= 21 for INT4 / block_size
+  operators        no QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger,
+                   DynamicQuantizeLinear (the parser rejects them)
+  zero-point       every Q/DQ zero point a constant 0 (TensorRT is symmetric only)
+  weight-axis      per-channel weight scales on the output-channel axis: 0 for Conv and Gemm
+                   with transB=1, 1 for ConvTranspose, the last axis for MatMul and Gemm transB=0
+  activation-scale activations quantized per tensor (scalar scale)
+  scale            scales constant, positive, finite
+  int4             INT4 codes only as constant 2-D MatMul/Gemm weights with block_size;
+                   block quantization only with INT4 codes
+  pad-qdq          no Q/DQ between a Pad and a Conv
+  residual         (warning) an Add joining a quantized layer's output with a float skip
+                   tensor: Q/DQ belongs on the skip input so Conv+Add fuse in int8
+  weight-only      (warning) int8 weights on a layer whose activation is float: TensorRT runs
+                   it in float
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+REJECTED = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+            "DynamicQuantizeLinear")
+MIN_OPSET, MIN_OPSET_INT4 = 13, 21
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str    # error | warning
+    rule: str     # one of the rule names in the module docstring
+    node: str     # the ONNX node (or "model")
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: [{self.rule}] {self.node}: {self.message}"
+
+
+@dataclass(frozen=True)
+class TrtCheck:
+    findings: tuple[Finding, ...] = field(default_factory=tuple)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "errors": [str(f) for f in self.errors],
+                "warnings": [str(f) for f in self.warnings]}
+
+
+def check_trt_rules(model) -> TrtCheck:
+    """Check an ONNX model (path, onnx.ModelProto or onnx_ir.Model) against TensorRT's rules."""
+    import onnx_ir as ir
+
+    if isinstance(model, str):
+        model = ir.load(model)
+    elif not isinstance(model, ir.Model):
+        model = ir.from_proto(model)
+    out: list[Finding] = []
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is not None and opset < MIN_OPSET:
+        out.append(Finding("error", "opset", "model", f"opset {opset}: per-channel Q/DQ needs "
+                                                      f"opset >= {MIN_OPSET}"))
+    for node in model.graph:
+        out += _node_findings(node, opset)
+    return TrtCheck(tuple(out))
+
+
+def _node_findings(node, opset) -> list[Finding]:
+    if node.op_type in REJECTED:
+        return [Finding("error", "operators", node.name, f"{node.op_type} is rejected by "
+                        "TensorRT's ONNX parser; use QuantizeLinear/DequantizeLinear pairs")]
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return _qdq_findings(node, opset)
+    if node.op_type in COMPUTE:
+        return _compute_findings(node)
+    if node.op_type == "Add":
+        return _residual_findings(node)
+    return []
+
+
+def _qdq_findings(node, opset) -> list[Finding]:
+    import numpy as np
+    import onnx_ir as ir
+
+    from rexdeploy.constants import const_array
+
+    out = []
+    name = node.name
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    if zp is not None:
+        z = const_array(zp)
+        if z is None or np.asarray(z, np.int32).any():
+            out.append(Finding("error", "zero-point", name, "zero point is not a constant 0 "
+                               "(TensorRT supports symmetric quantization only)"))
+    scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if scale is None:
+        out.append(Finding("error", "scale", name, "scale is not a constant"))
+    elif not (np.isfinite(scale.astype(np.float64)).all() and (scale > 0).all()):
+        out.append(Finding("error", "scale", name, "scales must be positive and finite"))
+    block = node.attributes.get_int("block_size", 0)
+    data = node.inputs[0]
+    codes = data.dtype if node.op_type == "DequantizeLinear" else \
+        (zp.dtype if zp is not None else None)
+    weight = _is_weight(node)
+    int4 = codes in (ir.DataType.INT4, ir.DataType.UINT4)
+    if (int4 or block) and opset is not None and opset < MIN_OPSET_INT4:
+        out.append(Finding("error", "opset", name, f"INT4/block_size Q/DQ needs opset >= "
+                                                   f"{MIN_OPSET_INT4} (model: {opset})"))
+    if int4:
+        out += _int4_findings(node, data, block, weight, codes)
+    elif block:
+        out.append(Finding("error", "int4", name, f"block quantization with {codes} codes: "
+                           "TensorRT blocks INT4 (and FP8/FP4) only"))
+    if scale is not None and scale.size > 1 and not block:
+        if not weight:
+            out.append(Finding("error", "activation-scale", name, f"activation scale has "
+                               f"{scale.size} values: TensorRT quantizes activations per tensor"))
+        elif node.op_type == "DequantizeLinear":
+            out += _axis_findings(node)
+    return out
+
+
+def _is_weight(node) -> bool:
+    """A Q/DQ of a constant: DQ(codes), Q(float weight), or DQ(Q(float weight)) as fake-quant
+    exporters write it (TensorRT folds the Q at build time)."""
+    from rexdeploy.constants import const_array
+
+    src = node.inputs[0]
+    if node.op_type == "DequantizeLinear":
+        q = src.producer() if src is not None else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            src = q.inputs[0]
+    return const_array(src) is not None
+
+
+def _int4_findings(node, data, block, weight, codes) -> list[Finding]:
+    import onnx_ir as ir
+
+    problems = []
+    if codes == ir.DataType.UINT4:
+        problems.append("UINT4 codes (use signed INT4 with zero point 0)")
+    if not weight:
+        problems.append("INT4 on an activation (TensorRT's INT4 is weight-only)")
+    shape = data.shape
+    if shape is not None and shape.rank() != 2:
+        problems.append(f"a {shape.rank()}-D weight (INT4 only on 2-D MatMul/Gemm weights; "
+                        "no INT4 convolution)")
+    if not block:
+        problems.append("no block_size (INT4 weights are block-quantized)")
+    users = {u.op_type for u, _ in node.outputs[0].uses()}
+    if users - {"MatMul", "Gemm"}:
+        problems.append(f"feeds {', '.join(sorted(users - {'MatMul', 'Gemm'}))}")
+    return [Finding("error", "int4", node.name, p) for p in problems]
+
+
+def _axis_findings(dq) -> list[Finding]:
+    out = []
+    axis = dq.attributes.get_int("axis", 1)
+    rank = dq.inputs[0].shape.rank() if dq.inputs[0].shape is not None else None
+    if rank is not None and axis < 0:
+        axis += rank
+    for user, index in dq.outputs[0].uses():
+        if user.op_type not in COMPUTE or index != 1:
+            continue
+        want = _out_axis(user, rank)
+        if want is not None and axis != want:
+            out.append(Finding("error", "weight-axis", dq.name,
+                               f"per-channel scale on axis {axis}; {user.op_type} {user.name} "
+                               f"needs the output-channel axis {want}"))
+    return out
+
+
+def _out_axis(user, rank) -> int | None:
+    if user.op_type == "Conv":
+        return 0
+    if user.op_type == "ConvTranspose":
+        return 1
+    if user.op_type == "Gemm":
+        return 0 if user.attributes.get_int("transB", 0) else 1
+    return None if rank is None else rank - 1  # MatMul: [..., K, N]
+
+
+def _compute_findings(node) -> list[Finding]:
+    out = []
+    act = node.inputs[0].producer() if node.inputs[0] is not None else None
+    weight = node.inputs[1].producer() if len(node.inputs) > 1 and node.inputs[1] is not None \
+        else None
+    if act is not None and act.op_type == "DequantizeLinear" and node.op_type == "Conv":
+        q = act.inputs[0].producer()
+        pad = q.inputs[0].producer() if q is not None and q.op_type == "QuantizeLinear" else None
+        if pad is not None and pad.op_type == "Pad":
+            out.append(Finding("error", "pad-qdq", node.name, f"Q/DQ between Pad {pad.name} and "
+                               "this Conv; fuse the pad into the Conv or keep it float"))
+    if weight is not None and weight.op_type == "DequantizeLinear" and \
+            (act is None or act.op_type != "DequantizeLinear"):
+        import onnx_ir as ir
+
+        if weight.inputs[0].dtype not in (ir.DataType.INT4, ir.DataType.UINT4):
+            out.append(Finding("warning", "weight-only", node.name, "int8 weights with a float "
+                               "activation: TensorRT runs this layer in float"))
+    return out
+
+
+def _layer_input(value, depth: int = 0):
+    """The dequantized input of the quantized layer whose output is `value` (through bias Adds
+    and REx sums of orders reading one input), else None."""
+    p = value.producer() if value is not None else None
+    if p is None or depth > 8:
+        return None
+    if p.op_type in COMPUTE:
+        act = p.inputs[0].producer() if p.inputs[0] is not None else None
+        return p.inputs[0] if act is not None and act.op_type == "DequantizeLinear" else None
+    if p.op_type == "Add" and len(p.inputs) == 2:
+        a, b = p.inputs
+        if _is_const(a) or _is_const(b):  # a bias Add
+            return _layer_input(b if _is_const(a) else a, depth + 1)
+        ia, ib = _layer_input(a, depth + 1), _layer_input(b, depth + 1)
+        return ia if ia is not None and ia is ib else None  # orders summed
+    return None
+
+
+def _is_const(value) -> bool:
+    from rexdeploy.constants import const_array
+
+    return value is not None and const_array(value) is not None
+
+
+def _residual_findings(node) -> list[Finding]:
+    if len(node.inputs) != 2 or any(v is None or _is_const(v) for v in node.inputs):
+        return []
+    inputs = [_layer_input(v) for v in node.inputs]
+    if all(i is None for i in inputs) or (inputs[0] is not None and inputs[0] is inputs[1]):
+        return []  # no quantized layer here, or the Add summing a layer's REx orders
+    for value in node.inputs:
+        p = value.producer()
+        if p is not None and p.op_type == "DequantizeLinear":
+            return []
+    skip = node.inputs[1] if inputs[0] is not None else node.inputs[0]
+    return [Finding("warning", "residual", node.name, f"skip input {skip.name} is float: put "
+                    "Q/DQ on it so the layer and this Add fuse in int8")]

@@ -1,0 +1,319 @@
+"""TensorRT backend: the Polygraphy loader chain constructed with the right options (TensorRT is
+never called), the deferred artifact and its build_engine.sh (trtexec lines checked against the
+TensorRT 10 / 11 flag sets), compare on a deferred artifact through ONNX Runtime, and engine
+builds where tensorrt imports (marker `tensorrt`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import rexdeploy
+from backends.base import BuildOptions
+from backends.tensorrt import (Profile, TrtBuildSpec, build_spec, layers_from_inspector,
+                               loader_chain, polygraphy_command, trtexec_command)
+from rexdeploy.errors import UserError
+from tiny_models import tiny_cnn, tiny_mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# trtexec flags, from BACKENDS.md and reference/anchors.md sections 1.1, 1.7-1.10 (sampleOptions.cpp
+# @ 10.x / 11.1). Every flag rexdeploy writes must be in the set of its version.
+TRT10_FLAGS = {"--onnx", "--saveEngine", "--stronglyTyped", "--int8", "--fp16",
+               "--timingCacheFile", "--profilingVerbosity", "--exportLayerInfo", "--skipInference",
+               "--maxAuxStreams", "--minShapes", "--optShapes", "--maxShapes", "--useDLACore",
+               "--allowGPUFallback"}
+TRT11_REMOVED = {"--fp16", "--bf16", "--int8", "--fp8", "--int4", "--best", "--calib"}
+TRT11_NOOPS = {"--stronglyTyped", "--useCudaGraph", "--separateProfileRun", "--noDataTransfers",
+               "--useSpinWait"}
+TRT11_FLAGS = TRT10_FLAGS - TRT11_REMOVED - TRT11_NOOPS
+VALUED = {"--onnx", "--saveEngine", "--timingCacheFile", "--profilingVerbosity",
+          "--exportLayerInfo", "--maxAuxStreams", "--minShapes", "--optShapes", "--maxShapes",
+          "--useDLACore"}
+
+
+def check_trtexec_line(argv: list[str], major: int) -> None:
+    """Syntax of one trtexec command line for TensorRT `major`; raises AssertionError."""
+    assert argv[0] in ("trtexec", "$TRTEXEC")
+    allowed = TRT10_FLAGS if major == 10 else TRT11_FLAGS
+    seen = set()
+    for arg in argv[1:]:
+        flag, eq, value = arg.partition("=")
+        assert flag in allowed, f"{flag} is not a TensorRT {major} trtexec flag we may use"
+        assert flag not in seen, f"{flag} given twice"
+        seen.add(flag)
+        assert bool(eq) == (flag in VALUED), arg
+        if flag in ("--maxAuxStreams", "--useDLACore"):
+            assert value.isdigit(), arg
+        if flag == "--profilingVerbosity":
+            assert value in ("layer_names_only", "detailed", "none"), arg
+        if flag.endswith("Shapes"):
+            for item in value.split(","):
+                name, _, dims = item.rpartition(":")
+                assert name and all(d.isdigit() for d in dims.split("x")), arg
+    assert {"--onnx", "--saveEngine"} <= seen
+    if major == 11:
+        assert not seen & (TRT11_REMOVED | TRT11_NOOPS)
+    else:
+        assert ("--stronglyTyped" in seen) != ("--int8" in seen), "strong typing xor int8 flag"
+
+
+def _polygraphy_parses(argv: list[str]) -> None:
+    """Polygraphy's own argument parser accepts the command (no TensorRT needed)."""
+    import argparse
+
+    from polygraphy.tools.convert import Convert
+
+    assert argv[:2] == ["polygraphy", "convert"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    Convert().setup_parser(parser.add_subparsers())
+    parser.parse_args(argv[1:])
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("onnx") / "model.onnx")
+    torch.onnx.export(tiny_cnn(), (torch.randn(2, 3, 32, 32),), path, dynamo=False,
+                      opset_version=21, input_names=["input"],
+                      dynamic_axes={"input": {0: "B"}})
+    return path
+
+
+def test_spec_profiles_aux_streams_and_dla(dynamic_onnx):
+    root = os.path.dirname(dynamic_onnx)
+    spec = build_spec(dynamic_onnx, root, BuildOptions(parallel_branches=3, dla_core=1,
+                                                        dim_ranges=(("B", 1, 4, 16),)))
+    assert spec.onnx == "model.onnx"
+    assert spec.max_aux_streams == 2
+    assert spec.profiles == (Profile("input", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32)),)
+    assert spec.dla_core == 1 and spec.gpu_fallback
+    assert TrtBuildSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    plain = build_spec(dynamic_onnx, root, BuildOptions())
+    assert plain.max_aux_streams is None  # K = 1: TensorRT's own heuristic
+    assert plain.profiles[0].max == (8, 3, 32, 32)
+    with pytest.raises(UserError, match="not a dynamic dim"):
+        build_spec(dynamic_onnx, root, BuildOptions(dim_ranges=(("N", 1, 1, 2),)))
+
+
+def test_loader_chain_strongly_typed_without_calling_tensorrt(dynamic_onnx):
+    root = os.path.dirname(dynamic_onnx)
+    spec = build_spec(dynamic_onnx, root, BuildOptions(parallel_branches=2,
+                                                        dim_ranges=(("B", 1, 2, 8),)))
+    for major in (10, 11):
+        network, config, engine = loader_chain(spec, major, root)
+        assert network.path == dynamic_onnx
+        assert network.strongly_typed is True
+        assert config.max_aux_streams == 1
+        assert not (config.int8 or config.fp16 or config.bf16 or config.tf32 or config.fp8)
+        assert not config.use_dla
+        assert config.timing_cache_path == os.path.join(root, "timing.cache")
+        profile = config.profiles[0]
+        assert tuple(profile["input"].min) == (1, 3, 32, 32)
+        assert tuple(profile["input"].opt) == (2, 3, 32, 32)
+        assert tuple(profile["input"].max) == (8, 3, 32, 32)
+        assert engine._network is network and engine._config is config
+        assert engine.timing_cache_path == os.path.join(root, "timing.cache")
+    assert "tensorrt" not in sys.modules
+
+
+def test_loader_chain_keeps_the_timing_cache_and_pins_dla(dynamic_onnx, tmp_path):
+    root = os.path.dirname(dynamic_onnx)
+    spec = build_spec(dynamic_onnx, root, BuildOptions(dla_core=1))
+    cache = os.path.join(root, spec.timing_cache)
+    net10, config10, _ = loader_chain(spec, 10, root)
+    net11, config11, _ = loader_chain(spec, 11, root)
+    # TensorRT 10 DLA: weakly typed with int8+fp16 flags; 11: strongly typed, no flags
+    assert net10.strongly_typed is False and net11.strongly_typed is True
+    inner10, inner11 = config10._config, config11._config  # PostprocessConfig pins core 1
+    assert inner10.use_dla and inner10.allow_gpu_fallback and inner10.int8 and inner10.fp16
+    assert inner11.use_dla and not (inner11.int8 or inner11.fp16)
+    assert inner10.timing_cache_path == cache
+
+    class FakeConfig:  # only what set_core touches; no TensorRT call happens here
+        DLA_core = 0
+
+    fake = FakeConfig()
+    config10._func(None, None, fake)
+    assert fake.DLA_core == 1
+
+
+@pytest.mark.parametrize("options", [BuildOptions(), BuildOptions(parallel_branches=2),
+                                     BuildOptions(dla_core=0, dim_ranges=(("B", 1, 4, 8),)),
+                                     BuildOptions(dla_core=1, parallel_branches=3)])
+def test_trtexec_lines_valid_for_trt10_and_trt11(dynamic_onnx, options):
+    spec = build_spec(dynamic_onnx, os.path.dirname(dynamic_onnx), options)
+    check_trtexec_line(trtexec_command(spec, 10), 10)
+    check_trtexec_line(trtexec_command(spec, 11), 11)
+    _polygraphy_parses(polygraphy_command(spec))
+
+
+def test_trtexec_checker_rejects_removed_flags():
+    with pytest.raises(AssertionError):
+        check_trtexec_line(["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine", "--int8"], 11)
+    with pytest.raises(AssertionError):
+        check_trtexec_line(["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine",
+                            "--stronglyTyped", "--best"], 10)
+
+
+def test_layers_from_inspector():
+    # Hand-written in the shape of TensorRT's LayerInformationFormat.JSON (keys as read by
+    # NVIDIA's trt-engine-explorer): not output of a real engine.
+    info = {"Layers": [
+        {"Name": "/stem/Conv + /stem/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "x", "Format/Datatype": "Channel major INT8 format where channel "
+                                                     "% 4 == 0"}],
+         "TacticName": "sm87_xmma_fprop_implicit_gemm_interleaved_i8i8_i8i32_f32",
+         "Metadata": "[ONNX Layer: /stem/Conv]\x1f[ONNX Layer: /stem/Relu]"},
+        {"Name": "/fc/Gemm", "LayerType": "CaskGemmMatrixMultiply",
+         "Inputs": [{"Name": "p", "Format/Datatype": "Row major linear FP32"}],
+         "TacticName": "gemm_f32", "Metadata": "[ONNX Layer: /fc/Gemm]"},
+        {"Name": "reformat", "LayerType": "Reformat", "Inputs": []}]}
+    layers = layers_from_inspector(info)
+    assert [(l.name, l.precision, l.is_int8) for l in layers] == [
+        ("/stem/Conv + /stem/Relu", "i8", True), ("/fc/Gemm", "f32", False)]
+    assert layers[0].original_names == ("/stem/Conv", "/stem/Relu")
+
+
+# -- the deferred artifact ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
+    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def deferred(cnn_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "tiny.trt"
+    config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(orders=2))
+    return rexdeploy.build(cnn_file, ["input:1x3x32x32"], target="trt", output=str(out),
+                           config=config, quiet=True)
+
+
+@pytest.mark.skipif(pytest.importorskip("importlib").util.find_spec("tensorrt") is not None,
+                    reason="tensorrt imports here: builds are not deferred")
+def test_deferred_artifact(deferred):
+    m = deferred.manifest
+    assert m["engine"] == "deferred" and m["target"] == "trt"
+    assert "tensorrt does not import" in m["backend"]["reason"]
+    assert {"onnx", "float_onnx", "plan", "report", "trt_build", "build_script"} <= set(m["files"])
+    assert "engine" not in m["files"]
+    report = deferred.report()
+    assert report["backend"]["trt_check"]["ok"] and not report["backend"]["trt_check"]["errors"]
+    assert any("no TensorRT engine was built" in n for n in report["notes"])
+    spec = json.load(open(deferred.file("trt_build")))
+    assert spec["max_aux_streams"] == 1  # K = 2 orders: one auxiliary stream
+    script = open(deferred.file("build_script")).read()
+    assert "No engine was built" in script
+    assert os.access(deferred.file("build_script"), os.X_OK)
+    subprocess.run(["bash", "-n", deferred.file("build_script")], check=True)
+    lines = {}
+    for line in script.splitlines():
+        if line.strip().startswith('"$TRTEXEC"'):
+            lines[len(lines)] = shlex.split(line.strip())
+        if line.startswith("#   polygraphy convert"):
+            _polygraphy_parses(shlex.split(line[4:]))
+    assert len(lines) == 2
+    check_trtexec_line(lines[0], 10)
+    check_trtexec_line(lines[1], 11)
+    assert "--maxAuxStreams=1" in lines[0] and "--maxAuxStreams=1" in lines[1]
+
+
+def test_build_engine_script_picks_the_version(deferred, tmp_path):
+    """Run build_engine.sh against a stand-in trtexec that records its arguments."""
+    for version, major in (("100300", 10), ("110100", 11)):
+        fake = tmp_path / f"trtexec{major}"
+        log = tmp_path / f"args{major}"
+        fake.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then echo '&&&& RUNNING "
+                        f"TensorRT.trtexec [TensorRT v{version}]'; exit 0; fi\n"
+                        f"printf '%s\\n' \"$@\" > {log}\n")
+        fake.chmod(0o755)
+        out = subprocess.run(["bash", deferred.file("build_script")], capture_output=True,
+                             text=True, env={**os.environ, "TRTEXEC": str(fake)})
+        assert out.returncode == 0, out.stderr
+        args = log.read_text().split()
+        check_trtexec_line(["trtexec"] + args, major)
+
+
+def test_compare_on_deferred_artifact_runs_onnx_runtime(deferred):
+    result = rexdeploy.compare(deferred.path, synthetic=4, quiet=True)
+    assert result["backend"].startswith("reference (deferred trt")
+    assert result["sqnr_db"] > 15
+
+
+def test_require_engine_fails_and_leaves_nothing(cnn_file, tmp_path):
+    if pytest.importorskip("importlib").util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt imports here")
+    out = tmp_path / "x.trt"
+    r = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "build", cnn_file, "--target",
+                        "trt", "--input", "input:1x3x32x32", "--require-engine", "-o", str(out),
+                        "-q"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "tensorrt does not import" in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_from_deferred_without_tensorrt_is_a_clear_error(deferred):
+    if pytest.importorskip("importlib").util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt imports here")
+    before = json.load(open(os.path.join(deferred.path, "manifest.json")))
+    r = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "build", "--from-deferred",
+                        deferred.path], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "cannot finish" in r.stderr and "Traceback" not in r.stderr
+    assert json.load(open(os.path.join(deferred.path, "manifest.json"))) == before
+
+
+def test_inspect_check_trt_cli(deferred, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "inspect", "--check", "trt",
+                         deferred.file("onnx")], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "0 errors" in ok.stdout
+    from test_trt_rules import _conv_graph
+    import onnx
+
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_conv_graph(zp=2), str(bad))
+    r = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "inspect", "--check", "trt",
+                        str(bad), "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert any("[zero-point] q:" in e for e in json.loads(r.stdout)["errors"])
+
+
+def test_int4_mlp_deferred_build(tmp_path):
+    model = tiny_mlp()
+    per_channel = rexdeploy.QuantConfig(weights="int4", activations="none")
+    with pytest.raises(UserError, match=r"\[int4\].*no block_size"):  # the checker stops it
+        rexdeploy.build(model, ["input:1x8x32"], target="trt", output=str(tmp_path / "c.trt"),
+                        config=rexdeploy.BuildConfig(quant=per_channel), quiet=True)
+    assert os.listdir(tmp_path) == []
+    blocked = rexdeploy.QuantConfig(weights="int4", activations="none", granularity="block",
+                                    block_size=8)
+    art = rexdeploy.build(model, ["input:1x8x32"], target="trt", output=str(tmp_path / "m.trt"),
+                          config=rexdeploy.BuildConfig(quant=blocked), quiet=True)
+    spec = json.load(open(art.file("trt_build")))
+    assert spec["int4"] is True
+    assert art.report()["backend"]["trt_check"]["ok"]
+
+
+# -- where TensorRT imports ------------------------------------------------------------------
+@pytest.mark.tensorrt  # tensorrt importing implies its GPU (torch may be a CPU build there)
+def test_engine_build_and_runner(cnn_file, tmp_path):
+    art = rexdeploy.build(cnn_file, ["input:1x3x32x32"], target="trt",
+                          output=str(tmp_path / "e.trt"), quiet=True)
+    assert art.manifest["engine"] == "built" and "engine" in art.manifest["files"]
+    assert art.report()["runtime_layers"], "the engine inspector reported no layers"
+    result = rexdeploy.compare(art.path, synthetic=4, quiet=True)
+    assert result["sqnr_db"] > 15
+    import backends
+    from backends.base import RunOptions
+
+    with backends.get("trt").runner(art.path, art.files, RunOptions(perf_count=True)) as r:
+        r.infer({"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32),
+                                                                   np.float32)})
+        assert r.timings()

@@ -1,0 +1,132 @@
+"""Synthetic inputs: Gaussian/uniform draws, ZeroQ inputs on a tiny CNN, random tokens."""
+
+import pytest
+import torch
+from torch import nn
+
+from calib_free.synthetic import bn_matched_inputs, gaussian_inputs, random_tokens
+
+SHAPE = (1, 3, 16, 16)
+
+
+def _tiny_cnn(realizable: bool, seed: int = 0) -> nn.Sequential:
+    """Conv-BN-ReLU x2 with random BN running statistics.
+
+    realizable: the statistics are those of a random input distribution (per-channel mean and std
+    drawn at random), as a trained network's are. Otherwise they are drawn independently per
+    channel, and 8 channel means after a 3-input conv cannot all be met: the loss has a floor.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU())
+    for bn in (m[1], m[4]):
+        bn.weight.data.uniform_(0.5, 1.5, generator=g)
+        bn.bias.data.normal_(0, 0.5, generator=g)
+        bn.running_mean.normal_(0, 0.5, generator=g)
+        bn.running_var.uniform_(0.3, 2.0, generator=g)
+        bn.momentum = None  # cumulative average when realizable stats are recorded below
+    if realizable:
+        mean = torch.rand(1, 3, 1, 1, generator=g) * 2 - 1
+        std = torch.rand(1, 3, 1, 1, generator=g) * 1.5 + 0.3
+        for bn in (m[1], m[4]):
+            bn.reset_running_stats()
+        m.train()
+        with torch.no_grad():
+            for _ in range(10):
+                m(mean + std * torch.randn(16, *SHAPE[1:], generator=g))
+    return m.eval()
+
+
+def _stat_distance(model: nn.Sequential, x: torch.Tensor) -> float:
+    """sum over BN layers of |batch mean - running mean| + |batch std - running std| (L2)."""
+    total, h = 0.0, x
+    for layer in model:
+        if isinstance(layer, nn.BatchNorm2d):
+            total += float(torch.linalg.vector_norm(h.mean((0, 2, 3)) - layer.running_mean))
+            total += float(torch.linalg.vector_norm(h.std((0, 2, 3), unbiased=False)
+                                                    - layer.running_var.sqrt()))
+        h = layer(h)
+    return total
+
+
+def _run(model, **kw):
+    losses = []
+    x = bn_matched_inputs(model, SHAPE, n=8, steps=50, progress=lambda s, n, l: losses.append(l),
+                          **kw)
+    return x, losses
+
+
+def test_zeroq_loss_drops_and_stats_approach_running_stats():
+    model = _tiny_cnn(realizable=True)
+    with torch.no_grad():
+        before = _stat_distance(model, gaussian_inputs(SHAPE, 8, seed=0))
+    x, losses = _run(model)
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+    assert len(losses) == 50
+    assert losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        assert _stat_distance(model, x) < 0.5 * before
+
+
+def test_zeroq_with_arbitrary_statistics_still_gets_closer():
+    model = _tiny_cnn(realizable=False)
+    with torch.no_grad():
+        before = _stat_distance(model, gaussian_inputs(SHAPE, 8, seed=0))
+    x, losses = _run(model)
+    assert losses[-1] < 0.7 * losses[0]  # measured 0.55: the unreachable means set the floor
+    with torch.no_grad():
+        assert _stat_distance(model, x) < before
+
+
+def test_zeroq_bounded_inputs_stay_in_range():
+    model = _tiny_cnn(realizable=True)
+    x, losses = _run(model, bounded=(-1.0, 2.0))
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 2.0
+    assert losses[-1] < losses[0]
+
+
+def test_zeroq_leaves_the_model_as_it_was_and_is_deterministic():
+    model = _tiny_cnn(realizable=True)
+    model.train()
+    model[0].weight.requires_grad_(True)
+    model[3].weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x1 = bn_matched_inputs(model, SHAPE, n=4, steps=5, seed=3)
+    x2 = bn_matched_inputs(model, SHAPE, n=4, steps=5, seed=3)
+    assert torch.equal(x1, x2)
+    assert not torch.equal(x1, bn_matched_inputs(model, SHAPE, n=4, steps=5, seed=4))
+    assert model.training
+    assert model[0].weight.requires_grad and not model[3].weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # BN untouched
+
+
+def test_zeroq_needs_batchnorm():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        bn_matched_inputs(nn.Sequential(nn.Conv2d(3, 3, 1)), SHAPE, steps=1)
+    with pytest.raises(ValueError, match="lo must be below hi"):
+        bn_matched_inputs(_tiny_cnn(True), SHAPE, steps=1, bounded=(1.0, 1.0))
+
+
+def test_gaussian_inputs():
+    x = gaussian_inputs((1, 3, 8, 8), 4, seed=1)
+    assert x.shape == (4, 3, 8, 8) and x.dtype == torch.float32
+    assert torch.equal(x, gaussian_inputs((1, 3, 8, 8), 4, seed=1))
+    u = gaussian_inputs((2, 1000), 5, seed=0, lo=-2.0, hi=3.0)
+    assert u.shape == (5, 1000) and float(u.min()) >= -2.0 and float(u.max()) <= 3.0
+    assert abs(float(u.mean()) - 0.5) < 0.1
+    with pytest.raises(ValueError):
+        gaussian_inputs((1, 4), 2, lo=0.0)
+
+
+def test_random_tokens():
+    t = random_tokens(1000, 4, 32, seed=2)
+    assert t.shape == (4, 32) and t.dtype == torch.int64
+    assert int(t.min()) >= 0 and int(t.max()) < 1000
+    assert torch.equal(t, random_tokens(1000, 4, 32, seed=2))
+    s = random_tokens(30522, 3, 16, special=(101, 102))
+    assert s[:, 0].tolist() == [101] * 3 and s[:, -1].tolist() == [102] * 3
+    with pytest.raises(ValueError):
+        random_tokens(10, 1, 1, special=(1, 2))

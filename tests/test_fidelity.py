@@ -1,0 +1,163 @@
+"""Fidelity metrics against their definitions, and compare over runners."""
+
+import math
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from rexdeploy.fidelity import (METRICS, compare_outputs, cosine, kl_divergence, max_abs_error,
+                               render_table, run_compare, sqnr_db, top1_accuracy,
+                               top1_agreement)
+from rexdeploy.errors import UserError
+
+
+def test_sqnr_identical_is_inf(rng):
+    x = rng.standard_normal((4, 10))
+    assert sqnr_db(x, x.copy()) == math.inf
+    assert sqnr_db(np.zeros(3), np.ones(3)) == -math.inf
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.1, 0.01])
+def test_sqnr_of_known_noise_matches_theory(rng, sigma):
+    ref = rng.standard_normal((100, 10_000))
+    test = ref + sigma * rng.standard_normal(ref.shape)
+    assert abs(sqnr_db(ref, test) - 10 * math.log10(1 / sigma ** 2)) < 0.1
+
+
+def test_sqnr_is_pooled_not_averaged():
+    ref = np.array([[10.0, 0.0], [1.0, 0.0]])
+    test = np.array([[10.0, 1.0], [1.0, 1.0]])  # equal noise, unequal signal
+    assert sqnr_db(ref, test) == pytest.approx(10 * math.log10(101 / 2))
+
+
+def test_cosine_per_sample():
+    ref = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    test = np.array([[0.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [1.0, 0.0], [6.0, 8.0]])
+    np.testing.assert_allclose(cosine(ref, test), [0.0, -1.0, 1.0, 0.0, 1.0])
+    assert cosine(np.ones((2, 3, 4)), np.ones((2, 3, 4))).shape == (2,)
+
+
+def test_top1_agreement_and_stacked_logits():
+    ref = np.array([[1, 2, 3], [3, 2, 1], [0, 5, 0], [1, 0, 0]], float)
+    test = np.array([[0, 1, 9], [9, 1, 0], [5, 0, 0], [2, 0, 0]], float)
+    assert top1_agreement(ref, test) == 0.75
+    assert top1_agreement(ref[:, None, :], test[:, None, :]) == 0.75  # N stacked [1, C]
+    assert top1_agreement(np.ones((4, 3, 8, 8)), np.ones((4, 3, 8, 8))) is None
+    assert top1_agreement(np.ones((4, 1)), np.ones((4, 1))) is None
+
+
+def test_top1_accuracy():
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert top1_accuracy(logits, np.array([1, 0, 0])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        top1_accuracy(logits, np.array([1, 0]))
+
+
+def test_kl_divergence(rng):
+    x = rng.standard_normal((8, 5)) * 3
+    assert kl_divergence(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert kl_divergence(x, x + 5.0) == pytest.approx(0.0, abs=1e-12)  # softmax shift-invariant
+    assert kl_divergence(x, rng.standard_normal((8, 5))) > 0
+    p, q = np.array([0.75, 0.25]), np.array([0.5, 0.5])
+    expected = float(np.sum(p * np.log(p / q)))
+    assert kl_divergence(np.log(p)[None], np.log(q)[None]) == pytest.approx(expected)
+    assert kl_divergence(np.ones((2, 3, 4, 4)), np.ones((2, 3, 4, 4))) is None
+
+
+def test_max_abs_error():
+    assert max_abs_error(np.array([1.0, -2.0]), np.array([1.5, -4.0])) == 2.0
+
+
+def test_compare_outputs_keys(rng):
+    ref = {"logits": rng.standard_normal((6, 1, 10)), "feat": rng.standard_normal((6, 4, 3, 3))}
+    test = {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in ref.items()}
+    result = compare_outputs(ref, test)
+    assert result["output"] == "logits"
+    assert set(result["outputs"]) == {"logits", "feat"}
+    for m in result["outputs"].values():
+        assert set(m) == set(METRICS)
+    assert {k: result[k] for k in METRICS} == result["outputs"]["logits"]
+    assert result["top1_agreement"] is not None and result["kl"] >= 0
+    assert result["outputs"]["feat"]["top1_agreement"] is None
+    assert result["sqnr_db"] == pytest.approx(40, abs=1)
+    off = compare_outputs(ref, test, classifier=False)
+    assert off["top1_agreement"] is None and off["kl"] is None
+    forced = compare_outputs(ref, test, classifier=True)
+    assert forced["outputs"]["feat"]["top1_agreement"] is not None
+
+
+def test_compare_outputs_mismatch_is_a_user_error():
+    a = {"y": np.zeros((2, 3))}
+    with pytest.raises(UserError, match="outputs differ"):
+        compare_outputs(a, {"z": np.zeros((2, 3))})
+    with pytest.raises(UserError, match="shape"):
+        compare_outputs(a, {"y": np.zeros((2, 4))})
+
+
+class Fake:
+    """A runner whose output is a function of the input (scaled, plus a per-sample offset)."""
+
+    def __init__(self, noise=0.0):
+        self.noise = noise
+        self.calls = 0
+
+    def infer(self, feeds):
+        self.calls += 1
+        x = feeds["x"]
+        return {"logits": x * 2 + self.noise * x.sum() * np.ones_like(x)}
+
+
+def test_run_compare_finds_worst_samples(rng):
+    samples = [(f"s{i}", {"x": rng.standard_normal((1, 10)) * (1 + i)}) for i in range(7)]
+    seen = []
+    result = run_compare(Fake(), Fake(noise=0.2), samples, progress=lambda d, n: seen.append(d))
+    assert seen == list(range(1, 8))
+    assert set(METRICS) <= set(result)
+    worst = result["worst_samples"]
+    assert len(worst) == 5
+    assert [w["cosine"] for w in worst] == sorted(w["cosine"] for w in worst)
+    assert all(w["id"].startswith("s") for w in worst)
+    identical = run_compare(Fake(), Fake(), samples)
+    assert identical["sqnr_db"] == math.inf and identical["top1_agreement"] == 1.0
+
+
+def test_run_compare_needs_samples():
+    with pytest.raises(UserError, match="no samples"):
+        run_compare(Fake(), Fake(), [])
+
+
+def test_render_table(rng):
+    samples = [(f"s{i}", {"x": rng.standard_normal((1, 10))}) for i in range(3)]
+    result = run_compare(Fake(), Fake(noise=0.1), samples)
+    result.update(reference="torch", backend="openvino", samples=3, inputs="synthetic:3")
+    console = Console(record=True, width=160)
+    console.print(render_table(result))
+    text = console.export_text()
+    assert "logits" in text and "openvino vs torch" in text and "lowest cosine" in text
+
+
+def test_embeddings_get_neighbour_metrics_not_top1(rng):
+    from rexdeploy.fidelity import is_embedding, nn_agreement, nn_label_accuracy, output_metrics
+
+    emb = rng.standard_normal((20, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert is_embedding(emb) and is_embedding(emb[:, None, :])
+    assert not is_embedding(emb * 3) and not is_embedding(emb[:, :1])
+    m = output_metrics(emb, emb)
+    assert m["top1_agreement"] is None and m["kl"] is None and m["nn_agreement"] == 1.0
+    logits = output_metrics(emb * 3, emb * 3)
+    assert logits["top1_agreement"] == 1.0 and logits["nn_agreement"] is None
+    # swapping two rows changes exactly their own neighbours' view of them
+    far = emb.copy()
+    far[0] = -emb[0]
+    assert nn_agreement(emb, far) < 1.0
+    assert nn_agreement(emb[:2], emb[:2]) is None  # two samples: the neighbour is forced
+    # two tight clusters far apart: 1-NN recovers the cluster label
+    x = np.r_[np.tile([1.0, 0.0], (5, 1)), np.tile([0.0, 1.0], (5, 1))] + \
+        rng.normal(0, 0.01, (10, 2))
+    labels = np.r_[np.zeros(5, int), np.ones(5, int)]
+    assert nn_label_accuracy(x, labels) == 1.0
+    assert nn_label_accuracy(x, np.arange(10)) == 0.0  # every label unique: no match
+    with pytest.raises(ValueError):
+        nn_label_accuracy(x, labels[:3])

@@ -1,0 +1,50 @@
+"""The real transformer: all-MiniLM-L6-v2 on Debian fortunes quotes, built without data.
+
+Needs .cache/models/minilm.pt (tools/fetch_minilm.py) and .cache/fortunes/tokens.npz
+(tools/fetch_fortunes.py); skips with that reason when they are absent. The full 400-quote table
+is tools/bench/fidelity.py --model minilm (docs/benchmarks.md); here the first 20 quotes.
+"""
+
+import os
+
+import pytest
+
+import rexdeploy
+from rexdeploy.config import BuildConfig, QuantConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, ".cache", "models", "minilm.pt")
+TOKENS = os.path.join(ROOT, ".cache", "fortunes", "tokens.npz")
+INPUTS = ["input_ids:1x128:int64", "attention_mask:1x128:int64"]
+pytestmark = [pytest.mark.slow, pytest.mark.openvino]
+
+
+@pytest.fixture(scope="module")
+def w4k2(tmp_path_factory):
+    for path, tool in ((MODEL, "fetch_minilm.py"), (TOKENS, "fetch_fortunes.py")):
+        if not os.path.isfile(path):
+            pytest.skip(f"{os.path.relpath(path, ROOT)} is missing: run .venv/bin/python "
+                        f"tools/{tool}")
+    out = tmp_path_factory.mktemp("minilm") / "w4k2.openvino"
+    # the defaults: bias correction skips layers whose input means only random tokens could
+    # give (no BatchNorm statistics reach them), so none of MiniLM's is corrected
+    quant = QuantConfig(weights="int4", activations="none", orders=2)
+    return rexdeploy.build(MODEL, INPUTS, output=str(out), quiet=True,
+                           config=BuildConfig(quant=quant))
+
+
+def test_every_linear_reads_int4_weights(w4k2):
+    report = w4k2.report()
+    assert not any(row["bias_corrected"] for row in report["layers"])
+    assert report["summary"]["quantized_layers"] == 36  # 6 layers x (q, k, v, o, ffn in, out)
+    for row in report["layers"]:
+        assert len(row["runtime"]) == 2 and row["runs_low_bit"], row
+        assert {r["precision"] for r in row["runtime"]} == {"i4"}, row
+
+
+def test_w4_k2_embeddings_stay_on_the_float_ones(w4k2):
+    result = rexdeploy.compare(w4k2.path, TOKENS, limit=20, quiet=True)
+    assert result["reference"].startswith("torch")
+    # issue 3 target: mean cosine >= 0.999 on all 400 quotes (docs/benchmarks.md); on the
+    # first 20 a little slack against run-to-run noise of the threaded f32 kernels
+    assert result["cosine_mean"] >= 0.998 and result["cosine_min"] >= 0.995, result

@@ -1,0 +1,133 @@
+"""A tiny BERT sentence encoder (tools/minilm.py's module, 2 layers, d=32) through build ->
+compare: token-id and mask inputs, attention export, int8 Linear layers in OpenVINO, weight-only
+int4 with REx orders, and the embedding metrics of compare on a labelled .npz.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import rexdeploy
+from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+pytestmark = pytest.mark.openvino
+
+L, VOCAB = 16, 100
+INPUTS = [f"input_ids:1x{L}:int64", f"attention_mask:1x{L}:int64"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    import torch
+
+    import minilm
+
+    torch.manual_seed(0)
+    cfg = minilm.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=32)
+    model = minilm.sentence_encoder(cfg)
+    ids = torch.randint(0, VOCAB, (1, L))
+    path = tmp_path_factory.mktemp("bert") / "tiny_bert.pt"
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(model, (ids, torch.ones(1, L, dtype=torch.int64))),
+                       str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory):
+    """12 'sentences' of 4..16 tokens ([CLS] 1 ... [SEP] 2, padding 0), 3 labels."""
+    rng = np.random.default_rng(1)
+    n = 12
+    ids = np.zeros((n, L), np.int64)
+    mask = np.zeros((n, L), np.int64)
+    for i in range(n):
+        k = int(rng.integers(4, L + 1))
+        ids[i, :k] = np.r_[1, rng.integers(3, VOCAB, k - 2), 2]
+        mask[i, :k] = 1
+    path = tmp_path_factory.mktemp("tokens") / "tokens.npz"
+    np.savez(path, input_ids=ids, attention_mask=mask, labels=np.arange(n) % 3)
+    return str(path)
+
+
+def _build(model, tmp_path_factory, name, **quant):
+    out = tmp_path_factory.mktemp(name) / f"{name}.openvino"
+    return rexdeploy.build(model, INPUTS, output=str(out), quiet=True,
+                           config=BuildConfig(quant=QuantConfig(**quant)))
+
+
+@pytest.fixture(scope="module")
+def w8a8(tiny_bert, tmp_path_factory):
+    return _build(tiny_bert, tmp_path_factory, "w8a8")
+
+
+def test_w8a8_every_linear_runs_int8(w8a8):
+    report = w8a8.report()
+    assert report["summary"]["quantized_layers"] == 12  # q, k, v, dense, ffn in/out x 2
+    # the attention's two activation MatMuls (scores, context) stay float, with the reason
+    assert [s["reason"] for s in report["skipped"]] == \
+        ["both inputs are activations; kept in float"] * 4
+    for row in report["layers"]:
+        assert row["runtime"] and row["runs_int8"], row
+        assert {r["precision"] for r in row["runtime"]} <= {"i8", "u8"}, row
+        assert row["activation"]["source"].startswith("observed"), row
+    # ranges came from random token ids over the whole vocabulary, with every token attended
+    assert any("synthetic" in n for n in report["notes"]), report["notes"]
+
+
+def test_w8a8_compare_reports_embedding_metrics(w8a8, sentences):
+    result = rexdeploy.compare(w8a8.path, sentences, quiet=True)
+    assert result["samples"] == 12 and result["reference"].startswith("torch")
+    assert result["top1_agreement"] is None and result["kl"] is None  # an embedding
+    assert result["nn_agreement"] is not None
+    assert result["cosine_mean"] > 0.98 and result["cosine_min"] > 0.9, result
+    assert result["sqnr_db"] > 10, result
+    acc = result["label_1nn"]
+    assert set(acc) == {"reference", "test"} and 0 <= acc["test"] <= 1
+
+
+def test_compare_synthetic_draws_token_ids_and_full_masks(w8a8):
+    result = rexdeploy.compare(w8a8.path, synthetic=4, quiet=True)
+    assert result["samples"] == 4 and result["cosine_mean"] > 0.98, result
+
+
+def test_weight_only_int4_expansion_runs_compressed_and_is_closer(tiny_bert, sentences,
+                                                                   tmp_path_factory):
+    k1 = _build(tiny_bert, tmp_path_factory, "w4k1", weights="int4", activations="none")
+    k2 = _build(tiny_bert, tmp_path_factory, "w4k2", weights="int4", activations="none",
+                orders=2)
+    for art, k in ((k1, 1), (k2, 2)):
+        report = art.report()
+        assert report["summary"]["activation_tensors"] == 0
+        for row in report["layers"]:
+            # K branches per layer, each a FullyConnected reading int4 weights
+            assert len(row["runtime"]) == k and row["runs_low_bit"], row
+            assert {r["precision"] for r in row["runtime"]} == {"i4"}, row
+    c1 = rexdeploy.compare(k1.path, sentences, quiet=True)
+    c2 = rexdeploy.compare(k2.path, sentences, quiet=True)
+    assert c2["sqnr_db"] > c1["sqnr_db"] + 6, (c1["sqnr_db"], c2["sqnr_db"])
+    assert c2["cosine_mean"] > 0.999, c2
+
+
+def test_token_npz_is_validated(w8a8, tmp_path):
+    ids = np.zeros((3, L), np.int64)
+    bad = tmp_path / "short.npz"
+    np.savez(bad, input_ids=ids[:, :8], attention_mask=ids[:, :8])
+    with pytest.raises(UserError, match="input input_ids is 1x8, the model expects 1x16"):
+        rexdeploy.compare(w8a8.path, str(bad), quiet=True)
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, input_ids=ids.astype(np.float32), attention_mask=ids)
+    with pytest.raises(UserError, match="input_ids is float32, the model expects int64"):
+        rexdeploy.compare(w8a8.path, str(floats), quiet=True)
+    labels = tmp_path / "labels.npz"
+    np.savez(labels, input_ids=ids, attention_mask=ids, labels=np.arange(2))
+    with pytest.raises(UserError, match="2 labels for 3 samples"):
+        rexdeploy.compare(w8a8.path, str(labels), quiet=True)

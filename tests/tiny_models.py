@@ -1,0 +1,82 @@
+"""Tiny models built in code, shared by the tests: each exercises one pattern of the lowering.
+
+BatchNorm layers get non-trivial running statistics (`randomize_bn`) so that folding and the
+data-free statistics are tested on something other than the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()
+
+
+class ConvBnRelu(nn.Sequential):
+    def __init__(self, cin, cout, k=3, stride=1, groups=1, act=nn.ReLU6):
+        super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), act() if act else nn.Identity())
+
+
+class InvertedResidual(nn.Module):
+    """MobileNet-style block: expand 1x1, depthwise 3x3, project 1x1 (no act), residual Add."""
+
+    def __init__(self, c, expand=4):
+        super().__init__()
+        h = c * expand
+        self.body = nn.Sequential(ConvBnRelu(c, h, 1), ConvBnRelu(h, h, 3, groups=h),
+                                  ConvBnRelu(h, c, 1, act=None))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class TinyCNN(nn.Module):
+    """stem conv -> depthwise block -> residual block -> GAP -> Linear. Input 1x3x32x32."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = ConvBnRelu(3, 16, 3, 2)
+        self.dw = ConvBnRelu(16, 16, 3, groups=16)
+        self.pw = ConvBnRelu(16, 24, 1, act=None)
+        self.block = InvertedResidual(24)
+        self.head = ConvBnRelu(24, 64, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.head(self.block(self.pw(self.dw(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class TinyMLP(nn.Module):
+    """Linear layers on a 3-D input (exported as MatMul + Add) with GELU and LayerNorm."""
+
+    def __init__(self, d=32, h=64):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, h)
+        self.fc2 = nn.Linear(h, d)
+
+    def forward(self, x):  # x: [B, T, d]
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.ln(x))))
+
+
+def tiny_cnn(seed: int = 0) -> TinyCNN:
+    torch.manual_seed(seed)
+    return randomize_bn(TinyCNN(), seed)
+
+
+def tiny_mlp(seed: int = 0) -> TinyMLP:
+    torch.manual_seed(seed)
+    return TinyMLP().eval()

@@ -1,0 +1,188 @@
+"""MiniLM section of the fidelity benchmark: all-MiniLM-L6-v2 on the Debian fortunes quotes.
+
+    .venv/bin/python tools/bench/fidelity.py --model minilm [--markdown FILE] [--limit N]
+
+Every configuration is built by rexdeploy from .cache/models/minilm.pt (tools/fetch_minilm.py)
+with no data (activation ranges from random token ids), run by OpenVINO on CPU with f32 pinned,
+on the tokenized quotes of .cache/fortunes/tokens.npz (tools/fetch_fortunes.py), and compared
+with the float TorchScript model in torch. Metrics: embedding cosine to the float embedding
+(mean, min), SQNR (pooled), nearest-neighbour agreement, leave-one-out 1-NN topic accuracy, and
+what the runtime really runs (read from the compiled model).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TOOLS = os.path.join(ROOT, "tools")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+INPUTS = ["input_ids:1x128:int64", "attention_mask:1x128:int64"]
+# The Linear layers whose inputs carry the 10-15x outlier channels (ALGORITHMS.md section 3):
+# the FFN down-projections ("output") read the GELU output, the up-projections
+# ("intermediate") the LayerNorm output.
+FFN_OUT = tuple(f"/layers.{i}/output/MatMul" for i in range(6))
+FFN_IN = tuple(f"/layers.{i}/intermediate/MatMul" for i in range(6))
+CONFIGS = [  # label, QuantConfig overrides
+    ("rexdeploy W8A8 data-free (default)", {}),
+    ("rexdeploy W8A8, FFN down-projections float (--exclude x6)", {"exclude": FFN_OUT}),
+    ("rexdeploy W8A8, all FFN Linears float (--exclude x12)", {"exclude": FFN_OUT + FFN_IN}),
+    ("rexdeploy W8 weight-only", {"activations": "none"}),
+    ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
+    ("rexdeploy W4 weight-only, REx K=2", {"weights": "int4", "activations": "none",
+                                           "orders": 2}),
+    # Bias correction's input means come from random tokens here (no BatchNorm to read them
+    # from); measured to cost about 1 dB on MiniLM, hence these rows.
+    ("rexdeploy W8 weight-only, no bias correction", {"activations": "none",
+                                                      "bias_correction": False}),
+    ("rexdeploy W4 weight-only, REx K=2, no bias correction",
+     {"weights": "int4", "activations": "none", "orders": 2, "bias_correction": False}),
+]
+TARGETS = {  # label prefix -> (mean cosine target, where it comes from)
+    "rexdeploy W8A8 data-free (default)": (0.995, "issue 6"),
+    "rexdeploy W4 weight-only, REx K=2": (0.999, "issue 3"),
+    "rexdeploy W4 weight-only, REx K=2, no bias correction": (0.999, "issue 3"),
+}
+
+
+def run(args, console) -> list[dict]:
+    import minilm
+    from common import slug
+
+    import rexdeploy
+    from rexdeploy.config import BuildConfig, QuantConfig
+
+    model_path, _, _ = minilm.export_minilm()
+    tokens = os.path.join(ROOT, ".cache", "fortunes", "tokens.npz")
+    if not os.path.isfile(tokens):
+        raise SystemExit(f"{tokens} is missing: run .venv/bin/python tools/fetch_fortunes.py")
+    with np.load(tokens) as z:
+        ids, mask, labels, topics = (z["input_ids"], z["attention_mask"], z["labels"],
+                                     list(z["topics"]))
+    if args.limit:
+        ids, mask, labels = ids[:args.limit], mask[:args.limit], labels[:args.limit]
+    console.print(f"MiniLM: {len(ids)} quotes in {len(set(labels.tolist()))} topics "
+                  f"({', '.join(topics[i] for i in sorted(set(labels.tolist())))}), "
+                  f"model {model_path}")
+    start = time.perf_counter()
+    ref = _torch_embeddings(str(model_path), ids, mask)
+    console.print(f"  float torch reference: {time.perf_counter() - start:.0f} s")
+    rows, float_onnx = [], None
+    for label, overrides in CONFIGS:
+        if args.only and not any(o in label for o in args.only):
+            continue
+        start = time.perf_counter()
+        cfg = BuildConfig(quant=QuantConfig(**overrides))
+        art = rexdeploy.build(str(model_path), INPUTS, config=cfg, force=True, quiet=True,
+                              output=os.path.join(args.out, "minilm_" + slug(label)))
+        build_s = time.perf_counter() - start
+        float_onnx = art.file("float_onnx")
+        emb = _openvino_embeddings(art.path, art.files, ids, mask)
+        rows.append(_metrics(label, ref, emb, labels) | _runtime(art) | {"build_s": build_s})
+        console.print(f"  {label}: cosine mean {rows[-1]['cos_mean']:.5f}, min "
+                      f"{rows[-1]['cos_min']:.5f}, {rows[-1]['sqnr']:.1f} dB "
+                      f"[build {build_s:.0f} s]")
+    if float_onnx:
+        emb = _openvino_embeddings(os.path.dirname(float_onnx),
+                                   {"onnx": os.path.basename(float_onnx)}, ids, mask)
+        rows.insert(0, _metrics("OpenVINO float, f32", ref, emb, labels) |
+                    {"runtime": "f32", "build_s": 0.0})
+    rows.insert(0, _metrics("float torch (reference)", ref, ref, labels) |
+                {"runtime": "-", "build_s": 0.0})
+    return rows
+
+
+def table(rows: list[dict]):
+    from rich.table import Table
+
+    n = rows[0]["n"] if rows else 0
+    t = Table(title=f"all-MiniLM-L6-v2, {n} fortunes quotes (L=128), OpenVINO CPU")
+    for h in HEADERS:
+        t.add_column(h, justify="left" if h in ("configuration", "runtime") else "right")
+    for r in rows:
+        t.add_row(*cells(r))
+    return t
+
+
+HEADERS = ["configuration", "cosine mean", "cosine min", "SQNR dB", "NN agree",
+           "topic 1-NN acc", "runtime (Linear layers)"]
+
+
+def cells(r: dict) -> list[str]:
+    sq = "inf" if not np.isfinite(r["sqnr"]) else f"{r['sqnr']:.1f}"
+    return [r["label"], f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", sq, f"{r['nn']:.3f}",
+            f"{r['topic']:.3f}", r["runtime"]]
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    md = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    return md + ["| " + " | ".join(cells(r)) + " |" for r in rows]
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        if r["label"] in TARGETS:
+            want, where = TARGETS[r["label"]]
+            ok = r["cos_mean"] >= want
+            out.append(f"{where} target, {r['label']} mean cosine >= {want}: "
+                       f"{'met' if ok else 'missed'} ({r['cos_mean']:.5f})")
+    return out
+
+
+def _torch_embeddings(path: str, ids: np.ndarray, mask: np.ndarray, batch: int = 32):
+    import torch
+
+    model = torch.jit.load(path).eval()
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(ids[i:i + batch]),
+                                     torch.from_numpy(mask[i:i + batch])).numpy()
+                               for i in range(0, len(ids), batch)])
+
+
+def _openvino_embeddings(directory: str, files: dict, ids, mask, precision: str = "f32"):
+    import backends
+    from backends.base import RunOptions
+
+    with backends.get("openvino").runner(directory, files, RunOptions(precision=precision)) as r:
+        outs = [next(iter(r.infer({"input_ids": ids[i:i + 1],
+                                   "attention_mask": mask[i:i + 1]}).values()))
+                for i in range(len(ids))]
+    return np.concatenate(outs)
+
+
+def _metrics(label: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray) -> dict:
+    from rexdeploy.fidelity import cosine, nn_agreement, nn_label_accuracy, sqnr_db
+
+    cos = cosine(ref, test)
+    return {"label": label, "n": len(ref), "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()),
+            "sqnr": sqnr_db(ref, test), "nn": nn_agreement(ref, test),
+            "topic": nn_label_accuracy(test, labels)}
+
+
+def _runtime(art) -> dict:
+    """What the quantized Linear layers run as, from the compiled model: e.g. "36 i8 int8
+    kernels" or "36 i4 weights, f32 compute"."""
+    from collections import Counter
+
+    report = art.report()
+    kinds = Counter()
+    for row in report["layers"]:
+        for r in row["runtime"]:
+            compute = "int8 kernels" if r["kernel"].lower().endswith("_i8") else "f32 compute"
+            kinds[f"{r['precision']} {'weights, ' if compute != 'int8 kernels' else ''}"
+                  f"{compute}"] += 1
+    unmapped = sum(not row["runtime"] for row in report["layers"])
+    parts = [f"{n} {k}" for k, n in sorted(kinds.items())]
+    if unmapped:
+        parts.append(f"{unmapped} unmapped")
+    skipped = len(report["skipped"])
+    return {"runtime": ", ".join(parts) + (f"; {skipped} MatMuls float" if skipped else "")}

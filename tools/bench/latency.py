@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Latency of data-free int8 EfficientNet-Lite0 against float, all variants in one run.
+
+    .venv/bin/python tools/bench/latency.py [--duration 3] [--rounds 3]
+
+Variants run interleaved round by round (so machine noise hits them alike), batch 1 on the
+OpenVINO CPU plugin: the float model with f32 pinned (INFERENCE_PRECISION_HINT=f32), the float
+model at the device default (bf16 on CPUs with AVX512-BF16), rexdeploy int8, rexdeploy int8 REx
+K=2. Reported: sync single-request latency (median and p90), throughput with the THROUGHPUT hint,
+and CPU-milliseconds per inference with one inference thread (contention-proof: it counts this
+process's CPU time, not the wall clock). Targets (issue 2): int8 <= 0.5x f32 latency and faster
+than the default-precision float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per variant per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench"))
+    args = ap.parse_args()
+
+    import examples
+    from rich.console import Console
+    from rich.table import Table
+
+    import backends
+    import rexdeploy
+    from backends.base import RunOptions
+    from rexdeploy.config import BuildConfig, QuantConfig
+    from rexdeploy.devinfo import device_info
+    from rexdeploy.profiler import profile_variants
+
+    console = Console(width=160)
+    model = examples.ensure_example_model()
+    arts = {}
+    for label, orders in (("rexdeploy int8", 1), ("rexdeploy int8 REx K=2", 2)):
+        cfg = BuildConfig(quant=QuantConfig(orders=orders, input_ranges=(("input", -1.0, 1.0),)))
+        arts[label] = rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True,
+                                      quiet=True, output=os.path.join(args.out, f"lat_k{orders}"))
+    first = next(iter(arts.values()))
+    float_dir, float_files = first.path, {"onnx": first.files["float_onnx"]}
+    ov = backends.get("openvino")
+    f32 = RunOptions(precision="f32")
+    variants = [
+        ("float f32 (pinned)", float_dir, float_files, f32),
+        ("float default precision", float_dir, float_files, RunOptions(precision="default")),
+    ] + [(label, a.path, a.files, f32) for label, a in arts.items()]
+    feeds = {"input": np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224))
+             .astype(np.float32)}
+    console.print(f"profiling {len(variants)} variants, {args.rounds} interleaved rounds x "
+                  f"{args.duration:g} s, device: {device_info().get('cpu_model', '?')}")
+    results = profile_variants(
+        [(label, (lambda d=d, f=f, o=o: ov.runner(d, f, o))) for label, d, f, o in variants],
+        feeds, duration_s=args.duration, rounds=args.rounds)
+    cpu_ms = {label: _cpu_ms_per_inference(ov, d, f, o, feeds) for label, d, f, o in variants}
+
+    base = results[0]
+    table = Table(title="EfficientNet-Lite0 batch 1, OpenVINO CPU, interleaved")
+    for h in ("variant", "median ms", "p90 ms", "cov", "vs f32", "throughput fps",
+              "CPU-ms/inf (1 thread)", "CPU vs f32"):
+        table.add_column(h, justify="left" if h == "variant" else "right")
+    for r in results:
+        lat = r["latency_ms"]
+        table.add_row(r["label"], f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{lat['cov']:.1%}",
+                      f"{lat['median'] / base['latency_ms']['median']:.2f}x",
+                      f"{(r['throughput'] or {}).get('fps', float('nan')):.1f}",
+                      f"{cpu_ms[r['label']]:.2f}",
+                      f"{cpu_ms[r['label']] / cpu_ms[base['label']]:.2f}x")
+    console.print(table)
+    by = {r["label"]: r["latency_ms"]["median"] for r in results}
+    ratio = by["rexdeploy int8"] / by["float f32 (pinned)"]
+    faster = by["rexdeploy int8"] < by["float default precision"]
+    ok = ratio <= 0.5 and faster
+    console.print(f"int8 / f32 latency {ratio:.2f} (target <= 0.5); int8 faster than default "
+                  f"float: {faster} -> {'[green]met' if ok else '[red]missed'}[/]")
+    return 0
+
+
+def _cpu_ms_per_inference(ov, directory, files, options, feeds, n: int = 30) -> float:
+    """This process's CPU time per inference with one inference thread (ms)."""
+    from dataclasses import replace
+
+    from cpu_time import cpu_ms_per_inference
+
+    return cpu_ms_per_inference(lambda: ov.runner(directory, files, replace(options, threads=1)),
+                                feeds, n, warmup=5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

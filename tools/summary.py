@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""The quick start's closing table: what was built, how faithful it is, how fast it runs.
+
+    tools/summary.py ARTIFACT COMPARE.json PROFILE.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(artifact: str, compare_json: str, profile_json: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rexdeploy.artifact import load_artifact
+
+    art = load_artifact(artifact)
+    fid = json.load(open(compare_json))
+    prof = json.load(open(profile_json))["variants"]
+    s = art.manifest["summary"]
+    q = art.manifest["config"]["quant"]
+    by = {v["label"]: v for v in prof}
+    f32 = by.get("float f32 (pinned)")
+    table = Table(title="rexdeploy quick start: EfficientNet-Lite0, data-free int8 on OpenVINO",
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("artifact", art.path)
+    table.add_row("quantization", f"W:{q['weights']} A:{q['activations']} K={q['orders']}, no "
+                                  f"data (ranges: {q['ranges']}, BatchNorm statistics)")
+    table.add_row("runtime int8", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
+                                  f"compute layers ({s['int8_coverage']:.0%}), read from the "
+                                  "compiled model")
+    agree = fid.get("top1_agreement")
+    table.add_row("fidelity", f"{fid['samples']} real photos vs {fid['reference']}: logits SQNR "
+                              f"{fid['sqnr_db']:.1f} dB, top-1 agreement "
+                              f"{'-' if agree is None else f'{agree:.1%}'}, KL {fid['kl']:.4f}")
+    for v in prof:
+        lat = v["latency_ms"]["median"]
+        ratio = f" ({lat / f32['latency_ms']['median']:.2f}x f32)" if f32 else ""
+        prec = v.get("info", {}).get("inference_precision", "")
+        table.add_row(f"latency: {v['label']}",
+                      f"{lat:.2f} ms median{ratio}" + (f", float parts in {prec}" if prec else ""))
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    sys.exit(main(*sys.argv[1:]))
