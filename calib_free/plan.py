@@ -74,6 +74,9 @@ class ActivationPlan:
     signed: bool = True  # False: uint8 [0, 255] with zero-point 0 (non-negative tensors)
     source: str = ""     # where the range came from: bn, ln, propagated, synthetic, input-range
     range: float = 0.0   # the clip value the scale was derived from
+    # float32 [C] or None: the tensor is divided by this per channel (last axis) before it is
+    # quantized, and the layers reading it carry the factor in their weights (calib_free.smooth)
+    smooth: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def qmax(self) -> int:
@@ -126,7 +129,9 @@ class QuantPlan:
             "version": self.version,
             "config": self.config,
             "layers": layers,
-            "activations": [vars(a) | {} for a in self.activations],
+            "activations": [{k: v for k, v in vars(a).items() if k != "smooth"} |
+                            ({"smooth": True} if a.smooth is not None else {})
+                            for a in self.activations],
             "skipped": [vars(s) | {} for s in self.skipped],
         }
 
@@ -141,6 +146,9 @@ class QuantPlan:
                     arrays[f"l{i}.o{k}.channels"] = np.asarray(order.channels, np.int64)
             if layer.bias_shift is not None:
                 arrays[f"l{i}.bias_shift"] = layer.bias_shift
+        for i, act in enumerate(self.activations):
+            if act.smooth is not None:
+                arrays[f"a{i}.smooth"] = np.asarray(act.smooth, np.float32)
         json_path = os.path.join(directory, "plan.json")
         npz_path = os.path.join(directory, "plan.npz")
         with open(json_path, "w") as f:
@@ -165,7 +173,10 @@ class QuantPlan:
                 for k, od in enumerate(ld["orders"]))
             layers.append(LayerPlan(ld["name"], ld["op"], ld["weight"], ld["input"], orders,
                                     arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {})))
-        return cls(tuple(layers), tuple(ActivationPlan(**a) for a in d["activations"]),
+        acts = tuple(ActivationPlan(**(a | {"smooth": arrays.get(f"a{i}.smooth")
+                                            if a.get("smooth") else None}))
+                     for i, a in enumerate(d["activations"]))
+        return cls(tuple(layers), acts,
                    tuple(SkippedLayer(**s) for s in d["skipped"]), d.get("config", {}),
                    d["version"])
 

@@ -308,6 +308,12 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
         log.note(n)
     allow_unsigned = config.target != "trt"
     plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned)
+    smoothed = [a.tensor for a in plan.activations if a.smooth is not None]
+    if smoothed:
+        note = (f"scale migration (--smooth {q.smooth}, alpha {q.smooth_alpha}) on "
+                f"{len(smoothed)} MatMul/Gemm input(s) with outlier channels")
+        notes.append(note)
+        log.note(note)
     ensemble = None
     if q.ensemble:
         from rexdeploy.quantize import ensemble_plans

@@ -132,6 +132,16 @@ def cli():
                    "to match the BatchNorm statistics (slow).")
 @click.option("--range-sigma", type=float, default=4.0, show_default=True,
               help="Range = |mean| + SIGMA * std for statistics-derived ranges.")
+@click.option("--smooth", type=click.Choice(["auto", "all", "off"]), default="auto",
+              show_default=True,
+              help="Data-free scale migration (SmoothQuant-style) on the int8 inputs of "
+                   "MatMul/Gemm layers whose ranges come from synthetic inputs (transformers): "
+                   "input channel j is divided by max|x_j|^ALPHA / max|W_j|^(1-ALPHA) and the "
+                   "weights carry the factor. auto: only inputs with outlier channels (largest "
+                   "channel >= 4x the median); all: every such input; off: none.")
+@click.option("--smooth-alpha", type=float, default=0.7, show_default=True, metavar="ALPHA",
+              help="Migration strength in [0, 1]: 0 keeps the activations' spread, 1 moves it "
+                   "all into the weights.")
 @click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction.")
 @click.option("--clip-search", is_flag=True, help="MSE-optimal weight clipping per channel.")
 @click.option("--exclude", multiple=True, metavar="NODE",
@@ -162,9 +172,9 @@ def cli():
 @user_errors
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations, orders,
           sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
-          no_bias_correction, clip_search, exclude, preprocess, device, opset, dla_core,
-          dim_ranges, require_engine, from_deferred, trust_pickle, keep_intermediates, force,
-          quiet, as_json):
+          smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, device,
+          opset, dla_core, dim_ranges, require_engine, from_deferred, trust_pickle,
+          keep_intermediates, force, quiet, as_json):
     """Quantize MODEL without data and compile it for a target.
 
     MODEL is a TorchScript file (torch.jit.save), a torch.export program (.pt2), an ONNX file,
@@ -203,7 +213,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         sparsity=sparsity, budget=budget, ensemble=ensemble or 0,
                         ensemble_partition=ensemble_partition, sparse_form=sparse_form,
                         ranges=ranges,
-                        range_sigma=range_sigma, bias_correction=not no_bias_correction,
+                        range_sigma=range_sigma, smooth=smooth, smooth_alpha=smooth_alpha,
+                        bias_correction=not no_bias_correction,
                         clip_search=clip_search, exclude=tuple(exclude),
                         input_ranges=tuple(_parse_range(r) for r in input_ranges))
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,

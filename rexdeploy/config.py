@@ -20,6 +20,7 @@ RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
+SMOOTH_MODES = ("auto", "all", "off")
 MAX_ENSEMBLE = 8
 
 
@@ -42,6 +43,10 @@ class QuantConfig:
     ranges: str = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
+    smooth: str = "auto"                # scale migration (calib_free.smooth) on MatMul/Gemm
+                                        # inputs with synthetic ranges: auto (outlier-heavy
+                                        # ones), all, off
+    smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
     bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
     unsigned_activations: bool = True   # uint8 (zero-point 0) for non-negative tensors where the
                                         # target allows it (OpenVINO); TensorRT forces int8
@@ -74,6 +79,11 @@ class QuantConfig:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
+        if self.smooth not in SMOOTH_MODES:
+            raise UserError(f"--smooth {self.smooth}: use one of {', '.join(SMOOTH_MODES)}")
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise UserError(f"--smooth-alpha {self.smooth_alpha}: must be in [0, 1]",
+                            "drop it for the default 0.7")
         if self.ranges not in RANGE_SOURCES:
             raise UserError(f"--ranges {self.ranges}: use one of {', '.join(RANGE_SOURCES)}")
         if not 0.5 <= self.range_sigma <= 20:
@@ -111,6 +121,10 @@ class QuantConfig:
                 raise UserError(f"--ensemble expands to order 2 (members share order 1 and split "
                                 f"order 2 among them); --orders {self.orders} cannot be combined",
                                 "drop --orders, or build the exact expansion without --ensemble")
+            if self.smooth == "all":
+                raise UserError("--smooth all cannot be combined with --ensemble yet (members "
+                                "share order 1; migration is off in ensembles)",
+                                "drop --smooth all")
             if self.ensemble_partition not in PARTITIONS:
                 raise UserError(f"--ensemble-partition {self.ensemble_partition}: use one of "
                                 f"{', '.join(PARTITIONS)}")

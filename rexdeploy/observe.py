@@ -20,6 +20,7 @@ class Observed:
     lo: float
     hi: float
     channel_mean: np.ndarray  # [C], channel axis 1 (rank 3: last axis)
+    channel_absmax: np.ndarray | None = None  # [C] max |x| per channel, same axis
 
     @property
     def bound(self) -> float:
@@ -44,7 +45,7 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(proto.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0] for n in names}
+    acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
     for feeds in samples:
         outs = session.run(names, feeds)
         for name, x in zip(names, outs):
@@ -54,7 +55,9 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
             cm = _channel_mean(x)
             a[2] = cm if a[2] is None else a[2] + cm
             a[3] += 1
-    return {n: Observed(a[0], a[1], a[2] / a[3]) for n, a in acc.items()}
+            cmax = _channel_absmax(x)
+            a[4] = cmax if a[4] is None else np.maximum(a[4], cmax)
+    return {n: Observed(a[0], a[1], a[2] / a[3], a[4]) for n, a in acc.items()}
 
 
 def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
@@ -86,6 +89,14 @@ def _with_outputs(model: ir.Model, names: list[str]):
         if name not in existing:
             proto.graph.output.add(name=name)
     return proto
+
+
+def _channel_absmax(x: np.ndarray) -> np.ndarray:
+    if x.ndim <= 1:
+        return np.atleast_1d(np.abs(x).max()).astype(np.float64)
+    axis = x.ndim - 1 if x.ndim == 3 else 1
+    other = tuple(i for i in range(x.ndim) if i != axis)
+    return np.abs(x).max(axis=other).astype(np.float64)
 
 
 def _channel_mean(x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,10 @@ Only these consumers of a tensor T are re-wired to T's DQ output:
     Add summing its orders, or a MatMul's bias Add) on the other side gets the DQ on the T side.
     That is TensorRT's rule: Q/DQ on the skip branch lets Conv+Add fuse in int8.
 Every other consumer, and a graph output T, keep the float tensor.
+
+A smoothed activation (`ActivationPlan.smooth`, calib_free.smooth) is multiplied by that
+per-channel factor (last axis) before its QuantizeLinear, and its DQ output feeds only the
+planned layers (whose weights carry the inverse factor); residual Adds keep the float tensor.
 """
 
 from __future__ import annotations
@@ -107,6 +111,9 @@ def _targets(graph: ir.Graph, value: ir.Value, plan: QuantPlan,
     for lp in plan.layers:
         if lp.input == value.name:
             targets += [branch_input(node) for node in branches(graph, lp.name)]
+    act = plan.activation(value.name)
+    if act is not None and act.smooth is not None:
+        return list(dict.fromkeys(targets))  # x / s is meant for the layers only
     for node, index in value.uses():
         if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 \
                 or layer_of(node) is not None:  # an Add summing orders or adding a bias
@@ -144,20 +151,31 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
                             np.array(act.scale, numpy_dtype(dtype)))
     zero = add_initializer(graph, names, f"{value.name}/zero_point",
                            np.array(0, np.int8 if act.signed else np.uint8))
-    q = quantize_node(names.node(f"{value.name}/QuantizeLinear"), value, scale, zero,
+    head = []
+    source = value
+    if act.smooth is not None:
+        factor = add_initializer(graph, names, f"{value.name}/smooth",
+                                 np.asarray(act.smooth, numpy_dtype(dtype)))
+        out = ir.Value(name=names.value(f"{value.name}/smoothed"), shape=value.shape,
+                       type=ir.TensorType(dtype))
+        mul = ir.Node("", "Mul", [value, factor], outputs=[out],
+                      name=names.node(f"{value.name}/smooth"))
+        head, source = [mul], out
+    q = quantize_node(names.node(f"{value.name}/QuantizeLinear"), source, scale, zero,
                       out_name=names.value(f"{value.name}/quantized"))
     dq = dequantize_node(names.node(f"{value.name}/DequantizeLinear"), q.outputs[0], scale, zero,
                          out_name=names.value(f"{value.name}/dequantized"), out_dtype=dtype,
                          shape=value.shape)
     producer = value.producer()
+    nodes = head + [q, dq]
     if producer is not None:
-        graph.insert_after(producer, [q, dq])
+        graph.insert_after(producer, nodes)
     else:
         first = next(iter(graph), None)
         if first is None:
-            graph.extend([q, dq])
+            graph.extend(nodes)
         else:
-            graph.insert_before(first, [q, dq])
+            graph.insert_before(first, nodes)
     return dq.outputs[0]
 
 

@@ -32,6 +32,8 @@ FFN_OUT = tuple(f"/layers.{i}/output/MatMul" for i in range(6))
 FFN_IN = tuple(f"/layers.{i}/intermediate/MatMul" for i in range(6))
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 data-free (default)", {}),
+    ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
+    ("rexdeploy W8A8 data-free, migration on every input (--smooth all)", {"smooth": "all"}),
     ("rexdeploy W8A8, FFN down-projections float (--exclude x6)", {"exclude": FFN_OUT}),
     ("rexdeploy W8A8, all FFN Linears float (--exclude x12)", {"exclude": FFN_OUT + FFN_IN}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
