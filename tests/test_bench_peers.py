@@ -122,21 +122,27 @@ def _row(label, metric, value, **kw):
 
 def test_peer_verdicts_data_free_only_on_minilm():
     rows = [_row("rexdeploy W8A8 data-free (default)", "cos_mean", 0.99),
+            _row("rexdeploy W4 weight-only, REx K=2", "cos_mean", 0.999),
             _row("NNCF real", "cos_mean", 0.997, peer=True, data="real"),
             _row("NNCF random", "cos_mean", 0.97, peer=True, data="random"),
-            _row("ModelOpt int4", "cos_mean", 0.995, peer=True, data="none"),
+            _row("ModelOpt int4", "cos_mean", 0.995, peer=True, data="none", cls="W4"),
+            _row("NNCF INT8 WC", "cos_mean", 0.9995, peer=True, data="none", cls="W8"),
             {"label": "gone", "skipped": "skipped: x does not import", "peer": True}]
     lines = pareto.peer_verdicts("minilm", rows)
     assert not any("NNCF real" in l for l in lines)  # calibrated on real data: not a target
     assert any("NNCF random" in l and l.endswith("met") for l in lines)
-    assert any("ModelOpt int4" in l and l.endswith("missed") for l in lines)
+    assert any("W4 weight-only, REx K=2 cos_mean 0.999 > ModelOpt int4" in l and l.endswith("met")
+               for l in lines)  # compared with our weight-only W4, not with W8A8
+    assert not any("NNCF INT8 WC" in l for l in lines)  # no W8 weight-only row: no verdict
     assert any(l.startswith("gone: skipped") for l in lines)
 
 
 def test_peer_verdicts_every_peer_on_effnet():
     rows = [_row("rexdeploy W8A8 (default)", "sqnr", 20.0),
-            _row("NNCF real", "sqnr", 21.0, peer=True, data="real")]
-    assert pareto.peer_verdicts("effnet", rows)[0].endswith("missed")
+            _row("NNCF real", "sqnr", 21.0, peer=True, data="real"),
+            _row("ModelOpt random", "sqnr", 9.0, peer=True, data="default")]
+    lines = pareto.peer_verdicts("effnet", rows)
+    assert lines[0].endswith("missed") and lines[1].endswith("met")
 
 
 def test_random_stand_in_data():
@@ -227,3 +233,15 @@ def test_plot_writes_a_png(tmp_path):
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         pareto.plot(str(tmp_path / "q.png"), [])
+
+
+def test_fused_attention_is_counted(tmp_path):
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    q, k, v = (ops.parameter([1, 2, 16, 8], ov.Type.f32, name=n) for n in "qkv")
+    sdpa = ops.scaled_dot_product_attention(q, k, v, causal=False)
+    path = str(tmp_path / "sdpa.xml")
+    ov.save_model(ov.Model([sdpa], [q, k, v]), path)
+    info = graph_bops.graph_bops([path])
+    assert info["layers"][0][1:] == ("ScaledDotProductAttention", 2 * 16 * 16 * (8 + 8), 32, 32)

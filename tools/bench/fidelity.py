@@ -3,6 +3,9 @@
 
     .venv/bin/python tools/bench/fidelity.py [--markdown docs/fidelity_table.md]
     .venv/bin/python tools/bench/fidelity.py --model fashion     # Fashion-MNIST CNN, 10k images
+    .venv/bin/python tools/bench/fidelity.py --model all --peers --latency 0.5 --plot PNG
+        # issue 6: the three models, the other tools beside rexdeploy (tools/bench/peers.py),
+        # every artifact's OpenVINO latency and bit-operations, the Pareto plot
 
 Every configuration is built by rexdeploy from the TorchScript file with no data, run by
 OpenVINO on CPU (f32 pinned for the float parts, so the int8 effect is what is measured) on every
@@ -56,7 +59,7 @@ def main() -> int:
                     help="effnet: EfficientNet-Lite0 on the photos (default); minilm: "
                          "all-MiniLM-L6-v2 on the fortunes quotes (fidelity_minilm.py); fashion: "
                          "the Fashion-MNIST CNN (tools/train_fashion_mnist.py) on its 10k test "
-                         "images; all: effnet and minilm")
+                         "images; all: the three (fashion, minilm, effnet)")
     ap.add_argument("--limit", type=int, help="minilm: use the first N quotes only")
     # issue 6: the peers in the same run, every artifact's latency, the Pareto plot
     ap.add_argument("--peers", action="store_true",

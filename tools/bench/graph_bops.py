@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-COMPUTE = ("Convolution", "GroupConvolution", "MatMul")
+COMPUTE = ("Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention")
 # ops between a low-precision tensor and the layer that reads it (DQ chains, weight layouts)
 PASS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze", "Squeeze",
         "Broadcast", "Concat"}
@@ -72,7 +72,9 @@ def input_bits(node, depth: int = 0) -> int:
 
 
 def layer_macs(node) -> int:
-    """Multiply-accumulates of one Convolution / GroupConvolution / MatMul (static shapes)."""
+    """Multiply-accumulates of one Convolution / GroupConvolution / MatMul /
+    ScaledDotProductAttention (OpenVINO's fused attention: Q K^T and the product with V), static
+    shapes."""
     out = int(np.prod(list(node.get_output_shape(0))))
     kind = node.get_type_name()
     if kind == "Convolution":  # weights [Cout, Cin, k...]
@@ -81,6 +83,9 @@ def layer_macs(node) -> int:
     if kind == "GroupConvolution":  # weights [G, Cout/G, Cin/G, k...]
         w = list(node.get_input_shape(1))
         return out * int(np.prod(w[2:]))
+    if kind == "ScaledDotProductAttention":  # q [.., L, D] k [.., S, D] v [.., S, Dv]: 2 MatMuls
+        q, k, v = (list(node.get_input_shape(i)) for i in range(3))
+        return int(np.prod(q[:-1])) * k[-2] * (q[-1] + v[-1])
     a = list(node.get_input_shape(0))
     transpose_a = bool(node.get_attributes().get("transpose_a", False))
     k = a[-2] if transpose_a and len(a) > 1 else a[-1]

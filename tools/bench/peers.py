@@ -55,6 +55,7 @@ class Peer:
     data: str = "none"                  # "real", "random" or "none" (data-free)
     kind: str = "openvino"              # "openvino" (the path runs on OpenVINO) or "torch"
     options: dict = field(default_factory=dict)
+    cls: str = "W8A8"                   # what it is compared with: W8A8, W8 or W4 (weight-only)
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,14 +184,14 @@ def peer_list(model: str, n_real: int, real_what: str) -> list[Peer]:
              nncf_ptq, nncf_quantize, "real", options={"transformer": tf}),
         Peer(f"NNCF quantize W8A8, {N_RANDOM} {rand}", nncf_ptq, nncf_quantize, "random",
              options={"transformer": tf}),
-        Peer("NNCF compress_weights INT8_SYM (data-free)", nncf_ptq, nncf_compress),
+        Peer("NNCF compress_weights INT8_SYM (data-free)", nncf_ptq, nncf_compress, cls="W8"),
     ]
     if tf:
         peers += [
             Peer("NNCF compress_weights INT4_SYM g128 (data-free)", nncf_ptq, nncf_compress,
-                 options={"mode": "INT4_SYM", "group_size": 128}),
+                 options={"mode": "INT4_SYM", "group_size": 128}, cls="W4"),
             Peer("NNCF compress_weights INT4_SYM per-channel (data-free)", nncf_ptq,
-                 nncf_compress, options={"mode": "INT4_SYM", "group_size": -1}),
+                 nncf_compress, options={"mode": "INT4_SYM", "group_size": -1}, cls="W4"),
         ]
     # ONNX Runtime before ModelOpt: importing ModelOpt's ONNX quantization patches ONNX
     # Runtime's quantizer in this process (quantize_static then fails)
@@ -208,7 +209,7 @@ def peer_list(model: str, n_real: int, real_what: str) -> list[Peer]:
         peers.append(Peer(f"ModelOpt int8, {N_RANDOM} random tokens", mo, modelopt_quantize,
                           "random"))
         peers.append(Peer("ModelOpt int4 rtn_dq (data-free)", mo, modelopt_quantize,
-                          options={"mode": "int4", "method": "rtn_dq"}))
+                          options={"mode": "int4", "method": "rtn_dq"}, cls="W4"))
     if model == "effnet":
         peers.append(Peer(f"ModelOpt int8, {n_real} real {real_what} (upper bound)", mo,
                           modelopt_quantize, "real"))
@@ -262,7 +263,8 @@ def run_peers(console, model: str, float_onnx: str, out_dir: str, *, real: list[
             if peer.kind == "torch":
                 out, extra = torch_peer()
                 rows.append(metrics(peer.label, out) | extra |
-                            {"peer": True, "data": "none", "build_s": time.perf_counter() - start})
+                            {"peer": True, "data": "none", "cls": peer.cls,
+                             "build_s": time.perf_counter() - start})
                 console.print(f"  {_progress(rows[-1])}")
                 continue
             directory = os.path.join(out_dir, "peers", model, _slug(peer.label))
@@ -278,7 +280,7 @@ def run_peers(console, model: str, float_onnx: str, out_dir: str, *, real: list[
             console.print(f"  [red]failed[/] {peer.label}: {last[:300]}")
             rows.append({"label": peer.label, "skipped": f"failed: {last[:160]}", "peer": True})
             continue
-        rows.append(metrics(peer.label, out) | {"peer": True, "data": peer.data,
+        rows.append(metrics(peer.label, out) | {"peer": True, "data": peer.data, "cls": peer.cls,
                                                 "build_s": build_s, "int8": runtime_int8(path),
                                                 "dir": os.path.dirname(path), "files": files})
         console.print(f"  {_progress(rows[-1])}")
@@ -286,11 +288,13 @@ def run_peers(console, model: str, float_onnx: str, out_dir: str, *, real: list[
 
 
 def runtime_int8(path: str) -> float:
-    """Fraction of the compute layers OpenVINO CPU runs with an int8 kernel (f32 pinned)."""
-    from backends.openvino import int8_coverage, runtime_layers, shared_core
+    """Fraction of the compute layers OpenVINO CPU runs with an int8 kernel (f32 pinned), by
+    the kernel's name: compressed int8/int4 weights under an f32 kernel do not count."""
+    from backends.openvino import runtime_layers, shared_core
 
     compiled = shared_core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return int8_coverage(runtime_layers(compiled))
+    layers = runtime_layers(compiled)
+    return sum(l.kernel.upper().endswith("_I8") for l in layers) / len(layers) if layers else 0.0
 
 
 def _progress(row: dict) -> str:
