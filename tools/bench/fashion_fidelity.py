@@ -45,7 +45,7 @@ def run(args) -> int:
         x, y = z["input"], z["labels"]
     console.print(f"{len(x)} Fashion-MNIST test images, model {MODEL}")
     ref = torch_logits(MODEL, x)
-    rows = []
+    rows, float_onnx = [], None
     for label, overrides in CONFIGS:
         if args.only and not any(o in label for o in args.only):
             continue
@@ -56,18 +56,56 @@ def run(args) -> int:
         logits = openvino_logits(art.path, art.files, x)
         rows.append(_metrics(label, ref, logits, y) |
                     {"int8": art.manifest["summary"]["int8_coverage"],
-                     "seconds": time.perf_counter() - start})
+                     "seconds": time.perf_counter() - start, "art": art})
+        float_onnx = art.file("float_onnx")
         console.print(f"  {label}: accuracy {rows[-1]['acc']:.2%} (drop "
                       f"{rows[-1]['drop']:.2f} points), {rows[-1]['sqnr']:.1f} dB")
+    headers = HEADERS
+    if float_onnx and (getattr(args, "peers", False) or getattr(args, "latency", 0)
+                       or getattr(args, "plot", None)):  # issue 6
+        headers = HEADERS + _issue6(console, args, rows, str(float_onnx), x, y, ref)
     rows.append(_metrics("float torch (reference)", ref, ref, y) | {"int8": 0.0})
-    print_table(console, f"Fashion-MNIST CNN, {len(x)} test images, OpenVINO CPU", HEADERS,
-                [_cells(r) for r in rows], args.markdown)
+    print_table(console, f"Fashion-MNIST CNN, {len(x)} test images, OpenVINO CPU", headers,
+                [_cells(r, len(headers)) for r in rows], args.markdown)
     default = next((r for r in rows if r["label"] == CONFIGS[0][0]), None)
     if default:
         ok = default["drop"] <= TARGET_DROP
         console.print(f"issue target, W8A8 accuracy drop <= {TARGET_DROP} point: "
                       f"{'[green]met' if ok else '[red]missed'}[/] ({default['drop']:.2f})")
+    if getattr(args, "peers", False):
+        import pareto
+
+        for line in pareto.peer_verdicts("fashion", rows):
+            console.print(line)
     return 0
+
+
+def _issue6(console, args, rows, float_onnx, x, y, ref) -> list[str]:
+    """The OpenVINO float row, the peers (NNCF calibrated on 300 training images, the
+    data-free ones), BOPs and latency; returns the extra headers."""
+    import pareto
+    from common import openvino_logits
+    from peers import random_images, run_peers
+
+    files = {"onnx": os.path.basename(float_onnx)}
+    logits = openvino_logits(os.path.dirname(float_onnx), files, x)
+    rows.append(_metrics("OpenVINO float, f32", ref, logits, y) |
+                {"int8": 0.0, "float": True, "dir": os.path.dirname(float_onnx), "files": files})
+    if args.peers:
+        import fetch_fashion_mnist
+
+        train, _ = fetch_fashion_mnist.load("train")
+        real = [{"input": (train[i][None, None] / 255.0).astype(np.float32)}
+                for i in range(300)]
+        rows += run_peers(console, "fashion", float_onnx, args.out, real=real,
+                          real_what="training images", random=random_images((1, 1, 28, 28),
+                                                                            0.0, 1.0),
+                          evaluate=lambda d, f: openvino_logits(d, f, x),
+                          metrics=lambda label, out: _metrics(label, ref, out, y),
+                          only=args.only)
+    pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
+                  f"Fashion-MNIST CNN, {len(x)} test images", "acc")
+    return pareto.EXTRA_HEADERS
 
 
 def _metrics(label: str, ref: np.ndarray, test: np.ndarray, y: np.ndarray) -> dict:
@@ -79,7 +117,12 @@ def _metrics(label: str, ref: np.ndarray, test: np.ndarray, y: np.ndarray) -> di
             "kl": kl_divergence(ref, test), "sqnr": sqnr_db(ref, test)}
 
 
-def _cells(r: dict) -> list[str]:
+def _cells(r: dict, n: int = len(HEADERS)) -> list[str]:
+    import pareto
+
+    if r.get("skipped"):
+        return pareto.skipped_cells(r, n)
     sq = "inf" if not np.isfinite(r["sqnr"]) else f"{r['sqnr']:.1f}"
-    return [r["label"], f"{r['acc']:.2%}", f"{r['drop']:.2f}", f"{r['agree']:.4f}",
-            f"{r['kl']:.5f}", sq, f"{r['int8']:.0%}"]
+    out = [r["label"], f"{r['acc']:.2%}", f"{r['drop']:.2f}", f"{r['agree']:.4f}",
+           f"{r['kl']:.5f}", sq, f"{r['int8']:.0%}"]
+    return out + (pareto.extra_cells(r) if n > len(out) else [])

@@ -3,6 +3,9 @@
 
     .venv/bin/python tools/bench/fidelity.py [--markdown docs/fidelity_table.md]
     .venv/bin/python tools/bench/fidelity.py --model fashion     # Fashion-MNIST CNN, 10k images
+    .venv/bin/python tools/bench/fidelity.py --model all --peers --latency 0.5 --plot PNG
+        # issue 6: the three models, the other tools beside rexdeploy (tools/bench/peers.py),
+        # every artifact's OpenVINO latency and bit-operations, the Pareto plot
 
 Every configuration is built by rexdeploy from the TorchScript file with no data, run by
 OpenVINO on CPU (f32 pinned for the float parts, so the int8 effect is what is measured) on every
@@ -56,17 +59,35 @@ def main() -> int:
                     help="effnet: EfficientNet-Lite0 on the photos (default); minilm: "
                          "all-MiniLM-L6-v2 on the fortunes quotes (fidelity_minilm.py); fashion: "
                          "the Fashion-MNIST CNN (tools/train_fashion_mnist.py) on its 10k test "
-                         "images; all: effnet and minilm")
+                         "images; all: the three (fashion, minilm, effnet)")
     ap.add_argument("--limit", type=int, help="minilm: use the first N quotes only")
+    # issue 6: the peers in the same run, every artifact's latency, the Pareto plot
+    ap.add_argument("--peers", action="store_true",
+                    help="also run the other tools (NNCF, ModelOpt, ONNX Runtime, torch dynamic; "
+                         "tools/bench/peers.py) on the same model; one not installed is skipped "
+                         "and said so (install: pip install --no-deps -r "
+                         "tools/bench/requirements-peers.txt)")
+    ap.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                    help="time every artifact on OpenVINO CPU, interleaved, SECONDS per artifact "
+                         "per round (3 rounds); 0 (default): no latency column")
+    ap.add_argument("--plot", metavar="PNG", help="write the Pareto plot (fidelity vs "
+                    "bit-operations and vs latency, every model that ran) to this PNG")
     args = ap.parse_args()
-    if args.model == "fashion":
+    if args.model in ("fashion", "all"):
         import fashion_fidelity
 
-        return fashion_fidelity.run(args)
+        markdown = args.markdown
+        if markdown and args.model == "all":
+            base, ext = os.path.splitext(markdown)
+            args.markdown = f"{base}_fashion{ext}"
+        rc = fashion_fidelity.run(args)
+        args.markdown = markdown
+        if args.model == "fashion" or rc:
+            return _plot(args, rc)
     if args.model in ("minilm", "all"):
         _minilm(args)
         if args.model == "minilm":
-            return 0
+            return _plot(args, 0)
 
     import examples
     from rich.console import Console
@@ -102,7 +123,7 @@ def main() -> int:
         logits = _artifact_logits(art, x)
         rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
                     {"int8": art.manifest["summary"]["int8_coverage"], "build_s": build_s,
-                     "bops": art.manifest["summary"].get("bops_ratio", 1.0)})
+                     "bops": art.manifest["summary"].get("bops_ratio", 1.0), "art": art})
         console.print(f"  {label}: {rows[-1]['sqnr']:.1f} dB, agreement {rows[-1]['agree']:.3f}")
     if float_onnx:
         files = {"onnx": os.path.basename(float_onnx)}
@@ -110,22 +131,53 @@ def main() -> int:
                                  ("OpenVINO float, device default (bf16)", "default")):
             logits = openvino_logits(os.path.dirname(float_onnx), files, x, precision)
             rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
-                        {"int8": 0.0, "build_s": 0, "bops": float("nan")})
+                        {"int8": 0.0, "build_s": 0, "bops": float("nan"), "float": True,
+                         "dir": os.path.dirname(float_onnx), "files": files,
+                         "precision": precision})
     rows.append(_metrics("float torch (reference)", ref, ref, labelled, y, decisive) |
                 {"int8": 0.0, "build_s": 0, "bops": float("nan")})
 
     headers = ["configuration", "agree all", "agree labelled", "agree other",
                f"agree decisive (margin >= {MARGIN})", "KL", "SQNR dB",
                "top-1 acc (labelled)", "int8 coverage", "BOPs x"]
+    if float_onnx and (args.peers or args.latency or args.plot):  # issue 6
+        import pareto
+        from peers import random_images, run_peers
+
+        if args.peers:
+            rows[-1:-1] = run_peers(
+                console, "effnet", float_onnx, args.out, real_what="photos",
+                real=[{"input": x[i:i + 1]} for i in range(len(x))],
+                random=random_images((1, 3, 224, 224), -1.0, 1.0),
+                evaluate=lambda d, files: openvino_logits(d, files, x),
+                metrics=lambda label, out: _metrics(label, ref, out, labelled, y, decisive) |
+                {"int8": float("nan"), "bops": float("nan")}, only=args.only)
+        pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
+                      f"EfficientNet-Lite0, {len(names)} photos", "sqnr")
+        headers += pareto.EXTRA_HEADERS
     print_table(console, f"EfficientNet-Lite0, {len(names)} real photos, OpenVINO CPU", headers,
-                [_cells(r) for r in rows], args.markdown)
+                [_cells(r, len(headers)) for r in rows], args.markdown)
     default = rows[0]
     ok = default["agree"] >= 0.97 and default["sqnr"] >= 18.0
     console.print(f"issue target, W8A8 agreement >= 0.97 and SQNR >= 18 dB: "
                   f"{'[green]met' if ok else '[red]missed'}[/] ({default['agree']:.3f}, "
                   f"{default['sqnr']:.1f} dB)")
     _rex_verdicts(console, {r["label"]: r for r in rows})
-    return 0
+    if args.peers:
+        import pareto
+
+        for line in pareto.peer_verdicts("effnet", rows):
+            console.print(line)
+    return _plot(args, 0)
+
+
+def _plot(args, rc: int) -> int:
+    if getattr(args, "plot", None):
+        import pareto
+
+        if pareto.PANELS:
+            print(f"Pareto plot: {pareto.plot(args.plot)}")
+    return rc
 
 
 def _rex_verdicts(console, by: dict) -> None:
@@ -197,12 +249,18 @@ def _metrics(label, ref, test, labelled, y, decisive) -> dict:
             "acc": (test.argmax(1)[labelled] == y[labelled]).mean()}
 
 
-def _cells(r: dict) -> list[str]:
+def _cells(r: dict, n: int = 10) -> list[str]:
+    import pareto
+
+    if r.get("skipped"):
+        return pareto.skipped_cells(r, n)
     sq = "inf" if not np.isfinite(r["sqnr"]) else f"{r['sqnr']:.1f}"
-    return [r["label"], f"{r['agree']:.3f}", f"{r['agree_lab']:.3f}", f"{r['agree_other']:.3f}",
-            f"{r['agree_decisive']:.3f}",
-            f"{r['kl']:.4f}", sq, f"{r['acc']:.2f}", f"{r['int8']:.0%}",
-            "" if not np.isfinite(r.get("bops", np.nan)) else f"{r['bops']:.2f}"]
+    cells = [r["label"], f"{r['agree']:.3f}", f"{r['agree_lab']:.3f}", f"{r['agree_other']:.3f}",
+             f"{r['agree_decisive']:.3f}",
+             f"{r['kl']:.4f}", sq, f"{r['acc']:.2f}",
+             f"{r['int8']:.0%}" if np.isfinite(r["int8"]) else "",
+             "" if not np.isfinite(r.get("bops", np.nan)) else f"{r['bops']:.2f}"]
+    return cells + (pareto.extra_cells(r) if n > len(cells) else [])
 
 
 if __name__ == "__main__":

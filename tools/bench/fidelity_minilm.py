@@ -87,7 +87,8 @@ def run(args, console) -> list[dict]:
         build_s = time.perf_counter() - start
         float_onnx = art.file("float_onnx")
         emb = _openvino_embeddings(art.path, art.files, ids, mask)
-        rows.append(_metrics(label, ref, emb, labels) | _runtime(art) | {"build_s": build_s})
+        rows.append(_metrics(label, ref, emb, labels) | _runtime(art) | {"build_s": build_s,
+                                                                          "art": art})
         console.print(f"  {label}: cosine mean {rows[-1]['cos_mean']:.5f}, min "
                       f"{rows[-1]['cos_min']:.5f}, {rows[-1]['sqnr']:.1f} dB "
                       f"[build {build_s:.0f} s]")
@@ -95,10 +96,61 @@ def run(args, console) -> list[dict]:
         emb = _openvino_embeddings(os.path.dirname(float_onnx),
                                    {"onnx": os.path.basename(float_onnx)}, ids, mask)
         rows.insert(0, _metrics("OpenVINO float, f32", ref, emb, labels) |
-                    {"runtime": "f32", "build_s": 0.0})
+                    {"runtime": "f32", "build_s": 0.0, "float": True,
+                     "dir": os.path.dirname(float_onnx),
+                     "files": {"onnx": os.path.basename(float_onnx)}})
     rows.insert(0, _metrics("float torch (reference)", ref, ref, labels) |
                 {"runtime": "-", "build_s": 0.0})
+    if float_onnx and (getattr(args, "peers", False) or getattr(args, "latency", 0)
+                       or getattr(args, "plot", None)):  # issue 6
+        import pareto
+        from peers import random_tokens, run_peers
+
+        if args.peers:
+            n_real = min(len(ids), 128)
+            rows += run_peers(
+                console, "minilm", str(float_onnx), args.out, real_what="quotes",
+                real=[{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]}
+                      for i in range(n_real)],
+                random=random_tokens(ids.shape[1]),
+                evaluate=lambda d, files: _openvino_embeddings(d, files, ids, mask),
+                metrics=lambda label, out: _metrics(label, ref, out, labels) | {"runtime": ""},
+                torch_peer=lambda: _torch_dynamic(ids, mask), only=args.only)
+        pareto.finish(console, args, rows, str(float_onnx),
+                      {"input_ids": ids[:1], "attention_mask": mask[:1]},
+                      f"all-MiniLM-L6-v2, {len(ids)} quotes", "sqnr")
     return rows
+
+
+def _torch_dynamic(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+    """PyTorch dynamic int8 (every nn.Linear) on an eager copy of the model (quantize_dynamic
+    on the TorchScript module is a silent no-op): embeddings, and its torch latency (batch 1,
+    median of 30 calls)."""
+    import minilm
+    import torch
+
+    import warnings
+
+    with warnings.catch_warnings():  # torch's deprecation notice for its quantized tensors
+        warnings.simplefilter("ignore")
+        model = torch.ao.quantization.quantize_dynamic(minilm.load_minilm(), {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def median_ms(m) -> float:
+        times = []
+        for _ in range(23):
+            start = time.perf_counter()
+            m(t_ids[:1], t_mask[:1])
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times[3:]))
+
+    with torch.no_grad():
+        out = np.concatenate([model(t_ids[i:i + 32], t_mask[i:i + 32]).numpy()
+                              for i in range(0, len(ids), 32)])
+        ms, float_ms = median_ms(model), median_ms(minilm.load_minilm())
+    return out, {"torch_latency_ms": ms,
+                 "runtime": f"torch qint8 Linear (36); float eager {float_ms:.1f} ms"}
 
 
 def table(rows: list[dict]):
@@ -106,30 +158,49 @@ def table(rows: list[dict]):
 
     n = rows[0]["n"] if rows else 0
     t = Table(title=f"all-MiniLM-L6-v2, {n} fortunes quotes (L=128), OpenVINO CPU")
-    for h in HEADERS:
+    headers = _headers(rows)
+    for h in headers:
         t.add_column(h, justify="left" if h in ("configuration", "runtime") else "right")
     for r in rows:
-        t.add_row(*cells(r))
+        t.add_row(*cells(r, len(headers)))
     return t
+
+
+def _headers(rows: list[dict]) -> list[str]:
+    import pareto
+
+    extra = any("bops_float" in r or "torch_latency_ms" in r for r in rows)
+    return HEADERS + (pareto.EXTRA_HEADERS if extra else [])
 
 
 HEADERS = ["configuration", "cosine mean", "cosine min", "SQNR dB", "NN agree",
            "topic 1-NN acc", "runtime (Linear layers)"]
 
 
-def cells(r: dict) -> list[str]:
+def cells(r: dict, n: int = len(HEADERS)) -> list[str]:
+    import pareto
+
+    if r.get("skipped"):
+        return pareto.skipped_cells(r, n)
     sq = "inf" if not np.isfinite(r["sqnr"]) else f"{r['sqnr']:.1f}"
-    return [r["label"], f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", sq, f"{r['nn']:.3f}",
-            f"{r['topic']:.3f}", r["runtime"]]
+    out = [r["label"], f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", sq, f"{r['nn']:.3f}",
+           f"{r['topic']:.3f}", r["runtime"] or (f"{r['int8']:.0%} of compute layers int8 kernels"
+                                                 if "int8" in r else "")]
+    return out + (pareto.extra_cells(r) if n > len(out) else [])
 
 
 def markdown(rows: list[dict]) -> list[str]:
-    md = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    return md + ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    headers = _headers(rows)
+    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return md + ["| " + " | ".join(cells(r, len(headers))) + " |" for r in rows]
 
 
 def verdicts(rows: list[dict]) -> list[str]:
     out = []
+    if any(r.get("peer") for r in rows):
+        import pareto
+
+        out += pareto.peer_verdicts("minilm", rows)
     for r in rows:
         if r["label"] in TARGETS:
             want, where = TARGETS[r["label"]]
