@@ -15,7 +15,8 @@ from rexdeploy.inputspec import InputSpec
 
 CONFIG_VERSION = 1
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
-ACTIVATIONS = ("int8", "none")
+ACTIVATIONS = ("int8", "none", "fp16")
+OPERATORS = ("uniform", "power")
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
@@ -50,6 +51,11 @@ class QuantConfig:
     input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
+    operator: str = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
+                                        # operator (a lookup table per layer; runs in float)
+    dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
+                                        # of its dynamic activation quantization (0 = off,
+                                        # None = the runtime's default)
 
     @property
     def weight_bits(self) -> int:
@@ -70,6 +76,7 @@ class QuantConfig:
         if not 1 <= self.orders <= 4:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
         self._validate_expansion()
+        self._validate_weight_only()
         if self.granularity not in GRANULARITIES:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
@@ -86,6 +93,18 @@ class QuantConfig:
             if not lo < hi:
                 raise UserError(f"--input-range {name}:{lo},{hi}: low must be below high",
                                 f"e.g. --input-range {name}:-1,1")
+
+    def _validate_weight_only(self) -> None:
+        """--operator power and --dynamic-quantization (issue 7)."""
+        if self.operator not in OPERATORS:
+            raise UserError(f"--operator {self.operator}: use one of {', '.join(OPERATORS)}")
+        if self.operator == "power" and (self.sparsity is not None or self.budget is not None
+                                         or self.ensemble):
+            raise UserError("--operator power expands every channel: it cannot be combined "
+                            "with --sparsity, --budget or --ensemble", "use --orders K alone")
+        if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
+            raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
+                            "(e.g. 32, 64, 128) or 0 to turn it off")
 
     def _validate_expansion(self) -> None:
         """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""
