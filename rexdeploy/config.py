@@ -167,6 +167,11 @@ class BuildConfig:
                             "drop --opset (21 is the default) or give 21 or newer; older ONNX "
                             "models are upgraded automatically")
         self.quant.validate()
+        if self.target == "trt" and self.quant.activations == "fp16":
+            raise UserError("--activations fp16 is not implemented for --target trt: TensorRT "
+                            "builds strongly typed, so f16 activations need an f16 graph, which "
+                            "rexdeploy does not write yet",
+                            "use --activations none (float activations, INT4/int8 weights)")
         if self.target != "trt" and (self.dla_core is not None or self.dim_ranges
                                      or self.require_engine):
             raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "

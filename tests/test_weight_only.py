@@ -49,7 +49,8 @@ def block_file(tmp_path_factory):
 
 
 def _build(path, tmp_path, name, target="openvino", **quant):
-    cfg = BuildConfig(quant=QuantConfig(weights="int4", activations="none", **quant))
+    quant = {"activations": "none"} | quant
+    cfg = BuildConfig(quant=QuantConfig(weights="int4", **quant))
     return rexdeploy.build(path, INPUT, target=target, config=cfg, quiet=True,
                            output=str(tmp_path / name))
 
@@ -170,3 +171,24 @@ def test_cli_flags_reach_the_config(block_file, tmp_path):
         quant = json.load(f)["config"]["quant"]
     assert (quant["operator"], quant["granularity"], quant["block_size"],
             quant["dynamic_quantization"]) == ("power", "block", 64, 0)
+
+
+def test_fp16_activations_refused_for_trt_with_a_hint():
+    cfg = BuildConfig(target="trt", quant=QuantConfig(weights="int4", activations="fp16",
+                                                       granularity="block", block_size=32))
+    with pytest.raises(UserError, match="not implemented for --target trt") as info:
+        cfg.validate()
+    assert "--activations none" in info.value.hint
+
+
+@pytest.mark.openvino
+def test_fp16_activations_on_openvino_are_requested_and_reported(block_file, tmp_path):
+    art = _build(block_file, tmp_path, "fp16", activations="fp16", granularity="block",
+                 block_size=32)
+    backend = art.report()["backend"]
+    assert backend["runtime_options"]["INFERENCE_PRECISION_HINT"] == "f16"
+    got = backend["inference_precision"]
+    assert got in ("f16", "bf16", "f32")  # what the CPU really runs, read back
+    if got != "f16":
+        assert any("f16 was asked" in n for n in art.report()["notes"])
+    assert not art.report()["activations"]  # weight-only: no activation Q/DQ
