@@ -102,6 +102,10 @@ class QuantConfig:
                                          or self.ensemble):
             raise UserError("--operator power expands every channel: it cannot be combined "
                             "with --sparsity, --budget or --ensemble", "use --orders K alone")
+        if self.operator == "power" and self.clip_search:
+            raise UserError("--clip-search applies to the uniform operator; --operator power "
+                            "searches its exponent instead (max-abs clips)",
+                            "drop --clip-search")
         if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
             raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
                             "(e.g. 32, 64, 128) or 0 to turn it off")

@@ -152,6 +152,8 @@ def test_bad_weight_only_options():
         QuantConfig(weights="int4", operator="power", budget=1.25).validate()
     with pytest.raises(UserError, match="--operator"):
         QuantConfig(operator="lloyd").validate()
+    with pytest.raises(UserError, match="--clip-search"):
+        QuantConfig(weights="int4", operator="power", clip_search=True).validate()
     with pytest.raises(UserError, match="--dynamic-quantization"):
         QuantConfig(dynamic_quantization=-1).validate()
     QuantConfig(weights="int4", activations="fp16", operator="power", orders=2).validate()
