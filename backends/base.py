@@ -27,6 +27,9 @@ class BuildOptions:
     dla_core: int | None = None        # build for this DLA core, GPU fallback on
     dim_ranges: tuple[tuple[str, int, int, int], ...] = ()  # dynamic dim -> min, opt, max
     require_engine: bool = False       # fail instead of deferring the engine build
+    # OpenVINO: properties stored in the IR (rt_info runtime_options) so every runner gets them,
+    # e.g. (("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0"), ("INFERENCE_PRECISION_HINT", "f16"))
+    runtime_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,21 @@ def _stable_names(model, onnx_names) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_rx{index}")
 
 
+def _weight_only_properties(compiled, layers) -> dict:
+    """The compressed FullyConnected's dynamic activation quantization group size as the
+    compiled model really has it (0: off), when any layer reads compressed int4/int8 weights."""
+    compressed = [l for l in layers if l.type.startswith("FullyConnected")
+                  and l.precision in ("i4", "u4", "i8", "u8") and not l.is_int8]
+    if not compressed:
+        return {}
+    try:
+        group = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+    except RuntimeError:  # a device without the property
+        return {"compressed_fully_connected": len(compressed)}
+    return {"compressed_fully_connected": len(compressed),
+            "dynamic_quantization_group_size": group}
+
+
 class OpenVINOBackend:
     name = "openvino"
     description = "OpenVINO IR (.xml/.bin) for CPU (GPU/NPU where present)"
@@ -178,16 +193,27 @@ class OpenVINOBackend:
         xml = os.path.join(out_dir, files["ir_xml"])
         node_names = onnx_node_names(onnx_path)
         _stable_names(model, node_names)
+        for key, value in options.runtime_options:  # read by compile_model from the IR
+            model.set_rt_info(str(value), ["runtime_options", key])
         # int8/int4 weights stay integer either way; float weights stay f32 (no silent fp16).
         ov.save_model(model, xml, compress_to_fp16=False)
-        compiled = shared_core().compile_model(_read(xml), options.device,
-                                               {"INFERENCE_PRECISION_HINT": "f32"})
+        # f32 pinned unless the build asks for a precision (weight-only fp16 builds)
+        pinned = {} if "INFERENCE_PRECISION_HINT" in dict(options.runtime_options) else \
+            {"INFERENCE_PRECISION_HINT": "f32"}
+        compiled = shared_core().compile_model(_read(xml), options.device, pinned)
         layers = runtime_layers(compiled, node_names)
         info = {"openvino": version(), "device": options.device,
                 "device_name": shared_core().get_property(options.device.split(":")[0],
                                                           "FULL_DEVICE_NAME"),
                 "inference_precision": _precision_name(compiled),
-                "compute_layers": len(layers), "int8_layers": sum(l.is_int8 for l in layers)}
+                "compute_layers": len(layers), "int8_layers": sum(l.is_int8 for l in layers),
+                **_weight_only_properties(compiled, layers)}
+        if options.runtime_options:
+            info["runtime_options"] = dict(options.runtime_options)
+            asked = dict(options.runtime_options).get("INFERENCE_PRECISION_HINT")
+            if asked and asked != info["inference_precision"]:
+                info["notes"] = [f"inference precision {asked} was asked; {options.device} "
+                                 f"runs {info['inference_precision']} (no {asked} kernels)"]
         return BuildResult(files=files, layers=layers, info=info)
 
     def runner(self, out_dir: str, files: dict[str, str], options: RunOptions

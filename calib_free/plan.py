@@ -27,6 +27,9 @@ class WeightOrder:
     bits: the code width (codes lie in [-(2^(b-1)-1), 2^(b-1)-1]).
     channels: for a group-sparse order, the sorted output-channel indices it covers (int64);
     the codes of the other channels are 0. None: every channel (dense).
+    table: for a non-uniform (PowerQuant) order, the float32 lookup table of 2 qmax + 1 levels,
+    entry q + qmax for code q; then W_k = scale * table[codes + qmax] (scale = the group's
+    clip). exponent: the power operator's a that made the table (informational).
     """
 
     codes: np.ndarray
@@ -35,6 +38,8 @@ class WeightOrder:
     axis: int | None = 0
     block_size: int | None = None
     channels: np.ndarray | None = None
+    table: np.ndarray | None = None
+    exponent: float | None = None
 
     def kept_fraction(self, out_channels: int) -> float:
         return 1.0 if self.channels is None else len(self.channels) / max(out_channels, 1)
@@ -48,7 +53,12 @@ class WeightOrder:
             shape = [1] * self.codes.ndim
             shape[self.axis] = -1
             s = s.reshape(shape)
-        return self.codes.astype(np.float32) * s.astype(np.float32)
+        if self.table is None:
+            values = self.codes.astype(np.float32)
+        else:
+            offset = 2 ** (self.bits - 1) - 1  # code -qmax is entry 0
+            values = np.asarray(self.table, np.float32)[self.codes.astype(np.int64) + offset]
+        return values * s.astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +131,7 @@ class QuantPlan:
                 "orders": [{"bits": o.bits, "axis": o.axis, "block_size": o.block_size,
                             "shape": list(o.codes.shape),
                             "channels": None if o.channels is None else len(o.channels)}
+                           | ({} if o.table is None else {"exponent": o.exponent})
                            for o in layer.orders],
                 "bias_shift": layer.bias_shift is not None,
                 "metrics": layer.metrics,
@@ -142,6 +153,8 @@ class QuantPlan:
             for k, order in enumerate(layer.orders):
                 arrays[f"l{i}.o{k}.codes"] = order.codes
                 arrays[f"l{i}.o{k}.scale"] = order.scale
+                if order.table is not None:
+                    arrays[f"l{i}.o{k}.table"] = np.asarray(order.table, np.float32)
                 if order.channels is not None:
                     arrays[f"l{i}.o{k}.channels"] = np.asarray(order.channels, np.int64)
             if layer.bias_shift is not None:
@@ -169,7 +182,8 @@ class QuantPlan:
         for i, ld in enumerate(d["layers"]):
             orders = tuple(
                 WeightOrder(arrays[f"l{i}.o{k}.codes"], arrays[f"l{i}.o{k}.scale"], od["bits"],
-                            od["axis"], od["block_size"], arrays.get(f"l{i}.o{k}.channels"))
+                            od["axis"], od["block_size"], arrays.get(f"l{i}.o{k}.channels"),
+                            arrays.get(f"l{i}.o{k}.table"), od.get("exponent"))
                 for k, od in enumerate(ld["orders"]))
             layers.append(LayerPlan(ld["name"], ld["op"], ld["weight"], ld["input"], orders,
                                     arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {})))

@@ -171,7 +171,8 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
                                                 (len(lp.orders) for lp in plan.layers), default=1),
                                             dla_core=config.dla_core,
                                             dim_ranges=config.dim_ranges,
-                                            require_engine=config.require_engine))
+                                            require_engine=config.require_engine,
+                                            runtime_options=runtime_options(config)))
         for role, rel in result.files.items():
             writer.roles[role] = rel
     from rexdeploy.report import build_report
@@ -188,7 +189,20 @@ def _lower(float_model, plan, config: BuildConfig, backend):
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
     return lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
-                 sparse_form=sparse_form(backend, config))
+                 sparse_form=sparse_form(backend, config),
+                 table_dtype="float16" if config.target == "trt" else "float32")
+
+
+def runtime_options(config: BuildConfig) -> tuple[tuple[str, str], ...]:
+    """Runtime properties the IR carries for weight-only builds (OpenVINO): the compressed
+    FullyConnected's dynamic activation quantization group (--dynamic-quantization) and, for
+    --activations fp16, the f16 inference precision (a CPU without f16 kernels picks bf16)."""
+    q, out = config.quant, []
+    if q.dynamic_quantization is not None:
+        out.append(("DYNAMIC_QUANTIZATION_GROUP_SIZE", str(q.dynamic_quantization)))
+    if q.activations == "fp16":
+        out.append(("INFERENCE_PRECISION_HINT", "f16"))
+    return tuple(out)
 
 
 def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildConfig,
@@ -214,7 +228,8 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
         with log.stage("compile", f"{name}: {config.target} on {config.device}"):
             result = backend.build(writer.path(f"{rel}/model.onnx"),
                                    os.path.join(writer.tmp, rel),
-                                   BuildOptions(device=config.device))
+                                   BuildOptions(device=config.device,
+                                                runtime_options=runtime_options(config)))
         files = {"onnx": f"{rel}/model.onnx"}
         for role, r in result.files.items():
             files[role] = f"{rel}/{r}"
@@ -285,7 +300,7 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
     from rexdeploy.quantize import activation_tensors, make_plan, observed_means, use_stats
 
     q = config.quant
-    tensors = activation_tensors(float_model, layers) if q.activations != "none" else []
+    tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
     missing = [t for t in tensors if not use_stats(stats.get(t), q.ranges)]
     means_missing = [layer.input for layer in layers if q.bias_correction
                      and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
@@ -301,7 +316,7 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
                      f"inputs ({q.ranges}); {len(tensors) - len(missing)} from statistics")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
-    if assumed and q.activations != "none":
+    if assumed and q.activations == "int8":
         notes.append(f"input value range not given for {', '.join(assumed)}: assumed N(0, 1) "
                      f"(pass --input-range NAME:LO,HI, e.g. input:-1,1 for images in [-1, 1])")
     for n in notes:

@@ -99,8 +99,23 @@ def cli():
                    "model a state-dict file here is taken as --state-dict.)")
 @click.option("--state-dict", type=click.Path(), help="Weights for a package.module:factory "
               "model (loaded with torch.load(weights_only=True)).")
-@click.option("--activations", type=click.Choice(["int8", "none"]), default="int8",
-              show_default=True, help="none: weight-only quantization.")
+@click.option("--activations", type=click.Choice(["int8", "none", "fp16"]), default="int8",
+              show_default=True, help="none: weight-only quantization (float activations); "
+              "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
+              "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which).")
+@click.option("--operator", type=click.Choice(["uniform", "power"]), default="uniform",
+              show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
+              "operator (exponent searched per layer and order; works with --orders K). Its "
+              "codes + lookup table have no integer kernel: those layers compute in float "
+              "(f32 weights on OpenVINO, f16 on TensorRT) and the report lists them.")
+@click.option("--block-size", type=click.IntRange(1), metavar="G",
+              help="Per-block weight scales over G input columns (e.g. 32, 64, 128) instead of "
+                   "per output channel: INT4 MatMul/Gemm weights for TensorRT need it.")
+@click.option("--dynamic-quantization", type=click.IntRange(0), metavar="GROUP",
+              help="OpenVINO int4/int8 weight-only MatMuls (compressed FullyConnected): group "
+                   "size of the runtime's dynamic activation quantization (0 = off, exact "
+                   "float activations); default: the runtime's own (32 on CPU). Stored in the "
+                   "IR and reported.")
 @click.option("--orders", type=click.IntRange(1, 4), default=1, show_default=True,
               help="REx residual expansion order K: each weight as a sum of K int8 kernels "
                    "(the highest order under --budget / --ensemble; they use 2 at least).")
@@ -170,7 +185,8 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @user_errors
-def build(model, target, output, inputs, input_ranges, weights, state_dict, activations, orders,
+def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
+          operator, block_size, dynamic_quantization, orders,
           sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, device,
           opset, dla_core, dim_ranges, require_engine, from_deferred, trust_pickle,
@@ -216,7 +232,10 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         range_sigma=range_sigma, smooth=smooth, smooth_alpha=smooth_alpha,
                         bias_correction=not no_bias_correction,
                         clip_search=clip_search, exclude=tuple(exclude),
-                        input_ranges=tuple(_parse_range(r) for r in input_ranges))
+                        input_ranges=tuple(_parse_range(r) for r in input_ranges),
+                        operator=operator, dynamic_quantization=dynamic_quantization,
+                        granularity="block" if block_size else "channel",
+                        block_size=block_size)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

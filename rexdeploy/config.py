@@ -15,7 +15,8 @@ from rexdeploy.inputspec import InputSpec
 
 CONFIG_VERSION = 1
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
-ACTIVATIONS = ("int8", "none")
+ACTIVATIONS = ("int8", "none", "fp16")
+OPERATORS = ("uniform", "power")
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
@@ -55,6 +56,11 @@ class QuantConfig:
     input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
+    operator: str = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
+                                        # operator (a lookup table per layer; runs in float)
+    dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
+                                        # of its dynamic activation quantization (0 = off,
+                                        # None = the runtime's default)
 
     @property
     def weight_bits(self) -> int:
@@ -75,6 +81,7 @@ class QuantConfig:
         if not 1 <= self.orders <= 4:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
         self._validate_expansion()
+        self._validate_weight_only()
         if self.granularity not in GRANULARITIES:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
@@ -96,6 +103,22 @@ class QuantConfig:
             if not lo < hi:
                 raise UserError(f"--input-range {name}:{lo},{hi}: low must be below high",
                                 f"e.g. --input-range {name}:-1,1")
+
+    def _validate_weight_only(self) -> None:
+        """--operator power and --dynamic-quantization (issue 7)."""
+        if self.operator not in OPERATORS:
+            raise UserError(f"--operator {self.operator}: use one of {', '.join(OPERATORS)}")
+        if self.operator == "power" and (self.sparsity is not None or self.budget is not None
+                                         or self.ensemble):
+            raise UserError("--operator power expands every channel: it cannot be combined "
+                            "with --sparsity, --budget or --ensemble", "use --orders K alone")
+        if self.operator == "power" and self.clip_search:
+            raise UserError("--clip-search applies to the uniform operator; --operator power "
+                            "searches its exponent instead (max-abs clips)",
+                            "drop --clip-search")
+        if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
+            raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
+                            "(e.g. 32, 64, 128) or 0 to turn it off")
 
     def _validate_expansion(self) -> None:
         """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""
@@ -162,6 +185,11 @@ class BuildConfig:
                             "drop --opset (21 is the default) or give 21 or newer; older ONNX "
                             "models are upgraded automatically")
         self.quant.validate()
+        if self.target == "trt" and self.quant.activations == "fp16":
+            raise UserError("--activations fp16 is not implemented for --target trt: TensorRT "
+                            "builds strongly typed, so f16 activations need an f16 graph, which "
+                            "rexdeploy does not write yet",
+                            "use --activations none (float activations, INT4/int8 weights)")
         if self.target != "trt" and (self.dla_core is not None or self.dim_ranges
                                      or self.require_engine):
             raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "

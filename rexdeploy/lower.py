@@ -28,13 +28,15 @@ IR_VERSION = 10  # the IR that opset 21 requires; also carries node metadata_pro
 
 
 def lower(model: ir.Model, plan: QuantPlan, *, int4_matmul: bool = False,
-          sparse_form: str = "dense") -> ir.Model:
+          sparse_form: str = "dense", table_dtype: str = "float32") -> ir.Model:
     """The Q/DQ model for `plan` applied to a copy of the float `model` (BN already folded).
 
     int4_matmul: store MatMul/Gemm codes of <= 4 bits as ONNX INT4 tensors (TensorRT INT4
     weight-only, OpenVINO compressed FullyConnected); Conv codes stay int8 tensors.
     sparse_form: "dense" (zero rows) or "compact" (kept channels only, scattered back) for
     group-sparse orders.
+    table_dtype: storage of lookup-table (PowerQuant) weights, which no backend keeps
+    compressed: "float32" (OpenVINO) or "float16" (TensorRT), see QuantizeWeightsPass.
     """
     lowered = _at_least_opset(model.clone(), OPSET)
     lowered.ir_version = max(lowered.ir_version or 0, IR_VERSION)
@@ -44,7 +46,7 @@ def lower(model: ir.Model, plan: QuantPlan, *, int4_matmul: bool = False,
     # Called one by one rather than through a PassManager, which would wrap the passes'
     # Precondition/PostconditionError (the messages callers act on) in a generic PassError.
     for lowering_pass in (QuantizeWeightsPass(plan, int4_matmul=int4_matmul,
-                                                              sparse_form=sparse_form),
+                                              sparse_form=sparse_form, table_dtype=table_dtype),
                           QuantizeActivationsPass(plan),
                           ShapeInferencePass(),
                           CheckerPass(full_check=False)):

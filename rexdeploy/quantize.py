@@ -81,6 +81,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
     plans = [_layer(e, kept_channels.get(e.layer.name), config) for e in expansions]
     return QuantPlan(tuple(plans), tuple(activations), tuple(skipped),
                      config={"weights": config.weights, "activations": config.activations,
+                             "operator": config.operator,
                              "orders": config.max_orders, "sparsity": config.sparsity,
                              "budget": config.budget, "ranges": config.ranges,
                              "range_sigma": config.range_sigma,
@@ -90,7 +91,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
 
 def activation_bits(config: QuantConfig) -> int:
     """Activation bits of the BOPs cost model (float activations count as 32)."""
-    return 8 if config.activations == "int8" else 32
+    return {"int8": 8, "fp16": 16}.get(config.activations, 32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,8 +169,14 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
         w = scale_input_channels(w, smooth, layer.in_axis)
     block = config.granularity == "block"
     axis = layer.in_axis if block else layer.out_axis
-    orders = expand_uniform(w, config.weight_bits, config.max_orders, config.granularity, axis,
-                            config.block_size if block else None, config.clip_search)
+    if config.operator == "power":
+        from calib_free.power import expand_power
+
+        orders = expand_power(w, config.weight_bits, config.max_orders, config.granularity,
+                              axis, config.block_size if block else None)
+    else:
+        orders = expand_uniform(w, config.weight_bits, config.max_orders, config.granularity,
+                                axis, config.block_size if block else None, config.clip_search)
     power = _input_power(s, config, layer.in_channels)
     groups = layer.groups if layer.op == "Conv" else 1
     approx = torch.zeros_like(w, dtype=torch.float64)
@@ -188,10 +195,24 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
 
 
 def _dequantize(codes, scale, axis, config: QuantConfig):
+    from calib_free.power import PowerScale, dequantize_power
     from calib_free.quantizer import dequantize
 
     block = config.block_size if config.granularity == "block" else None
+    if isinstance(scale, PowerScale):
+        return dequantize_power(codes, scale, config.weight_bits, axis=axis, block_size=block)
     return dequantize(codes, scale, axis=axis, block_size=block)
+
+
+def _order_arrays(scale, bits: int) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """(float32 scale, lookup table or None, exponent or None) of one order for WeightOrder:
+    a PowerQuant order's scale is its clip, its table the power levels."""
+    from calib_free.power import PowerScale, levels
+
+    if isinstance(scale, PowerScale):
+        return (scale.clip.numpy().astype(np.float32),
+                levels(bits, scale.exponent).numpy(), float(scale.exponent))
+    return scale.numpy().astype(np.float32), None, None
 
 
 def _input_power(s: TensorStats | None, config: QuantConfig, channels: int):
@@ -249,10 +270,10 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                 shape = [1] * codes.ndim
                 shape[layer.out_axis] = -1
                 codes = np.where(mask.reshape(shape), codes, 0).astype(np.int8)
-        plan_orders.append(WeightOrder(codes, scale.numpy().astype(np.float32),
-                                       config.weight_bits, e.axis,
+        scale, table, exponent = _order_arrays(scale, config.weight_bits)
+        plan_orders.append(WeightOrder(codes, scale, config.weight_bits, e.axis,
                                        config.block_size if config.granularity == "block"
-                                       else None, channels))
+                                       else None, channels, table, exponent))
     plan_orders = tuple(plan_orders)
     w_hat = sum(torch.from_numpy(o_.dequantize()) for o_ in plan_orders)
     first = torch.from_numpy(plan_orders[0].dequantize())
@@ -277,6 +298,8 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                # output noise-to-signal proxy (ALGORITHMS.md 2.1): order 1 and final
                "output_nsr_order1": float(f"{float((e.errors[0] / signal).mean()):.6g}"),
                "output_nsr": float(f"{float((final / signal).mean()):.6g}")}
+    if any(o_.table is not None for o_ in plan_orders):
+        metrics["exponents"] = [round(float(o_.exponent), 6) for o_ in plan_orders]
     shift = None
     if config.bias_correction and e.mean_in is not None:
         shift = _bias_shift(layer, (w_hat - w), e.mean_in)

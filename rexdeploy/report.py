@@ -6,6 +6,9 @@ REPORT_VERSION = 1
 # Runtime precisions of a compute layer that read integer weights: int8 kernels, or compressed
 # int8/int4 weights decompressed inside the kernel (weight-only builds, OpenVINO FullyConnected).
 LOW_BIT = ("i8", "u8", "i4", "u4")
+TABLE_FLOAT_REASON = ("non-uniform codes have no integer kernel, and OpenVINO's CPU plugin "
+                      "decompresses codebook (Gather) weights to f32; lowered as float weights "
+                      "(f32 on OpenVINO, f16 on TensorRT), codes and table kept in plan.npz")
 
 
 def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
@@ -39,6 +42,14 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "runs_int8": bool(ran) and all(r["int8"] for r in ran),
             "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
         })
+        if any(o.table is not None for o in lp.orders):  # PowerQuant: codes + lookup table
+            rows[-1]["operator"] = "power"
+            rows[-1]["exponents"] = lp.metrics.get("exponents")
+            rows[-1]["computes_float"] = TABLE_FLOAT_REASON
+    table_layers = [r["name"] for r in rows if "computes_float" in r]
+    if table_layers:
+        notes = list(notes) + [f"{len(table_layers)} layers compute in float because their "
+                               f"weights are PowerQuant lookup tables: {TABLE_FLOAT_REASON}"]
     int8 = sum(r["int8"] for r in runtime)
     coverage = int8 / len(runtime) if runtime else 0.0
     skipped = [{"name": s.name, "op": s.op, "reason": s.reason} for s in plan.skipped]
@@ -54,6 +65,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
                                           for r in runtime),
             "int8_coverage": round(coverage, 4),
             "macs": sum(r["macs"] for r in rows),
+            **({"float_compute_layers": table_layers} if table_layers else {}),
             **_bops(plan),
         },
         "layers": rows,

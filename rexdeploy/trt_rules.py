@@ -164,7 +164,8 @@ def _int4_findings(node, data, block, weight, codes) -> list[Finding]:
         problems.append(f"a {shape.rank()}-D weight (INT4 only on 2-D MatMul/Gemm weights; "
                         "no INT4 convolution)")
     if not block:
-        problems.append("no block_size (INT4 weights are block-quantized)")
+        problems.append("no block_size (INT4 weights are block-quantized: build with "
+                        "--block-size 32, 64 or 128)")
     users = {u.op_type for u, _ in node.outputs[0].uses()}
     if users - {"MatMul", "Gemm"}:
         problems.append(f"feeds {', '.join(sorted(users - {'MatMul', 'Gemm'}))}")

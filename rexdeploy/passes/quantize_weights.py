@@ -26,6 +26,13 @@ input channels) and adds them into the right channels with ScatterElements(reduc
 Which form is faster depends on the runtime (tools/bench/sparse_orders.py measures it); a
 grouped, non-depthwise Conv always takes the dense form.
 
+A lookup-table order (PowerQuant: `WeightOrder.table`) has no integer kernel anywhere, and
+OpenVINO's CPU plugin decompresses even its own codebook form (NNCF CODEBOOK: Gather from a
+table) to f32 weights [measured, openvino 2026.4.1]. It is lowered as the float weight
+scale * table[codes + qmax], stored in `table_dtype` (float32; float16 for TensorRT) and Cast
+to the layer's type; the plan keeps the codes and the table, and the build report lists the
+layer as computing in float.
+
 Codes are INT4 tensors only for MatMul/Gemm with bits <= 4 and `int4_matmul=True`; Conv codes
 stay int8 tensors whatever the bits, because OpenVINO runs int8 kernels on those but decompresses
 INT4 convolution weights to float.
@@ -52,8 +59,11 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     """Float weight -> DequantizeLinear(codes, scale) per order; orders as parallel branches."""
 
     def __init__(self, plan: QuantPlan, *, int4_matmul: bool = False,
-                 sparse_form: str = "dense"):
+                 sparse_form: str = "dense", table_dtype: str = "float32"):
         super().__init__()
+        if table_dtype not in ("float32", "float16"):
+            raise ValueError(f"table_dtype {table_dtype!r}: use float32 or float16")
+        self.table_dtype = np.dtype(table_dtype)
         if sparse_form not in SPARSE_FORMS:
             raise ValueError(f"sparse_form {sparse_form!r}: use one of {SPARSE_FORMS}")
         self.plan = plan
@@ -78,7 +88,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         for lp in self.plan.layers:
             node = nodes[lp.name]
             weights.add(node.inputs[_WEIGHT_INPUT])
-            _lower_layer(graph, node, lp, names, self.int4_matmul, self.sparse_form)
+            _lower_layer(graph, node, lp, names, self.int4_matmul, self.sparse_form,
+                         self.table_dtype)
         for value in weights:
             _drop_if_unused(graph, value)
         return ir.passes.PassResult(model, bool(self.plan.layers))
@@ -89,8 +100,9 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             if len(nodes) != len(lp.orders):
                 raise ir.passes.PostconditionError(
                     f"layer {lp.name!r}: {len(nodes)} branches for {len(lp.orders)} orders")
-            for node in nodes:
-                problem = _weight_dq_problem(node.inputs[_WEIGHT_INPUT])
+            for node, order in zip(nodes, lp.orders):
+                problem = _weight_dq_problem(node.inputs[_WEIGHT_INPUT]) \
+                    if order.table is None else _weight_table_problem(node.inputs[_WEIGHT_INPUT])
                 if problem:
                     raise ir.passes.PostconditionError(f"{node.name!r}: {problem}")
 
@@ -143,12 +155,14 @@ def _scale_problem(order: WeightOrder) -> str | None:
 
 
 def _lower_layer(graph: ir.Graph, node: ir.Node, lp: LayerPlan, names: UniqueNames,
-                 int4_matmul: bool, sparse_form: str) -> None:
+                 int4_matmul: bool, sparse_form: str, table_dtype=np.dtype("float32")) -> None:
     dtype = value_dtype(node.inputs[_WEIGHT_INPUT])
     int4 = int4_matmul and lp.op in ("MatMul", "Gemm")
     orders = [_compact(node, order) if sparse_form != "dense" else None
               for order in lp.orders]
     dqs = [_weight_dq(graph, names, lp, k, compact or order, dtype, int4 and order.bits <= 4)
+           if order.table is None else
+           _weight_table(graph, names, lp, k, compact or order, dtype, table_dtype)
            for k, (order, compact) in enumerate(zip(lp.orders, orders), 1)]
     graph.insert_before(node, dqs)
     tag(node, lp.name, "order1")
@@ -208,6 +222,26 @@ def _weight_dq(graph: ir.Graph, names: UniqueNames, lp: LayerPlan, k: int, order
                            axis=axis, block_size=order.block_size,
                            out_name=names.value(f"{base}/weight"), out_dtype=dtype,
                            shape=ir.Shape(codes.shape))
+
+
+def _weight_table(graph: ir.Graph, names: UniqueNames, lp: LayerPlan, k: int,
+                  order: WeightOrder, dtype: ir.DataType, storage: np.dtype) -> ir.Node:
+    """Cast(scale * table[codes + qmax]) for a lookup-table order: the float weight, stored as
+    `storage`, cast to the layer's float type (a no-op Cast when they match)."""
+    base = f"{lp.name}/order{k}"
+    weight = add_initializer(graph, names, f"{base}/weight_table",
+                             order.dequantize().astype(storage))
+    out = ir.Value(name=names.value(f"{base}/weight"), shape=ir.Shape(order.codes.shape),
+                   type=ir.TensorType(dtype))
+    return ir.Node("", "Cast", [weight], [ir.AttrInt64("to", int(dtype))], outputs=[out],
+                   name=names.node(f"{base}/weight_cast"))
+
+
+def _weight_table_problem(weight: ir.Value | None) -> str | None:
+    cast = weight.producer() if weight is not None else None
+    if cast is None or cast.op_type != "Cast" or const_array(cast.inputs[0]) is None:
+        return "lookup-table weight is not a Cast of a constant"
+    return None
 
 
 def _add_orders(graph: ir.Graph, node: ir.Node, lp: LayerPlan, dqs: list[ir.Node],

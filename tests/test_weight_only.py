@@ -1,0 +1,196 @@
+"""Weight-only builds for transformer Linears (issue 7): int4 MatMul weights stay compressed in
+OpenVINO's runtime (FullyConnected, i4) per channel and per block, the dynamic activation
+quantization is set by the user and read back, PowerQuant weights travel as codes + lookup
+table in the plan and the report lists the layers that compute in float, TensorRT gets
+blocked INT4 / float16 table weights."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import rexdeploy
+from calib_free.plan import QuantPlan
+from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPUT = ["x:1x8x128"]
+
+
+class _Block(nn.Module):
+    """A transformer FFN block: Linear -> GELU -> Linear, residual, LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(128, 256)
+        self.down = nn.Linear(256, 128)
+        self.norm = nn.LayerNorm(128)
+        with torch.no_grad():  # bell-shaped weights with outliers, like trained transformers
+            for lin in (self.up, self.down):
+                w = torch.distributions.StudentT(3.0).sample(lin.weight.shape) * 0.02
+                lin.weight.copy_(w)
+
+    def forward(self, x):
+        return self.norm(x + self.down(torch.nn.functional.gelu(self.up(x))))
+
+
+@pytest.fixture(scope="module")
+def block_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "ffn.pt"
+    torch.jit.save(torch.jit.trace(_Block().eval(), torch.randn(1, 8, 128)), str(path))
+    return str(path)
+
+
+def _build(path, tmp_path, name, target="openvino", **quant):
+    quant = {"activations": "none"} | quant
+    cfg = BuildConfig(quant=QuantConfig(weights="int4", **quant))
+    return rexdeploy.build(path, INPUT, target=target, config=cfg, quiet=True,
+                           output=str(tmp_path / name))
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("block", [None, 32, 64, 128])
+def test_int4_matmul_runs_as_compressed_fully_connected(block_file, tmp_path, block):
+    quant = {"granularity": "block", "block_size": block} if block else {}
+    art = _build(block_file, tmp_path, f"b{block}", **quant)
+    report = art.report()
+    rows = report["layers"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["runtime"] and all(r["precision"] == "i4" for r in row["runtime"]), row
+        assert row["runs_low_bit"]
+    fc = [r for r in report["runtime_layers"] if r["type"].startswith("FullyConnected")]
+    assert len(fc) == 2 and {r["precision"] for r in fc} == {"i4"}
+    assert report["backend"]["compressed_fully_connected"] == 2
+    # the ONNX holds real INT4 codes, blocked along the input axis when asked
+    model = onnx.load(art.file("onnx"))
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 2
+    codes = {i.name: i.data_type for i in model.graph.initializer}
+    assert all(codes[n.input[0]] == onnx.TensorProto.INT4 for n in dqs)
+    sizes = {a.i for n in dqs for a in n.attribute if a.name == "block_size"}
+    assert sizes == ({block} if block else set())
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("group, want", [(0, 0), (64, 64), (None, 32)])
+def test_dynamic_quantization_is_the_users_and_reported(block_file, tmp_path, group, want):
+    art = _build(block_file, tmp_path, f"dq{group}", granularity="block", block_size=32,
+                 dynamic_quantization=group)
+    backend = art.report()["backend"]
+    assert backend["dynamic_quantization_group_size"] == want  # read back from the runtime
+    # stored in the IR, so any runner (benchmark_app too) compiles with it
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(art.file("ir_xml"), "CPU")
+    assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == want
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("orders", [1, 2])
+def test_powerquant_build_codes_tables_and_float_report(block_file, tmp_path, orders):
+    art = _build(block_file, tmp_path, f"power{orders}", operator="power", orders=orders)
+    plan = QuantPlan.load(art.path)
+    float_model = onnx.load(art.file("float_onnx"))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    lowered = {i.name: onnx.numpy_helper.to_array(i)
+               for i in onnx.load(art.file("onnx")).graph.initializer}
+    for lp in plan.layers:
+        assert len(lp.orders) == orders
+        w = weights[lp.weight].astype(np.float64)
+        w_hat = np.zeros_like(w)
+        for k, order in enumerate(lp.orders, 1):
+            q = 2 ** (order.bits - 1) - 1
+            assert order.table is not None and order.table.shape == (2 * q + 1,)
+            assert 0.2 <= order.exponent <= 1.0
+            assert np.abs(order.codes).max() <= q
+            # round trip: codes + table + clip give the lowered float weight exactly
+            manual = order.table[order.codes.astype(np.int64) + q] * \
+                np.expand_dims(order.scale, 1 - order.axis)
+            np.testing.assert_array_equal(lowered[f"{lp.name}/order{k}/weight_table"],
+                                          manual.astype(np.float32))
+            w_hat += manual
+        # the searched operator is never worse than uniform at the same bits (order 1)
+        if orders == 1:
+            uniform = QuantConfig(weights="int4")
+            from calib_free.quantizer import dequantize, quantize_weight
+
+            c, s = quantize_weight(torch.from_numpy(w), 4, axis=lp.orders[0].axis)
+            err_u = float(((w - dequantize(c, s, lp.orders[0].axis).numpy()) ** 2).sum())
+            assert float(((w - w_hat) ** 2).sum()) <= err_u * (1 + 1e-6), uniform
+    report = art.report()
+    assert sorted(report["summary"]["float_compute_layers"]) == sorted(l.name for l in plan.layers)
+    for row in report["layers"]:
+        assert row["operator"] == "power" and len(row["exponents"]) == orders
+        assert "no integer kernel" in row["computes_float"]
+        assert all(r["precision"] == "f32" for r in row["runtime"])
+    assert any("compute in float" in n for n in report["notes"])
+
+
+def test_trt_gets_blocked_int4_and_float16_tables(block_file, tmp_path):
+    blocked = _build(block_file, tmp_path, "trt_int4", target="trt", granularity="block",
+                     block_size=64)
+    assert blocked.manifest["engine"] == "deferred"  # the rule checker passed it
+    model = onnx.load(blocked.file("onnx"))
+    assert {i.data_type for i in model.graph.initializer if i.name.endswith("weight_codes")} \
+        == {onnx.TensorProto.INT4}
+    power = _build(block_file, tmp_path, "trt_power", target="trt", operator="power")
+    tables = [i for i in onnx.load(power.file("onnx")).graph.initializer
+              if i.name.endswith("weight_table")]
+    assert len(tables) == 2 and {t.data_type for t in tables} == {onnx.TensorProto.FLOAT16}
+
+
+def test_bad_weight_only_options():
+    with pytest.raises(UserError, match="--operator power"):
+        QuantConfig(weights="int4", operator="power", budget=1.25).validate()
+    with pytest.raises(UserError, match="--operator"):
+        QuantConfig(operator="lloyd").validate()
+    with pytest.raises(UserError, match="--clip-search"):
+        QuantConfig(weights="int4", operator="power", clip_search=True).validate()
+    with pytest.raises(UserError, match="--dynamic-quantization"):
+        QuantConfig(dynamic_quantization=-1).validate()
+    QuantConfig(weights="int4", activations="fp16", operator="power", orders=2).validate()
+
+
+def test_cli_flags_reach_the_config(block_file, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "build", block_file,
+                           "--input", INPUT[0], "--weights", "int4", "--activations", "none",
+                           "--operator", "power", "--block-size", "64",
+                           "--dynamic-quantization", "0", "-o", str(out), "-q"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    with open(out / "manifest.json") as f:
+        quant = json.load(f)["config"]["quant"]
+    assert (quant["operator"], quant["granularity"], quant["block_size"],
+            quant["dynamic_quantization"]) == ("power", "block", 64, 0)
+
+
+def test_fp16_activations_refused_for_trt_with_a_hint():
+    cfg = BuildConfig(target="trt", quant=QuantConfig(weights="int4", activations="fp16",
+                                                       granularity="block", block_size=32))
+    with pytest.raises(UserError, match="not implemented for --target trt") as info:
+        cfg.validate()
+    assert "--activations none" in info.value.hint
+
+
+@pytest.mark.openvino
+def test_fp16_activations_on_openvino_are_requested_and_reported(block_file, tmp_path):
+    art = _build(block_file, tmp_path, "fp16", activations="fp16", granularity="block",
+                 block_size=32)
+    backend = art.report()["backend"]
+    assert backend["runtime_options"]["INFERENCE_PRECISION_HINT"] == "f16"
+    got = backend["inference_precision"]
+    assert got in ("f16", "bf16", "f32")  # what the CPU really runs, read back
+    if got != "f16":
+        assert any("f16 was asked" in n for n in art.report()["notes"])
+    assert not art.report()["activations"]  # weight-only: no activation Q/DQ
