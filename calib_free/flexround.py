@@ -96,7 +96,8 @@ def flexround(w: torch.Tensor, orders: list[Order], bits: int, data: LayerData, 
     for k in range(len(orders)):
         base = dequantize_orders(current[:k], d, block_size)
         residual = w64 - base
-        init = current[k] if k == 0 else _rtn(residual, bits, granularity, block_size, masks[k])
+        init = current[k] if k == 0 else \
+            rtn_order(residual, bits, granularity, block_size, masks[k])
         best = _refine_order(w, base, residual, init, bits, fast, mean32, block_size,
                              masks[k], kernel_elems, iters, lr, progress)
         steps += iters
@@ -109,8 +110,10 @@ def flexround(w: torch.Tensor, orders: list[Order], bits: int, data: LayerData, 
     return FlexRoundResult(current, before, after, steps)
 
 
-def _rtn(residual: torch.Tensor, bits: int, granularity: str, block_size: int | None,
-         mask: torch.Tensor | None) -> Order:
+def rtn_order(residual: torch.Tensor, bits: int, granularity: str, block_size: int | None,
+              mask: torch.Tensor | None = None) -> Order:
+    """Round-to-nearest (codes, max-abs scale) of residual [G, O, D]; mask [G, O, 1] zeroes the
+    output channels an order does not cover."""
     s = rtn_scale(residual, bits, granularity, block_size)
     q = qmax(bits)
     codes = torch.clamp(torch.round(residual / expand_scale(s, residual.shape[-1],

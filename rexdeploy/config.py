@@ -50,6 +50,13 @@ class QuantConfig:
     input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
+    # calibration-based refinement (rexdeploy/calib.py, rexdeploy/refine.py): --calib
+    # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
+    calib: str | None = None
+    refine: str = "none"                # none | flexround | erq
+    refine_iters: int = 200             # FlexRound Adam steps per layer and order
+    calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
+    calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
 
     @property
     def weight_bits(self) -> int:
@@ -70,6 +77,7 @@ class QuantConfig:
         if not 1 <= self.orders <= 4:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
         self._validate_expansion()
+        self._validate_refine()
         if self.granularity not in GRANULARITIES:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
@@ -86,6 +94,17 @@ class QuantConfig:
             if not lo < hi:
                 raise UserError(f"--input-range {name}:{lo},{hi}: low must be below high",
                                 f"e.g. --input-range {name}:-1,1")
+
+    def _validate_refine(self) -> None:
+        if self.refine not in ("none", "flexround", "erq"):
+            raise UserError(f"--refine {self.refine}: use none, flexround or erq")
+        if not 1 <= self.refine_iters <= 100000:
+            raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
+                            "drop it for the default 200")
+        if self.calib is not None:
+            from rexdeploy.calib import parse_calib
+
+            parse_calib(self.calib)
 
     def _validate_expansion(self) -> None:
         """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""
