@@ -192,7 +192,8 @@ def _refine_layer(lp: LayerPlan, info, node, x, act, mean_in, config, advance) -
     xq = _fake_quant(x, act)
     data = layer_data(x, xq, w)
     block = lp.orders[0].block_size
-    orders = [(_matrix(info, torch.from_numpy(o.codes)), _compact_scale(info, o)) for o in lp.orders]
+    orders = [(_matrix(info, torch.from_numpy(o.codes)), _compact_scale(info, o))
+              for o in lp.orders]
     masks = [_mask(info, o) for o in lp.orders]
     mean = None if mean_in is None or lp.bias_shift is None else _mean_columns(info, mean_in)
     old_shift = None if lp.bias_shift is None else \

@@ -206,3 +206,41 @@ def test_cli_build_with_refine(tmp_path):
                           "--input", "x:1x8x32", "--calib", "synthetic:0"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "N must be" in bad.stderr
+
+
+class _TinyEncoder(nn.Module):
+    """Token ids + attention mask -> masked mean of Linear(Embedding(ids))."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.fc(self.emb(input_ids))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
+    from rexdeploy.calib import CalibSpec, calibration_data
+
+    art = _build(_TinyEncoder().eval(), ["input_ids:1x64:int64", "attention_mask:1x64:int64"],
+                 tmp_path / "tok", refine="erq", calib="synthetic:6")
+    assert "random token sequences" in _plan(art).config["calib"]
+    assert [row["refine"]["method"] for row in art.report()["layers"]] == ["erq"]
+    import onnx_ir as ir
+
+    from rexdeploy.inputspec import parse_input_specs
+
+    cfg = BuildConfig(inputs=parse_input_specs(["input_ids:1x64:int64",
+                                                "attention_mask:1x64:int64"]))
+    data = calibration_data(CalibSpec("synthetic", 6), ir.load(art.file("float_onnx")), cfg,
+                            None, None)
+    assert len(data.samples) == 6 and not data.user
+    for feeds in data.samples:
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        n = int(mask.sum())
+        assert ids.shape == (1, 64) and 4 <= n <= 64 and mask[0, :n].all()
+        assert int(ids.max()) < 50 and not ids[0, n:].any()  # padding after the sentence

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
 
-def _rows(real: str, n: int, steps: int):
+def _rows(real: str, n: int, steps: int):  # n: synthetic samples
     """label, QuantConfig overrides ({real} is the real calibration data)."""
     syn = f"synthetic:{n}"
     return [
@@ -72,13 +72,14 @@ def effnet(args, console) -> list[str]:
     console.print(f"EfficientNet-Lite0 W4A8: calibrate on {len(calib_idx)} photos, evaluate on "
                   f"{len(eval_idx)}")
     out = []
-    for label, kw in _rows(tmp, args.n, args.iters):
+    for label, kw in _rows(tmp, args.n_synthetic, args.iters):
         if args.only and not any(o in label for o in args.only):
             continue
         cfg = BuildConfig(quant=QuantConfig(weights="int4", zeroq_steps=args.zeroq_steps,
                                             input_ranges=(("input", -1.0, 1.0),), **kw))
         start = time.perf_counter()
-        art = rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True, quiet=True,
+        art = rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True,
+                              quiet=args.quiet,
                               output=os.path.join(args.out, "effnet_" + _slug(label)),
                               preprocess=examples.EFFNET_PREPROCESS)
         wall = time.perf_counter() - start
@@ -113,14 +114,14 @@ def minilm(args, console) -> list[str]:
     console.print(f"MiniLM W4A8: calibrate on {len(calib_idx)} quotes, evaluate on "
                   f"{len(eval_idx)}")
     out = []
-    for label, kw in _rows(calib, args.n, args.iters):
+    for label, kw in _rows(calib, args.n_synthetic, args.iters):
         if args.only and not any(o in label for o in args.only):
             continue
         cfg = BuildConfig(quant=QuantConfig(weights="int4", **kw))
         start = time.perf_counter()
         art = rexdeploy.build(str(model_path), ["input_ids:1x128:int64",
                                                 "attention_mask:1x128:int64"], config=cfg,
-                              force=True, quiet=True,
+                              force=True, quiet=args.quiet,
                               output=os.path.join(args.out, "minilm_" + _slug(label)))
         wall = time.perf_counter() - start
         r = _metrics(label, ref, _openvino_embeddings(art.path, art.files, ide, maske), lab)
@@ -160,13 +161,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=("effnet", "minilm", "all"), default="all")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench_refine"))
-    ap.add_argument("--n", type=int, default=16, help="calibration samples (synthetic and real)")
+    ap.add_argument("--n", type=int, default=16, help="MiniLM: real calibration quotes")
+    ap.add_argument("--n-synthetic", type=int, default=8, help="synthetic calibration samples")
     ap.add_argument("--iters", type=int, default=100, help="FlexRound steps per layer and order")
-    ap.add_argument("--zeroq-steps", type=int, default=50,
+    ap.add_argument("--zeroq-steps", type=int, default=30,
                     help="optimisation steps of the BatchNorm-matched synthetic images")
     ap.add_argument("--limit", type=int, default=200, help="MiniLM: evaluation quotes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="labels (substring) of rows to run")
+    ap.add_argument("--quiet", action="store_true", help="no build stage lines")
     ap.add_argument("--markdown", help="also write the tables to this file")
     args = ap.parse_args()
     from rich.console import Console
@@ -176,7 +179,8 @@ def main() -> int:
     console = Console(width=200)
     md = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average at start {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
-          f"{args.threads} torch threads; n={args.n}, FlexRound steps={args.iters}, "
+          f"{args.threads} torch threads; synthetic n={args.n_synthetic}, real n: EfficientNet "
+          f"every third photo, MiniLM {args.n} quotes; FlexRound steps={args.iters}, "
           f"BN-matching steps={args.zeroq_steps}", ""]
     if args.model in ("effnet", "all"):
         md += ["EfficientNet-Lite0 W4A8", ""] + effnet(args, console) + [""]
