@@ -336,6 +336,10 @@ def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):
     spec = parse_calib(q.calib or ("synthetic" if q.refine != "none" else None))
     if spec is None:
         return None
+    if spec.kind == "synthetic" and q.refine == "none":
+        log.note("--calib synthetic without --refine changes nothing: the activation ranges "
+                 "stay data-free")
+        return None
     with log.stage("calibration data", q.calib or "synthetic"):
         return calibration_data(spec, float_model, config, loaded, log, q.calib_preprocess,
                                 q.calib_tokenizer)
