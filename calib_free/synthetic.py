@@ -136,3 +136,15 @@ def _frozen_eval(model: nn.Module) -> Iterator[None]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)
+
+
+def random_token_lengths(n: int, max_length: int, seed: int = 0, median: float = 24.0,
+                         spread: float = 0.6, min_length: int = 4) -> torch.Tensor:
+    """int64 [n] sequence lengths in [min_length, max_length], log-normal around `median`
+    tokens (a sentence; spread 0.6: most draws between 13 and 44 tokens), so synthetic token
+    batches carry padding and attention masks the way tokenized sentences do."""
+    if max_length < 1:
+        raise ValueError(f"max_length {max_length} must be at least 1")
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * spread) * median
+    return raw.round().clamp(min(min_length, max_length), max_length).to(torch.int64)

@@ -59,6 +59,8 @@ def build(model, inputs=(), *, target: str = "openvino", output: str | None = No
         from rexdeploy.inputs import parse_preprocess
 
         parse_preprocess(preprocess)  # validate before any work
+        if config.quant.calib and not config.quant.calib_preprocess:  # images under --calib
+            config = replace(config, quant=replace(config.quant, calib_preprocess=preprocess))
     name = _model_name(model)
     output = output or os.path.join("out", f"{name}.{config.target}")
     log = StageLog(quiet=quiet)
@@ -300,6 +302,9 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
     from rexdeploy.quantize import activation_tensors, make_plan, observed_means, use_stats
 
     q = config.quant
+    calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
+    if calib is not None and calib.user:
+        q = replace(q, ranges="calib")  # ranges observed on the user's data
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
     missing = [t for t in tensors if not use_stats(stats.get(t), q.ranges)]
     means_missing = [layer.input for layer in layers if q.bias_correction
@@ -308,12 +313,14 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
     observed = {}
     notes = []
     if need:
-        samples = _synthetic_samples(float_model, config, loaded, log)
+        samples = calib.samples if calib is not None and calib.user else \
+            _synthetic_samples(float_model, config, loaded, log)
         from rexdeploy.observe import observe
 
         observed = observe(float_model, need, samples)
-        notes.append(f"{len(missing)} activation ranges observed on {len(samples)} synthetic "
-                     f"inputs ({q.ranges}); {len(tensors) - len(missing)} from statistics")
+        what = calib.source if q.ranges == "calib" else f"{len(samples)} synthetic inputs"
+        notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
+                     f"{len(tensors) - len(missing)} from statistics")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":
@@ -329,6 +336,8 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
                 f"{len(smoothed)} MatMul/Gemm input(s) with outlier channels")
         notes.append(note)
         log.note(note)
+    if q.refine != "none":
+        plan = _refine(plan, float_model, layers, stats, observed, q, calib, log, notes)
     ensemble = None
     if q.ensemble:
         from rexdeploy.quantize import ensemble_plans
@@ -338,6 +347,43 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
             raise UserError("--ensemble: no layer has a second order to share among members",
                             "raise --budget or drop --ensemble")
     return plan, notes, ensemble
+
+
+def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):
+    """The --calib samples (synthetic by default under --refine), or None without either."""
+    from rexdeploy.calib import calibration_data, parse_calib
+
+    q = config.quant
+    spec = parse_calib(q.calib or ("synthetic" if q.refine != "none" else None))
+    if spec is None:
+        return None
+    if spec.kind == "synthetic" and q.refine == "none":
+        log.note("--calib synthetic without --refine changes nothing: the activation ranges "
+                 "stay data-free")
+        return None
+    with log.stage("calibration data", q.calib or "synthetic"):
+        return calibration_data(spec, float_model, config, loaded, log, q.calib_preprocess,
+                                q.calib_tokenizer)
+
+
+def _refine(plan, float_model, layers, stats, observed, q: QuantConfig, calib, log: StageLog,
+            notes: list[str]):
+    """--refine: FlexRound or ERQ on the calibration data (rexdeploy/refine.py)."""
+    from rexdeploy.quantize import _input_mean
+    from rexdeploy.refine import refine_plan
+
+    means = {layer.name: _input_mean(stats.get(layer.input), observed.get(layer.input), q,
+                                     layer.in_channels) for layer in layers}
+    with log.stage("refine", f"{q.refine} on {calib.source}"):
+        plan, summary = refine_plan(plan, layers, float_model, calib.samples, q, means, log,
+                                    calib.source)
+    note = (f"{q.refine}: {summary['improved']} of {summary['layers']} layers improved on "
+            f"{calib.source} in {summary['seconds']:.1f} s")
+    if summary["skipped"]:
+        note += f"; {summary['skipped']} layers not eligible kept round-to-nearest"
+    notes.append(note)
+    log.note(note)
+    return plan
 
 
 def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:

@@ -164,6 +164,23 @@ def cli():
 @click.option("--preprocess", metavar="SPEC",
               help="How images become inputs, recorded for compare, e.g. "
                    "resize=256,crop=224,mean=127,std=128.")
+@click.option("--calib", metavar="synthetic[:N]|PATH",
+              help="Calibration data for --refine (and, when it is yours, the activation "
+                   "ranges). synthetic[:N]: made without data (CNN: images matching the "
+                   "BatchNorm statistics; token models: random ids with sentence-like lengths; "
+                   "else Gaussian), N=32 by default; PATH: a folder of images (with "
+                   "--preprocess), .npy/.npz samples, or a .txt file of sentences (with "
+                   "--tokenizer). Without --calib everything stays data-free.")
+@click.option("--refine", type=click.Choice(["none", "flexround", "erq"]), default="none",
+              show_default=True,
+              help="Refine the rounding on the calibration data (synthetic unless --calib): "
+                   "flexround (learned rounding, every Conv/Linear and every order) or erq "
+                   "(ridge weight update + rounding refinement, Linear and 1x1 Conv layers). "
+                   "A layer keeps round-to-nearest where refining did not lower its error.")
+@click.option("--refine-iters", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="FlexRound optimisation steps per layer and order.")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER.JSON",
+              help="Tokenizer for a --calib text file (Hugging Face tokenizers format).")
 @click.option("--device", default="CPU", show_default=True, help="Device to compile for.")
 @click.option("--opset", type=int, default=21, show_default=True)
 @click.option("--trust-pickle", is_flag=True,
@@ -188,9 +205,9 @@ def cli():
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
           operator, block_size, dynamic_quantization, orders,
           sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
-          smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, device,
-          opset, dla_core, dim_ranges, require_engine, from_deferred, trust_pickle,
-          keep_intermediates, force, quiet, as_json):
+          smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
+          refine, refine_iters, tokenizer, device, opset, dla_core, dim_ranges, require_engine,
+          from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
     """Quantize MODEL without data and compile it for a target.
 
     MODEL is a TorchScript file (torch.jit.save), a torch.export program (.pt2), an ONNX file,
@@ -235,7 +252,10 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         input_ranges=tuple(_parse_range(r) for r in input_ranges),
                         operator=operator, dynamic_quantization=dynamic_quantization,
                         granularity="block" if block_size else "channel",
-                        block_size=block_size)
+                        block_size=block_size,
+                        calib=calib, refine=refine, refine_iters=refine_iters,
+                        calib_preprocess=preprocess if calib else None,
+                        calib_tokenizer=tokenizer)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

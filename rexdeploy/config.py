@@ -61,6 +61,13 @@ class QuantConfig:
     dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
                                         # of its dynamic activation quantization (0 = off,
                                         # None = the runtime's default)
+    # calibration-based refinement (rexdeploy/calib.py, rexdeploy/refine.py): --calib
+    # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
+    calib: str | None = None
+    refine: str = "none"                # none | flexround | erq
+    refine_iters: int = 200             # FlexRound Adam steps per layer and order
+    calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
+    calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
 
     @property
     def weight_bits(self) -> int:
@@ -82,6 +89,7 @@ class QuantConfig:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
         self._validate_expansion()
         self._validate_weight_only()
+        self._validate_refine()
         if self.granularity not in GRANULARITIES:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
@@ -119,6 +127,17 @@ class QuantConfig:
         if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
             raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
                             "(e.g. 32, 64, 128) or 0 to turn it off")
+
+    def _validate_refine(self) -> None:
+        if self.refine not in ("none", "flexround", "erq"):
+            raise UserError(f"--refine {self.refine}: use none, flexround or erq")
+        if not 1 <= self.refine_iters <= 100000:
+            raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
+                            "drop it for the default 200")
+        if self.calib is not None:
+            from rexdeploy.calib import parse_calib
+
+            parse_calib(self.calib)
 
     def _validate_expansion(self) -> None:
         """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""

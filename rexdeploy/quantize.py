@@ -52,7 +52,7 @@ def activation_tensors(model: ir.Model, layers: list[LayerInfo]) -> list[str]:
 
 def use_stats(s: TensorStats | None, mode: str) -> bool:
     """Whether the data-free moments of a tensor are trusted under range mode `mode`."""
-    if s is None or mode in ("synthetic", "zeroq"):
+    if s is None or mode in ("synthetic", "zeroq", "calib"):  # calib: the user's --calib data
         return False
     return mode == "stats" or "ln" not in s.roots  # auto: LayerNorm moments miss outliers
 
@@ -125,8 +125,9 @@ def _smoothing(kept: list[LayerInfo], tensors: list[str], stats: dict[str, Tenso
     """Scale-migration factors s [C] per activation tensor (calib_free.smooth), for the tensors
     read only by MatMul/Gemm layers (channels on the last axis) whose ranges come from synthetic
     inputs; under --smooth auto only those with outlier channels (OUTLIER_RATIO). Off for
-    weight-only builds and ensembles."""
-    if config.smooth == "off" or config.activations != "int8" or config.ensemble:
+    weight-only builds, ensembles and --refine."""
+    if config.smooth == "off" or config.activations != "int8" or config.ensemble or \
+            config.refine != "none":  # the refinement reconstructs against unmigrated inputs
         return {}
     import torch
 
@@ -344,7 +345,7 @@ def observed_means(config: QuantConfig) -> bool:
     user chose synthetic ranges: under `auto` the means of tensors the statistics do not reach
     would come from Gaussian images or random tokens, and correcting towards those measured
     worse than not correcting (MiniLM W4 K=2 mean cosine 0.99883 with, 0.99908 without)."""
-    return config.ranges in ("synthetic", "zeroq")
+    return config.ranges in ("synthetic", "zeroq", "calib")
 
 
 def _bias_shift(layer: LayerInfo, delta: "torch.Tensor", mean_in: np.ndarray) -> np.ndarray:

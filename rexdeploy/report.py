@@ -35,6 +35,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "weight_error_order1": lp.metrics.get("error_order1"),
             "weight_error": lp.metrics.get("error"),
             "bias_corrected": lp.bias_shift is not None,
+            "refine": lp.metrics.get("refine"),  # --refine: output error before/after, seconds
             "activation": None if act is None else {
                 "tensor": act.tensor, "scale": act.scale, "range": act.range,
                 "dtype": "int8" if act.signed else "uint8", "source": act.source},

@@ -1,0 +1,331 @@
+"""`--refine flexround|erq`: refine a plan's codes and scales on calibration data.
+
+How the blocks run in torch: every quantized layer is a Conv/Gemm/MatMul with a constant weight,
+so its float block is y = x W^T + b in matrix form (calib_free.reconstruction). ONNX Runtime runs
+the float (BN-folded) ONNX graph once per calibration sample and hands back each layer's input;
+here a Conv input is unfolded into patches (im2col, with the node's pads, strides, dilations and
+groups) and a Linear input is taken row by row (padding tokens dropped by the attention mask), a
+seeded subset of rows is kept, and the layer's activation fake-quantization from the plan gives
+the quantized rows. calib_free then sees tensors only: the float weights, the plan's orders in
+matrix form, and the rows. Each layer is reconstructed against the float model's output for the
+float model's input (a block is one layer; inputs are not re-taken from the quantized model).
+
+The result is a plan with the same structure (orders, channels, scale shapes): lowering does not
+change. Each layer's metrics gain `refine`: the output error before/after (relative to the float
+output energy on the calibration rows), whether the refinement was kept, and seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import zlib
+from dataclasses import replace
+
+import numpy as np
+
+from calib_free.plan import LayerPlan, QuantPlan, WeightOrder
+
+REFINE_METHODS = ("none", "flexround", "erq")
+MAX_ROWS = 4096  # calibration rows kept per layer (QR-reduced to D + 1 + O when more)
+
+
+@contextlib.contextmanager
+def progress_bar(log, description: str, total: int):
+    """A rich progress bar on the build's console; yields advance(n)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("  {task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=log.console, transient=True, disable=log.console.quiet)
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], config, means: dict,
+                log, source: str = "") -> tuple[QuantPlan, dict]:
+    """(refined plan, summary) for config.refine in {flexround, erq}.
+
+    layers: the LayerInfo list; means: layer name -> the input mean [Cin] the plan's bias
+    correction used (or None).
+    """
+    method = config.refine
+    infos = {layer.name: layer for layer in layers}
+    nodes = {node.name: node for node in float_model.graph}
+    targets = [lp for lp in plan.layers if _eligible(lp, infos[lp.name], method)]
+    start = time.perf_counter()
+    rows = _capture(float_model, [infos[lp.name] for lp in targets], nodes, samples,
+                    config.seed)
+    capture_s = time.perf_counter() - start
+    steps = sum(config.refine_iters * len(lp.orders) for lp in targets) \
+        if method == "flexround" else len(targets)
+    refined = {}
+    with progress_bar(log, f"{method} on {len(targets)} layers", steps) as advance:
+        for lp in targets:
+            refined[lp.name] = _refine_layer(lp, infos[lp.name], nodes[lp.name], rows.pop(lp.name),
+                                             plan.activation(lp.input), means.get(lp.name),
+                                             config, advance)
+    new_layers = tuple(refined.get(lp.name, lp) for lp in plan.layers)
+    kept = [r.metrics["refine"] for r in refined.values()]
+    summary = {"method": method, "calibration": source, "samples": len(samples),
+               "layers": len(targets), "improved": sum(k["kept"] for k in kept),
+               "capture_s": round(capture_s, 2),
+               "seconds": round(time.perf_counter() - start, 2),
+               "skipped": len(plan.layers) - len(targets)}
+    config_dict = dict(plan.config, refine=method, calib=source)
+    return QuantPlan(new_layers, plan.activations, plan.skipped, config_dict), summary
+
+
+def _eligible(lp: LayerPlan, info, method: str) -> bool:
+    """FlexRound: every Conv (1-D/2-D) and Linear; ERQ: Linear layers (Gemm, MatMul, and 1x1
+    convolutions without groups, which are a Linear per pixel)."""
+    if info.op == "Conv":
+        if len(info.kernel_shape) not in (1, 2) or any(o.block_size for o in lp.orders):
+            return False
+        if method == "erq":
+            return info.groups == 1 and all(k == 1 for k in info.kernel_shape)
+    return True
+
+
+# -- capture -----------------------------------------------------------------------------------
+def _capture(float_model, infos: list, nodes: dict, samples: list[dict], seed: int) -> dict:
+    """layer name -> float32 rows [G, R, D] of its input, at most MAX_ROWS per layer."""
+    import torch
+
+    from rexdeploy.observe import _with_outputs
+
+    if not infos:
+        return {}
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(info.input for info in infos))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_with_outputs(float_model, names).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    # one generator per layer: a layer's rows do not depend on which other layers are refined
+    gens = {info.name: torch.Generator().manual_seed(seed + zlib.crc32(info.name.encode()))
+            for info in infos}
+    per_sample = max(1, math.ceil(MAX_ROWS / len(samples)))
+    parts: dict[str, list] = {info.name: [] for info in infos}
+    for feeds in samples:
+        outs = dict(zip(names, session.run(names, feeds)))
+        mask = _token_mask(feeds)
+        for info in infos:
+            x = torch.from_numpy(np.asarray(outs[info.input], np.float32))
+            rows = _rows(info, nodes[info.name], x, mask)  # [G, L, D]
+            if rows.shape[1] > per_sample:
+                pick = torch.randperm(rows.shape[1], generator=gens[info.name])[:per_sample]
+                rows = rows[:, pick]
+            parts[info.name].append(rows)
+    return {name: torch.cat(p, dim=1) for name, p in parts.items()}
+
+
+def _token_mask(feeds: dict):
+    """The attention mask [1, L] of a token sample, if it has one."""
+    for name, value in feeds.items():
+        if "mask" in name.lower() and value.ndim == 2:
+            return value.reshape(-1) != 0
+    return None
+
+
+def _rows(info, node, x, mask):
+    """A layer input as matrix rows [G, L, D] (Conv: im2col patches)."""
+    import torch
+
+    if info.op != "Conv":
+        if mask is not None and x.ndim == 3 and x.shape[0] == 1 and x.shape[1] == mask.size:
+            x = x[0][torch.from_numpy(mask)]
+        return x.reshape(1, -1, x.shape[-1])
+    return _patches(info, node, x)
+
+
+def _patches(info, node, x):
+    import torch.nn.functional as F
+
+    k = info.kernel_shape
+    nd = len(k)
+    attr = node.attributes
+    strides = tuple(attr.get_ints("strides", [1] * nd))
+    dilations = tuple(attr.get_ints("dilations", [1] * nd))
+    pads = list(attr.get_ints("pads", [0] * 2 * nd))
+    auto_pad = attr.get_string("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        pads = _same_pads(x.shape[2:], k, strides, dilations, auto_pad)
+    if nd == 1:  # as a 2-D conv of height 1
+        x, k = x[:, :, None, :], (1, k[0])
+        strides, dilations, pads = (1, strides[0]), (1, dilations[0]), [0, pads[0], 0, pads[1]]
+    # ONNX pads [top, left, bottom, right]; F.pad wants (left, right, top, bottom)
+    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    cols = F.unfold(x, k, dilation=dilations, stride=strides)  # [N, C * kk, L]
+    n, cd, length = cols.shape
+    g = info.groups
+    cols = cols.reshape(n, g, cd // g, length).permute(1, 0, 3, 2)  # [G, N, L, Dg]
+    return cols.reshape(g, n * length, cd // g)
+
+
+def _same_pads(spatial, k, strides, dilations, mode) -> list[int]:
+    begin, end = [], []
+    for size, kk, s, d in zip(spatial, k, strides, dilations):
+        out = math.ceil(size / s)
+        total = max(0, (out - 1) * s + (kk - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+# -- one layer ---------------------------------------------------------------------------------
+def _refine_layer(lp: LayerPlan, info, node, x, act, mean_in, config, advance) -> LayerPlan:
+    import torch
+
+    from calib_free.erq import erq
+    from calib_free.flexround import dequantize_orders, flexround, rtn_order
+    from calib_free.reconstruction import (centered_shift, layer_data, optimal_shift,
+                                           output_error, relative)
+
+    start = time.perf_counter()
+    w = _matrix(info, torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32)))
+    d = w.shape[-1]
+    xq = _fake_quant(x, act)
+    data = layer_data(x, xq, w)
+    block = lp.orders[0].block_size
+    orders = [(_matrix(info, torch.from_numpy(o.codes)), _compact_scale(info, o))
+              for o in lp.orders]
+    masks = [_mask(info, o) for o in lp.orders]
+    mean = None if mean_in is None or lp.bias_shift is None else _mean_columns(info, mean_in)
+    old_shift = None if lp.bias_shift is None else \
+        torch.from_numpy(lp.bias_shift.astype(np.float64)).reshape(w.shape[0], w.shape[1])
+    w64 = w.double()
+    before = float(output_error(data, w64 - dequantize_orders(orders, d, block), old_shift))
+    granularity = _granularity(lp.orders[0])
+    if config.refine == "flexround":
+        kernel = int(np.prod(info.kernel_shape)) if info.op == "Conv" else 0
+        res = flexround(w, orders, lp.orders[0].bits, data, granularity=granularity,
+                        block_size=block, masks=masks, mean=mean, kernel_elems=kernel,
+                        iters=config.refine_iters, progress=advance)
+        new_orders = res.orders
+        delta = w64 - dequantize_orders(new_orders, d, block)
+        shift = centered_shift(delta, mean)
+    else:
+        res = erq(data, w, lp.orders[0].bits, granularity=granularity, block_size=block)
+        new_orders = [(res.codes, res.scale)]
+        for k in range(1, len(orders)):
+            residual = res.w_updated - dequantize_orders(new_orders, d, block)
+            new_orders.append(rtn_order(residual, lp.orders[k].bits, granularity, block,
+                                        masks[k]))
+        delta = w64 - dequantize_orders(new_orders, d, block)
+        shift = optimal_shift(data, delta)
+        advance(1)
+    after = float(output_error(data, delta, shift))
+    kept = after < before
+    seconds = time.perf_counter() - start
+    record = {"method": config.refine, "rows": data.rows,
+              "error_before": _sig(relative(before, data)),
+              "error_after": _sig(relative(after if kept else before, data)),
+              "kept": kept, "seconds": round(seconds, 3)}
+    if not kept:
+        return replace(lp, metrics=dict(lp.metrics, refine=record))
+    plan_orders = tuple(_to_order(info, old, codes, scale)
+                        for old, (codes, scale) in zip(lp.orders, new_orders))
+    new_shift = None if shift is None else \
+        shift.reshape(-1).numpy().astype(np.float32)
+    return replace(lp, orders=plan_orders, bias_shift=new_shift,
+                   metrics=_metrics(lp, info, plan_orders, record))
+
+
+def _metrics(lp: LayerPlan, info, orders, record) -> dict:
+    import torch
+
+    from calib_free.expansion import weight_error
+
+    w = torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32))
+    first = torch.from_numpy(orders[0].dequantize())
+    total = sum(torch.from_numpy(o.dequantize()) for o in orders)
+    rnd = lambda d: {k: (round(float(v), 6) if np.isfinite(v) else float(v))  # noqa: E731
+                     for k, v in d.items()}
+    return dict(lp.metrics, error_order1=rnd(weight_error(w, first)),
+                error=rnd(weight_error(w, total)), refine=record)
+
+
+def _sig(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def _fake_quant(x, act):
+    """The activation Q/DQ of the plan (per tensor, zero-point 0), or x when float."""
+    import torch
+
+    if act is None:
+        return x
+    lo = -(act.qmax + 1) if act.signed else 0  # ONNX int8 saturates at -128
+    return torch.clamp(torch.round(x / act.scale), lo, act.qmax) * act.scale
+
+
+def _matrix(info, t):
+    """ONNX layout -> [G, O, D]."""
+    if info.op == "Conv":
+        return t.reshape(info.groups, t.shape[0] // info.groups, -1)
+    return (t if info.out_axis == 0 else t.T).reshape(1, info.out_channels, -1)
+
+
+def _from_matrix(info, m, shape):
+    if info.op == "Conv":
+        return m.reshape(shape)
+    m = m.reshape(info.out_channels, -1)
+    return m if info.out_axis == 0 else m.T
+
+
+def _compact_scale(info, order: WeightOrder):
+    import torch
+
+    s = torch.from_numpy(np.asarray(order.scale, np.float32))
+    if order.block_size:  # Gemm/MatMul: blocks along the input axis
+        return (s if info.out_axis == 0 else s.T).reshape(1, info.out_channels, -1)
+    if s.ndim == 0:
+        return s.reshape(1, 1, 1)
+    g = info.groups if info.op == "Conv" else 1
+    return s.reshape(g, -1, 1)
+
+
+def _to_order(info, old: WeightOrder, codes, scale) -> WeightOrder:
+    import torch
+
+    new_codes = _from_matrix(info, codes.to(torch.int8), old.codes.shape).numpy()
+    s = scale.float()
+    if old.block_size:
+        s = s.reshape(info.out_channels, -1)
+        s = s if info.out_axis == 0 else s.T
+    s = s.reshape(old.scale.shape).numpy().astype(np.float32)
+    return WeightOrder(new_codes.astype(np.int8), s, old.bits, old.axis, old.block_size,
+                       old.channels)
+
+
+def _mask(info, order: WeightOrder):
+    import torch
+
+    if order.channels is None:
+        return None
+    m = torch.zeros(info.out_channels, dtype=torch.bool)
+    m[torch.from_numpy(np.asarray(order.channels, np.int64))] = True
+    g = info.groups if info.op == "Conv" else 1
+    return m.reshape(g, -1, 1)
+
+
+def _mean_columns(info, mean_in):
+    """[Cin] input mean -> [G, D] per matrix column."""
+    import torch
+
+    m = torch.from_numpy(np.asarray(mean_in, np.float64))
+    if info.op != "Conv":
+        return m.reshape(1, -1)
+    kk = int(np.prod(info.kernel_shape))
+    return m.reshape(info.groups, -1).repeat_interleave(kk, dim=-1)
+
+
+def _granularity(order: WeightOrder) -> str:
+    if order.block_size:
+        return "block"
+    return "tensor" if np.asarray(order.scale).ndim == 0 else "channel"
