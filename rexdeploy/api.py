@@ -28,10 +28,12 @@ __all__ = ["build", "compare", "profile", "inspect", "load_artifact", "BuildConf
            "QuantConfig", "Artifact"]
 
 
-def build(model, inputs=(), *, target: str = "openvino", output: str | None = None,
+def build(model, inputs=(), *, target: str | None = None, output: str | None = None,
           config: BuildConfig | None = None, force: bool = False, quiet: bool = False,
           preprocess: str | None = None) -> Artifact:
     """Quantize `model` without data and compile it for `target`; returns the artifact.
+
+    target: "openvino" or "trt"; None takes `config.target` (default "openvino").
 
     model: a path (TorchScript, .pt2, ONNX, pickled module with trust_pickle), a
     `package.module:factory` string (weights in config.factory_weights), or an nn.Module.
@@ -45,7 +47,7 @@ def build(model, inputs=(), *, target: str = "openvino", output: str | None = No
     specs = tuple(s if isinstance(s, InputSpec) else None for s in inputs)
     if any(s is None for s in specs):
         specs = parse_input_specs([str(s) for s in inputs])
-    config = replace(config, target=target, inputs=specs or config.inputs)
+    config = replace(config, target=target or config.target, inputs=specs or config.inputs)
     config.validate()
     _check_input_sizes(config.inputs)
     backend = backends.get(config.target)
