@@ -91,17 +91,17 @@ def _with_outputs(model: ir.Model, names: list[str]):
     return proto
 
 
-def _channel_absmax(x: np.ndarray) -> np.ndarray:
+def _other_axes(x: np.ndarray) -> tuple[int, ...] | None:
+    """Every axis but the channel one (1; the last for rank 3); None: x has no channel axis."""
     if x.ndim <= 1:
-        return np.atleast_1d(np.abs(x).max()).astype(np.float64)
+        return None
     axis = x.ndim - 1 if x.ndim == 3 else 1
-    other = tuple(i for i in range(x.ndim) if i != axis)
-    return np.abs(x).max(axis=other).astype(np.float64)
+    return tuple(i for i in range(x.ndim) if i != axis)
+
+
+def _channel_absmax(x: np.ndarray) -> np.ndarray:
+    return np.atleast_1d(np.abs(x).max(axis=_other_axes(x))).astype(np.float64)
 
 
 def _channel_mean(x: np.ndarray) -> np.ndarray:
-    if x.ndim <= 1:
-        return np.atleast_1d(x.astype(np.float64).mean())
-    axis = x.ndim - 1 if x.ndim == 3 else 1
-    other = tuple(i for i in range(x.ndim) if i != axis)
-    return x.astype(np.float64).mean(axis=other)
+    return np.atleast_1d(x.astype(np.float64).mean(axis=_other_axes(x)))

@@ -71,7 +71,7 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
         modified = False
         for act in self.plan.activations:
             value = values[act.tensor]
-            targets = _targets(graph, value, self.plan, planned)
+            targets = _targets(graph, value, act, self.plan, planned)
             if not targets:
                 continue
             dq_out = _insert_qdq(graph, value, act, names)
@@ -104,15 +104,15 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
                         f"{q.inputs[0].name!r} float")
 
 
-def _targets(graph: ir.Graph, value: ir.Value, plan: QuantPlan,
+def _targets(graph: ir.Graph, value: ir.Value, act: ActivationPlan, plan: QuantPlan,
              planned: set[str]) -> list[tuple[ir.Node, int]]:
-    """(consumer, input index) pairs of `value` that get its dequantized version."""
+    """(consumer, input index) pairs of `value` (planned as `act`) that get its dequantized
+    version."""
     targets = []
     for lp in plan.layers:
         if lp.input == value.name:
             targets += [branch_input(node) for node in branches(graph, lp.name)]
-    act = plan.activation(value.name)
-    if act is not None and act.smooth is not None:
+    if act.smooth is not None:
         return list(dict.fromkeys(targets))  # x / s is meant for the layers only
     for node, index in value.uses():
         if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 \

@@ -48,6 +48,7 @@ def _rows(real: str, n: int, steps: int):  # n: synthetic samples
 def effnet(args, console) -> list[str]:
     import examples
     import torch
+    from common import slug
     from fidelity import _artifact_logits, _metrics
 
     import rexdeploy
@@ -71,22 +72,19 @@ def effnet(args, console) -> list[str]:
     decisive = np.ones(len(names_e), bool)
     console.print(f"EfficientNet-Lite0 W4A8: calibrate on {len(calib_idx)} photos, evaluate on "
                   f"{len(eval_idx)}")
-    out = []
-    for label, kw in _rows(tmp, args.n_synthetic, args.iters):
-        if args.only and not any(o in label for o in args.only):
-            continue
+    def build(label, kw):
         cfg = BuildConfig(quant=QuantConfig(weights="int4", zeroq_steps=args.zeroq_steps,
                                             input_ranges=(("input", -1.0, 1.0),), **kw))
-        start = time.perf_counter()
-        art = rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True,
-                              quiet=args.quiet,
-                              output=os.path.join(args.out, "effnet_" + _slug(label)),
-                              preprocess=examples.EFFNET_PREPROCESS)
-        wall = time.perf_counter() - start
+        return rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True,
+                               quiet=args.quiet,
+                               output=os.path.join(args.out, "effnet_" + slug(label)),
+                               preprocess=examples.EFFNET_PREPROCESS)
+
+    def score(label, art):
         r = _metrics(label, ref, _artifact_logits(art, xe), labelled, y, decisive)
-        out.append(_line(label, art, wall, [f"{r['agree']:.3f}", f"{r['kl']:.4f}",
-                                            f"{r['sqnr']:.2f}", f"{r['acc']:.2f}"]))
-        console.print("  " + out[-1])
+        return [f"{r['agree']:.3f}", f"{r['kl']:.4f}", f"{r['sqnr']:.2f}", f"{r['acc']:.2f}"]
+
+    out = _run(args, console, _rows(tmp, args.n_synthetic, args.iters), build, score)
     shutil.rmtree(tmp)
     head = ["configuration", "top-1 agree", "KL", "logits SQNR dB", "top-1 acc (labelled)"]
     return _table(head, out)
@@ -95,6 +93,7 @@ def effnet(args, console) -> list[str]:
 def minilm(args, console) -> list[str]:
     import minilm as mm
     import torch
+    from common import slug
     from fidelity_minilm import _metrics, _openvino_embeddings, _torch_embeddings
 
     import rexdeploy
@@ -113,24 +112,37 @@ def minilm(args, console) -> list[str]:
     ref = _torch_embeddings(str(model_path), ide, maske)
     console.print(f"MiniLM W4A8: calibrate on {len(calib_idx)} quotes, evaluate on "
                   f"{len(eval_idx)}")
-    out = []
-    for label, kw in _rows(calib, args.n_synthetic, args.iters):
-        if args.only and not any(o in label for o in args.only):
-            continue
+    def build(label, kw):
         cfg = BuildConfig(quant=QuantConfig(weights="int4", **kw))
-        start = time.perf_counter()
-        art = rexdeploy.build(str(model_path), ["input_ids:1x128:int64",
-                                                "attention_mask:1x128:int64"], config=cfg,
-                              force=True, quiet=args.quiet,
-                              output=os.path.join(args.out, "minilm_" + _slug(label)))
-        wall = time.perf_counter() - start
+        return rexdeploy.build(str(model_path), ["input_ids:1x128:int64",
+                                                 "attention_mask:1x128:int64"], config=cfg,
+                               force=True, quiet=args.quiet,
+                               output=os.path.join(args.out, "minilm_" + slug(label)))
+
+    def score(label, art):
         r = _metrics(label, ref, _openvino_embeddings(art.path, art.files, ide, maske), lab)
-        out.append(_line(label, art, wall, [f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}",
-                                            f"{r['sqnr']:.2f}", f"{r['topic']:.3f}"]))
-        console.print("  " + out[-1])
+        return [f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", f"{r['sqnr']:.2f}",
+                f"{r['topic']:.3f}"]
+
+    out = _run(args, console, _rows(calib, args.n_synthetic, args.iters), build, score)
     shutil.rmtree(tmp)
     head = ["configuration", "cosine mean", "cosine min", "SQNR dB", "topic 1-NN acc"]
     return _table(head, out)
+
+
+def _run(args, console, rows, build, score) -> list[str]:
+    """One table line per row (label, QuantConfig overrides) that --only keeps: build(label,
+    overrides) -> artifact, timed whole; score(label, artifact) -> metric cells."""
+    out = []
+    for label, kw in rows:
+        if args.only and not any(o in label for o in args.only):
+            continue
+        start = time.perf_counter()
+        art = build(label, kw)
+        wall = time.perf_counter() - start
+        out.append(_line(label, art, wall, score(label, art)))
+        console.print("  " + out[-1])
+    return out
 
 
 def _line(label: str, art, wall: float, metrics: list[str]) -> str:
@@ -151,10 +163,6 @@ def _table(head: list[str], lines: list[str]) -> list[str]:
     head = head + ["layers improved", "mean layer error before -> after", "calib data s",
                    "refine s", "build s"]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + lines
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_") + ".openvino"
 
 
 def main() -> int:
