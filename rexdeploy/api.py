@@ -162,7 +162,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
                                log, backend, loaded, specs)
     with log.stage("lower", "Q/DQ ONNX"):
-        qdq = _lower(float_model, plan, config, backend)
+        qdq = _lower(float_model, plan, config, backend, range_notes)
         ir.save(qdq, writer.path("model.onnx", "onnx"))
         if keep:
             ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
@@ -182,19 +182,40 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     from rexdeploy.report import build_report
 
     report = build_report(plan, layers, result, summarize(qdq), range_notes)
+    report["summary"]["float_precision"] = config.float_dtype
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds}
 
 
-def _lower(float_model, plan, config: BuildConfig, backend):
+def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
     from rexdeploy.lower import lower
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
-    return lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
-                 sparse_form=sparse_form(backend, config),
-                 table_dtype="float16" if config.target == "trt" else "float32")
+    qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
+                sparse_form=sparse_form(backend, config),
+                table_dtype="float16" if config.target == "trt" else "float32")
+    if config.float_dtype == "fp16":
+        from rexdeploy.passes.float16 import Float16Pass
+
+        to_half = Float16Pass()
+        to_half(qdq)
+        note = _float16_note(to_half.stats)
+        if note not in notes:
+            notes.append(note)
+    return qdq
+
+
+def _float16_note(stats: dict[str, int]) -> str:
+    """What the float16 pass changed, for the report (--float-precision fp16)."""
+    note = ("float parts written as float16 (--float-precision fp16; inputs and outputs stay "
+            "float32 behind a Cast)")
+    raised = [f"{stats[k]} {what}" for k, what in (
+        ("activation_scales_raised", "activation scales raised to f16's smallest normal"),
+        ("weight_scales_raised", "weight scales of near-zero channels raised to 2^-24"),
+        ("values_clamped", "constants clamped to +-65504")) if stats.get(k)]
+    return note + (": " + "; ".join(raised) if raised else "")
 
 
 def runtime_options(config: BuildConfig) -> tuple[tuple[str, str], ...]:
@@ -227,7 +248,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
         name = "base" if i == 0 else f"member{i}"
         rel = f"members/{name}"
         with log.stage("lower", f"{name}: Q/DQ ONNX"):
-            qdq = _lower(float_model, mplan, config, backend)
+            qdq = _lower(float_model, mplan, config, backend, notes)
             ir.save(qdq, writer.path(f"{rel}/model.onnx", f"{name}_onnx"))
         with log.stage("compile", f"{name}: {config.target} on {config.device}"):
             result = backend.build(writer.path(f"{rel}/model.onnx"),
@@ -245,6 +266,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
     merged = BuildResult(files={}, layers=tuple(l for r in results for l in r.layers),
                          info=dict(results[0].info, members=len(results)))
     report = build_report(plan, layers, merged, graphs[-1], notes)
+    report["summary"]["float_precision"] = config.float_dtype
     report["ensemble"] = [{"name": e["name"], "weight": e["weight"], "layers": e["layers"],
                            "runtime_int8_layers": sum(l.is_int8 for l in r.layers),
                            "runtime_compute_layers": len(r.layers), "graph_ops": g["ops"]}

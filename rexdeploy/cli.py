@@ -102,7 +102,8 @@ def cli():
 @click.option("--activations", type=click.Choice(["int8", "none", "fp16"]), default="int8",
               show_default=True, help="none: weight-only quantization (float activations); "
               "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
-              "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which).")
+              "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which; "
+              "TensorRT: an f16 graph, see --float-precision).")
 @click.option("--operator", type=click.Choice(["uniform", "power"]), default="uniform",
               show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
               "operator (exponent searched per layer and order; works with --orders K). Its "
@@ -188,6 +189,11 @@ def cli():
                    "the file.")
 @click.option("--dla-core", type=int, help="trt: build for this DLA core (Jetson), with GPU "
               "fallback for layers DLA cannot run.")
+@click.option("--float-precision", type=click.Choice(["auto", "fp16", "fp32"]), default="auto",
+              show_default=True,
+              help="trt: precision of the parts that are not quantized, written into the ONNX "
+                   "(strongly typed TensorRT takes precision from the graph, not from builder "
+                   "flags). auto: fp16 for --target trt, I/O kept float32.")
 @click.option("--dim-range", "dim_ranges", multiple=True, metavar="DIM=MIN:OPT:MAX",
               help="trt: optimization-profile range of a named dynamic dim, e.g. B=1:4:16 "
                    "[default 1:1:8]. Repeatable.")
@@ -206,7 +212,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
           operator, block_size, dynamic_quantization, orders,
           sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
-          refine, refine_iters, tokenizer, device, opset, dla_core, dim_ranges, require_engine,
+          refine, refine_iters, tokenizer, device, opset, dla_core, float_precision, dim_ranges,
+          require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
     """Quantize MODEL without data and compile it for a target.
 
@@ -259,6 +266,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,
+                         float_precision=float_precision,
                          dim_ranges=tuple(_parse_dim_range(r) for r in dim_ranges),
                          require_engine=require_engine)
     config.validate()

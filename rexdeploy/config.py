@@ -16,6 +16,7 @@ from rexdeploy.inputspec import InputSpec
 CONFIG_VERSION = 1
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
 ACTIVATIONS = ("int8", "none", "fp16")
+FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
 OPERATORS = ("uniform", "power")
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
@@ -194,6 +195,9 @@ class BuildConfig:
     # target trt: DLA core (GPU fallback on), dynamic dim ranges (name, min, opt, max), and
     # whether a missing TensorRT is an error instead of a deferred engine build
     dla_core: int | None = None
+    # precision of what is not quantized: "auto" is fp16 for trt (written into the graph, which
+    # strongly typed TensorRT follows; ModelOpt's default too), fp32 for the other targets
+    float_precision: str = "auto"
     dim_ranges: tuple[tuple[str, int, int, int], ...] = ()
     require_engine: bool = False
 
@@ -204,11 +208,16 @@ class BuildConfig:
                             "drop --opset (21 is the default) or give 21 or newer; older ONNX "
                             "models are upgraded automatically")
         self.quant.validate()
-        if self.target == "trt" and self.quant.activations == "fp16":
-            raise UserError("--activations fp16 is not implemented for --target trt: TensorRT "
-                            "builds strongly typed, so f16 activations need an f16 graph, which "
-                            "rexdeploy does not write yet",
-                            "use --activations none (float activations, INT4/int8 weights)")
+        if self.float_precision not in FLOAT_PRECISIONS:
+            raise UserError(f"--float-precision {self.float_precision}: use one of "
+                            f"{', '.join(FLOAT_PRECISIONS)}")
+        if self.target != "trt" and self.float_precision == "fp16":
+            raise UserError("--float-precision fp16 applies to --target trt only: OpenVINO "
+                            "picks the float precision when it compiles",
+                            "for a weight-only build with f16 float parts use --activations fp16")
+        if self.quant.activations == "fp16" and self.float_precision == "fp32":
+            raise UserError("--activations fp16 with --float-precision fp32: the float parts "
+                            "cannot be both", "drop --float-precision")
         if self.target != "trt" and (self.dla_core is not None or self.dim_ranges
                                      or self.require_engine):
             raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "
@@ -218,6 +227,13 @@ class BuildConfig:
         for name, lo, opt, hi in self.dim_ranges:
             if not 1 <= lo <= opt <= hi:
                 raise UserError(f"--dim-range {name}={lo}:{opt}:{hi}: need 1 <= MIN <= OPT <= MAX")
+
+    @property
+    def float_dtype(self) -> str:
+        """"fp16" when the lowered graph is written in float16 (see float_precision)."""
+        if self.float_precision == "auto":
+            return "fp16" if self.target == "trt" else "fp32"
+        return self.float_precision
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -175,12 +175,18 @@ def test_cli_flags_reach_the_config(block_file, tmp_path):
             quant["dynamic_quantization"]) == ("power", "block", 64, 0)
 
 
-def test_fp16_activations_refused_for_trt_with_a_hint():
-    cfg = BuildConfig(target="trt", quant=QuantConfig(weights="int4", activations="fp16",
-                                                       granularity="block", block_size=32))
-    with pytest.raises(UserError, match="not implemented for --target trt") as info:
-        cfg.validate()
-    assert "--activations none" in info.value.hint
+def test_fp16_activations_and_float_precision_validation():
+    blocked = QuantConfig(weights="int4", activations="fp16", granularity="block", block_size=32)
+    cfg = BuildConfig(target="trt", quant=blocked)
+    cfg.validate()
+    assert cfg.float_dtype == "fp16"
+    with pytest.raises(UserError, match="cannot be both"):
+        BuildConfig(target="trt", quant=blocked, float_precision="fp32").validate()
+    with pytest.raises(UserError, match="applies to --target trt only") as info:
+        BuildConfig(target="openvino", float_precision="fp16").validate()
+    assert "--activations fp16" in info.value.hint
+    assert BuildConfig(target="openvino").float_dtype == "fp32"
+    assert BuildConfig(target="trt", float_precision="fp32").float_dtype == "fp32"
 
 
 @pytest.mark.openvino
