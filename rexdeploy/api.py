@@ -679,8 +679,14 @@ def _profile_trt(art: Artifact, duration: float, rounds: int, quiet: bool) -> di
 
     trt = backends.get("trt")
     feeds = synthetic_inputs(art.manifest["inputs"], 1, 0)[0][1]
-    variants = [(f"rexdeploy {art.manifest['config']['quant']['weights']} (TensorRT)",
-                 lambda: trt.runner(art.path, art.files, RunOptions(device="GPU")))]
+    options = RunOptions(device="GPU")
+
+    def runner():  # an ensemble's members: one engine each, run concurrently
+        if art.manifest.get("ensemble"):
+            return _ensemble_runner(art, trt, options)
+        return trt.runner(art.path, art.files, options)
+
+    variants = [(f"rexdeploy {art.manifest['config']['quant']['weights']} (TensorRT)", runner)]
     with StageLog(quiet=quiet).stage("profile", f"TensorRT engine x {rounds} rounds"):
         results = profile_variants(variants, feeds, duration_s=duration, rounds=rounds)
     return {"artifact": art.path, "device": device_info(), "variants": results}

@@ -1,7 +1,9 @@
 """Finish a deferred TensorRT artifact on the device: `rexdeploy build --from-deferred ARTIFACT`.
 
 The artifact was written where `tensorrt` did not import: it holds the checked Q/DQ ONNX and
-trt_build.json (the build spec). Here, where TensorRT imports, the engine is built from exactly
+trt_build.json (the build spec), or one of each per member under members/<name>/ for an
+ensemble (--ensemble M: one engine per member, run concurrently, each runner on its own CUDA
+stream). Here, where TensorRT imports, the engine is built from exactly
 that spec, the engine inspector's per-layer precision goes into report.json, and the artifact is
 rewritten atomically (a copy built next to it, renamed into place) with `engine: built`.
 """
@@ -18,7 +20,6 @@ from rexdeploy.errors import UserError
 
 def finish_deferred(path: str, log) -> Artifact:
     from backends.tensorrt import SPEC, TrtBuildSpec, build_engine, tensorrt_status
-    from rexdeploy.report import _assign_runtime
     from rexdeploy.trt_rules import check_trt_rules
 
     art = load_artifact(path)
@@ -31,37 +32,60 @@ def finish_deferred(path: str, log) -> Artifact:
         raise UserError(f"cannot finish {path} here: {why}",
                         "run this on the device that will run the engine (engines are not "
                         "portable), e.g. a Jetson with JetPack")
-    check = check_trt_rules(art.file("onnx"))
-    if check.errors:
-        raise UserError(f"{art.file('onnx')} breaks TensorRT's rules: {check.errors[0]}")
-    with open(art.file("trt_build")) as f:
-        spec = TrtBuildSpec.from_dict(json.load(f))
+    members = (art.manifest.get("ensemble") or {}).get("members")
+    # (name, member dir relative to the artifact, its files relative to the artifact)
+    models = ([(m["name"], os.path.dirname(m["files"]["onnx"]), m["files"]) for m in members]
+              if members else [("", "", art.files)])
+    specs = []
+    for name, _, files in models:
+        onnx_path = os.path.join(art.path, files["onnx"])
+        check = check_trt_rules(onnx_path)
+        if check.errors:
+            raise UserError(f"{onnx_path} breaks TensorRT's rules: {check.errors[0]}")
+        if "trt_build" not in files:
+            raise UserError(f"{path}: {name or 'the model'} has no {SPEC}", "rebuild the artifact")
+        with open(os.path.join(art.path, files["trt_build"])) as f:
+            specs.append(TrtBuildSpec.from_dict(json.load(f)))
     with ArtifactWriter(art.path, force=True) as writer:
         for role, rel in art.files.items():
             shutil.copy2(os.path.join(art.path, rel), writer.path(rel, role))
-        with log.stage("compile", f"TensorRT engine from {SPEC}"):
-            layers, built = build_engine(spec, writer.tmp)
-        for role, rel in (("engine", spec.engine), ("timing_cache", spec.timing_cache),
-                          ("layer_info", spec.layer_info)):
-            writer.roles[role] = rel
-        report = art.report()
-        runtime = [{"name": l.name, "type": l.type, "precision": l.precision,
-                    "kernel": l.kernel, "int8": l.is_int8, "original": list(l.original_names)}
-                   for l in layers]
-        report["runtime_layers"] = runtime
-        assigned = _assign_runtime([row["name"] for row in report["layers"]], {}, runtime)
-        for row in report["layers"]:
-            ran = assigned[row["name"]]
-            row["runtime"] = [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran]
-            row["runs_int8"] = bool(ran) and all(r["int8"] for r in ran)
-        int8 = sum(r["int8"] for r in runtime)
-        report["summary"].update(runtime_compute_layers=len(runtime), runtime_int8_layers=int8,
-                                 int8_coverage=round(int8 / len(runtime), 4) if runtime else 0.0)
-        report.setdefault("backend", {}).update(engine="built", **built)
+        runtime, built = [], {}
+        for (name, rel_dir, files), spec in zip(models, specs):
+            label = f"{name}: " if name else ""
+            with log.stage("compile", f"{label}TensorRT engine from {SPEC}"):
+                layers, built = build_engine(spec, os.path.join(writer.tmp, rel_dir))
+            for role, rel in (("engine", spec.engine), ("timing_cache", spec.timing_cache),
+                              ("layer_info", spec.layer_info)):
+                rel = os.path.join(rel_dir, rel) if rel_dir else rel
+                files[role] = rel
+                writer.roles[f"{name}_{role}" if name else role] = rel
+            runtime += [{"name": l.name, "type": l.type, "precision": l.precision,
+                         "kernel": l.kernel, "int8": l.is_int8, "original": list(l.original_names),
+                         **({"member": name} if name else {})} for l in layers]
+        report = _engine_report(art.report(), runtime, built)
         writer.write_json("report.json", report, "report")
         manifest = {k: v for k, v in art.manifest.items()
                     if k not in ("files", "schema_version", "manifest_sha256")}
         manifest["engine"] = "built"
         manifest["backend"] = {**manifest.get("backend", {}), "engine": "built", **built}
         manifest["summary"] = report["summary"]
+        if members:  # the members' file maps now list their engines
+            manifest["ensemble"] = {**manifest["ensemble"], "members": members}
         return writer.commit(manifest)
+
+
+def _engine_report(report: dict, runtime: list[dict], built: dict) -> dict:
+    """report.json with the engines' per-layer runtime precision (the engine inspector's)."""
+    from rexdeploy.report import _assign_runtime
+
+    report["runtime_layers"] = runtime
+    assigned = _assign_runtime([row["name"] for row in report["layers"]], {}, runtime)
+    for row in report["layers"]:
+        ran = assigned[row["name"]]
+        row["runtime"] = [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran]
+        row["runs_int8"] = bool(ran) and all(r["int8"] for r in ran)
+    int8 = sum(r["int8"] for r in runtime)
+    report["summary"].update(runtime_compute_layers=len(runtime), runtime_int8_layers=int8,
+                             int8_coverage=round(int8 / len(runtime), 4) if runtime else 0.0)
+    report.setdefault("backend", {}).update(engine="built", **built)
+    return report

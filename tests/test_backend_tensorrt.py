@@ -270,6 +270,46 @@ def test_from_deferred_without_tensorrt_is_a_clear_error(deferred):
     assert json.load(open(os.path.join(deferred.path, "manifest.json"))) == before
 
 
+def test_from_deferred_builds_one_engine_per_ensemble_member(cnn_file, tmp_path, monkeypatch):
+    """The bookkeeping of --from-deferred on an ensemble: one engine per member, listed in the
+    member's files, hashed in the manifest, its layers in the report. TensorRT cannot run here,
+    so `build_engine` and `tensorrt_status` are stand-ins that write placeholder files (the real
+    path is the `tensorrt`-marked test below); everything else is the real code."""
+    import backends.tensorrt as trt_backend
+    from backends.base import LayerPrecision
+    from rexdeploy.artifact import load_artifact
+
+    config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(ensemble=2))
+    art = rexdeploy.build(cnn_file, ["input:1x3x32x32"], target="trt", output=str(
+        tmp_path / "ens.trt"), config=config, quiet=True)
+    members = art.manifest["ensemble"]["members"]
+    assert art.manifest["engine"] == "deferred" and len(members) == 3
+    assert all("trt_build" in m["files"] for m in members)
+    built_in = []
+
+    def fake_build(spec, out_dir):
+        built_in.append(os.path.relpath(out_dir, os.path.dirname(out_dir.rstrip("/"))))
+        for rel in (spec.engine, spec.timing_cache, spec.layer_info):
+            with open(os.path.join(out_dir, rel), "w") as f:
+                f.write("placeholder, not an engine\n")
+        return (LayerPrecision("/stem/Conv", "Convolution", "i8", "", ("/stem/Conv",)),), {
+            "tensorrt": "stand-in", "strongly_typed": True}
+
+    monkeypatch.setattr(trt_backend, "tensorrt_status", lambda: (True, "stand-in"))
+    monkeypatch.setattr(trt_backend, "build_engine", fake_build)
+    done = rexdeploy.api.build_from_deferred(art.path, quiet=True)
+    assert sorted(built_in) == ["base", "member1", "member2"]
+    again = load_artifact(done.path, verify=True)  # every hash, the engines' included
+    assert again.manifest["engine"] == "built"
+    for m in again.manifest["ensemble"]["members"]:
+        assert m["files"]["engine"] == f"members/{m['name']}/model.engine"
+        assert os.path.isfile(os.path.join(done.path, m["files"]["engine"]))
+        assert again.files[f"{m['name']}_engine"] == m["files"]["engine"]
+    report = again.report()
+    assert [r["member"] for r in report["runtime_layers"]] == ["base", "member1", "member2"]
+    assert report["summary"]["runtime_int8_layers"] == 3
+
+
 def test_inspect_check_trt_cli(deferred, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "inspect", "--check", "trt",
                          deferred.file("onnx")], capture_output=True, text=True, cwd=ROOT)

@@ -105,6 +105,21 @@ def test_pass_types_every_float_tensor_f16_but_io_and_resize_scales():
     assert to_half.stats["values_clamped"] == 1
 
 
+def test_pass_leaves_the_model_it_was_cloned_from_alone():
+    """lower() clones the float model for every ensemble member; a clone shares value types,
+    so the pass must replace them, not edit them."""
+    model = ir.serde.deserialize_model(_hand_graph())
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    ShapeInferencePass()(model)
+    before = {v.name: v.dtype for v in model.graph.initializers.values()}
+    before.update({v.name: v.dtype for n in model.graph for v in n.outputs})
+    Float16Pass()(model.clone())
+    after = {v.name: v.dtype for v in model.graph.initializers.values()}
+    after.update({v.name: v.dtype for n in model.graph for v in n.outputs})
+    assert after == before and ir.DataType.FLOAT16 not in after.values()
+
+
 def test_pass_keeps_the_numbers_of_a_benign_graph():
     """Without clamping, the f16 graph computes what the f32 graph does, to f16 rounding."""
     src = _hand_graph()

@@ -76,7 +76,7 @@ class Float16Pass(ir.passes.InPlacePass):
             onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), check_type=True,
                                               strict_mode=True)
         except Exception as exc:  # onnx raises InferenceError / ValidationError
-            raise ir.passes.PostconditionError(f"the float16 graph does not type-check: {exc}")
+            raise ir.passes.PostconditionError(f"the float16 graph does not type-check: {exc}") from exc
 
     # -- steps ---------------------------------------------------------------------------------
     def _initializers(self, graph: ir.Graph) -> None:
@@ -94,7 +94,7 @@ class Float16Pass(ir.passes.InPlacePass):
             self.stats["values_clamped"] += int(np.count_nonzero(np.isfinite(array)
                                                                  & (clipped != array)))
             value.const_value = ir.tensor(clipped.astype(np.float16), name=value.name)
-            value.dtype = F16
+            value.type = ir.TensorType(F16)  # a new type: a clone shares the old one
             self.stats["initializers"] += 1
 
     def _scale_floor(self, value: ir.Value, uses, array: np.ndarray) -> np.ndarray:
@@ -125,7 +125,7 @@ class Float16Pass(ir.passes.InPlacePass):
     def _values(self, graph: ir.Graph) -> None:
         for value in _all_values(graph):
             if value.dtype == F32 and not value.is_graph_input() and value.const_value is None:
-                value.dtype = F16
+                value.type = ir.TensorType(F16)  # a new type: a clone shares the old one
 
     def _io(self, graph: ir.Graph) -> None:
         """float32 inputs and outputs stay float32; a Cast joins them to the f16 graph."""
