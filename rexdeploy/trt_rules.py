@@ -17,8 +17,11 @@ sections 1.2-1.3); warnings are what builds but does not run as int8 the way the
   int4             INT4 codes only as constant 2-D MatMul/Gemm weights with block_size;
                    block quantization only with INT4 codes
   pad-qdq          no Q/DQ between a Pad and a Conv
-  residual         (warning) an Add joining a quantized layer's output with a float skip
-                   tensor: Q/DQ belongs on the skip input so Conv+Add fuse in int8
+  residual         (warning) an Add joining a quantized convolution's output with a float
+                   skip tensor: Q/DQ belongs on the skip input so Conv+Add fuse in int8. Not
+                   for MatMul/Gemm outputs (transformer residual streams): there the Add runs
+                   in float with the LayerNorm after it, as in ModelOpt's placement, and a Q/DQ
+                   on the skip would only add int8 error to the residual stream.
   weight-only      (warning) int8 weights on a layer whose activation is float: TensorRT runs
                    it in float
 """
@@ -223,18 +226,25 @@ def _compute_findings(node) -> list[Finding]:
 def _layer_input(value, depth: int = 0):
     """The dequantized input of the quantized layer whose output is `value` (through bias Adds
     and REx sums of orders reading one input), else None."""
+    layer = _layer(value, depth)
+    return None if layer is None else layer.inputs[0]
+
+
+def _layer(value, depth: int = 0):
+    """The quantized compute node (order 1 of a REx sum) whose output is `value`, else None."""
     p = value.producer() if value is not None else None
     if p is None or depth > 8:
         return None
     if p.op_type in COMPUTE:
         act = p.inputs[0].producer() if p.inputs[0] is not None else None
-        return p.inputs[0] if act is not None and act.op_type == "DequantizeLinear" else None
+        return p if act is not None and act.op_type == "DequantizeLinear" else None
     if p.op_type == "Add" and len(p.inputs) == 2:
         a, b = p.inputs
         if _is_const(a) or _is_const(b):  # a bias Add
-            return _layer_input(b if _is_const(a) else a, depth + 1)
-        ia, ib = _layer_input(a, depth + 1), _layer_input(b, depth + 1)
-        return ia if ia is not None and ia is ib else None  # orders summed
+            return _layer(b if _is_const(a) else a, depth + 1)
+        la, lb = _layer(a, depth + 1), _layer(b, depth + 1)
+        if la is not None and lb is not None and la.inputs[0] is lb.inputs[0]:
+            return la  # orders summed
     return None
 
 
@@ -255,5 +265,8 @@ def _residual_findings(node) -> list[Finding]:
         if p is not None and p.op_type == "DequantizeLinear":
             return []
     skip = node.inputs[1] if inputs[0] is not None else node.inputs[0]
+    layer = _layer(node.inputs[0] if inputs[0] is not None else node.inputs[1])
+    if layer is None or not layer.op_type.startswith("Conv"):
+        return []  # MatMul/Gemm: TensorRT runs the Add (and LayerNorm) in float; see docstring
     return [Finding("warning", "residual", node.name, f"skip input {skip.name} is float: put "
                     "Q/DQ on it so the layer and this Add fuse in int8")]

@@ -91,6 +91,23 @@ def test_skip_branch_without_qdq_warns():
     assert _rules(m, "warning") == [("residual", "add")]
 
 
+def test_float_skip_of_a_matmul_residual_is_not_flagged():
+    """Transformer residual streams: the Add after an int8 MatMul runs in float with its
+    LayerNorm on TensorRT (ModelOpt's residual-add rule is convolution-only too)."""
+    inits = [_t("a_s", np.float32(0.1)), _t("a_z", np.int8(0)), _t("w", np.ones((8, 8), np.int8)),
+             _t("w_s", np.full(8, 0.01, np.float32)), _t("b", np.zeros(8, np.float32))]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "a_s", "a_z"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w", "w_s"], ["wd"], name="w_dq", axis=1),
+        helper.make_node("MatMul", ["xd", "wd"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "b"], ["mb"], name="bias"),
+        helper.make_node("Add", ["mb", "x"], ["y"], name="add"),
+    ]
+    m = _model(nodes, inits, inputs=(("x", [1, 4, 8]),))
+    assert _rules(m) == [] and _rules(m, "warning") == []
+
+
 def test_opset_too_low():
     assert ("opset", "model") in _rules(_conv_graph(opset=12))
 
