@@ -214,7 +214,9 @@ def _float16_note(stats: dict[str, int]) -> str:
     raised = [f"{stats[k]} {what}" for k, what in (
         ("activation_scales_raised", "activation scales raised to f16's smallest normal"),
         ("weight_scales_raised", "weight scales of near-zero channels raised to 2^-24"),
-        ("values_clamped", "constants clamped to +-65504")) if stats.get(k)]
+        ("values_clamped", "constants clamped to +-65504"),
+        ("values_flushed", "tiny non-zero constants now 0 (e.g. a clamp's 1e-9 floor)"))
+        if stats.get(k)]
     return note + (": " + "; ".join(raised) if raised else "")
 
 

@@ -48,6 +48,7 @@ def _typed(model: onnx.ModelProto) -> dict[str, int]:
 # -- the pass on a graph written by hand --------------------------------------------------------
 def _hand_graph() -> onnx.ModelProto:
     """x -> Q/DQ (a tiny scale) -> Conv (DQ weights, one channel's scale below 2^-24) + bias
+    (one value below f16's range)
     -> Add(1e6) -> Mul(scales) -> Cast(to float) -> Resize(the same scales) -> y."""
     rng = np.random.default_rng(0)
     codes = rng.integers(-127, 128, (4, 4, 3, 3)).astype(np.int8)
@@ -57,7 +58,7 @@ def _hand_graph() -> onnx.ModelProto:
         numpy_helper.from_array(np.array(0, np.int8), "zp"),
         numpy_helper.from_array(codes, "w_codes"),
         numpy_helper.from_array(w_scale, "w_scale"),
-        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array([1e-9, 0.5, -0.25, 1.0], np.float32), "bias"),
         numpy_helper.from_array(np.array(1e6, np.float32), "big"),
         numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
     ]
@@ -103,6 +104,7 @@ def test_pass_types_every_float_tensor_f16_but_io_and_resize_scales():
     assert to_half.stats["activation_scales_raised"] == 1
     assert to_half.stats["weight_scales_raised"] == 1
     assert to_half.stats["values_clamped"] == 1
+    assert to_half.stats["values_flushed"] == 1 and inits["bias"][0] == 0  # 1e-9
 
 
 def test_pass_leaves_the_model_it_was_cloned_from_alone():

@@ -83,3 +83,21 @@ def test_powerquant_exponents_and_float_layers_reported(cosines):
     exponents = [row["exponents"][0] for row in report["layers"]]
     assert all(0.2 <= a <= 1.0 for a in exponents)
     assert sum(a < 0.95 for a in exponents) >= 30, exponents  # trained weights: a < 1
+
+
+# TensorRT's f16 graph (--activations fp16 --target trt, rexdeploy/passes/float16.py)
+def test_trt_fp16_weight_only_graph_is_as_faithful_as_the_f32_one(tmp_path):
+    """The mask's -10000 and the pooling's clamp floor (1e-9, which f16 makes 0) pass through
+    the f16 graph unharmed; ONNX Runtime runs both deferred artifacts."""
+    _need_cache()
+    result = {}
+    for activations, precision in (("fp16", "auto"), ("none", "fp32")):
+        quant = QuantConfig(weights="int4", activations=activations, granularity="block",
+                            block_size=128)
+        art = rexdeploy.build(MODEL, INPUTS, output=str(tmp_path / activations), quiet=True,
+                              config=BuildConfig(target="trt", quant=quant,
+                                                 float_precision=precision))
+        assert art.report()["backend"]["trt_check"]["ok"]
+        result[activations] = rexdeploy.compare(art.path, TOKENS, limit=20, quiet=True)
+    half, full = result["fp16"], result["none"]
+    assert half["cosine_mean"] > 0.9 and abs(half["cosine_mean"] - full["cosine_mean"]) < 1e-3

@@ -4,8 +4,8 @@ Strongly typed TensorRT (always on 11.x, the default on 10.x here) takes each te
 from the ONNX graph: no builder flag turns float32 layers into fp16. This pass is how rexdeploy
 writes fp16 into the graph (what ModelOpt's `high_precision_dtype="fp16"` and AutoCast do):
 
-  * every float32 initializer becomes float16 (finite values clamped to +-65504; Q/DQ scales kept
-    positive, see below), so Conv/MatMul/Gemm bias, LayerNorm weights, Clip bounds and the
+  * every float32 initializer becomes float16 (finite values clamped to +-65504, values below
+    2^-25 become 0, both counted; Q/DQ scales kept positive, see below), so Conv/MatMul/Gemm bias, LayerNorm weights, Clip bounds and the
     DequantizeLinear scales (whose type is the DQ output type) are f16;
   * Cast(to=FLOAT) becomes Cast(to=FLOAT16); a Cast that then casts to its own type is removed;
   * every float32 intermediate value is typed float16;
@@ -55,7 +55,8 @@ class Float16Pass(ir.passes.InPlacePass):
 
         ShapeInferencePass()(model)  # every value's type known before it is changed
         graph = model.graph
-        self.stats = dict.fromkeys(("initializers", "values_clamped", "activation_scales_raised",
+        self.stats = dict.fromkeys(("initializers", "values_clamped", "values_flushed",
+                                    "activation_scales_raised",
                                     "weight_scales_raised", "casts_removed", "io_casts"), 0)
         self._initializers(graph)
         self._attributes(graph)
@@ -93,7 +94,9 @@ class Float16Pass(ir.passes.InPlacePass):
             clipped = np.clip(array, -F16_MAX, F16_MAX)
             self.stats["values_clamped"] += int(np.count_nonzero(np.isfinite(array)
                                                                  & (clipped != array)))
-            value.const_value = ir.tensor(clipped.astype(np.float16), name=value.name)
+            half = clipped.astype(np.float16)
+            self.stats["values_flushed"] += int(np.count_nonzero((half == 0) & (array != 0)))
+            value.const_value = ir.tensor(half, name=value.name)
             value.type = ir.TensorType(F16)  # a new type: a clone shares the old one
             self.stats["initializers"] += 1
 
