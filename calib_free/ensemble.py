@@ -20,12 +20,15 @@ def combine_weights(members: int) -> list[float]:
 
 
 def partition_layers(bops: list[float], sensitivity: list[float], members: int,
-                     how: str = "balanced") -> list[int]:
+                     how: str = "contiguous") -> list[int]:
     """Group (0..members-1) of each expanded layer.
 
     bops: the BOPs of each layer's higher orders (what a member adds to the base).
     sensitivity: how much each layer's higher orders reduce the error (larger = more sensitive).
-    how:
+    how (contiguous is the default, the most faithful measured: EfficientNet-Lite0 W8A8 24.7 dB
+    against 23.8 for balanced and 22.8 for bops, W4A8 8.6 against 6.3, MiniLM W4 weight-only
+    cosine 0.9935 against 0.9903; probably because each member keeps its layers adjacent, so
+    the cross terms the ensemble drops are those between distant layers):
       balanced    most sensitive first, each to the group with the fewest BOPs so far: the top
                   layers land in different groups and the BOPs even out
       bops        largest BOPs first to the lightest group (longest-processing-time rule)

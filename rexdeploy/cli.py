@@ -133,9 +133,10 @@ def cli():
                    "base. The M+1 models run concurrently. Approximates --orders 2 at about "
                    "(1 + 1/M) x the base cost per model.")
 @click.option("--ensemble-partition", type=click.Choice(["balanced", "contiguous", "bops"]),
-              default="balanced", show_default=True,
-              help="How layers are split among ensemble members: balanced (most sensitive "
-                   "layers spread, BOPs balanced), bops (BOPs only), contiguous (by depth).")
+              default="contiguous", show_default=True,
+              help="How layers are split among ensemble members: contiguous (consecutive "
+                   "layers together, equal BOPs: the most faithful measured), balanced (most "
+                   "sensitive layers spread, BOPs balanced), bops (BOPs only).")
 @click.option("--sparse-form", type=click.Choice(["auto", "dense", "compact", "gather"]), default="auto",
               show_default=True,
               help="Lowering of sparse orders: dense (zero rows), compact (kept channels only, "

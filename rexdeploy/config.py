@@ -36,7 +36,8 @@ class QuantConfig:
     sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
     budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
     ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
-    ensemble_partition: str = "balanced"  # how layers are split among the members
+    ensemble_partition: str = "contiguous"  # how layers are split among the members
+                                        # (measured best: docs/benchmarks.md, issue 3)
     sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
                                         # compact
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block

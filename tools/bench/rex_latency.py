@@ -32,7 +32,7 @@ VARIANTS = {  # label -> QuantConfig overrides
     "K=2 gamma=0.25 (gather)": {"orders": 2, "sparsity": 0.25, "sparse_form": "gather"},
     "budget 1.25": {"budget": 1.25},
     "ensemble M=2": {"ensemble": 2},
-    "ensemble M=2, contiguous partition": {"ensemble": 2, "ensemble_partition": "contiguous"},
+    "ensemble M=2, balanced partition": {"ensemble": 2, "ensemble_partition": "balanced"},
     "ensemble M=2, BOPs partition": {"ensemble": 2, "ensemble_partition": "bops"},
 }
 
