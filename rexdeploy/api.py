@@ -367,8 +367,17 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
     q = config.quant
     draft = make_plan(layers, skipped, tensors, stats, observed,
                       replace(q, orders=1, budget=None, mixed_precision="off"), allow_unsigned)
-    samples = calib.samples if calib is not None and calib.user else \
-        _synthetic_samples(float_model, config, loaded, log)
+    if calib is not None and calib.user:
+        samples, what = calib.samples, f"calibration inputs ({calib.source})"
+    elif q.ranges == "zeroq":
+        samples, what = _synthetic_samples(float_model, config, loaded, log), \
+            "BatchNorm-matched images"
+    else:
+        from rexdeploy.sensitivity import sensitivity_samples
+
+        samples, what = sensitivity_samples(
+            _synthetic_samples(float_model, config, loaded, log),
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed)
     from rexdeploy.mixed import raises_activations
 
     sens = measure_sensitivity(float_model, layers, draft, samples, log,
@@ -377,9 +386,7 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
                       for kind, name, v in sens.ranking()[:3])
     note = (f"sensitivity of {len(sens.weights)} layers"
             + (f" and {len(sens.activations)} activations" if sens.activations else "") +
-            f" measured on {sens.samples} "
-            f"{'calibration' if calib is not None and calib.user else 'synthetic'} inputs in "
-            f"{sens.seconds:.1f} s; worst: {worst}")
+            f" measured on {sens.samples} {what} in {sens.seconds:.1f} s; worst: {worst}")
     notes.append(note)
     log.note(note)
     return sens

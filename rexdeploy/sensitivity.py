@@ -4,8 +4,8 @@ For every planned layer L, the float (BN-folded) graph runs with only L's weight
 their order-1 quantization (and its bias correction); for every quantized activation tensor T
 read by planned layers, with only T fake-quantized at its planned scale. The score is the
 network output's noise-to-signal ratio against the float run, on the build's own synthetic
-inputs (Gaussian or `--input-range` images, random token ids; the user's `--calib` data when
-given). No backend: ONNX Runtime on CPU runs the float graph, as for the observed ranges.
+inputs (images: 1/f noise in the `--input-range`; other inputs as the build draws them, e.g.
+random token ids; the user's `--calib` data when given). No backend: ONNX Runtime on CPU runs the float graph, as for the observed ranges.
 
 One session serves every measurement: the replaced weights and biases are initializers made
 overridable graph inputs, and each activation T gets `T + m_T * (DQ(Q(T)) - T)` in front of its
@@ -74,6 +74,31 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
             (weights if kind == "w" else activations)[name] = _nsr(ref, test)
             advance()
     return Sensitivity(weights, activations, len(samples), time.perf_counter() - start)
+
+
+def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0
+                        ) -> tuple[list[dict], str]:
+    """The first SAMPLES of the build's synthetic `samples`, with every image-like input (float,
+    [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
+    (calib_free.mixed.pink_noise_images): white noise misranks CNN layers. Returns the samples
+    and what they are, for the build log."""
+    from calib_free.mixed import pink_noise_images
+
+    samples = [dict(s) for s in samples[:SAMPLES]]
+    images = [name for name, x in samples[0].items() if _image_like(x)] if samples else []
+    for name in images:
+        x = samples[0][name]
+        noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name))
+        for i, feeds in enumerate(samples):
+            feeds[name] = noise[i:i + 1].numpy().astype(x.dtype)
+    what = "synthetic inputs" + (" (images: 1/f noise)" if images else "")
+    return samples, what
+
+
+def _image_like(x) -> bool:
+    x = np.asarray(x)
+    return np.issubdtype(x.dtype, np.floating) and x.ndim == 4 and x.shape[0] == 1 and \
+        x.shape[2] >= 16 and x.shape[3] >= 16
 
 
 def _null():

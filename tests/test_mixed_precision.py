@@ -84,6 +84,37 @@ def test_raise_and_float_activation_go_to_the_worst_layers():
     assert not none.raised_weights and not none.float_activations
 
 
+def test_pink_noise_images_fill_the_range_with_a_falling_spectrum():
+    from calib_free.mixed import pink_noise_images
+
+    x = pink_noise_images((1, 3, 64, 64), 3, seed=1, value_range=(-1.0, 1.0))
+    assert x.shape == (3, 3, 64, 64) and float(x.abs().max()) <= 1.0 + 1e-6
+    assert float(x.flatten(1).abs().amax(1).min()) == pytest.approx(1.0, abs=1e-5)
+    power = torch.fft.rfft2(x).abs().square().mean((0, 1))
+    assert float(power[1:4, 1:4].mean()) > 20 * float(power[24:32, 24:32].mean())
+    white = torch.rand(3, 3, 64, 64) * 2 - 1
+    wp = torch.fft.rfft2(white).abs().square().mean((0, 1))
+    assert float(wp[1:4, 1:4].mean()) < 3 * float(wp[24:32, 24:32].mean())
+    z = pink_noise_images((1, 3, 32, 32), 2)  # no range: zero mean, unit std per image
+    assert float(z.flatten(1).std(1).sub(1).abs().max()) < 1e-4
+    assert torch.equal(pink_noise_images((1, 3, 32, 32), 2, seed=3),
+                       pink_noise_images((1, 3, 32, 32), 2, seed=3))
+
+
+def test_sensitivity_samples_replace_images_only():
+    from rexdeploy.sensitivity import SAMPLES, sensitivity_samples
+
+    samples = [{"img": np.zeros((1, 3, 32, 32), np.float32), "ids": np.ones((1, 8), np.int64)}
+               for _ in range(6)]
+    out, what = sensitivity_samples(samples, {"img": (0.0, 1.0)})
+    assert len(out) == SAMPLES and "1/f" in what
+    for feeds in out:
+        assert feeds["img"].dtype == np.float32 and feeds["img"].min() >= 0.0
+        assert feeds["img"].max() == pytest.approx(1.0) or feeds["img"].min() == pytest.approx(0)
+        assert np.array_equal(feeds["ids"], np.ones((1, 8), np.int64))
+    assert samples[0]["img"].max() == 0  # the build's own samples are not changed
+
+
 # -- the measurement on a model with a deliberately damaged layer -----------------------------
 class Chain(nn.Module):
     """Four Linear layers; layer `damaged` has one outlier (4x its largest weight) per row, so its per-channel

@@ -59,6 +59,9 @@ for _w, _raise in (("8", "activations"), ("4", "all")):
                         _base | {"sensitivity": "on"}))
         CONFIGS.append((f"rexdeploy W{_w}A8, REx budget {_b}, mixed {_raise}",
                         _base | {"mixed_precision": _raise}))
+CONFIGS += [("rexdeploy W8A8, REx budget 1.5", {"budget": 1.5}),  # room for a float input
+            ("rexdeploy W8A8, REx budget 1.5, mixed activations",
+             {"budget": 1.5, "mixed_precision": "activations"})]
 
 
 def main() -> int:
