@@ -159,6 +159,34 @@ def test_sensitivity_ranks_the_damaged_layer_first(tmp_path):
     assert any("sensitivity of 4 layers" in n for n in art.report()["notes"])
 
 
+def test_measured_nsr_matches_the_analytic_one(tmp_path):
+    """One Linear layer: the weights' NSR is ||x (W1 - W)^T||^2 / ||x W^T + b||^2 over the
+    build's first 4 synthetic inputs, W1 the plan's order-1 weights; the input's NSR likewise
+    with x fake-quantized at the planned scale."""
+    from calib_free.plan import QuantPlan
+    from rexdeploy.inputs import synthetic_inputs
+
+    torch.manual_seed(1)
+    model = nn.Linear(32, 16).eval()
+    art = _build(model, tmp_path, "one", weights="int4", budget=1.1, bias_correction=False,
+                 mixed_precision="activations")
+    row = art.report()["layers"][0]
+    plan = QuantPlan.load(art.path)
+    w1 = torch.from_numpy(plan.layers[0].orders[0].dequantize()).double()  # Gemm [out, in]
+    w, b = model.weight.detach().double(), model.bias.detach().double()
+    xs = [torch.from_numpy(f["input"]).double() for _, f in
+          synthetic_inputs([{"name": "input", "shape": [1, 32], "dtype": "float32"}], 4, 0)]
+    ref = [x @ w.T + b for x in xs]
+    nsr_w = output_nsr(ref, [x @ w1.T + b for x in xs])
+    assert row["sensitivity"]["weights_nsr"] == pytest.approx(nsr_w, rel=2e-3)
+    act = art.report()["activations"][0]
+    scale = act["scale"]
+    lo, hi = (0, 255) if act["dtype"] == "uint8" else (-128, 127)
+    xq = [torch.clamp(torch.round(x / scale), lo, hi) * scale for x in xs]
+    nsr_a = output_nsr(ref, [x @ w.T + b for x in xq])
+    assert row["sensitivity"]["activation_nsr"] == pytest.approx(nsr_a, rel=2e-3)
+
+
 def test_with_the_signal_the_budget_goes_to_the_damaged_layer(tmp_path):
     model = Chain(2)
     plain = _build(model, tmp_path, "plain", weights="int4", budget=1.1).report()
