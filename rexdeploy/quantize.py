@@ -86,10 +86,15 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
         alloc, eights = mixed.allocate(
             expansions, config, sensitivity, {a.tensor for a in activations},
             lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))
-        plans = mixed.finish([_layer(eights[e.layer.name], None, cfg8)
-                              if e.layer.name in alloc.raised_weights else
-                              _layer(e, alloc.kept.get(e.layer.name), config)
-                              for e in expansions], alloc, sensitivity, config)
+        def plan_for(e: _Expansion) -> LayerPlan:
+            raised = e.layer.name in alloc.raised_weights
+            cfg, kept = (cfg8, None) if raised else (config, alloc.kept.get(e.layer.name))
+            e = eights[e.layer.name] if raised else e
+            if e.layer.input in alloc.float_activations and smooth.get(e.layer.input) is not None:
+                e = _expand(e.layer, stats, observed, cfg)  # a float input is not migrated
+            return _layer(e, kept, cfg)
+
+        plans = mixed.finish([plan_for(e) for e in expansions], alloc, sensitivity, config)
         activations = [a for a in activations if a.tensor not in alloc.float_activations]
     else:
         kept_channels = _select_channels(expansions, config)

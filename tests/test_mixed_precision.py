@@ -290,6 +290,28 @@ def test_raised_layers_run_int8_in_openvino(mixed_cnn):
             assert not r["runs_int8"], r
 
 
+def test_float_input_of_a_migrated_tensor_runs_unmigrated_weights(tmp_path):
+    """A tensor with scale migration (--smooth) kept float: its readers must get the original
+    weights back (nothing divides the input by the factor any more)."""
+    import onnxruntime as ort
+
+    from tiny_models import tiny_mlp
+
+    model = tiny_mlp()
+    art = _build(model, tmp_path, "mlp", shape="input:1x8x32", smooth="all", budget=16.0,
+                 mixed_precision="activations")
+    floats = [r for r in art.report()["layers"] if "activation" in r.get("mixed", {})]
+    assert floats
+    plan = art.report()
+    x = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(art.file("onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x.numpy()})[0]
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum())
+    assert sqnr > 30, (sqnr, plan["summary"]["mixed_precision"])
+
+
 # -- validation -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cnn_file(tmp_path_factory):
