@@ -86,6 +86,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
         alloc, eights = mixed.allocate(
             expansions, config, sensitivity, {a.tensor for a in activations},
             lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))
+
         def plan_for(e: _Expansion) -> LayerPlan:
             raised = e.layer.name in alloc.raised_weights
             cfg, kept = (cfg8, None) if raised else (config, alloc.kept.get(e.layer.name))
