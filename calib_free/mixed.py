@@ -34,8 +34,8 @@ from calib_free.sparse import LayerCost
 
 # A layer's order gains are weighted by nsr_w ** SENSITIVITY_POWER (0: every layer alike, as
 # calib_free.sparse.allocate_budget; 1: the measured NSR as is, i.e. the expected output-NSR
-# drop). 0.25 and 0.5 were tried on EfficientNet-Lite0 W8A8 --budget 1.1/1.25 (sensitivity on
-# white noise) and came within 0.5 dB of 1; 1 is the one the model above justifies.
+# drop). 0.25 and 0.5 were tried on EfficientNet-Lite0 (docs/benchmarks.md): no better than 1
+# where the signal is measured on 1/f noise; 1 is the one the model above justifies.
 SENSITIVITY_POWER = 1.0
 FLOAT_BITS = 32  # a float activation in the BOPs model (rexdeploy.quantize.activation_bits)
 RAISED_WEIGHT_BITS = 8
