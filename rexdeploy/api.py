@@ -355,7 +355,12 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
     for n in notes:
         log.note(n)
     allow_unsigned = config.target != "trt"
-    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned)
+    sensitivity = _sensitivity(float_model, layers, skipped, tensors, stats, observed, config,
+                               loaded, calib, allow_unsigned, log, notes) \
+        if q.uses_sensitivity else None
+    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity)
+    if sensitivity is not None:
+        notes.extend(_mixed_notes(plan, q, log))
     smoothed = [a.tensor for a in plan.activations if a.smooth is not None]
     if smoothed:
         note = (f"scale migration (--smooth {q.smooth}, alpha {q.smooth_alpha}) on "
@@ -373,6 +378,62 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
             raise UserError("--ensemble: no layer has a second order to share among members",
                             "raise --budget or drop --ensemble")
     return plan, notes, ensemble
+
+
+def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
+                 loaded, calib, allow_unsigned, log: StageLog, notes: list[str]):
+    """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
+    (rexdeploy/sensitivity.py), on the build's synthetic inputs (the user's --calib data when
+    given)."""
+    from rexdeploy.quantize import make_plan
+    from rexdeploy.sensitivity import measure_sensitivity
+
+    q = config.quant
+    draft = make_plan(layers, skipped, tensors, stats, observed,
+                      replace(q, orders=1, budget=None, mixed_precision="off"), allow_unsigned)
+    if calib is not None and calib.user:
+        samples, what = calib.samples, f"calibration inputs ({calib.source})"
+    elif q.ranges == "zeroq":
+        samples, what = _synthetic_samples(float_model, config, loaded, log), \
+            "BatchNorm-matched images"
+    else:
+        from rexdeploy.sensitivity import sensitivity_samples
+
+        samples, what = sensitivity_samples(
+            _synthetic_samples(float_model, config, loaded, log),
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed)
+    from rexdeploy.mixed import raises_activations
+
+    sens = measure_sensitivity(float_model, layers, draft, samples, log,
+                               activations=raises_activations(q))
+    worst = ", ".join(f"{name} ({'weights' if kind == 'weights' else 'input'}, NSR {v:.2g})"
+                      for kind, name, v in sens.ranking()[:3])
+    note = (f"sensitivity of {len(sens.weights)} layers"
+            + (f" and {len(sens.activations)} activations" if sens.activations else "") +
+            f" measured on {sens.samples} {what} in {sens.seconds:.1f} s; worst: {worst}")
+    notes.append(note)
+    log.note(note)
+    return sens
+
+
+def _mixed_notes(plan, q: QuantConfig, log: StageLog) -> list[str]:
+    """One line per mixed-precision choice (also in each layer's report row, `mixed`)."""
+    lines, seen = [], set()
+    for lp in plan.layers:
+        for what, choice in lp.metrics.get("mixed", {}).items():
+            if what == "activation" and choice["tensor"] in seen:
+                continue  # one tensor read by several layers: said once
+            seen.add(choice.get("tensor"))
+            line = f"mixed precision: {lp.name} {what} -> " + \
+                (f"int{choice['bits']}" if what == "weights" else choice["precision"]) + \
+                f" (+{choice['bops_delta'] / 1e6:.3g} MBOPs): {choice['why']}"
+            lines.append(line)
+    if q.mixed_precision != "off" and not lines:
+        lines.append(f"mixed precision ({q.mixed_precision}): no raise was worth its BOPs under "
+                     f"--budget {q.budget:g}; the budget went to REx orders")
+    for line in lines:
+        log.note(line)
+    return lines
 
 
 def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):

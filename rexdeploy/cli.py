@@ -127,6 +127,20 @@ def cli():
               help="Total bit-operations <= X times the order-1 model (e.g. 1.25); the second "
                    "order goes greedily to the channels where it removes the largest share of "
                    "their layer's error per bit-operation. Not with --sparsity.")
+@click.option("--sensitivity", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="With --budget: measure each layer's data-free output sensitivity (output "
+                   "noise when only its weights, or only its input activation, are quantized, "
+                   "on the build's synthetic inputs) and give the budget where it lowers the "
+                   "measured output error most per bit-operation. auto: on with "
+                   "--mixed-precision, else off (the plain --budget allocation).")
+@click.option("--mixed-precision", type=click.Choice(["off", "weights", "activations", "all"]),
+              default="off", show_default=True,
+              help="With --budget: the budget may also raise the precision of the layers the "
+                   "measured sensitivity ranks worst: weights to int8 in an int4/int6 build "
+                   "(counted M x 8 x b_a BOPs), activations kept float (no Q/DQ; counted "
+                   "M x b_w x 32), or both (all). Every raise, its reason and BOP cost are in "
+                   "report.json and the build summary.")
 @click.option("--ensemble", type=int, metavar="M",
               help="Layer-partition ensemble: the base (order 1) plus M members, each adding the "
                    "second order of one group of layers; output = sum of members - (M-1) x "
@@ -211,7 +225,7 @@ def cli():
 @user_errors
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
           operator, block_size, dynamic_quantization, orders,
-          sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
+          sparsity, budget, sensitivity, mixed_precision, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, tokenizer, device, opset, dla_core, float_precision, dim_ranges,
           require_engine,
@@ -263,7 +277,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         block_size=block_size,
                         calib=calib, refine=refine, refine_iters=refine_iters,
                         calib_preprocess=preprocess if calib else None,
-                        calib_tokenizer=tokenizer)
+                        calib_tokenizer=tokenizer, sensitivity=sensitivity,
+                        mixed_precision=mixed_precision)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

@@ -24,6 +24,7 @@ PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
 SMOOTH_MODES = ("auto", "all", "off")
 MAX_ENSEMBLE = 8
+MIXED_MODES = ("off", "weights", "activations", "all")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class QuantConfig:
     refine_iters: int = 200             # FlexRound Adam steps per layer and order
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
+    # auto mixed precision (rexdeploy/sensitivity.py, rexdeploy/mixed.py, calib_free/mixed.py):
+    # measure each layer's data-free output sensitivity and let --budget use it (weigh the
+    # order allocation; --mixed-precision also buys int8 weights / float activations)
+    sensitivity: str = "auto"           # auto (on with --mixed-precision) | on | off
+    mixed_precision: str = "off"        # off | weights | activations | all
+
+    @property
+    def uses_sensitivity(self) -> bool:
+        return self.sensitivity == "on" or (self.sensitivity == "auto"
+                                            and self.mixed_precision != "off")
 
     @property
     def weight_bits(self) -> int:
@@ -92,6 +103,7 @@ class QuantConfig:
         self._validate_expansion()
         self._validate_weight_only()
         self._validate_refine()
+        self._validate_mixed()
         if self.granularity not in GRANULARITIES:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
@@ -140,6 +152,45 @@ class QuantConfig:
             from rexdeploy.calib import parse_calib
 
             parse_calib(self.calib)
+
+    def _validate_mixed(self) -> None:
+        """--sensitivity and --mixed-precision (issue 6, item 5)."""
+        if self.sensitivity not in ("auto", "on", "off"):
+            raise UserError(f"--sensitivity {self.sensitivity}: use auto, on or off")
+        if self.mixed_precision not in MIXED_MODES:
+            raise UserError(f"--mixed-precision {self.mixed_precision}: use one of "
+                            f"{', '.join(MIXED_MODES)}")
+        mixed = self.mixed_precision != "off"
+        if mixed and self.sensitivity == "off":
+            raise UserError("--mixed-precision chooses by the measured sensitivity; it cannot "
+                            "be combined with --sensitivity off",
+                            "drop --sensitivity off")
+        if not self.uses_sensitivity:
+            return
+        flag = "--mixed-precision" if mixed else "--sensitivity on"
+        if self.budget is None:
+            raise UserError(f"{flag} steers how a --budget is spent, and no --budget was given",
+                            "add --budget X, e.g. --budget 1.1")
+        if self.ensemble:
+            raise UserError(f"{flag} cannot be combined with --ensemble (its members share "
+                            "order 1 and split order 2 by a partition)", f"drop {flag}")
+        if self.refine != "none":
+            raise UserError(f"{flag} cannot be combined with --refine yet",
+                            f"drop {flag} or --refine")
+        if self.mixed_precision == "weights" and self.weight_bits >= 8:
+            raise UserError("--mixed-precision weights raises weights to int8, and they are "
+                            f"--weights {self.weights} already",
+                            "use --mixed-precision activations (float activations where they "
+                            "hurt most), or --weights int4")
+        if self.mixed_precision == "activations" and self.activations != "int8":
+            raise UserError("--mixed-precision activations keeps some int8 activations float, "
+                            f"but --activations is {self.activations}",
+                            "use --mixed-precision weights, or --activations int8")
+        if self.mixed_precision == "all" and self.weight_bits >= 8 and \
+                self.activations != "int8":
+            raise UserError(f"--mixed-precision all: nothing to raise with --weights "
+                            f"{self.weights} and --activations {self.activations}",
+                            "drop --mixed-precision")
 
     def _validate_expansion(self) -> None:
         """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""

@@ -7,7 +7,7 @@ and never re-decides it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -59,8 +59,10 @@ def use_stats(s: TensorStats | None, mode: str) -> bool:
 
 def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: list[str],
               stats: dict[str, TensorStats], observed: dict[str, Observed],
-              config: QuantConfig, allow_unsigned: bool) -> QuantPlan:
-    """The frozen plan for `layers` (BN already folded) and activation `tensors`."""
+              config: QuantConfig, allow_unsigned: bool, sensitivity=None) -> QuantPlan:
+    """The frozen plan for `layers` (BN already folded) and activation `tensors`.
+    sensitivity (rexdeploy.sensitivity.Sensitivity): steers the --budget allocation and the
+    --mixed-precision raises (rexdeploy.mixed); None: the plain allocation."""
     excluded = set(config.exclude)
     kept = [layer for layer in layers if layer.name not in excluded]
     skipped = list(skipped) + [SkippedLayer(layer.name, layer.op, "excluded by --exclude")
@@ -77,8 +79,27 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                     activations.append(act)
     expansions = [_expand(layer, stats, observed, config, smooth.get(layer.input))
                   for layer in kept]
-    kept_channels = _select_channels(expansions, config)
-    plans = [_layer(e, kept_channels.get(e.layer.name), config) for e in expansions]
+    if sensitivity is not None and config.budget is not None:  # rexdeploy/mixed.py
+        from rexdeploy import mixed
+
+        cfg8 = replace(config, weights="int8", orders=1, budget=None)
+        alloc, eights = mixed.allocate(
+            expansions, config, sensitivity, {a.tensor for a in activations},
+            lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))
+
+        def plan_for(e: _Expansion) -> LayerPlan:
+            raised = e.layer.name in alloc.raised_weights
+            cfg, kept = (cfg8, None) if raised else (config, alloc.kept.get(e.layer.name))
+            e = eights[e.layer.name] if raised else e
+            if e.layer.input in alloc.float_activations and smooth.get(e.layer.input) is not None:
+                e = _expand(e.layer, stats, observed, cfg)  # a float input is not migrated
+            return _layer(e, kept, cfg)
+
+        plans = mixed.finish([plan_for(e) for e in expansions], alloc, sensitivity, config)
+        activations = [a for a in activations if a.tensor not in alloc.float_activations]
+    else:
+        kept_channels = _select_channels(expansions, config)
+        plans = [_layer(e, kept_channels.get(e.layer.name), config) for e in expansions]
     return QuantPlan(tuple(plans), tuple(activations), tuple(skipped),
                      config={"weights": config.weights, "activations": config.activations,
                              "operator": config.operator,
@@ -86,7 +107,9 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "budget": config.budget, "ranges": config.ranges,
                              "range_sigma": config.range_sigma,
                              "smooth": config.smooth, "smooth_alpha": config.smooth_alpha,
-                             "bias_correction": config.bias_correction})
+                             "bias_correction": config.bias_correction}
+                     | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
+                        if sensitivity is not None and config.budget is not None else {}))
 
 
 def activation_bits(config: QuantConfig) -> int:

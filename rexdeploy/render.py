@@ -17,6 +17,13 @@ def build_table(artifact) -> Table:
                                   f"{'on' if cfg['bias_correction'] else 'off'}")
     table.add_row("layers", f"{s['quantized_layers']} quantized, {s['skipped_layers']} kept float")
     table.add_row("expansion", _expansion(cfg, s))
+    if "mixed_precision" in s:  # --sensitivity / --mixed-precision: every raise, its BOPs
+        raised = [f"{m['layer']}: " + ", ".join(
+            f"{k} {'int%d' % v['bits'] if k == 'weights' else v['precision']} "
+            f"(+{v['bops_delta'] / 1e6:.3g} MBOPs)" for k, v in m.items() if k != "layer")
+            for m in s["mixed_precision"]]
+        table.add_row("mixed precision", "; ".join(raised) if raised else
+                      "none raised (budget spent on REx orders, by measured sensitivity)")
     skipped = artifact.report().get("skipped", [])
     if skipped:  # never silent: name them here, the reasons are in `inspect`
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""

@@ -43,6 +43,9 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "runs_int8": bool(ran) and all(r["int8"] for r in ran),
             "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
         })
+        for key in ("sensitivity", "mixed"):  # --sensitivity / --mixed-precision (mixed.py)
+            if key in lp.metrics:
+                rows[-1][key] = lp.metrics[key]
         if any(o.table is not None for o in lp.orders):  # PowerQuant: codes + lookup table
             rows[-1]["operator"] = "power"
             rows[-1]["exponents"] = lp.metrics.get("exponents")
@@ -67,6 +70,11 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "int8_coverage": round(coverage, 4),
             "macs": sum(r["macs"] for r in rows),
             **({"float_compute_layers": table_layers} if table_layers else {}),
+            **({"mixed_precision": [{"layer": r["name"], **{k: {x: y for x, y in v.items()
+                                                              if x != "why"}
+                                                           for k, v in r["mixed"].items()}}
+                                    for r in rows if r.get("mixed")]}
+               if any("sensitivity" in r for r in rows) else {}),
             **_bops(plan),
         },
         "layers": rows,

@@ -55,6 +55,16 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W4 weight-only, REx K=2, no bias correction",
      {"weights": "int4", "activations": "none", "orders": 2, "bias_correction": False}),
 ]
+# issue 6, item 5: --budget with the measured sensitivity and mixed precision (--only budget)
+for _label, _base, _raise in (("W8A8", {}, "activations"),
+                              ("W4 weight-only", {"weights": "int4", "activations": "none"},
+                               "weights")):
+    for _b in (1.1, 1.25):
+        CONFIGS += [(f"rexdeploy {_label}, budget {_b}", _base | {"budget": _b}),
+                    (f"rexdeploy {_label}, budget {_b}, sensitivity",
+                     _base | {"budget": _b, "sensitivity": "on"}),
+                    (f"rexdeploy {_label}, budget {_b}, mixed {_raise}",
+                     _base | {"budget": _b, "mixed_precision": _raise})]
 TARGETS = {  # label prefix -> (mean cosine target, where it comes from)
     "rexdeploy W8A8 data-free (default)": (0.995, "issue 6"),
     "rexdeploy W4 weight-only, REx K=2": (0.999, "issue 3"),

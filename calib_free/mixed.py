@@ -1,0 +1,270 @@
+"""Auto mixed precision under a bit-operation budget, steered by measured output sensitivity.
+
+The plain budget allocator (calib_free.sparse.allocate_budget) scores a channel's order k by the
+share of its layer's own order-1 weight error it removes, so every layer counts alike. Here each
+layer also carries what its quantization costs the network output, measured without data
+(rexdeploy/sensitivity.py): the output noise-to-signal ratio when only that layer is quantized,
+
+    nsr_w[L] = ||f(x; W_L -> Q(W_L)) - f(x)||^2 / ||f(x)||^2      (order-1 weights of L only)
+    nsr_a[T] = ||f(x; T -> Q(T)) - f(x)||^2 / ||f(x)||^2          (activation tensor T only)
+
+on the build's synthetic inputs x. Every candidate is then scored in one currency, the expected
+drop of the output NSR per bit-operation (output noise of independent layers adds up):
+
+    order k of channel i of L:       nsr_w[L] * (e_{k-1}[i] - e_k[i]) / sum_i e_1[i]
+    L's weights raised to 8 bits:    nsr_w[L] * (share now - share at 8 bits)   (layer-wide)
+    T kept in float (no Q/DQ):       nsr_a[T]
+
+with the cost model of ALGORITHMS.md section 2.1, BOPs = M * b_w * b_a * (1 + sum of gammas):
+raising L's weights costs M * b_a * (8 (1 + its gammas: orders end) - b_w (1 + its gammas));
+keeping T float costs, over the layers reading it, M * b_w * (32 - 8) * (1 + their gammas).
+The greedy is lazy: a candidate's score is recomputed when popped (the state of its layer may
+have changed since it was pushed) and pushed back when it dropped. Raising a layer's weights
+replaces its higher orders (their BOPs are refunded). Pure torch math; no ONNX.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import torch
+
+from calib_free.sparse import LayerCost
+
+# A layer's order gains are weighted by nsr_w ** SENSITIVITY_POWER (0: every layer alike, as
+# calib_free.sparse.allocate_budget; 1: the measured NSR as is, i.e. the expected output-NSR
+# drop). 0.25 and 0.5 were tried on EfficientNet-Lite0 (docs/benchmarks.md): no better than 1
+# where the signal is measured on 1/f noise; 1 is the one the model above justifies.
+SENSITIVITY_POWER = 1.0
+FLOAT_BITS = 32  # a float activation in the BOPs model (rexdeploy.quantize.activation_bits)
+RAISED_WEIGHT_BITS = 8
+
+
+def output_nsr(ref: list[torch.Tensor], test: list[torch.Tensor]) -> float:
+    """Noise-to-signal energy ratio of `test` against `ref` (lists of matching tensors)."""
+    noise = sum(float((t.double() - r.double()).square().sum()) for r, t in zip(ref, test))
+    signal = sum(float(r.double().square().sum()) for r in ref)
+    return noise / max(signal, 1e-30)
+
+
+def pink_noise_images(shape: tuple[int, ...], n: int, seed: int = 0,
+                      value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """n images [n, C, H, W] of 1/f noise: octaves of Gaussian noise drawn at H/2^k x W/2^k
+    (k = 0..5, at least 2 x 2), upsampled bilinearly and weighted by 2^-k's inverse size, so the
+    amplitude spectrum falls as 1/f like a natural image's. Each image is scaled to fill
+    `value_range` (lo, hi), or to zero mean and unit std when none is given.
+
+    Why: the output sensitivity measured on white-noise images ranked EfficientNet-Lite0's layers
+    badly (W4A8 --budget 1.1: 3.8 dB logits SQNR against 5.0 without the signal); on 1/f noise
+    it reached 6.1 dB, next to 6.3 dB with the sensitivity measured on real photos
+    (docs/benchmarks.md)."""
+    c, h, w = shape[-3], shape[-2], shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(n, c, h, w)
+    for k in range(6):
+        fh, fw = max(2, h >> k), max(2, w >> k)
+        octave = torch.randn(n, c, fh, fw, generator=g)
+        if (fh, fw) != (h, w):
+            octave = torch.nn.functional.interpolate(octave, size=(h, w), mode="bilinear",
+                                                     align_corners=False)
+        out += octave * (2.0 ** k)  # coarser octave, larger amplitude: 1/f
+    if value_range is None:
+        flat = out.flatten(1)
+        return ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-12)
+                ).reshape(out.shape)
+    lo, hi = value_range
+    peak = out.flatten(1).abs().amax(1).clamp_min(1e-12).reshape(n, 1, 1, 1)
+    return (lo + hi) / 2 + out / peak * (hi - lo) / 2
+
+
+@dataclass(frozen=True)
+class MixedLayer:
+    """What the mixed allocator knows of one layer beyond its LayerCost.
+
+    cost: the layer at its build precision (cost.errors [K, C], weight bits, activation bits);
+    nsr_w: measured output NSR of its order-1 weights (None: not measured, weight 1);
+    errors8: [C] per-channel error proxy of its weights rounded at 8 bits (None: no raise);
+    act: the activation tensor it reads (None: not quantized).
+    """
+
+    cost: LayerCost
+    nsr_w: float | None = None
+    errors8: torch.Tensor | None = None
+    act: str | None = None
+
+
+@dataclass(frozen=True)
+class MixedAllocation:
+    kept: dict[str, list[torch.Tensor]]         # layer -> orders 2..K kept channels
+    raised_weights: dict[str, dict] = field(default_factory=dict)  # layer -> why/cost
+    float_activations: dict[str, dict] = field(default_factory=dict)  # tensor -> why/cost
+    base_bops: float = 0.0
+    total_bops: float = 0.0
+    budget: float = 1.0
+
+    @property
+    def ratio(self) -> float:
+        return self.total_bops / self.base_bops if self.base_bops else 1.0
+
+
+class _State:
+    def __init__(self, layers: list[MixedLayer]):
+        self.layers = layers
+        self.kept = [[[] for _ in range(max(0, l.cost.errors.shape[0] - 1))] for l in layers]
+        self.order = [torch.ones(l.cost.channels, dtype=torch.int64) for l in layers]
+        self.raised = [False] * len(layers)
+        self.float_act = [False] * len(layers)
+
+    def bits(self, li: int) -> tuple[int, int]:
+        c = self.layers[li].cost
+        return (RAISED_WEIGHT_BITS if self.raised[li] else c.bits_w,
+                FLOAT_BITS if self.float_act[li] else c.bits_a)
+
+    def layer_bops(self, li: int) -> float:
+        c = self.layers[li].cost
+        bw, ba = self.bits(li)
+        extra = 0.0 if self.raised[li] else float(self.order[li].sum() - c.channels) / c.channels
+        return float(c.macs) * bw * ba * (1.0 + extra)
+
+    def share(self, li: int) -> float:
+        """The layer's weight-error proxy now, as a share of its order-1 error."""
+        c = self.layers[li].cost
+        e1 = max(float(c.errors[0].sum()), 1e-30)
+        if self.raised[li]:
+            return float(self.layers[li].errors8.sum()) / e1
+        idx = (self.order[li] - 1).clamp_max(c.errors.shape[0] - 1)
+        return float(c.errors.gather(0, idx.unsqueeze(0)).sum()) / e1
+
+
+def allocate_mixed(layers: list[MixedLayer], budget: float,
+                   act_nsr: dict[str, float] | None = None,
+                   raise_weights: bool = False, float_activations: bool = False
+                   ) -> MixedAllocation:
+    """Greedy allocation of orders, 8-bit weights and float activations under
+    total BOPs <= budget x the order-1 BOPs, by expected output-NSR drop per BOP.
+
+    act_nsr: measured output NSR per activation tensor (needed for float_activations).
+    Layers without nsr_w weigh their order gains by 1 (as allocate_budget does)."""
+    if budget < 1.0:
+        raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
+    act_nsr = act_nsr or {}
+    st = _State(layers)
+    base = sum(l.cost.bops for l in layers)
+    limit = budget * base * (1 + 1e-12)
+    spent = base
+    readers: dict[str, list[int]] = {}
+    for li, l in enumerate(layers):
+        if l.act is not None:
+            readers.setdefault(l.act, []).append(li)
+
+    def weight(li: int) -> float:
+        w = layers[li].nsr_w
+        return 1.0 if w is None else max(w, 0.0) ** SENSITIVITY_POWER
+
+    def evaluate(cand) -> tuple[float, float] | None:
+        """(gain, cost) of a candidate in the current state; None when no longer possible."""
+        kind, key, c, k = cand
+        if kind == "order":
+            li = key
+            if st.raised[li] or int(st.order[li][c]) != k - 1:
+                return None
+            bw, ba = st.bits(li)
+            lc = layers[li].cost
+            return weight(li) * lc.gain(c, k), float(lc.macs) * bw * ba / lc.channels
+        if kind == "weights":
+            li = key
+            if st.raised[li]:
+                return None
+            before = st.layer_bops(li)
+            share_now = st.share(li)
+            st.raised[li] = True
+            gain = weight(li) * (share_now - st.share(li))
+            cost = st.layer_bops(li) - before
+            st.raised[li] = False
+            return gain, cost
+        lis = readers[key]  # kind == "act"
+        if any(st.float_act[li] for li in lis):
+            return None
+        before = sum(st.layer_bops(li) for li in lis)
+        for li in lis:
+            st.float_act[li] = True
+        cost = sum(st.layer_bops(li) for li in lis) - before
+        for li in lis:
+            st.float_act[li] = False
+        return act_nsr[key], cost
+
+    heap: list = []
+    tick = 0
+
+    def push(cand) -> None:
+        nonlocal tick
+        ev = evaluate(cand)
+        if ev is None or ev[0] <= 0:
+            return
+        gain, cost = ev
+        score = float("inf") if cost <= 0 else gain / cost
+        heapq.heappush(heap, (-score, tick, cand))
+        tick += 1
+
+    for li, l in enumerate(layers):
+        if l.cost.macs <= 0:
+            continue
+        if l.cost.errors.shape[0] >= 2:
+            for c in range(l.cost.channels):
+                push(("order", li, c, 2))
+        if raise_weights and l.errors8 is not None and l.cost.bits_w < RAISED_WEIGHT_BITS:
+            push(("weights", li, 0, 0))
+    if float_activations:
+        for tensor in readers:
+            if tensor in act_nsr:
+                push(("act", tensor, 0, 0))
+    why_w: dict[str, dict] = {}
+    why_a: dict[str, dict] = {}
+    while heap:
+        neg, _, cand = heapq.heappop(heap)
+        ev = evaluate(cand)
+        if ev is None or ev[0] <= 0:
+            continue
+        gain, cost = ev
+        score = float("inf") if cost <= 0 else gain / cost
+        if score < -neg * (1 - 1e-9):
+            push(cand)  # stale: its layer changed since; compete again at the new score
+            continue
+        if spent + cost > limit:
+            continue
+        spent += cost
+        kind, key, c, k = cand
+        if kind == "order":
+            st.kept[key][k - 2].append(c)
+            st.order[key][c] = k
+            if k < layers[key].cost.errors.shape[0]:
+                push(("order", key, c, k + 1))
+            continue
+        if kind == "weights":
+            st.raised[key] = True
+            why_w[layers[key].cost.name] = {
+                "bits": RAISED_WEIGHT_BITS, "from_bits": layers[key].cost.bits_w,
+                "nsr_w": layers[key].nsr_w, "expected_nsr_drop": gain, "bops_delta": cost}
+            continue
+        for li in readers[key]:
+            st.float_act[li] = True
+        why_a[key] = {"layers": [layers[li].cost.name for li in readers[key]],
+                      "nsr_a": act_nsr[key], "expected_nsr_drop": gain, "bops_delta": cost}
+    # the BOPs each choice adds over the order-1 model, in the final state (a raise bought
+    # after some orders refunded them at the time; what it costs in the end is this)
+    index = {l.cost.name: li for li, l in enumerate(layers)}
+    for name, r in why_w.items():
+        c = layers[index[name]].cost
+        r["bops_delta"] = float(c.macs) * (RAISED_WEIGHT_BITS - c.bits_w) * c.bits_a
+    for tensor, r in why_a.items():
+        r["bops_delta"] = 0.0
+        for li in readers[tensor]:
+            now = st.layer_bops(li)
+            r["bops_delta"] += now - now * layers[li].cost.bits_a / FLOAT_BITS
+    kept = {}
+    for li, l in enumerate(layers):
+        kept[l.cost.name] = [] if st.raised[li] else \
+            [torch.tensor(sorted(cs), dtype=torch.int64) for cs in st.kept[li]]
+    total = sum(st.layer_bops(li) for li in range(len(layers)))
+    return MixedAllocation(kept, why_w, why_a, base, total, budget)

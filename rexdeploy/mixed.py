@@ -1,0 +1,101 @@
+"""`--sensitivity` / `--mixed-precision`: the budget allocation steered by measured sensitivity.
+
+Glue between the plan's dense expansions (rexdeploy.quantize) and calib_free.mixed: builds the
+allocator's view of each layer (its error proxy, its measured output NSR, its 8-bit error proxy
+when its weights may be raised), runs the greedy, and turns the result into LayerPlans: raised
+layers re-expanded at int8 (order 1), float-kept activations dropped from the plan, and every
+choice recorded in the layer's metrics (report.json `mixed`) with its reason and BOP cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from calib_free.mixed import FLOAT_BITS, MixedAllocation, MixedLayer, allocate_mixed
+from calib_free.sparse import LayerCost
+from rexdeploy.config import QuantConfig
+
+
+def raises_weights(config: QuantConfig) -> bool:
+    return config.mixed_precision in ("weights", "all") and config.weight_bits < 8
+
+
+def raises_activations(config: QuantConfig) -> bool:
+    return config.mixed_precision in ("activations", "all") and config.activations == "int8"
+
+
+def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str], expand8
+             ) -> tuple[MixedAllocation, dict]:
+    """(allocation, layer -> its int8 expansion when raisable). expand8(layer_expansion) makes
+    the order-1 int8 expansion of a layer."""
+    from rexdeploy.quantize import activation_bits
+
+    measured = [v for v in sensitivity.weights.values()]
+    fallback = sum(measured) / len(measured) if measured else None  # unmeasured layer: mean
+    eights = {e.layer.name: expand8(e) for e in expansions} if raises_weights(config) else {}
+    rows = []
+    for e in expansions:
+        name = e.layer.name
+        cost = LayerCost(name, e.errors, e.layer.macs, config.weight_bits, activation_bits(config))
+        rows.append(MixedLayer(cost, sensitivity.weights.get(name, fallback),
+                               eights[name].errors[0] if name in eights else None,
+                               e.layer.input if e.layer.input in act_tensors else None))
+    alloc = allocate_mixed(rows, config.budget, sensitivity.activations,
+                           raise_weights=raises_weights(config),
+                           float_activations=raises_activations(config))
+    return alloc, eights
+
+
+def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig) -> list:
+    """The layer plans with their metrics updated for the mixed choices: BOPs at the precision
+    each layer runs, its measured sensitivity, and `mixed` (what was raised, why, at what cost).
+    `plans` already holds the raised layers at int8."""
+    from calib_free.sparse import layer_bops
+    from rexdeploy.quantize import activation_bits
+
+    out = []
+    for lp in plans:
+        m = dict(lp.metrics)
+        fractions = m.get("kept_fraction", [])
+        bits_w = lp.orders[0].bits
+        float_act = lp.input in alloc.float_activations
+        bits_a = FLOAT_BITS if float_act else activation_bits(config)
+        m["bops_order1"] = layer_bops(m["macs"], config.weight_bits, activation_bits(config), [])
+        m["bops"] = layer_bops(m["macs"], bits_w, bits_a, fractions)
+        m["sensitivity"] = {"weights_nsr": _sig(sensitivity.weights.get(lp.name)),
+                            "activation_nsr": _sig(sensitivity.activations.get(lp.input))}
+        mixed = {}
+        if lp.name in alloc.raised_weights:
+            r = alloc.raised_weights[lp.name]
+            mixed["weights"] = {
+                "bits": r["bits"], "from_bits": r["from_bits"], "bops_delta": r["bops_delta"],
+                "why": f"its int{r['from_bits']} weights alone cost the output NSR "
+                       f"{r['nsr_w']:.3g}; int8 removes an expected {r['expected_nsr_drop']:.3g}"
+                       f" for {r['bops_delta'] / 1e6:.3g} MBOPs"}
+        if float_act:
+            r = alloc.float_activations[lp.input]
+            mixed["activation"] = {
+                "precision": "float", "tensor": lp.input, "bops_delta": r["bops_delta"],
+                "layers": r["layers"],
+                "why": f"quantizing {lp.input} alone costs the output NSR {r['nsr_a']:.3g}; "
+                       f"kept float for {r['bops_delta'] / 1e6:.3g} MBOPs"
+                       + (f" (shared by {len(r['layers'])} layers)" if len(r["layers"]) > 1
+                          else "")}
+        if mixed:
+            m["mixed"] = mixed
+        out.append(replace(lp, metrics=m))
+    return out
+
+
+def summary(alloc: MixedAllocation) -> list[str]:
+    """One line per mixed choice, for the build log and the report's notes."""
+    lines = [f"{name}: weights int{r['from_bits']} -> int8 (output NSR {r['nsr_w']:.3g}, "
+             f"+{r['bops_delta'] / 1e6:.3g} MBOPs)" for name, r in alloc.raised_weights.items()]
+    lines += [f"{tensor}: activation kept float for {', '.join(r['layers'])} (output NSR "
+              f"{r['nsr_a']:.3g}, +{r['bops_delta'] / 1e6:.3g} MBOPs)"
+              for tensor, r in alloc.float_activations.items()]
+    return lines
+
+
+def _sig(v):
+    return None if v is None else float(f"{v:.4g}")

@@ -1,0 +1,357 @@
+"""Auto mixed precision (issue 6, item 5): data-free per-layer sensitivity, the budget steered by
+it, and raised precision (int8 weights, float activations): calib_free math, the measurement on
+tiny models built in code, plan/report contents, lowering (ONNX Runtime numerics, OpenVINO
+runtime precision) and CLI validation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from calib_free.mixed import FLOAT_BITS, MixedLayer, allocate_mixed, output_nsr
+from calib_free.sparse import LayerCost, allocate_budget
+
+
+# -- calib_free: the greedy -----------------------------------------------------------------
+def _cost(name, channels=8, macs=1000, bits_w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    e1 = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
+    return LayerCost(name, torch.stack([e1, e1 / 200]), macs, bits_w, 8)
+
+
+def test_output_nsr():
+    ref = [torch.ones(4), 2 * torch.ones(2)]
+    assert output_nsr(ref, ref) == 0.0
+    test = [torch.ones(4) * 1.1, 2 * torch.ones(2)]
+    assert output_nsr(ref, test) == pytest.approx(4 * 0.01 / (4 + 8))
+
+
+def test_sensitivity_sends_the_budget_to_the_sensitive_layer():
+    costs = [_cost("a", seed=0), _cost("b", seed=0), _cost("c", seed=0)]
+    plain = allocate_budget(costs, 1.35)
+    # identical layers: the plain allocator has no reason to prefer one
+    assert len({len(plain.kept[n][0]) for n in "abc"}) <= 2
+    layers = [MixedLayer(costs[0], 1e-6), MixedLayer(costs[1], 1e-3), MixedLayer(costs[2], 1e-6)]
+    alloc = allocate_mixed(layers, 1.35)
+    assert len(alloc.kept["b"][0]) == 8  # every channel of the sensitive layer first
+    assert len(alloc.kept["b"][0]) > len(alloc.kept["a"][0])
+    assert alloc.total_bops <= 1.35 * alloc.base_bops * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("budget", [1.0, 1.05, 1.3, 2.0, 3.5])
+def test_budget_is_never_exceeded(budget):
+    costs = [_cost(f"l{i}", channels=4 + i, macs=500 * (i + 1), bits_w=4, seed=i)
+             for i in range(5)]
+    layers = [MixedLayer(c, 10.0 ** -(i % 3 + 3), c.errors[0] / 300, f"t{i // 2}")
+              for i, c in enumerate(costs)]
+    act = {"t0": 1e-4, "t1": 3e-3, "t2": 1e-6}
+    alloc = allocate_mixed(layers, budget, act, raise_weights=True, float_activations=True)
+    assert alloc.total_bops <= budget * alloc.base_bops * (1 + 1e-9)
+    # the reported total is what the choices cost, layer by layer
+    total = 0.0
+    for layer in layers:
+        c = layer.cost
+        bw = 8 if c.name in alloc.raised_weights else c.bits_w
+        ba = FLOAT_BITS if layer.act in alloc.float_activations else 8
+        extra = sum(len(k) for k in alloc.kept[c.name]) / c.channels
+        total += c.macs * bw * ba * (1 + extra)
+    assert total == pytest.approx(alloc.total_bops)
+    for name in alloc.raised_weights:
+        assert alloc.kept[name] == []  # int8 weights replace the higher orders
+    if budget == 1.0:
+        assert not alloc.raised_weights and not alloc.float_activations
+
+
+def test_raise_and_float_activation_go_to_the_worst_layers():
+    costs = [_cost(f"l{i}", bits_w=4, seed=i) for i in range(4)]
+    # l2's weights hurt most; t3 (read by l3) is the worst activation
+    nsr = [1e-6, 1e-6, 1e-2, 1e-6]
+    layers = [MixedLayer(c, n, c.errors[0] / 300, f"t{i}") for i, (c, n) in
+              enumerate(zip(costs, nsr))]
+    act = {"t0": 1e-7, "t1": 1e-7, "t2": 1e-7, "t3": 1e-2}
+    # base 4 x 1000 x 4 x 8 BOPs; l2 at int8: +0.25 of it; t3 float: 1000 x 4 x 24 = +0.75
+    alloc = allocate_mixed(layers, 2.01, act, raise_weights=True, float_activations=True)
+    assert set(alloc.raised_weights) == {"l2"}
+    assert set(alloc.float_activations) == {"t3"}
+    assert alloc.raised_weights["l2"]["bops_delta"] == pytest.approx(1000 * 8 * (8 - 4))
+    assert alloc.float_activations["t3"]["bops_delta"] == pytest.approx(1000 * 4 * (32 - 8))
+    none = allocate_mixed(layers, 1.3, act)  # no raise asked: orders only
+    assert not none.raised_weights and not none.float_activations
+
+
+def test_pink_noise_images_fill_the_range_with_a_falling_spectrum():
+    from calib_free.mixed import pink_noise_images
+
+    x = pink_noise_images((1, 3, 64, 64), 3, seed=1, value_range=(-1.0, 1.0))
+    assert x.shape == (3, 3, 64, 64) and float(x.abs().max()) <= 1.0 + 1e-6
+    assert float(x.flatten(1).abs().amax(1).min()) == pytest.approx(1.0, abs=1e-5)
+    power = torch.fft.rfft2(x).abs().square().mean((0, 1))
+    assert float(power[1:4, 1:4].mean()) > 20 * float(power[24:32, 24:32].mean())
+    white = torch.rand(3, 3, 64, 64) * 2 - 1
+    wp = torch.fft.rfft2(white).abs().square().mean((0, 1))
+    assert float(wp[1:4, 1:4].mean()) < 3 * float(wp[24:32, 24:32].mean())
+    z = pink_noise_images((1, 3, 32, 32), 2)  # no range: zero mean, unit std per image
+    assert float(z.flatten(1).std(1).sub(1).abs().max()) < 1e-4
+    assert torch.equal(pink_noise_images((1, 3, 32, 32), 2, seed=3),
+                       pink_noise_images((1, 3, 32, 32), 2, seed=3))
+
+
+def test_sensitivity_samples_replace_images_only():
+    from rexdeploy.sensitivity import SAMPLES, sensitivity_samples
+
+    samples = [{"img": np.zeros((1, 3, 32, 32), np.float32), "ids": np.ones((1, 8), np.int64)}
+               for _ in range(6)]
+    out, what = sensitivity_samples(samples, {"img": (0.0, 1.0)})
+    assert len(out) == SAMPLES and "1/f" in what
+    for feeds in out:
+        assert feeds["img"].dtype == np.float32 and feeds["img"].min() >= 0.0
+        assert feeds["img"].max() == pytest.approx(1.0) or feeds["img"].min() == pytest.approx(0)
+        assert np.array_equal(feeds["ids"], np.ones((1, 8), np.int64))
+    assert samples[0]["img"].max() == 0  # the build's own samples are not changed
+
+
+# -- the measurement on a model with a deliberately damaged layer -----------------------------
+class Chain(nn.Module):
+    """Four Linear layers; layer `damaged` has one outlier (4x its largest weight) per row, so its per-channel
+    rounding zeroes the rest of the row (a large output error)."""
+
+    def __init__(self, damaged: int | None = 2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fcs = nn.ModuleList(nn.Linear(32, 32) for _ in range(4))
+        if damaged is not None:
+            with torch.no_grad():
+                w = self.fcs[damaged].weight
+                w[torch.arange(32), torch.randint(0, 32, (32,))] = 4 * w.abs().max()
+
+    def forward(self, x):
+        for i, fc in enumerate(self.fcs):
+            x = fc(x)
+            if i < 3:
+                x = torch.relu(x)
+        return x
+
+
+def _build(model, tmp_path, name, shape="input:1x32", target="reference", **quant):
+    import rexdeploy
+    from rexdeploy.config import BuildConfig, QuantConfig
+
+    cfg = BuildConfig(quant=QuantConfig(**quant))
+    return rexdeploy.build(model, [shape], target=target, config=cfg, quiet=True,
+                           output=str(tmp_path / f"{name}.{target}"))
+
+
+def _gemm_names(report):
+    return [r["name"] for r in report["layers"]]
+
+
+def test_sensitivity_ranks_the_damaged_layer_first(tmp_path):
+    art = _build(Chain(2), tmp_path, "ranked", weights="int4", budget=1.1, sensitivity="on")
+    rows = art.report()["layers"]
+    nsr = [r["sensitivity"]["weights_nsr"] for r in rows]
+    assert int(np.argmax(nsr)) == 2, nsr
+    assert nsr[2] > 5 * max(nsr[:2] + nsr[3:]), nsr
+    assert any("sensitivity of 4 layers" in n for n in art.report()["notes"])
+
+
+def test_measured_nsr_matches_the_analytic_one(tmp_path):
+    """One Linear layer: the weights' NSR is ||x (W1 - W)^T||^2 / ||x W^T + b||^2 over the
+    build's first 4 synthetic inputs, W1 the plan's order-1 weights; the input's NSR likewise
+    with x fake-quantized at the planned scale."""
+    from calib_free.plan import QuantPlan
+    from rexdeploy.inputs import synthetic_inputs
+
+    torch.manual_seed(1)
+    model = nn.Linear(32, 16).eval()
+    art = _build(model, tmp_path, "one", weights="int4", budget=1.1, bias_correction=False,
+                 mixed_precision="activations")
+    row = art.report()["layers"][0]
+    plan = QuantPlan.load(art.path)
+    w1 = torch.from_numpy(plan.layers[0].orders[0].dequantize()).double()  # Gemm [out, in]
+    w, b = model.weight.detach().double(), model.bias.detach().double()
+    xs = [torch.from_numpy(f["input"]).double() for _, f in
+          synthetic_inputs([{"name": "input", "shape": [1, 32], "dtype": "float32"}], 4, 0)]
+    ref = [x @ w.T + b for x in xs]
+    nsr_w = output_nsr(ref, [x @ w1.T + b for x in xs])
+    assert row["sensitivity"]["weights_nsr"] == pytest.approx(nsr_w, rel=2e-3)
+    act = art.report()["activations"][0]
+    scale = act["scale"]
+    lo, hi = (0, 255) if act["dtype"] == "uint8" else (-128, 127)
+    xq = [torch.clamp(torch.round(x / scale), lo, hi) * scale for x in xs]
+    nsr_a = output_nsr(ref, [x @ w.T + b for x in xq])
+    assert row["sensitivity"]["activation_nsr"] == pytest.approx(nsr_a, rel=2e-3)
+
+
+def test_with_the_signal_the_budget_goes_to_the_damaged_layer(tmp_path):
+    model = Chain(2)
+    plain = _build(model, tmp_path, "plain", weights="int4", budget=1.1).report()
+    steered = _build(model, tmp_path, "steered", weights="int4", budget=1.1,
+                     sensitivity="on").report()
+    kept = lambda rep: [(r["kept_fraction"] or [0.0])[0] for r in rep["layers"]]
+    # 4 equal layers, budget 1.1: 0.4 of one layer's order 2 to spend. The plain allocator
+    # spreads it (each layer's own error counts alike); the measured signal puts it all on
+    # the damaged layer
+    assert kept(steered)[2] >= 0.35 and kept(steered)[:2] + kept(steered)[3:] == [0, 0, 0]
+    assert kept(steered)[2] > 2 * kept(plain)[2], (kept(plain), kept(steered))
+    for rep in (plain, steered):
+        assert rep["summary"]["bops_ratio"] <= 1.1 + 1e-9
+
+
+def test_no_budget_no_measurement_and_plain_budget_unchanged(tmp_path):
+    model = Chain(2)
+    plain = _build(model, tmp_path, "nobudget", weights="int4")
+    budget = _build(model, tmp_path, "budget", weights="int4", budget=1.1)
+    for art in (plain, budget):
+        rep = art.report()
+        assert all("sensitivity" not in r and "mixed" not in r for r in rep["layers"])
+        assert "mixed_precision" not in rep["summary"]
+        with open(art.file("plan")) as f:
+            assert "sensitivity" not in json.load(f)["config"]
+        assert not any("sensitivity" in n for n in rep["notes"])
+
+
+# -- raised precision: plan, report, Q/DQ ONNX in ONNX Runtime, OpenVINO runtime precision ------
+@pytest.fixture(scope="module")
+def mixed_cnn(tmp_path_factory):
+    from tiny_models import tiny_cnn
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    model = tiny_cnn()
+    art = _build(model, tmp, "mixed", shape="input:1x3x32x32", target="openvino",
+                 weights="int4", budget=1.25, mixed_precision="all")
+    return model, art
+
+
+def test_raised_layers_in_plan_and_report(mixed_cnn):
+    _, art = mixed_cnn
+    rep = art.report()
+    s = rep["summary"]
+    assert s["bops_ratio"] <= 1.25 + 1e-9
+    raised = [r for r in rep["layers"] if "weights" in r.get("mixed", {})]
+    floats = [r for r in rep["layers"] if "activation" in r.get("mixed", {})]
+    assert raised and floats  # this seed's budget buys both (rows below check each)
+    for r in raised:
+        assert r["bits"] == [8] and r["orders"] == 1
+        m = r["mixed"]["weights"]
+        assert m["from_bits"] == 4 and m["bops_delta"] > 0 and "NSR" in m["why"]
+        assert r["bops"] == pytest.approx(r["macs"] * 8 * (32 if "activation" in r["mixed"]
+                                                             else 8))
+    for r in floats:
+        assert r["activation"] is None  # no Q/DQ on its input
+        assert r["mixed"]["activation"]["precision"] == "float"
+    listed = {m["layer"] for m in s["mixed_precision"]}
+    assert listed == {r["name"] for r in raised + floats}
+    for r in rep["layers"]:
+        if "mixed" not in r:
+            assert set(r["bits"]) == {4} and r["activation"] is not None
+        assert r["sensitivity"]["weights_nsr"] is not None
+    assert sum(r["bops"] for r in rep["layers"]) == pytest.approx(s["bops"])
+    assert any(n.startswith("mixed precision: ") for n in rep["notes"])
+
+
+def test_raised_qdq_onnx_runs_in_onnxruntime(mixed_cnn):
+    import onnx
+    import onnxruntime as ort
+
+    model, art = mixed_cnn
+    proto = onnx.load(art.file("onnx"))
+    onnx.checker.check_model(proto)
+    raised = {r["name"] for r in art.report()["layers"] if "weights" in r.get("mixed", {})}
+    for node in proto.graph.node:  # a raised layer reads 8-bit codes (an int8 DQ)
+        if node.name in raised:
+            dq = next(n for n in proto.graph.node if n.output[0] == node.input[1])
+            codes = next(t for t in proto.graph.initializer if t.name == dq.input[0])
+            assert codes.data_type == onnx.TensorProto.INT8
+            arr = onnx.numpy_helper.to_array(codes)
+            assert np.abs(arr).max() > 7  # uses the int8 range, not int4 codes
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(4)])
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum())
+    assert sqnr > 15, sqnr
+
+
+@pytest.mark.openvino
+def test_raised_layers_run_int8_in_openvino(mixed_cnn):
+    _, art = mixed_cnn
+    for r in art.report()["layers"]:
+        act_float = "activation" in r.get("mixed", {})
+        if not act_float:
+            assert r["runs_int8"], r  # int8 kernels, raised (int8) or int4 codes (int8 tensors)
+        elif r["op"] == "Conv":
+            # documented: a Conv with a float input computes in float on OpenVINO
+            assert not r["runs_int8"], r
+
+
+def test_float_input_of_a_migrated_tensor_runs_unmigrated_weights(tmp_path):
+    """A tensor with scale migration (--smooth) kept float: its readers must get the original
+    weights back (nothing divides the input by the factor any more)."""
+    import onnxruntime as ort
+
+    from tiny_models import tiny_mlp
+
+    model = tiny_mlp()
+    art = _build(model, tmp_path, "mlp", shape="input:1x8x32", smooth="all", budget=16.0,
+                 mixed_precision="activations")
+    floats = [r for r in art.report()["layers"] if "activation" in r.get("mixed", {})]
+    assert floats
+    plan = art.report()
+    x = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(art.file("onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x.numpy()})[0]
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum())
+    assert sqnr > 30, (sqnr, plan["summary"]["mixed_precision"])
+
+
+# -- validation -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory):
+    from tiny_models import tiny_cnn
+
+    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
+    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mixed-precision", "all"], "no --budget was given"),
+    (["--sensitivity", "on"], "no --budget was given"),
+    (["--budget", "1.1", "--mixed-precision", "weights"], "int8 already"),
+    (["--budget", "1.1", "--weights", "int4", "--activations", "none",
+      "--mixed-precision", "activations"], "--activations is none"),
+    (["--budget", "1.1", "--mixed-precision", "all", "--sensitivity", "off"],
+     "--sensitivity off"),
+    (["--budget", "1.1", "--ensemble", "2", "--sensitivity", "on"], "--ensemble"),
+    (["--budget", "1.1", "--mixed-precision", "all", "--activations", "none"],
+     "nothing to raise"),
+])
+def test_impossible_combinations(cnn_file, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from rexdeploy.cli import cli
+
+    out = tmp_path / "never"
+    result = CliRunner().invoke(cli, ["build", cnn_file, "--input", "input:1x3x32x32", "-o",
+                                      str(out), *args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert re.search(re.escape(message), result.output.replace("\n", " ")), result.output
+    assert not out.exists()
+
+
+def test_help_documents_the_options():
+    from click.testing import CliRunner
+
+    from rexdeploy.cli import cli
+
+    out = CliRunner().invoke(cli, ["build", "--help"]).output
+    assert "--mixed-precision" in out and "--sensitivity" in out

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""CPU time per inference of built artifacts, side by side (issue 6, item 5: what a raised
+precision costs in time, beside what it costs in bit-operations).
+
+    .venv/bin/python tools/bench/mixed_latency.py ART [ART ...] [--rounds 3] [-n 20]
+
+Each artifact runs on its own backend with one inference thread; this process's CPU
+milliseconds per inference (tools/bench/cpu_time.py: contention on the shared machine does not
+inflate it), median over interleaved rounds, and the ratio to the first artifact. Inputs: zeros
+of each input's shape (timing does not depend on values here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("artifacts", nargs="+")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-n", type=int, default=20, help="inferences per artifact per round")
+    args = ap.parse_args()
+    from cpu_time import cpu_ms_per_inference
+
+    from rexdeploy.api import artifact_runner, load_artifact
+
+    arts = [load_artifact(p) for p in args.artifacts]
+    feeds = [{i["name"]: np.zeros([d if isinstance(d, int) else 1 for d in i["shape"]],
+                                  i.get("dtype", "float32")) for i in a.manifest["inputs"]}
+             for a in arts]
+    times: list[list[float]] = [[] for _ in arts]
+    for _ in range(args.rounds):
+        for k, (a, f) in enumerate(zip(arts, feeds)):
+            times[k].append(cpu_ms_per_inference(lambda a=a: artifact_runner(a, threads=1), f,
+                                                 args.n, warmup=3))
+    base = statistics.median(times[0])
+    print(f"| artifact | BOPs x | int8 coverage | CPU ms / inference (median of {args.rounds}) "
+          f"| x first |")
+    print("|---|---|---|---|---|")
+    for a, t in zip(arts, times):
+        s = a.manifest["summary"]
+        med = statistics.median(t)
+        print(f"| {os.path.basename(a.path.rstrip('/'))} | {s.get('bops_ratio', 1.0):.2f} | "
+              f"{s['int8_coverage']:.0%} | {med:.2f} | {med / base:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
