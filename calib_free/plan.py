@@ -84,8 +84,9 @@ class ActivationPlan:
     signed: bool = True  # False: uint8 [0, 255] with zero-point 0 (non-negative tensors)
     source: str = ""     # where the range came from: bn, ln, propagated, synthetic, input-range
     range: float = 0.0   # the clip value the scale was derived from
-    # float32 [C] or None: the tensor is divided by this per channel (last axis) before it is
-    # quantized, and the layers reading it carry the factor in their weights (calib_free.smooth)
+    # float32 [C] or None: the tensor is multiplied by this per channel (last axis) before it is
+    # quantized: 1 / s, the migration factors s of calib_free.smooth, so the layer reads x / s;
+    # the layers reading it carry s in their weights
     smooth: np.ndarray | None = field(default=None, compare=False)
 
     @property
