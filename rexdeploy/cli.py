@@ -104,6 +104,11 @@ def cli():
               "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
               "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which; "
               "TensorRT: an f16 graph, see --float-precision).")
+@click.option("--rounding", type=click.Choice(["nearest", "dc"]), default="nearest",
+              show_default=True,
+              help="Weight rounding. dc: round to nearest, then move the few codes nearest to .5 "
+                   "by one step so every convolution kernel keeps its sum (its response to a "
+                   "flat input); data-free, for Conv kernels with more than one tap.")
 @click.option("--operator", type=click.Choice(["uniform", "power"]), default="uniform",
               show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
               "operator (exponent searched per layer and order; works with --orders K). Its "
@@ -224,7 +229,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @user_errors
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
-          operator, block_size, dynamic_quantization, orders,
+          rounding, operator, block_size, dynamic_quantization, orders,
           sparsity, budget, sensitivity, mixed_precision, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, tokenizer, device, opset, dla_core, float_precision, dim_ranges,
@@ -272,7 +277,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         bias_correction=not no_bias_correction,
                         clip_search=clip_search, exclude=tuple(exclude),
                         input_ranges=tuple(_parse_range(r) for r in input_ranges),
-                        operator=operator, dynamic_quantization=dynamic_quantization,
+                        operator=operator, rounding=rounding,
+                        dynamic_quantization=dynamic_quantization,
                         granularity="block" if block_size else "channel",
                         block_size=block_size,
                         calib=calib, refine=refine, refine_iters=refine_iters,

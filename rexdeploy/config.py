@@ -23,6 +23,7 @@ GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
 SMOOTH_MODES = ("auto", "all", "off")
+ROUNDINGS = ("nearest", "dc")
 MAX_ENSEMBLE = 8
 MIXED_MODES = ("off", "weights", "activations", "all")
 
@@ -44,6 +45,8 @@ class QuantConfig:
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
+    rounding: str = "nearest"           # nearest, or dc: each conv kernel keeps its code sum
+                                        # (calib_free.quantizer.preserve_sums)
     ranges: str = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
@@ -223,6 +226,11 @@ class QuantConfig:
             if self.ensemble_partition not in PARTITIONS:
                 raise UserError(f"--ensemble-partition {self.ensemble_partition}: use one of "
                                 f"{', '.join(PARTITIONS)}")
+        if self.rounding not in ROUNDINGS:
+            raise UserError(f"--rounding {self.rounding}: use one of {', '.join(ROUNDINGS)}")
+        if self.rounding == "dc" and self.operator != "uniform":
+            raise UserError("--rounding dc applies to the uniform quantizer only",
+                            "drop --rounding or --operator power")
         if self.sparse_form not in SPARSE_FORMS:
             raise UserError(f"--sparse-form {self.sparse_form}: use one of "
                             f"{', '.join(SPARSE_FORMS)}")

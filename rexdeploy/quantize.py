@@ -200,7 +200,8 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
                               axis, config.block_size if block else None)
     else:
         orders = expand_uniform(w, config.weight_bits, config.max_orders, config.granularity,
-                                axis, config.block_size if block else None, config.clip_search)
+                                axis, config.block_size if block else None, config.clip_search,
+                                sum_dims=_kernel_dims(layer, w, config))
     power = _input_power(s, config, layer.in_channels)
     groups = layer.groups if layer.op == "Conv" else 1
     approx = torch.zeros_like(w, dtype=torch.float64)
@@ -216,6 +217,15 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
         mean_in = mean_in / smooth.numpy()
     return _Expansion(layer, w, orders, axis if config.granularity != "tensor" else None,
                       torch.stack(errors), signal, mean_in)
+
+
+def _kernel_dims(layer: LayerInfo, w, config: QuantConfig) -> tuple[int, ...] | None:
+    """The spatial axes of a convolution kernel with more than one tap, under --rounding dc
+    (ONNX Conv/ConvTranspose weights: [C, C', k1, k2, ...])."""
+    if config.rounding != "dc" or layer.op not in ("Conv", "ConvTranspose") or w.ndim < 3:
+        return None
+    dims = tuple(range(2, w.ndim))
+    return dims if int(np.prod([w.shape[d] for d in dims])) > 1 else None
 
 
 def _dequantize(codes, scale, axis, config: QuantConfig):

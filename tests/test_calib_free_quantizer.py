@@ -164,3 +164,60 @@ def test_property_codes_in_range_and_half_step_error(case):
     err_s = (w.double() - dequantize(codes_s, scale_s, axis, block).double()).square().sum()
     err_m = (w.double() - dequantize(codes, scale, axis, block).double()).square().sum()
     assert float(err_s) <= float(err_m) * (1 + 1e-5) + 1e-30
+
+
+# -- --rounding dc: every conv kernel keeps its code sum (quantizer.preserve_sums) --------------
+def test_preserve_sums_keeps_each_kernel_sum_within_one_step():
+    from calib_free.quantizer import quantize
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=g) * 0.1
+    scale = choose_scale(w, 8)
+    nearest = quantize(w, scale, 8).double()
+    dc = quantize(w, scale, 8, sum_dims=(2, 3)).double()
+    t = (w / broadcast_scale(scale, w.shape, 0, None)).double()
+    assert torch.equal(dc.sum((2, 3)), torch.round(t.sum((2, 3))))  # every (out, in) kernel
+    assert (dc - t).abs().max() < 1.0  # each code within one step of the weight
+    # only as many codes move as the kernel's sum was off, each by one step
+    moved = (dc != nearest).sum((2, 3)).double()
+    assert torch.equal(moved, (torch.round(t.sum((2, 3))) - nearest.sum((2, 3))).abs())
+    assert (nearest.sum((2, 3)) != torch.round(t.sum((2, 3)))).any()  # the test has work to do
+
+
+def test_preserve_sums_respects_the_clamp():
+    from calib_free.quantizer import quantize
+
+    w = torch.full((1, 1, 3, 3), 0.999)  # every code at qmax: nothing can move up
+    w[0, 0, 0, 0] = 1.0
+    codes = quantize(w, choose_scale(w, 8), 8, sum_dims=(2, 3))
+    assert int(codes.max()) <= 127 and int(codes.min()) >= -127
+
+
+def test_preserve_sums_lowers_the_error_on_a_flat_input():
+    """What it is for: a smooth input (a flat patch) sees the kernel's summed error."""
+    from calib_free.quantizer import quantize
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 4, 3, 3, generator=g) * 0.05
+    scale = choose_scale(w, 4)  # coarse grid: the sum errors are large
+    x = torch.ones(1, 4, 8, 8)
+    ref = torch.nn.functional.conv2d(x, w)
+    err = {}
+    for dims in (None, (2, 3)):
+        w_hat = dequantize(quantize(w, scale, 4, sum_dims=dims), scale)
+        err[dims] = float((torch.nn.functional.conv2d(x, w_hat) - ref).square().mean())
+    assert err[(2, 3)] < 0.25 * err[None], err
+
+
+def test_expansion_keeps_sums_in_the_last_order_only():
+    from calib_free.expansion import expand_uniform
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(8, 3, 3, 3, generator=g)
+    plain = expand_uniform(w, 4, 2)
+    dc = expand_uniform(w, 4, 2, sum_dims=(2, 3))
+    assert torch.equal(plain[0][0], dc[0][0])  # order 1 rounds to nearest
+    assert not torch.equal(plain[1][0], dc[1][0])
+    approx = sum(dequantize(c, s).double() for c, s in dc)
+    step2 = broadcast_scale(dc[1][1], w.shape, 0, None).double()
+    assert ((w.double() - approx).abs() < step2 + 1e-9).all()
