@@ -83,6 +83,8 @@ def flexround(w: torch.Tensor, orders: list[Order], bits: int, data: LayerData, 
     d = w.shape[-1]
     w64 = w.detach().double()
     masks = masks or [None] * len(orders)
+    # float32 steps without the constant residual (it would swamp float32's resolution of the
+    # part that moves); the candidates are then compared exactly, in float64, with it
     fast = LayerData(data.m.float(), data.col_sum, data.rows, data.signal, data.d)
     mean32 = None if mean is None else mean.float()
 

@@ -179,6 +179,12 @@ def cli():
                    "A layer keeps round-to-nearest where refining did not lower its error.")
 @click.option("--refine-iters", type=click.IntRange(1, 100000), default=200, show_default=True,
               help="FlexRound optimisation steps per layer and order.")
+@click.option("--refine-inputs", type=click.Choice(["quantized", "float"]), default="quantized",
+              show_default=True,
+              help="What each layer is refined on: quantized (sequential: the inputs the "
+                   "quantized model, with the layers before it already refined, gives it) or "
+                   "float (the float model's inputs, every layer independently). The target "
+                   "is the float layer's output either way.")
 @click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER.JSON",
               help="Tokenizer for a --calib text file (Hugging Face tokenizers format).")
 @click.option("--device", default="CPU", show_default=True, help="Device to compile for.")
@@ -206,7 +212,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
           operator, block_size, dynamic_quantization, orders,
           sparsity, budget, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
-          refine, refine_iters, tokenizer, device, opset, dla_core, dim_ranges, require_engine,
+          refine, refine_iters, refine_inputs,
+          tokenizer, device, opset, dla_core, dim_ranges, require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
     """Quantize MODEL without data and compile it for a target.
 
@@ -254,6 +261,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         granularity="block" if block_size else "channel",
                         block_size=block_size,
                         calib=calib, refine=refine, refine_iters=refine_iters,
+                        refine_inputs=refine_inputs,
                         calib_preprocess=preprocess if calib else None,
                         calib_tokenizer=tokenizer)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,

@@ -17,6 +17,7 @@ CONFIG_VERSION = 1
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
 ACTIVATIONS = ("int8", "none", "fp16")
 OPERATORS = ("uniform", "power")
+REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/refine_sequential.py)
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
@@ -66,6 +67,7 @@ class QuantConfig:
     calib: str | None = None
     refine: str = "none"                # none | flexround | erq
     refine_iters: int = 200             # FlexRound Adam steps per layer and order
+    refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
 
@@ -131,6 +133,10 @@ class QuantConfig:
     def _validate_refine(self) -> None:
         if self.refine not in ("none", "flexround", "erq"):
             raise UserError(f"--refine {self.refine}: use none, flexround or erq")
+        if self.refine_inputs not in REFINE_INPUTS:
+            raise UserError(f"--refine-inputs {self.refine_inputs}: use quantized or float",
+                            "quantized (default): each layer on the inputs the quantized model "
+                            "gives it; float: on the float model's inputs")
         if not 1 <= self.refine_iters <= 100000:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
                             "drop it for the default 200")
