@@ -177,7 +177,7 @@ def cli():
                    "flexround (learned rounding, every Conv/Linear and every order) or erq "
                    "(ridge weight update + rounding refinement, Linear and 1x1 Conv layers). "
                    "A layer keeps round-to-nearest where refining did not lower its error.")
-@click.option("--refine-iters", type=click.IntRange(1, 100000), default=200, show_default=True,
+@click.option("--refine-iters", type=click.IntRange(1, 100000), default=100, show_default=True,
               help="FlexRound optimisation steps per layer and order.")
 @click.option("--refine-inputs", type=click.Choice(["quantized", "float"]), default="quantized",
               show_default=True,

@@ -66,7 +66,7 @@ class QuantConfig:
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
     refine: str = "none"                # none | flexround | erq
-    refine_iters: int = 200             # FlexRound Adam steps per layer and order
+    refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
     refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
@@ -139,7 +139,7 @@ class QuantConfig:
                             "gives it; float: on the float model's inputs")
         if not 1 <= self.refine_iters <= 100000:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
-                            "drop it for the default 200")
+                            "drop it for the default 100")
         if self.calib is not None:
             from rexdeploy.calib import parse_calib
 
