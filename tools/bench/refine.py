@@ -7,10 +7,11 @@ ERQ, on EfficientNet-Lite0 W4A8 (real photos) and all-MiniLM-L6-v2 W4A8 (fortune
 Every row is one `rexdeploy.build` (OpenVINO target), timed whole and per stage (the
 `calibration data` and `refine` stages from the manifest), wall and process CPU time (all
 threads; less sensitive to other work on the machine than wall time), with the load average
-before and after; then run by OpenVINO on CPU with f32 pinned. Real calibration data and evaluation data never overlap: EfficientNet calibrates on
-every third photo of .cache/photos and is evaluated on the others; MiniLM calibrates on quotes
-of .cache/fortunes/tokens.npz that the evaluation does not use. EfficientNet is built from the
-eager module (the BatchNorm-matched synthetic images need its BatchNorm layers).
+before and after; then run by OpenVINO on CPU with f32 pinned. Real calibration data and
+evaluation data never overlap: EfficientNet calibrates on every third photo of .cache/photos and
+is evaluated on the others; MiniLM calibrates on quotes of .cache/fortunes/tokens.npz that the
+evaluation does not use. EfficientNet is built from the eager module (the BatchNorm-matched
+synthetic images need its BatchNorm layers).
 """
 
 from __future__ import annotations
