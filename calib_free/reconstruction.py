@@ -13,8 +13,15 @@ subtracts from the bias, so the block's output error is
     y - yq = xq (W - W_hat)^T + e0 + 1 c^T        e0 = (x - xq) W^T   [G, R, O]
 
 Every quantity the refinements need is a function of M = [xq, 1, e0] ([G, R, D + 1 + O]) through
-M^T M only, so `LayerData` keeps the triangular factor of a QR decomposition of M when R > D+1+O:
-the error stays exact and each optimisation step costs O(D+1+O) rows instead of R.
+M^T M only, so `LayerData` keeps the triangular factor R of a QR decomposition of M when
+R > D + 1 rows. Only its first D + 1 rows depend on delta and c: the last O rows are [0, E] with
+E the part of e0 no (delta, c) can reach, a constant ||E||^2 (`residual`). So each optimisation
+step costs D + 1 rows instead of R (or D + 1 + O), and the error stays exact.
+
+x and xq need not come from the same model: with x the float model's input and xq the
+quantized model's (its upstream layers quantized and refined, its own activation quantized),
+the error is the sequential one (BRECQ/AdaRound): the quantized block fed what the quantized
+model gives it, against the float block's output.
 """
 
 from __future__ import annotations
@@ -27,14 +34,16 @@ import torch
 @dataclass(frozen=True, eq=False)
 class LayerData:
     """Calibration data of one block, reduced. m: [G, r, D + 1 + O] float64 with
-    m^T m = M^T M; col_sum: [G, D + 1 + O] = 1^T M; rows: R; signal: sum of (x W^T)^2 (the float
-    output energy without bias, for relative errors)."""
+    m^T m + [0, 0; 0, E^T E] = M^T M; col_sum: [G, D + 1 + O] = 1^T M; rows: R; signal: sum of
+    (x W^T)^2 (the float output energy without bias, for relative errors); residual: ||E||^2,
+    the part of the error no weight or bias change reaches (0 when m holds M's rows)."""
 
     m: torch.Tensor
     col_sum: torch.Tensor
     rows: int
     signal: float
     d: int
+    residual: float = 0.0
 
     @property
     def xq(self) -> torch.Tensor:
@@ -73,9 +82,12 @@ def layer_data(x: torch.Tensor, xq: torch.Tensor, w: torch.Tensor) -> LayerData:
     e0 = y - xq @ w.transpose(-1, -2)
     m = torch.cat([xq, torch.ones(g, r, 1, dtype=torch.float64), e0], dim=-1)
     col_sum = m.sum(dim=1)
-    if r > m.shape[-1]:
-        m = torch.linalg.qr(m, mode="r").R  # [G, D+1+O, D+1+O], R^T R = M^T M
-    return LayerData(m.contiguous(), col_sum, r, float(y.square().sum()), d)
+    residual = 0.0
+    if r > d + 1:
+        m = torch.linalg.qr(m, mode="r").R  # [G, min(R, n), n], R^T R = M^T M
+        residual = float(m[:, d + 1:, d + 1:].square().sum())
+        m = m[:, :d + 1]  # rows below D + 1 are zero in the [xq, 1] columns
+    return LayerData(m.contiguous(), col_sum, r, float(y.square().sum()), d, residual)
 
 
 def output_error(data: LayerData, delta: torch.Tensor, shift: torch.Tensor | None = None,
@@ -87,7 +99,7 @@ def output_error(data: LayerData, delta: torch.Tensor, shift: torch.Tensor | Non
     out = data.xq @ delta.transpose(-1, -2).to(data.m.dtype) + data.e0  # [G, r, O]
     if shift is not None:
         out = out + data.ones * shift.to(data.m.dtype)[:, None, :]
-    return out.square().sum()
+    return out.square().sum() + data.residual
 
 
 def centered_shift(delta: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor | None:

@@ -186,7 +186,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
-            "seconds": log.seconds}
+            "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
 
 
 def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
@@ -525,6 +525,7 @@ def _manifest(config: BuildConfig, stages: dict, preprocess: str | None) -> dict
         "engine": result.info.get("engine"),  # trt: "built" or "deferred"
         "summary": stages["report"]["summary"],
         "stage_seconds": dict(stages["seconds"]),  # here, not in a hashed file: reproducible
+        "stage_cpu_seconds": dict(stages.get("cpu_seconds", {})),  # process CPU time
     }
 
 

@@ -198,8 +198,14 @@ def cli():
                    "flexround (learned rounding, every Conv/Linear and every order) or erq "
                    "(ridge weight update + rounding refinement, Linear and 1x1 Conv layers). "
                    "A layer keeps round-to-nearest where refining did not lower its error.")
-@click.option("--refine-iters", type=click.IntRange(1, 100000), default=200, show_default=True,
+@click.option("--refine-iters", type=click.IntRange(1, 100000), default=100, show_default=True,
               help="FlexRound optimisation steps per layer and order.")
+@click.option("--refine-inputs", type=click.Choice(["quantized", "float"]), default="quantized",
+              show_default=True,
+              help="What each layer is refined on: quantized (sequential: the inputs the "
+                   "quantized model, with the layers before it already refined, gives it) or "
+                   "float (the float model's inputs, every layer independently). The target "
+                   "is the float layer's output either way.")
 @click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER.JSON",
               help="Tokenizer for a --calib text file (Hugging Face tokenizers format).")
 @click.option("--device", default="CPU", show_default=True, help="Device to compile for.")
@@ -230,10 +236,11 @@ def cli():
 @user_errors
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
           rounding, operator, block_size, dynamic_quantization, orders,
-          sparsity, budget, sensitivity, mixed_precision, ensemble, ensemble_partition, sparse_form, ranges, range_sigma,
+          sparsity, budget, sensitivity, mixed_precision, ensemble, ensemble_partition,
+          sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
-          refine, refine_iters, tokenizer, device, opset, dla_core, float_precision, dim_ranges,
-          require_engine,
+          refine, refine_iters, refine_inputs, tokenizer, device, opset, dla_core,
+          float_precision, dim_ranges, require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
     """Quantize MODEL without data and compile it for a target.
 
@@ -282,6 +289,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         granularity="block" if block_size else "channel",
                         block_size=block_size,
                         calib=calib, refine=refine, refine_iters=refine_iters,
+                        refine_inputs=refine_inputs,
                         calib_preprocess=preprocess if calib else None,
                         calib_tokenizer=tokenizer, sensitivity=sensitivity,
                         mixed_precision=mixed_precision)

@@ -18,6 +18,7 @@ WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
 ACTIVATIONS = ("int8", "none", "fp16")
 FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
 OPERATORS = ("uniform", "power")
+REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/refine_sequential.py)
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
@@ -71,7 +72,8 @@ class QuantConfig:
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
     refine: str = "none"                # none | flexround | erq
-    refine_iters: int = 200             # FlexRound Adam steps per layer and order
+    refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
+    refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
     # auto mixed precision (rexdeploy/sensitivity.py, rexdeploy/mixed.py, calib_free/mixed.py):
@@ -148,9 +150,13 @@ class QuantConfig:
     def _validate_refine(self) -> None:
         if self.refine not in ("none", "flexround", "erq"):
             raise UserError(f"--refine {self.refine}: use none, flexround or erq")
+        if self.refine_inputs not in REFINE_INPUTS:
+            raise UserError(f"--refine-inputs {self.refine_inputs}: use quantized or float",
+                            "quantized (default): each layer on the inputs the quantized model "
+                            "gives it; float: on the float model's inputs")
         if not 1 <= self.refine_iters <= 100000:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
-                            "drop it for the default 200")
+                            "drop it for the default 100")
         if self.calib is not None:
             from rexdeploy.calib import parse_calib
 

@@ -14,10 +14,11 @@ class StageLog:
 
         self.console = Console(stderr=True, quiet=quiet, highlight=False)
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}  # process CPU time (all threads) per stage
 
     @contextlib.contextmanager
     def stage(self, name: str, detail: str = ""):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         label = f"{name}{' · ' + detail if detail else ''}"
         status = self.console.status(label) if self.console.is_terminal else \
             contextlib.nullcontext()
@@ -25,6 +26,7 @@ class StageLog:
             yield self
         elapsed = time.perf_counter() - start
         self.seconds[name] = round(elapsed, 3)
+        self.cpu_seconds[name] = round(time.process_time() - cpu, 3)
         self.console.print(f"[green]✓[/] {label} [dim]{elapsed:.2f} s[/]")
 
     def note(self, text: str) -> None:

@@ -148,9 +148,8 @@ def _smoothing(kept: list[LayerInfo], tensors: list[str], stats: dict[str, Tenso
     """Scale-migration factors s [C] per activation tensor (calib_free.smooth), for the tensors
     read only by MatMul/Gemm layers (channels on the last axis) whose ranges come from synthetic
     inputs; under --smooth auto only those with outlier channels (OUTLIER_RATIO). Off for
-    weight-only builds, ensembles and --refine."""
-    if config.smooth == "off" or config.activations != "int8" or config.ensemble or \
-            config.refine != "none":  # the refinement reconstructs against unmigrated inputs
+    weight-only builds and ensembles (--refine reconstructs against the migrated inputs)."""
+    if config.smooth == "off" or config.activations != "int8" or config.ensemble:
         return {}
     import torch
 

@@ -7,8 +7,12 @@ here a Conv input is unfolded into patches (im2col, with the node's pads, stride
 groups) and a Linear input is taken row by row (padding tokens dropped by the attention mask), a
 seeded subset of rows is kept, and the layer's activation fake-quantization from the plan gives
 the quantized rows. calib_free then sees tensors only: the float weights, the plan's orders in
-matrix form, and the rows. Each layer is reconstructed against the float model's output for the
-float model's input (a block is one layer; inputs are not re-taken from the quantized model).
+matrix form, and the rows. A block is one layer, reconstructed against the float layer's
+output for the float model's input. Its own input is, by default (--refine-inputs quantized),
+what the quantized model refined so far gives it (sequential reconstruction,
+rexdeploy/refine_sequential.py: the same row positions, taken from the lowered Q/DQ model);
+with --refine-inputs float, the float model's input (every layer independently). A migrated
+input (--smooth) enters as x * f with the weights W / f, as the lowered model computes it.
 
 The result is a plan with the same structure (orders, channels, scale shapes): lowering does not
 change. Each layer's metrics gain `refine`: the output error before/after (relative to the float
@@ -49,38 +53,67 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
     """(refined plan, summary) for config.refine in {flexround, erq}.
 
     layers: the LayerInfo list; means: layer name -> the input mean [Cin] the plan's bias
-    correction used (or None).
+    correction used (or None, before any scale migration).
+    config.refine_inputs: "quantized" (sequential: each layer on the inputs the quantized model,
+    refined so far, gives it; rexdeploy.refine_sequential) or "float" (each layer on the float
+    model's inputs, independently).
     """
     method = config.refine
+    sequential = getattr(config, "refine_inputs", "quantized") == "quantized"
     infos = {layer.name: layer for layer in layers}
     nodes = {node.name: node for node in float_model.graph}
-    targets = [lp for lp in plan.layers if _eligible(lp, infos[lp.name], method)]
+    targets = [lp for lp in plan.layers if _eligible(lp, infos[lp.name], method,
+                                                     plan.activation(lp.input))]
     start = time.perf_counter()
-    rows = _capture(float_model, [infos[lp.name] for lp in targets], nodes, samples,
-                    config.seed)
+    rows, picks = _capture(float_model, [infos[lp.name] for lp in targets], nodes, samples,
+                           config.seed)
     capture_s = time.perf_counter() - start
     steps = sum(config.refine_iters * len(lp.orders) for lp in targets) \
         if method == "flexround" else len(targets)
-    refined = {}
+    by_name = {lp.name: lp for lp in targets}
+    if sequential and targets:
+        from rexdeploy.refine_sequential import levels
+
+        groups = levels(float_model, list(by_name), {lp.name: lp.input for lp in targets})
+    else:
+        groups = [list(by_name)]
+    refined: dict[str, LayerPlan] = {}
     with progress_bar(log, f"{method} on {len(targets)} layers", steps) as advance:
-        for lp in targets:
-            refined[lp.name] = _refine_layer(lp, infos[lp.name], nodes[lp.name], rows.pop(lp.name),
-                                             plan.activation(lp.input), means.get(lp.name),
-                                             config, advance)
+        for group in groups:
+            quantized = {}
+            if sequential:
+                t0 = time.perf_counter()
+                current = QuantPlan(tuple(refined.get(lp.name, lp) for lp in plan.layers),
+                                    plan.activations, plan.skipped, plan.config)
+                quantized = _capture_quantized(float_model, current,
+                                               [infos[n] for n in group], nodes, samples, picks)
+                capture_s += time.perf_counter() - t0
+            for name in group:
+                lp = by_name[name]
+                x = rows.pop(name)
+                refined[name] = _refine_layer(lp, infos[name], nodes[name], x,
+                                              quantized.pop(name, x), plan.activation(lp.input),
+                                              means.get(name), config, advance)
     new_layers = tuple(refined.get(lp.name, lp) for lp in plan.layers)
     kept = [r.metrics["refine"] for r in refined.values()]
     summary = {"method": method, "calibration": source, "samples": len(samples),
+               "inputs": "quantized" if sequential else "float", "levels": len(groups),
                "layers": len(targets), "improved": sum(k["kept"] for k in kept),
                "capture_s": round(capture_s, 2),
                "seconds": round(time.perf_counter() - start, 2),
                "skipped": len(plan.layers) - len(targets)}
-    config_dict = dict(plan.config, refine=method, calib=source)
+    config_dict = dict(plan.config, refine=method, calib=source,
+                       refine_inputs=summary["inputs"])
     return QuantPlan(new_layers, plan.activations, plan.skipped, config_dict), summary
 
 
-def _eligible(lp: LayerPlan, info, method: str) -> bool:
+def _eligible(lp: LayerPlan, info, method: str, act=None) -> bool:
     """FlexRound: every Conv (1-D/2-D) and Linear; ERQ: Linear layers (Gemm, MatMul, and 1x1
-    convolutions without groups, which are a Linear per pixel)."""
+    convolutions without groups, which are a Linear per pixel). A migrated (smoothed) input
+    must be a Linear's (the factor scales its last axis)."""
+    if act is not None and act.smooth is not None and \
+            (info.op == "Conv" or np.asarray(act.smooth).size != info.in_channels):
+        return False
     if info.op == "Conv":
         if len(info.kernel_shape) not in (1, 2) or any(o.block_size for o in lp.orders):
             return False
@@ -90,37 +123,71 @@ def _eligible(lp: LayerPlan, info, method: str) -> bool:
 
 
 # -- capture -----------------------------------------------------------------------------------
-def _capture(float_model, infos: list, nodes: dict, samples: list[dict], seed: int) -> dict:
-    """layer name -> float32 rows [G, R, D] of its input, at most MAX_ROWS per layer."""
+def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
+             picks: dict | None = None) -> tuple[dict, dict]:
+    """(layer name -> float32 rows [G, R, D] of its input, at most MAX_ROWS per layer; the row
+    positions taken per layer and sample). model: an ir.Model, or an ONNX proto whose outputs
+    are the inputs of `infos`; picks: positions to take (from an earlier capture: the same rows
+    of another model), else drawn here."""
     import torch
 
-    from rexdeploy.observe import _with_outputs
-
     if not infos:
-        return {}
+        return {}, {}
     import onnxruntime as ort
 
     names = list(dict.fromkeys(info.input for info in infos))
+    if not hasattr(model, "SerializeToString"):
+        from rexdeploy.observe import _with_outputs
+
+        model = _with_outputs(model, names)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(_with_outputs(float_model, names).SerializeToString(), options,
+    if picks is not None:  # a Q/DQ model: every Q/DQ runs as written (as rexdeploy.localize
+        # does; ORT's basic level already fuses Q/DQ into integer kernels, some of which fail)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
     # one generator per layer: a layer's rows do not depend on which other layers are refined
     gens = {info.name: torch.Generator().manual_seed(seed + zlib.crc32(info.name.encode()))
             for info in infos}
     per_sample = max(1, math.ceil(MAX_ROWS / len(samples)))
     parts: dict[str, list] = {info.name: [] for info in infos}
-    for feeds in samples:
-        outs = dict(zip(names, session.run(names, feeds)))
+    taken: dict[str, list] = {info.name: [] for info in infos}
+    for i, feeds in enumerate(samples):
+        outs = dict(zip(names, session.run(names, {k: v for k, v in feeds.items()
+                                                   if k in wanted})))
         mask = _token_mask(feeds)
         for info in infos:
             x = torch.from_numpy(np.asarray(outs[info.input], np.float32))
             rows = _rows(info, nodes[info.name], x, mask)  # [G, L, D]
-            if rows.shape[1] > per_sample:
+            if picks is not None:
+                pick = picks[info.name][i]
+            elif rows.shape[1] > per_sample:
                 pick = torch.randperm(rows.shape[1], generator=gens[info.name])[:per_sample]
+            else:
+                pick = None
+            if pick is not None:
                 rows = rows[:, pick]
             parts[info.name].append(rows)
-    return {name: torch.cat(p, dim=1) for name, p in parts.items()}
+            taken[info.name].append(pick)
+    return {name: torch.cat(p, dim=1) for name, p in parts.items()}, taken
+
+
+def _capture_quantized(float_model, plan: QuantPlan, infos: list, nodes: dict,
+                       samples: list[dict], picks: dict) -> dict:
+    """layer name -> rows of its input in the Q/DQ model of `plan` (before the layer's own
+    activation quantization), at the positions `picks` took from the float model. A layer that
+    reads a graph input is missing (its input is the float one)."""
+    from rexdeploy.refine_sequential import quantized_model
+
+    graph_inputs = {v.name for v in float_model.graph.inputs}
+    inner = [info for info in infos if info.input not in graph_inputs]
+    proto = quantized_model(float_model, plan, [info.input for info in inner]) if inner else None
+    if proto is None:
+        return {}
+    rows, _ = _capture(proto, inner, nodes, samples, 0, picks)
+    return rows
 
 
 def _token_mask(feeds: dict):
@@ -178,7 +245,10 @@ def _same_pads(spatial, k, strides, dilations, mode) -> list[int]:
 
 
 # -- one layer ---------------------------------------------------------------------------------
-def _refine_layer(lp: LayerPlan, info, node, x, act, mean_in, config, advance) -> LayerPlan:
+def _refine_layer(lp: LayerPlan, info, node, x, x_quantized, act, mean_in, config,
+                  advance) -> LayerPlan:
+    """x: the float model's input rows; x_quantized: the rows the layer gets in the quantized
+    model before its own activation Q/DQ (x itself under --refine-inputs float)."""
     import torch
 
     from calib_free.erq import erq
@@ -189,12 +259,19 @@ def _refine_layer(lp: LayerPlan, info, node, x, act, mean_in, config, advance) -
     start = time.perf_counter()
     w = _matrix(info, torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32)))
     d = w.shape[-1]
-    xq = _fake_quant(x, act)
+    factor = None if act is None or act.smooth is None else \
+        torch.from_numpy(np.asarray(act.smooth, np.float32))
+    if factor is not None:  # scale migration: the layer reads x * f and computes with W / f
+        x, x_quantized = x * factor, x_quantized * factor
+        w = (w.double() / factor.double()).float()
+    xq = _fake_quant(x_quantized, act)
     data = layer_data(x, xq, w)
     block = lp.orders[0].block_size
     orders = [(_matrix(info, torch.from_numpy(o.codes)), _compact_scale(info, o))
               for o in lp.orders]
     masks = [_mask(info, o) for o in lp.orders]
+    if mean_in is not None and factor is not None:
+        mean_in = np.asarray(mean_in, np.float64) * factor.double().numpy()
     mean = None if mean_in is None or lp.bias_shift is None else _mean_columns(info, mean_in)
     old_shift = None if lp.bias_shift is None else \
         torch.from_numpy(lp.bias_shift.astype(np.float64)).reshape(w.shape[0], w.shape[1])
@@ -233,15 +310,19 @@ def _refine_layer(lp: LayerPlan, info, node, x, act, mean_in, config, advance) -
     new_shift = None if shift is None else \
         shift.reshape(-1).numpy().astype(np.float32)
     return replace(lp, orders=plan_orders, bias_shift=new_shift,
-                   metrics=_metrics(lp, info, plan_orders, record))
+                   metrics=_metrics(lp, info, plan_orders, record, factor))
 
 
-def _metrics(lp: LayerPlan, info, orders, record) -> dict:
+def _metrics(lp: LayerPlan, info, orders, record, factor=None) -> dict:
     import torch
 
     from calib_free.expansion import weight_error
 
     w = torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32))
+    if factor is not None:  # the migrated weights W / f the orders approximate
+        from calib_free.smooth import scale_input_channels
+
+        w = scale_input_channels(w, 1.0 / factor.double(), info.in_axis)
     first = torch.from_numpy(orders[0].dequantize())
     total = sum(torch.from_numpy(o.dequantize()) for o in orders)
     rnd = lambda d: {k: (round(float(v), 6) if np.isfinite(v) else float(v))  # noqa: E731

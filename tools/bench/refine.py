@@ -5,11 +5,13 @@ ERQ, on EfficientNet-Lite0 W4A8 (real photos) and all-MiniLM-L6-v2 W4A8 (fortune
     nice .venv/bin/python tools/bench/refine.py [--model effnet|minilm|all] [--markdown FILE]
 
 Every row is one `rexdeploy.build` (OpenVINO target), timed whole and per stage (the
-`calibration data` and `refine` stages from the manifest), then run by OpenVINO on CPU with f32
-pinned. Real calibration data and evaluation data never overlap: EfficientNet calibrates on
-every third photo of .cache/photos and is evaluated on the others; MiniLM calibrates on quotes
-of .cache/fortunes/tokens.npz that the evaluation does not use. EfficientNet is built from the
-eager module (the BatchNorm-matched synthetic images need its BatchNorm layers).
+`calibration data` and `refine` stages from the manifest), wall and process CPU time (all
+threads; less sensitive to other work on the machine than wall time), with the load average
+before and after; then run by OpenVINO on CPU with f32 pinned. Real calibration data and
+evaluation data never overlap: EfficientNet calibrates on every third photo of .cache/photos and
+is evaluated on the others; MiniLM calibrates on quotes of .cache/fortunes/tokens.npz that the
+evaluation does not use. EfficientNet is built from the eager module (the BatchNorm-matched
+synthetic images need its BatchNorm layers).
 """
 
 from __future__ import annotations
@@ -30,19 +32,29 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
 
-def _rows(real: str, n: int, steps: int):  # n: synthetic samples
-    """label, QuantConfig overrides ({real} is the real calibration data)."""
+def _rows(real: str, n: int, steps: int, smooth_off_row: bool = False):  # n: synthetic samples
+    """label, QuantConfig overrides ({real} is the real calibration data). "sequential": each
+    layer refined on the quantized model's inputs (--refine-inputs quantized, the default);
+    "float inputs": on the float model's (--refine-inputs float)."""
     syn = f"synthetic:{n}"
-    return [
+    seq, flt = {"refine_inputs": "quantized"}, {"refine_inputs": "float"}
+    flex = {"refine": "flexround", "refine_iters": steps}
+    rows = [
         ("RTN (data-free)", {}),
         ("REx K=2 (data-free)", {"orders": 2}),
         ("RTN, activation ranges from real data", {"calib": real}),
-        (f"FlexRound, synthetic ({n})", {"refine": "flexround", "calib": syn,
-                                         "refine_iters": steps}),
-        ("FlexRound, real data", {"refine": "flexround", "calib": real, "refine_iters": steps}),
-        (f"ERQ, synthetic ({n})", {"refine": "erq", "calib": syn}),
-        ("ERQ, real data", {"refine": "erq", "calib": real}),
+        (f"FlexRound, synthetic ({n}), sequential", {**flex, "calib": syn, **seq}),
+        (f"FlexRound, synthetic ({n}), float inputs", {**flex, "calib": syn, **flt}),
+        ("FlexRound, real data, sequential", {**flex, "calib": real, **seq}),
+        ("FlexRound, real data, float inputs", {**flex, "calib": real, **flt}),
+        (f"ERQ, synthetic ({n}), sequential", {"refine": "erq", "calib": syn, **seq}),
+        ("ERQ, real data, sequential", {"refine": "erq", "calib": real, **seq}),
+        ("ERQ, real data, float inputs", {"refine": "erq", "calib": real, **flt}),
     ]
+    if smooth_off_row:  # MiniLM: what keeping the scale migration under --refine brings
+        rows.append(("FlexRound, real data, sequential, --smooth off",
+                     {**flex, "calib": real, **seq, "smooth": "off"}))
+    return rows
 
 
 def effnet(args, console) -> list[str]:
@@ -124,7 +136,8 @@ def minilm(args, console) -> list[str]:
         return [f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", f"{r['sqnr']:.2f}",
                 f"{r['topic']:.3f}"]
 
-    out = _run(args, console, _rows(calib, args.n_synthetic, args.iters), build, score)
+    out = _run(args, console, _rows(calib, args.n_synthetic, args.iters, True), build,
+               score)
     shutil.rmtree(tmp)
     head = ["configuration", "cosine mean", "cosine min", "SQNR dB", "topic 1-NN acc"]
     return _table(head, out)
@@ -132,21 +145,25 @@ def minilm(args, console) -> list[str]:
 
 def _run(args, console, rows, build, score) -> list[str]:
     """One table line per row (label, QuantConfig overrides) that --only keeps: build(label,
-    overrides) -> artifact, timed whole; score(label, artifact) -> metric cells."""
+    overrides) -> artifact, timed whole (wall and process CPU time); score(label, artifact) ->
+    metric cells. The load average (1 min) is read before and after each build."""
     out = []
     for label, kw in rows:
         if args.only and not any(o in label for o in args.only):
             continue
-        start = time.perf_counter()
+        load0 = os.getloadavg()[0]
+        start, cpu = time.perf_counter(), time.process_time()
         art = build(label, kw)
-        wall = time.perf_counter() - start
-        out.append(_line(label, art, wall, score(label, art)))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
+        out.append(_line(label, art, wall, cpu, load, score(label, art)))
         console.print("  " + out[-1])
     return out
 
 
-def _line(label: str, art, wall: float, metrics: list[str]) -> str:
+def _line(label: str, art, wall: float, cpu: float, load: str, metrics: list[str]) -> str:
     seconds = art.manifest.get("stage_seconds", {})
+    cpu_s = art.manifest.get("stage_cpu_seconds", {})
     refine = [r["refine"] for r in art.report()["layers"] if r.get("refine")]
     improved = f"{sum(r['kept'] for r in refine)}/{len(refine)}" if refine else "-"
     gain = "-"
@@ -154,14 +171,18 @@ def _line(label: str, art, wall: float, metrics: list[str]) -> str:
         before = np.mean([r["error_before"] for r in refine])
         after = np.mean([r["error_after"] for r in refine])
         gain = f"{before:.2e} -> {after:.2e}"
-    cells = [label, *metrics, improved, gain, f"{seconds.get('calibration data', 0):.0f}",
-             f"{seconds.get('refine', 0):.0f}", f"{wall:.0f}"]
+
+    def stage(name):
+        return f"{seconds.get(name, 0):.0f} ({cpu_s.get(name, 0):.0f})"
+
+    cells = [label, *metrics, improved, gain, stage("calibration data"), stage("refine"),
+             f"{wall:.0f} ({cpu:.0f})", load]
     return "| " + " | ".join(cells) + " |"
 
 
 def _table(head: list[str], lines: list[str]) -> list[str]:
-    head = head + ["layers improved", "mean layer error before -> after", "calib data s",
-                   "refine s", "build s"]
+    head = head + ["layers improved", "mean layer error before -> after",
+                   "calib data s (CPU s)", "refine s (CPU s)", "build s (CPU s)", "load avg"]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + lines
 
 
