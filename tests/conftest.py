@@ -51,3 +51,15 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def cnn_file(tmp_path_factory):
+    """tiny_models.tiny_cnn traced to a TorchScript file (input 1x3x32x32)."""
+    import torch
+
+    from tiny_models import tiny_cnn
+
+    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
+    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
+    return str(path)

@@ -183,13 +183,6 @@ def test_layers_from_inspector():
 
 # -- the deferred artifact ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cnn_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
-    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def deferred(cnn_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "tiny.trt"
     config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(orders=2))

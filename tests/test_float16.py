@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -11,12 +10,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import rexdeploy
 from rexdeploy.passes.float16 import F16_MIN_NORMAL, F16_MIN_SUBNORMAL, Float16Pass
-from tiny_models import tiny_cnn, tiny_mlp
+from tiny_models import tiny_mlp
 
 F16 = TensorProto.FLOAT16
 
@@ -143,13 +141,6 @@ def test_pass_keeps_the_numbers_of_a_benign_graph():
 
 
 # -- builds ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cnn_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
-    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def cnn_builds(cnn_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import rexdeploy
 from rexdeploy.config import BuildConfig, QuantConfig
