@@ -367,3 +367,27 @@ def test_stack_global_hidden_behind_a_decoy_is_unresolved(tmp_path):
     with pytest.raises(UserError, match="arbitrary code .*<unresolved>"):
         load_model(str(path))
     assert not marker.exists()
+
+
+def test_damaged_deflated_entry_is_reported(files, tmp_path):
+    """A TorchScript archive whose entries are deflated (re-zipped by a tool): a flipped byte in
+    the compressed data fails zlib before its CRC, and is still one clear error."""
+    import zipfile
+
+    src = files["scripted"]
+    rezipped = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(src) as zin, \
+            zipfile.ZipFile(rezipped, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    load_model(str(rezipped))  # the re-zipped archive itself loads
+    with zipfile.ZipFile(rezipped) as z:
+        big = max(z.infolist(), key=lambda i: i.compress_size)
+    data = bytearray(rezipped.read_bytes())
+    start = big.header_offset + 30 + len(big.filename.encode()) + len(big.extra)
+    for i in range(start + 2, start + big.compress_size - 2, max(1, big.compress_size // 8)):
+        data[i] ^= 0xFF
+    bad = tmp_path / "bad_deflated.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt|cannot load"):
+        load_model(str(bad))

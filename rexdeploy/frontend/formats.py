@@ -18,6 +18,7 @@ import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 from rexdeploy.errors import UserError
@@ -74,7 +75,8 @@ def _sniff_zip(path: str) -> Sniffed:
                 return _classify_pickle(archive.read(data_pkl), path)
             if kind == "exported":
                 return Sniffed("exported", _pt2_pickled_globals(archive, names, path))
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, zlib.error) as e:
+        # zlib.error: a damaged deflated entry (its CRC is never reached)
         guess = _guess_zip_kind(_local_header_names(path))
         what = {"torchscript": "TorchScript archive", "exported": "torch.export archive (.pt2)",
                 "pickle": "torch.save archive"}.get(guess, "zip archive")
