@@ -15,6 +15,7 @@ from torch import nn
 
 from calib_free.mixed import FLOAT_BITS, MixedLayer, allocate_mixed, output_nsr
 from calib_free.sparse import LayerCost, allocate_budget
+from cli_helpers import refused_build
 
 
 # -- calib_free: the greedy -----------------------------------------------------------------
@@ -313,15 +314,6 @@ def test_float_input_of_a_migrated_tensor_runs_unmigrated_weights(tmp_path):
 
 
 # -- validation -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cnn_file(tmp_path_factory):
-    from tiny_models import tiny_cnn
-
-    path = tmp_path_factory.mktemp("models") / "tiny_cnn.pt"
-    torch.jit.save(torch.jit.trace(tiny_cnn(), torch.randn(1, 3, 32, 32)), str(path))
-    return str(path)
-
-
 @pytest.mark.parametrize("args,message", [
     (["--mixed-precision", "all"], "no --budget was given"),
     (["--sensitivity", "on"], "no --budget was given"),
@@ -335,17 +327,8 @@ def cnn_file(tmp_path_factory):
      "nothing to raise"),
 ])
 def test_impossible_combinations(cnn_file, tmp_path, args, message):
-    from click.testing import CliRunner
-
-    from rexdeploy.cli import cli
-
-    out = tmp_path / "never"
-    result = CliRunner().invoke(cli, ["build", cnn_file, "--input", "input:1x3x32x32", "-o",
-                                      str(out), *args])
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert re.search(re.escape(message), result.output.replace("\n", " ")), result.output
-    assert not out.exists()
+    output = refused_build(cnn_file, tmp_path / "never", args)
+    assert re.search(re.escape(message), output.replace("\n", " ")), output
 
 
 def test_help_documents_the_options():

@@ -53,17 +53,22 @@ def _plain_mlp():
     return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16)).eval()
 
 
+def outlier_calib_data(model_fn, n: int, path):
+    """n MLP inputs [1, 8, 32] with a few large channels, stacked into the .npz at `path`:
+    (path, the feeds one by one, model_fn()'s float outputs)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 8, 32, generator=g)
+    x[..., :3] *= 5
+    np.savez(path, x=x.numpy())
+    with torch.no_grad():
+        ref = torch.cat([model_fn()(x[i]) for i in range(n)]).numpy()
+    return str(path), [{"x": x[i].numpy()} for i in range(n)], ref
+
+
 @pytest.fixture(scope="module")
 def mlp_data(tmp_path_factory):
     """A stacked .npz of 24 MLP inputs with a few large channels, and the float outputs."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(24, 1, 8, 32, generator=g)
-    x[..., :3] *= 5
-    path = tmp_path_factory.mktemp("calib") / "mlp.npz"
-    np.savez(path, x=x.numpy())
-    with torch.no_grad():
-        ref = torch.cat([_plain_mlp()(x[i]) for i in range(24)]).numpy()
-    return str(path), [{"x": x[i].numpy()} for i in range(24)], ref
+    return outlier_calib_data(_plain_mlp, 24, tmp_path_factory.mktemp("calib") / "mlp.npz")
 
 
 def test_bn_matched_synthetic_data_reproduces_the_batchnorm_statistics():

@@ -12,7 +12,7 @@ from calib_free.plan import QuantPlan
 from calib_free.reconstruction import layer_data, output_error
 from rexdeploy.config import QuantConfig
 from rexdeploy.errors import UserError
-from test_refine_build import _build, _outputs, _sqnr
+from test_refine_build import _build, _outputs, _sqnr, outlier_calib_data
 
 MLP_IN = ["x:1x8x32"]
 
@@ -27,14 +27,7 @@ def _deep_mlp():
 @pytest.fixture(scope="module")
 def deep_data(tmp_path_factory):
     """16 calibration inputs (.npz, a few large channels), their feeds and float outputs."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(16, 1, 8, 32, generator=g)
-    x[..., :3] *= 5
-    path = tmp_path_factory.mktemp("calib") / "deep.npz"
-    np.savez(path, x=x.numpy())
-    with torch.no_grad():
-        ref = torch.cat([_deep_mlp()(x[i]) for i in range(16)]).numpy()
-    return str(path), [{"x": x[i].numpy()} for i in range(16)], ref
+    return outlier_calib_data(_deep_mlp, 16, tmp_path_factory.mktemp("calib") / "deep.npz")
 
 
 def test_reduced_rows_are_d_plus_one_and_exact_for_inputs_of_another_model():
