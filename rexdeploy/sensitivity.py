@@ -5,7 +5,8 @@ their order-1 quantization (and its bias correction); for every quantized activa
 read by planned layers, with only T fake-quantized at its planned scale. The score is the
 network output's noise-to-signal ratio against the float run, on the build's own synthetic
 inputs (images: 1/f noise in the `--input-range`; other inputs as the build draws them, e.g.
-random token ids; the user's `--calib` data when given). No backend: ONNX Runtime on CPU runs the float graph, as for the observed ranges.
+random token ids; the user's `--calib` data when given). No backend: ONNX Runtime on CPU runs
+the float graph, as for the observed ranges.
 
 One session serves every measurement: the replaced weights and biases are initializers made
 overridable graph inputs, and each activation T gets `T + m_T * (DQ(Q(T)) - T)` in front of its

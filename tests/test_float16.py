@@ -173,7 +173,8 @@ def test_trt_build_is_float16_by_default(cnn_builds):
 
 
 def test_float16_build_is_as_faithful_as_the_float32_one(cnn_builds):
-    compared = {p: rexdeploy.compare(a.path, synthetic=4, quiet=True) for p, a in cnn_builds.items()}
+    compared = {p: rexdeploy.compare(a.path, synthetic=4, quiet=True)
+                for p, a in cnn_builds.items()}
     assert compared["auto"]["sqnr_db"] > 20
     assert abs(compared["auto"]["sqnr_db"] - compared["fp32"]["sqnr_db"]) < 1.0
 

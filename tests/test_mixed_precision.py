@@ -118,8 +118,8 @@ def test_sensitivity_samples_replace_images_only():
 
 # -- the measurement on a model with a deliberately damaged layer -----------------------------
 class Chain(nn.Module):
-    """Four Linear layers; layer `damaged` has one outlier (4x its largest weight) per row, so its per-channel
-    rounding zeroes the rest of the row (a large output error)."""
+    """Four Linear layers; layer `damaged` has one outlier (4x its largest weight) per row, so
+    its per-channel rounding zeroes the rest of the row (a large output error)."""
 
     def __init__(self, damaged: int | None = 2):
         super().__init__()

@@ -5,8 +5,9 @@ from the ONNX graph: no builder flag turns float32 layers into fp16. This pass i
 writes fp16 into the graph (what ModelOpt's `high_precision_dtype="fp16"` and AutoCast do):
 
   * every float32 initializer becomes float16 (finite values clamped to +-65504, values below
-    2^-25 become 0, both counted; Q/DQ scales kept positive, see below), so Conv/MatMul/Gemm bias, LayerNorm weights, Clip bounds and the
-    DequantizeLinear scales (whose type is the DQ output type) are f16;
+    2^-25 become 0, both counted; Q/DQ scales kept positive, see below), so Conv/MatMul/Gemm
+    bias, LayerNorm weights, Clip bounds and the DequantizeLinear scales (whose type is the DQ
+    output type) are f16;
   * Cast(to=FLOAT) becomes Cast(to=FLOAT16); a Cast that then casts to its own type is removed;
   * every float32 intermediate value is typed float16;
   * the model's float32 inputs and outputs stay float32 behind a Cast, so callers feed and read
@@ -77,7 +78,8 @@ class Float16Pass(ir.passes.InPlacePass):
             onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), check_type=True,
                                               strict_mode=True)
         except Exception as exc:  # onnx raises InferenceError / ValidationError
-            raise ir.passes.PostconditionError(f"the float16 graph does not type-check: {exc}") from exc
+            raise ir.passes.PostconditionError(
+                f"the float16 graph does not type-check: {exc}") from exc
 
     # -- steps ---------------------------------------------------------------------------------
     def _initializers(self, graph: ir.Graph) -> None:
