@@ -162,7 +162,8 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
                                log, backend, loaded, specs)
     with log.stage("lower", "Q/DQ ONNX"):
-        qdq = _lower(float_model, plan, config, backend, range_notes)
+        centred: set[str] = set()
+        qdq = _lower(float_model, plan, config, backend, range_notes, centred)
         ir.save(qdq, writer.path("model.onnx", "onnx"))
         if keep:
             ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
@@ -183,19 +184,32 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
 
     report = build_report(plan, layers, result, summarize(qdq), range_notes)
     report["summary"]["float_precision"] = config.float_dtype
+    _mark_centred(report, centred)
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
 
 
-def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
+def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str],
+           centred: set[str] | None = None):
     from rexdeploy.lower import lower
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
                 sparse_form=sparse_form(backend, config),
                 table_dtype="float16" if config.target == "trt" else "float32")
+    if config.centering_mode != "off":
+        from rexdeploy.passes.center_activations import CenterActivationsPass
+
+        centre = CenterActivationsPass(plan, border="add" if config.centering_mode == "all"
+                                       else "skip")
+        centre(qdq)
+        if centred is not None:
+            centred.update(centre.centred)
+        note = _centering_note(centre.stats, config.centering_mode)
+        if note and note not in notes:
+            notes.append(note)
     if config.float_dtype == "fp16":
         from rexdeploy.passes.float16 import Float16Pass
 
@@ -205,6 +219,34 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
         if note not in notes:
             notes.append(note)
     return qdq
+
+
+def _mark_centred(report: dict, centred: set[str]) -> None:
+    """The report's activation entries as lowered: a centred tensor is int8 at half the step
+    (range / 254), shifted by range / 2 (the plan keeps the uncentred scale)."""
+    report["summary"]["centred_activations"] = len(centred)
+    entries = list(report["activations"]) + [r["activation"] for r in report["layers"]
+                                             if r.get("activation")]
+    for entry in entries:
+        if entry["tensor"] in centred:
+            entry.update(dtype="int8", scale=entry["range"] / 254, shift=entry["range"] / 2)
+
+
+def _centering_note(stats, mode: str) -> str | None:
+    """What centring did, for the report (--centering; TensorRT's signed int8 activations)."""
+    done = stats.get("centred", 0)
+    kept = {k[len("kept: "):]: n for k, n in stats.items() if k.startswith("kept: ")}
+    if not done and not kept:
+        return None
+    note = (f"{done} non-negative activation tensor(s) centred for signed int8 "
+            f"(--centering {mode}: quantized minus half their range, 8 bits instead of 7; "
+            "the shift is folded into biases")
+    if stats.get("border_adds"):
+        note += f"; {stats['border_adds']} padded Conv(s) got a border-correction Add"
+    note += ")"
+    if kept:
+        note += "; left at 7 bits: " + "; ".join(f"{n} {why}" for why, n in sorted(kept.items()))
+    return note
 
 
 def _float16_note(stats: dict[str, int]) -> str:
@@ -245,12 +287,13 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
 
     member_plans, groups = ensemble
     weights = combine_weights(len(member_plans) - 1)
+    centred: set[str] = set()
     entries, results, graphs = [], [], []
     for i, (mplan, weight) in enumerate(zip(member_plans, weights)):
         name = "base" if i == 0 else f"member{i}"
         rel = f"members/{name}"
         with log.stage("lower", f"{name}: Q/DQ ONNX"):
-            qdq = _lower(float_model, mplan, config, backend, notes)
+            qdq = _lower(float_model, mplan, config, backend, notes, centred)
             ir.save(qdq, writer.path(f"{rel}/model.onnx", f"{name}_onnx"))
         with log.stage("compile", f"{name}: {config.target} on {config.device}"):
             result = backend.build(writer.path(f"{rel}/model.onnx"),
@@ -269,6 +312,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
                          info=dict(results[0].info, members=len(results)))
     report = build_report(plan, layers, merged, graphs[-1], notes)
     report["summary"]["float_precision"] = config.float_dtype
+    _mark_centred(report, centred)
     report["ensemble"] = [{"name": e["name"], "weight": e["weight"], "layers": e["layers"],
                            "runtime_int8_layers": sum(l.is_int8 for l in r.layers),
                            "runtime_compute_layers": len(r.layers), "graph_ops": g["ops"]}

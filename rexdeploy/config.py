@@ -17,6 +17,7 @@ CONFIG_VERSION = 1
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
 ACTIVATIONS = ("int8", "none", "fp16")
 FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
+CENTERINGS = ("auto", "all", "pointwise", "off")
 OPERATORS = ("uniform", "power")
 REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/refine_sequential.py)
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
@@ -264,6 +265,10 @@ class BuildConfig:
     # precision of what is not quantized: "auto" is fp16 for trt (written into the graph, which
     # strongly typed TensorRT follows; ModelOpt's default too), fp32 for the other targets
     float_precision: str = "auto"
+    # trt: centre non-negative activations (rexdeploy.passes.center_activations) so signed int8
+    # uses all 8 bits: "all" (auto for trt), "pointwise" (no extra node: not before padded
+    # Convs), "off"
+    centering: str = "auto"
     dim_ranges: tuple[tuple[str, int, int, int], ...] = ()
     require_engine: bool = False
 
@@ -277,6 +282,11 @@ class BuildConfig:
         if self.float_precision not in FLOAT_PRECISIONS:
             raise UserError(f"--float-precision {self.float_precision}: use one of "
                             f"{', '.join(FLOAT_PRECISIONS)}")
+        if self.centering not in CENTERINGS:
+            raise UserError(f"--centering {self.centering}: use one of {', '.join(CENTERINGS)}")
+        if self.target != "trt" and self.centering in ("all", "pointwise"):
+            raise UserError(f"--centering {self.centering} applies to --target trt only: "
+                            "OpenVINO quantizes non-negative activations to uint8 already")
         if self.target != "trt" and self.float_precision == "fp16":
             raise UserError("--float-precision fp16 applies to --target trt only: OpenVINO "
                             "picks the float precision when it compiles",
@@ -300,6 +310,13 @@ class BuildConfig:
         if self.float_precision == "auto":
             return "fp16" if self.target == "trt" else "fp32"
         return self.float_precision
+
+    @property
+    def centering_mode(self) -> str:
+        """The centring actually applied: "all", "pointwise" or "off" (see centering)."""
+        if self.centering == "auto":
+            return "all" if self.target == "trt" else "off"
+        return self.centering
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -376,46 +376,55 @@ def _scatter_add(graph: ir.Graph, node: ir.Node, total: ir.Value, part: ir.Value
 
 def _shift_bias(graph: ir.Graph, node: ir.Node, lp: LayerPlan, names: UniqueNames) -> None:
     """Subtract the plan's bias_shift [Cout] from the layer's bias (creating one if needed)."""
+    add_to_bias(graph, node, lp.name, -np.asarray(lp.bias_shift, np.float64).ravel(), names)
+
+
+def add_to_bias(graph: ir.Graph, node: ir.Node, layer: str, delta: np.ndarray,
+                names: UniqueNames) -> None:
+    """bias += delta [Cout] for the layer whose order-1 (or only) node is `node`: a Conv/Gemm's
+    bias input (created if missing; a Gemm adds beta * C), else a MatMul's bias Add (created if
+    missing) after the layer's summed output. Used by QuantizeWeightsPass (data-free bias
+    correction) and CenterActivationsPass (the centring shift)."""
     dtype = numpy_dtype(value_dtype(node.inputs[_WEIGHT_INPUT]))
-    shift = np.asarray(lp.bias_shift, np.float64).ravel()
-    if lp.op in ("Conv", "Gemm"):
-        if lp.op == "Gemm":
-            shift = shift / node.attributes.get_float("beta", 1.0)  # Gemm adds beta * C
+    delta = np.asarray(delta, np.float64).ravel()
+    if node.op_type in ("Conv", "Gemm"):
+        if node.op_type == "Gemm":
+            delta = delta / node.attributes.get_float("beta", 1.0)
         bias = node.inputs[_BIAS_INPUT] if len(node.inputs) > _BIAS_INPUT else None
-        old = np.zeros(shift.shape) if bias is None else const_array(bias).astype(np.float64)
-        new = add_initializer(graph, names, f"{lp.name}/bias", (old - shift).astype(dtype))
+        old = np.zeros(delta.shape) if bias is None else const_array(bias).astype(np.float64)
+        new = add_initializer(graph, names, f"{layer}/bias", (old + delta).astype(dtype))
         if len(node.inputs) <= _BIAS_INPUT:
             node.resize_inputs(_BIAS_INPUT + 1)
         node.replace_input_with(_BIAS_INPUT, new)
         if bias is not None:
             _drop_if_unused(graph, bias)
         return
-    out = _layer_output(node)
-    match = matmul_bias(out, shift.size)
+    out = layer_output(node)
+    match = matmul_bias(out, delta.size)
     if match is not None:
         add, index = match
         old = const_array(add.inputs[index])
-        new_array = (old.astype(np.float64) - shift.reshape(old.shape)).astype(old.dtype)
+        new_array = (old.astype(np.float64) + delta.reshape(old.shape)).astype(old.dtype)
         old_value = add.inputs[index]
-        add.replace_input_with(index, add_initializer(graph, names, f"{lp.name}/bias", new_array))
+        add.replace_input_with(index, add_initializer(graph, names, f"{layer}/bias", new_array))
         _drop_if_unused(graph, old_value)
-        tag(add, lp.name, "bias")
+        tag(add, layer, "bias")
         return
-    _append_bias_add(graph, out, lp, (-shift).astype(dtype), names)
+    _append_bias_add(graph, out, layer, delta.astype(dtype), names)
 
 
-def _append_bias_add(graph: ir.Graph, out: ir.Value, lp: LayerPlan, bias: np.ndarray,
+def _append_bias_add(graph: ir.Graph, out: ir.Value, layer: str, bias: np.ndarray,
                      names: UniqueNames) -> None:
     """out -> Add(out, bias) for a MatMul that had no bias; the Add takes over out's uses."""
     uses = list(out.uses())
     graph_outputs = [i for i, v in enumerate(graph.outputs) if v is out]
     original_name = out.name
     out.name = names.value(f"{original_name}/no_bias")
-    bias_value = add_initializer(graph, names, f"{lp.name}/bias", bias)
+    bias_value = add_initializer(graph, names, f"{layer}/bias", bias)
     biased = ir.Value(name=original_name, shape=out.shape, type=out.type)
     add = ir.Node("", "Add", [out, bias_value], outputs=[biased],
-                  name=names.node(f"{lp.name}/bias_add"))
-    tag(add, lp.name, "bias")
+                  name=names.node(f"{layer}/bias_add"))
+    tag(add, layer, "bias")
     graph.insert_after(out.producer(), [add])
     for user, index in uses:
         user.replace_input_with(index, biased)
@@ -425,14 +434,14 @@ def _append_bias_add(graph: ir.Graph, out: ir.Value, lp: LayerPlan, bias: np.nda
 
 def _claim_bias_add(node: ir.Node, lp: LayerPlan) -> None:
     """Tag a MatMul's existing bias Add as part of the layer (residual detection needs it)."""
-    out = _layer_output(node)
+    out = layer_output(node)
     channels = lp.orders[0].codes.shape[-1]
     match = matmul_bias(out, channels)
     if match is not None:
         tag(match[0], lp.name, "bias")
 
 
-def _layer_output(node: ir.Node) -> ir.Value:
+def layer_output(node: ir.Node) -> ir.Value:
     """The value holding the layer's (summed) result: order 1's output, or the last sum Add's."""
     out = node.outputs[0]
     while True:
