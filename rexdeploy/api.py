@@ -197,6 +197,7 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str],
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
+                int4_weight_only=config.target == "trt",
                 sparse_form=sparse_form(backend, config),
                 table_dtype="float16" if config.target == "trt" else "float32")
     if config.centering_mode != "off":

@@ -28,11 +28,14 @@ IR_VERSION = 10  # the IR that opset 21 requires; also carries node metadata_pro
 
 
 def lower(model: ir.Model, plan: QuantPlan, *, int4_matmul: bool = False,
-          sparse_form: str = "dense", table_dtype: str = "float32") -> ir.Model:
+          int4_weight_only: bool = False, sparse_form: str = "dense",
+          table_dtype: str = "float32") -> ir.Model:
     """The Q/DQ model for `plan` applied to a copy of the float `model` (BN already folded).
 
     int4_matmul: store MatMul/Gemm codes of <= 4 bits as ONNX INT4 tensors (TensorRT INT4
     weight-only, OpenVINO compressed FullyConnected); Conv codes stay int8 tensors.
+    int4_weight_only: INT4 tensors only where the layer's input stays float (TensorRT: INT4 is
+    weight-only; a W4A8 MatMul/Gemm keeps its 4-bit codes in int8 tensors and runs int8).
     sparse_form: "dense" (zero rows) or "compact" (kept channels only, scattered back) for
     group-sparse orders.
     table_dtype: storage of lookup-table (PowerQuant) weights, which no backend keeps
@@ -46,6 +49,7 @@ def lower(model: ir.Model, plan: QuantPlan, *, int4_matmul: bool = False,
     # Called one by one rather than through a PassManager, which would wrap the passes'
     # Precondition/PostconditionError (the messages callers act on) in a generic PassError.
     for lowering_pass in (QuantizeWeightsPass(plan, int4_matmul=int4_matmul,
+                                              int4_weight_only=int4_weight_only,
                                               sparse_form=sparse_form, table_dtype=table_dtype),
                           QuantizeActivationsPass(plan),
                           ShapeInferencePass(),

@@ -350,3 +350,21 @@ def test_engine_build_and_runner(cnn_file, tmp_path):
         r.infer({"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32),
                                                                    np.float32)})
         assert r.timings()
+
+
+def test_w4a8_gemm_keeps_int8_code_tensors_for_trt(tmp_path):
+    """TensorRT's INT4 is weight-only: a W4A8 Gemm (int8 input) gets its 4-bit codes in an int8
+    tensor (an int8 layer), so `--weights int4 --target trt` builds a CNN without --block-size;
+    the rule checker passes. A weight-only MatMul keeps INT4 (test_float16.py)."""
+    import onnx_ir as ir
+
+    quant = rexdeploy.QuantConfig(weights="int4", orders=2)
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], output=str(tmp_path / "w4a8"),
+                          config=rexdeploy.BuildConfig(target="trt", quant=quant), quiet=True)
+    assert art.report()["backend"]["trt_check"]["ok"]
+    graph = ir.load(art.file("onnx")).graph
+    gemm_dqs = [n.inputs[1].producer() for n in graph if n.op_type == "Gemm"]
+    assert len(gemm_dqs) == 2  # two orders
+    for dq in gemm_dqs:
+        codes = dq.inputs[0].const_value.numpy()
+        assert dq.inputs[0].dtype == ir.DataType.INT8 and np.abs(codes).max() <= 7

@@ -35,7 +35,9 @@ layer as computing in float.
 
 Codes are INT4 tensors only for MatMul/Gemm with bits <= 4 and `int4_matmul=True`; Conv codes
 stay int8 tensors whatever the bits, because OpenVINO runs int8 kernels on those but decompresses
-INT4 convolution weights to float.
+INT4 convolution weights to float. `int4_weight_only=True` (TensorRT, whose INT4 is weight-only)
+also keeps int8 tensors for a MatMul/Gemm whose input is quantized (W4A8: an int8 layer with
+4-bit codes).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     """Float weight -> DequantizeLinear(codes, scale) per order; orders as parallel branches."""
 
     def __init__(self, plan: QuantPlan, *, int4_matmul: bool = False,
-                 sparse_form: str = "dense", table_dtype: str = "float32"):
+                 int4_weight_only: bool = False, sparse_form: str = "dense",
+                 table_dtype: str = "float32"):
         super().__init__()
         if table_dtype not in ("float32", "float16"):
             raise ValueError(f"table_dtype {table_dtype!r}: use float32 or float16")
@@ -68,6 +71,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             raise ValueError(f"sparse_form {sparse_form!r}: use one of {SPARSE_FORMS}")
         self.plan = plan
         self.int4_matmul = int4_matmul
+        self.int4_weight_only = int4_weight_only
         self.sparse_form = sparse_form
 
     def requires(self, model: ir.Model) -> None:
@@ -88,8 +92,9 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         for lp in self.plan.layers:
             node = nodes[lp.name]
             weights.add(node.inputs[_WEIGHT_INPUT])
-            _lower_layer(graph, node, lp, names, self.int4_matmul, self.sparse_form,
-                         self.table_dtype)
+            int4 = self.int4_matmul and not (self.int4_weight_only
+                                             and self.plan.activation(lp.input) is not None)
+            _lower_layer(graph, node, lp, names, int4, self.sparse_form, self.table_dtype)
         for value in weights:
             _drop_if_unused(graph, value)
         return ir.passes.PassResult(model, bool(self.plan.layers))
