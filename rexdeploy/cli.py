@@ -104,11 +104,12 @@ def cli():
               "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
               "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which; "
               "TensorRT: an f16 graph, see --float-precision).")
-@click.option("--rounding", type=click.Choice(["nearest", "dc"]), default="nearest",
+@click.option("--rounding", type=click.Choice(["auto", "nearest", "dc"]), default="auto",
               show_default=True,
               help="Weight rounding. dc: round to nearest, then move the few codes nearest to .5 "
                    "by one step so every convolution kernel keeps its sum (its response to a "
-                   "flat input); data-free, for Conv kernels with more than one tap.")
+                   "flat input); data-free, for Conv kernels with more than one tap. auto: dc, "
+                   "or nearest with --operator power.")
 @click.option("--operator", type=click.Choice(["uniform", "power"]), default="uniform",
               show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
               "operator (exponent searched per layer and order; works with --orders K). Its "
@@ -205,7 +206,9 @@ def cli():
               help="What each layer is refined on: quantized (sequential: the inputs the "
                    "quantized model, with the layers before it already refined, gives it) or "
                    "float (the float model's inputs, every layer independently). The target "
-                   "is the float layer's output either way.")
+                   "is the float layer's output either way. Measured (docs/benchmarks.md): "
+                   "quantized gives FlexRound the better logits; with --refine erq, float "
+                   "gave the better decisions on both benchmark models.")
 @click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER.JSON",
               help="Tokenizer for a --calib text file (Hugging Face tokenizers format).")
 @click.option("--device", default="CPU", show_default=True, help="Device to compile for.")

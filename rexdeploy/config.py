@@ -25,7 +25,7 @@ GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
 SMOOTH_MODES = ("auto", "all", "off")
-ROUNDINGS = ("nearest", "dc")
+ROUNDINGS = ("auto", "nearest", "dc")
 MAX_ENSEMBLE = 8
 MIXED_MODES = ("off", "weights", "activations", "all")
 
@@ -47,8 +47,9 @@ class QuantConfig:
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
-    rounding: str = "nearest"           # nearest, or dc: each conv kernel keeps its code sum
-                                        # (calib_free.quantizer.preserve_sums)
+    rounding: str = "auto"              # nearest, or dc: each conv kernel keeps its code sum
+                                        # (calib_free.quantizer.preserve_sums); auto: dc for
+                                        # the uniform operator, nearest for power
     ranges: str = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
@@ -87,6 +88,14 @@ class QuantConfig:
     def uses_sensitivity(self) -> bool:
         return self.sensitivity == "on" or (self.sensitivity == "auto"
                                             and self.mixed_precision != "off")
+
+    @property
+    def rounding_mode(self) -> str:
+        """The rounding applied: "dc" or "nearest" (auto: dc for the uniform operator, whose
+        kernels it keeps flat-input exact; PowerQuant's codes have no sum to keep)."""
+        if self.rounding == "auto":
+            return "dc" if self.operator == "uniform" else "nearest"
+        return self.rounding
 
     @property
     def weight_bits(self) -> int:

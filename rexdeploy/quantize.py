@@ -221,7 +221,7 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
 def _kernel_dims(layer: LayerInfo, w, config: QuantConfig) -> tuple[int, ...] | None:
     """The spatial axes of a convolution kernel with more than one tap, under --rounding dc
     (ONNX Conv/ConvTranspose weights: [C, C', k1, k2, ...])."""
-    if config.rounding != "dc" or layer.op not in ("Conv", "ConvTranspose") or w.ndim < 3:
+    if config.rounding_mode != "dc" or layer.op not in ("Conv", "ConvTranspose") or w.ndim < 3:
         return None
     dims = tuple(range(2, w.ndim))
     return dims if int(np.prod([w.shape[d] for d in dims])) > 1 else None

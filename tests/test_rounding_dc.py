@@ -55,3 +55,13 @@ def test_rounding_validation():
                     activations="none").validate()
     with pytest.raises(UserError, match="--rounding"):
         QuantConfig(rounding="stochastic").validate()
+
+
+def test_auto_is_dc_for_uniform_and_nearest_for_power():
+    """The default (auto) is dc; PowerQuant's codes, which have no kernel sum to keep, round to
+    nearest, so `--operator power` without `--rounding` still builds."""
+    assert QuantConfig().rounding == "auto"
+    assert QuantConfig().rounding_mode == "dc"
+    power = QuantConfig(operator="power", weights="int4", activations="none")
+    power.validate()
+    assert power.rounding_mode == "nearest"
