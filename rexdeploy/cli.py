@@ -175,7 +175,9 @@ def cli():
                    "MatMul/Gemm layers whose ranges come from synthetic inputs (transformers): "
                    "input channel j is divided by max|x_j|^ALPHA / max|W_j|^(1-ALPHA) and the "
                    "weights carry the factor. auto: only inputs with outlier channels (largest "
-                   "channel >= 4x the median); all: every such input; off: none.")
+                   "channel >= 4x the median), except on image inputs without --calib data "
+                   "(Gaussian images do not show an image model's channel pattern); all: "
+                   "every such input; off: none.")
 @click.option("--smooth-alpha", type=float, default=0.7, show_default=True, metavar="ALPHA",
               help="Migration strength in [0, 1]: 0 keeps the activations' spread, 1 moves it "
                    "all into the weights.")
