@@ -112,6 +112,8 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         plan = _Centring(c, q, dqs[0], clip, producer)
         for user, index in dqs[0].outputs[0].uses():
             tagged = layer_of(user)
+            if tagged is not None and tagged[1] == "gather":
+                return "read through a compact sparse order's Gather"
             if index != 0 or tagged is None or not tagged[1].startswith("order") \
                     or user.op_type not in ("Conv", "Gemm", "MatMul"):
                 return "read by a node that is not a planned layer (e.g. a residual Add)"
@@ -125,7 +127,7 @@ class CenterActivationsPass(ir.passes.InPlacePass):
                     return "read by a padded Conv (--centering pointwise)"
                 border = _border_map(user, weight, dqs[0].outputs[0], c)
                 if border is None:
-                    return "read by a padded Conv with dynamic spatial shape"
+                    return "read by a padded Conv with auto_pad or a dynamic spatial shape"
             layer = tagged[0]
             head, total = plan.consumers.get(layer, (None, 0.0))
             plan.consumers[layer] = (head or branches(graph, layer)[0], total + delta)
