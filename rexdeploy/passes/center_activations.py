@@ -38,8 +38,8 @@ import onnx_ir as ir
 
 from calib_free.plan import QuantPlan
 from rexdeploy.passes.qdq_nodes import (
-    UniqueNames, add_initializer, branches, const_array, layer_of, numpy_dtype, tag)
-from rexdeploy.passes.quantize_weights import add_to_bias, layer_output
+    UniqueNames, add_initializer, branches, const_array, layer_of, numpy_dtype)
+from rexdeploy.passes.quantize_weights import add_to_bias, append_constant_add, layer_output
 
 BORDERS = ("add", "skip")
 _COMMUTING = ("GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -147,7 +147,9 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         for layer, (head, delta) in p.consumers.items():
             add_to_bias(graph, head, layer, delta, names)
         for layer, border in p.borders.items():
-            _append_border(graph, layer_output(branches(graph, layer)[0]), layer, border, names)
+            out = layer_output(branches(graph, layer)[0])
+            append_constant_add(graph, out, layer, border.astype(numpy_dtype(out.dtype)),
+                                "border", names)
             self.stats["border_adds"] += 1
 
 
@@ -298,22 +300,3 @@ def _shift_clip(graph: ir.Graph, clip: ir.Node, c: float, names: UniqueNames) ->
         shifted = np.asarray(const_array(bound), np.float64) - c
         clip.replace_input_with(i, add_initializer(graph, names, f"{clip.name}/centred_bound",
                                                    shifted.astype(dtype)))
-
-
-def _append_border(graph: ir.Graph, out: ir.Value, layer: str, border: np.ndarray,
-                   names: UniqueNames) -> None:
-    """out -> Add(out, border) taking over out's uses (the layer's name on the Add's tag)."""
-    uses = list(out.uses())
-    dtype = numpy_dtype(out.dtype)
-    correction = add_initializer(graph, names, f"{layer}/border", border.astype(dtype))
-    fixed = ir.Value(name=names.value(f"{out.name}/border_fixed"), shape=out.shape,
-                     type=ir.TensorType(out.dtype))
-    add = ir.Node("", "Add", [out, correction], outputs=[fixed],
-                  name=names.node(f"{layer}/border_add"))
-    tag(add, layer, "border")
-    graph.insert_after(out.producer(), [add])
-    for user, index in uses:
-        user.replace_input_with(index, fixed)
-    for i, v in enumerate(graph.outputs):
-        if v is out:
-            graph.outputs[i] = fixed

@@ -415,26 +415,28 @@ def add_to_bias(graph: ir.Graph, node: ir.Node, layer: str, delta: np.ndarray,
         _drop_if_unused(graph, old_value)
         tag(add, layer, "bias")
         return
-    _append_bias_add(graph, out, layer, delta.astype(dtype), names)
+    append_constant_add(graph, out, layer, delta.astype(dtype), "bias", names)
 
 
-def _append_bias_add(graph: ir.Graph, out: ir.Value, layer: str, bias: np.ndarray,
-                     names: UniqueNames) -> None:
-    """out -> Add(out, bias) for a MatMul that had no bias; the Add takes over out's uses."""
+def append_constant_add(graph: ir.Graph, out: ir.Value, layer: str, array: np.ndarray,
+                        role: str, names: UniqueNames) -> None:
+    """out -> Add(out, array), the Add tagged (layer, role): it takes over out's uses, graph
+    outputs and name (out becomes '<name>/no_<role>'). A MatMul's missing bias ("bias"), a
+    centred input's border correction after a padded Conv ("border")."""
     uses = list(out.uses())
     graph_outputs = [i for i, v in enumerate(graph.outputs) if v is out]
     original_name = out.name
-    out.name = names.value(f"{original_name}/no_bias")
-    bias_value = add_initializer(graph, names, f"{layer}/bias", bias)
-    biased = ir.Value(name=original_name, shape=out.shape, type=out.type)
-    add = ir.Node("", "Add", [out, bias_value], outputs=[biased],
-                  name=names.node(f"{layer}/bias_add"))
-    tag(add, layer, "bias")
+    out.name = names.value(f"{original_name}/no_{role}")
+    constant = add_initializer(graph, names, f"{layer}/{role}", array)
+    result = ir.Value(name=original_name, shape=out.shape, type=out.type)
+    add = ir.Node("", "Add", [out, constant], outputs=[result],
+                  name=names.node(f"{layer}/{role}_add"))
+    tag(add, layer, role)
     graph.insert_after(out.producer(), [add])
     for user, index in uses:
-        user.replace_input_with(index, biased)
+        user.replace_input_with(index, result)
     for i in graph_outputs:
-        graph.outputs[i] = biased
+        graph.outputs[i] = result
 
 
 def _claim_bias_add(node: ir.Node, lp: LayerPlan) -> None:
