@@ -229,7 +229,7 @@ def cli():
               default="auto", show_default=True,
               help="trt: TensorRT has signed int8 activations only, so a ReLU/ReLU6 output "
                    "would use 7 bits. Centring quantizes it minus half its range and adds that "
-                   "back in the next layers' bias (exact; EfficientNet-Lite0 W8A8 +2.2 dB). all "
+                   "back in the next layers' bias (exact; EfficientNet-Lite0 W8A8 +2.6 dB). all "
                    "(auto): also before padded Convs, with one constant border-correction Add "
                    "each; pointwise: only where no padding reads it (no node added); off.")
 @click.option("--dim-range", "dim_ranges", multiple=True, metavar="DIM=MIN:OPT:MAX",
