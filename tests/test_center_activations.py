@@ -124,7 +124,8 @@ def test_report_shows_the_lowered_activation(tiny_builds):
 
 
 class _ResBlock(nn.Module):
-    """ResNet basic block with ReLU: its input feeds a conv and the residual Add."""
+    """ResNet basic block with ReLU: the stem's output feeds conv1 and the residual Add, and the
+    block's output is ReLU(y + conv2(...))."""
 
     def __init__(self, c=16):
         super().__init__()
@@ -138,21 +139,40 @@ class _ResBlock(nn.Module):
         return self.head(torch.relu(y + self.conv2(self.conv1(y))))
 
 
-def test_relu_and_residual_readers(tmp_path):
-    """A ReLU becomes Clip(min=-c) when centred; a tensor that a residual Add also reads through
-    its DQ stays uncentred (the Add would need the shift too), with the reason in the notes."""
+def test_resnet_block_centres_every_relu_output(tmp_path):
+    """ReLUs become Clip(min=-c). The stem's output is also the residual Add's skip input: the
+    Add gets c back through conv2's bias; the block's output ReLU(y + conv2) takes its shift
+    from conv2's bias too. All three ReLU outputs are centred, the function is unchanged."""
     torch.manual_seed(0)
     model = randomize_bn(_ResBlock())
     art = _build(model, tmp_path, "all")
-    notes = " ".join(art.report()["notes"])
-    assert "not a planned layer" in notes
+    assert art.report()["summary"]["centred_activations"] == 3, art.report()["notes"]
     graph = ir.load(art.file("onnx")).graph
-    centred = [n for n in graph if n.op_type == "Clip" and len(n.inputs) == 2
-               and float(n.inputs[1].const_value.numpy()) < 0]
-    assert centred, "conv1's ReLU output (read by conv2 only) is centred"
+    assert not [n for n in graph if n.op_type == "Relu"]
+    clips = [n for n in graph if n.op_type == "Clip"]
+    assert len(clips) == 3 and all(float(n.inputs[1].const_value.numpy()) < 0 for n in clips)
     plain = _run(_without_activation_qdq(ir.load(_build(model, tmp_path, "off").file("onnx"))))
     ours = _run(_without_activation_qdq(ir.load(art.file("onnx"))))
     assert np.abs(ours - plain).max() <= 1e-4 * np.abs(plain).max()
+
+
+class _ReluFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(x))
+
+
+def test_what_cannot_be_centred_is_left_and_reported(tmp_path):
+    """A ReLU on the model input has no layer bias to take the shift: left at 7 bits, reason in
+    the notes, the graph as without centring."""
+    torch.manual_seed(0)
+    art = _build(_ReluFirst().eval(), tmp_path, "all")
+    assert art.report()["summary"]["centred_activations"] == 0
+    assert any("no producer bias to fold the shift into" in n for n in art.report()["notes"])
+    assert [n.op_type for n in ir.load(art.file("onnx")).graph].count("Relu") == 1
 
 
 def test_float16_graph_after_centring(tmp_path):

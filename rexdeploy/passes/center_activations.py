@@ -13,6 +13,9 @@ pooling, Flatten, Reshape, Squeeze and Unsqueeze between the Clip and the Q comm
 graph keeps its node count and its TensorRT fusion pattern (Conv -> Clip -> Q -> DQ -> Conv),
 only constants change.
 
+A residual Add that reads the tensor's DQ (the skip input; its other input is a layer's output, the
+TensorRT placement rule) gets c back through that layer's bias: DQ(x') + (y + c) = x + y.
+
 A Conv with padding reads its padding as x' = 0, i.e. x = c, so near the border the output is off
 by c times the weights that fall on the padding. `border`:
   - "add": an Add of that correction (a constant [1, Cout, H, W] map, zero inside) after the
@@ -23,9 +26,9 @@ Requires: the graph went through QuantizeWeightsPass and QuantizeActivationsPass
 Ensures: every centred tensor's Q/DQ has zero point 0 and scale c / 127; the graph computes the
 same function up to quantization (exactly, for float inputs that do not saturate).
 A tensor is left as it is, and the reason counted in `stats`, when anything is not as above:
-a consumer of its DQ that is not a planned layer (a residual Add, say), a weight that is not a
-constant, a producer that is not a Clip/ReLU on a layer output with a bias to fold into, a
-smoothed (scale-migrated) activation.
+a consumer of its DQ that is neither a planned layer nor a residual Add whose other side is a
+layer output read by that Add alone, a weight that is not a constant, a producer that is not a
+Clip/ReLU on a layer output with a bias to fold into, a smoothed (scale-migrated) activation.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class _Centring:
     producer: tuple[ir.Node, str]                  # (order-1 or float node, layer name)
     consumers: dict[str, tuple[ir.Node, np.ndarray]] = field(default_factory=dict)
     borders: dict[str, np.ndarray] = field(default_factory=dict)   # layer -> [1, Cout, H, W]
+    skips: list[tuple[ir.Node, str]] = field(default_factory=list)  # layers adding c back
 
 
 class CenterActivationsPass(ir.passes.InPlacePass):
@@ -112,11 +116,17 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         plan = _Centring(c, q, dqs[0], clip, producer)
         for user, index in dqs[0].outputs[0].uses():
             tagged = layer_of(user)
+            if user.op_type == "Add" and tagged is None and len(user.inputs) == 2:
+                other = _layer_side(user.inputs[1 - index])  # the residual's layer side
+                if other is None or other[0] in [n for n, _ in plan.skips]:
+                    return "read by an Add whose other side has no bias to give the shift back"
+                plan.skips.append(other)
+                continue
             if tagged is not None and tagged[1] == "gather":
                 return "read through a compact sparse order's Gather"
             if index != 0 or tagged is None or not tagged[1].startswith("order") \
                     or user.op_type not in ("Conv", "Gemm", "MatMul"):
-                return "read by a node that is not a planned layer (e.g. a residual Add)"
+                return "read by a node that is neither a planned layer nor a residual Add"
             weight = _weight(user)
             if weight is None:
                 return "a reading layer's weight is not constant"
@@ -146,6 +156,8 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         _shift_clip(graph, p.clip, p.c, names)
         for layer, (head, delta) in p.consumers.items():
             add_to_bias(graph, head, layer, delta, names)
+        for head, layer in p.skips:
+            add_to_bias(graph, head, layer, np.full(_out_channels(head), p.c), names)
         for layer, border in p.borders.items():
             out = layer_output(branches(graph, layer)[0])
             append_constant_add(graph, out, layer, border.astype(numpy_dtype(out.dtype)),
@@ -174,8 +186,26 @@ def _nonneg_source(value: ir.Value) -> ir.Node | None:
 
 
 def _bias_owner(y: ir.Value) -> tuple[ir.Node, str] | None:
-    """(node whose bias sets y, layer name) when y is a layer's whole output read only by the
-    Clip: a planned layer's order-1 node, or a float Conv/Gemm with a constant or no bias."""
+    """(node whose bias shifts y, layer name) when y is read by one node only (the Clip): a
+    layer's output (`_layer_side`), or a residual Add's, x + y2, whose layer side y2 (read by
+    the Add alone) takes the shift (ResNet: ReLU(x + f(x)))."""
+    owner = _layer_side(y)
+    if owner is not None:
+        return owner
+    node = y.producer()
+    if node is None or node.op_type != "Add" or layer_of(node) is not None \
+            or len(node.inputs) != 2 or len(y.uses()) != 1 or y.is_graph_output():
+        return None
+    for side in node.inputs:
+        owner = _layer_side(side) if side is not None else None
+        if owner is not None:
+            return owner
+    return None
+
+
+def _layer_side(y: ir.Value) -> tuple[ir.Node, str] | None:
+    """(node whose bias sets y, layer name) when y is a layer's whole output and one node reads
+    it: a planned layer's order-1 node, or a float Conv/Gemm with a constant or no bias."""
     node = y.producer()
     if node is None or len(y.uses()) != 1 or y.is_graph_output():
         return None
