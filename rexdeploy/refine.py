@@ -278,6 +278,7 @@ def _refine_layer(lp: LayerPlan, info, node, x, x_quantized, act, mean_in, confi
     w64 = w.double()
     before = float(output_error(data, w64 - dequantize_orders(orders, d, block), old_shift))
     granularity = _granularity(lp.orders[0])
+    held = None  # ERQ: (before, after, energy) on held-out rows
     if config.refine == "flexround":
         kernel = int(np.prod(info.kernel_shape)) if info.op == "Conv" else 0
         res = flexround(w, orders, lp.orders[0].bits, data, granularity=granularity,
@@ -287,22 +288,28 @@ def _refine_layer(lp: LayerPlan, info, node, x, x_quantized, act, mean_in, confi
         delta = w64 - dequantize_orders(new_orders, d, block)
         shift = centered_shift(delta, mean)
     else:
-        res = erq(data, w, lp.orders[0].bits, granularity=granularity, block_size=block)
-        new_orders = [(res.codes, res.scale)]
-        for k in range(1, len(orders)):
-            residual = res.w_updated - dequantize_orders(new_orders, d, block)
-            new_orders.append(rtn_order(residual, lp.orders[k].bits, granularity, block,
-                                        masks[k]))
-        delta = w64 - dequantize_orders(new_orders, d, block)
-        shift = optimal_shift(data, delta)
+        def solve(d_):  # ERQ on these rows: order 1, higher orders round Aqer's residual
+            res = erq(d_, w, lp.orders[0].bits, granularity=granularity, block_size=block)
+            new = [(res.codes, res.scale)]
+            for k in range(1, len(orders)):
+                residual = res.w_updated - dequantize_orders(new, d, block)
+                new.append(rtn_order(residual, lp.orders[k].bits, granularity, block, masks[k]))
+            dl = w64 - dequantize_orders(new, d, block)
+            return new, dl, optimal_shift(d_, dl)
+
+        held = _held_out(x, xq, w, solve, w64 - dequantize_orders(orders, d, block), old_shift)
+        new_orders, delta, shift = solve(data)
         advance(1)
     after = float(output_error(data, delta, shift))
-    kept = after < before
+    kept = after < before and (held is None or held[1] < held[0])
     seconds = time.perf_counter() - start
     record = {"method": config.refine, "rows": data.rows,
               "error_before": _sig(relative(before, data)),
               "error_after": _sig(relative(after if kept else before, data)),
               "kept": kept, "seconds": round(seconds, 3)}
+    if held is not None:  # ERQ: kept only if it also lowers the error on rows it did not see
+        record["held_out_error_before"], record["held_out_error_after"] = \
+            _sig(held[0] / held[2]), _sig(held[1] / held[2])
     if not kept:
         return replace(lp, metrics=dict(lp.metrics, refine=record))
     plan_orders = tuple(_to_order(info, old, codes, scale)
@@ -311,6 +318,26 @@ def _refine_layer(lp: LayerPlan, info, node, x, x_quantized, act, mean_in, confi
         shift.reshape(-1).numpy().astype(np.float32)
     return replace(lp, orders=plan_orders, bias_shift=new_shift,
                    metrics=_metrics(lp, info, plan_orders, record, factor))
+
+
+def _held_out(x, xq, w, solve, delta_before, shift_before) -> tuple[float, float, float] | None:
+    """(error before, error after, output energy) on the last quarter of the calibration rows
+    (the last samples: rows come sample by sample) for `solve` fitted on the other rows; None
+    with fewer than 8 rows. ERQ's ridge update fits few rows exactly where a layer has more
+    columns than rows (8 synthetic samples: EfficientNet's classifier, 8 rows for 1280 columns),
+    lowering every layer's own error while the model gets worse; rows it did not see catch that.
+    """
+    from calib_free.reconstruction import layer_data, output_error
+
+    rows = x.shape[1]
+    if rows < 8:
+        return None
+    cut = rows - max(1, rows // 4)
+    fit = layer_data(x[:, :cut], xq[:, :cut], w)
+    test = layer_data(x[:, cut:], xq[:, cut:], w)
+    _, delta, shift = solve(fit)
+    return (float(output_error(test, delta_before, shift_before)),
+            float(output_error(test, delta, shift)), max(test.signal, 1e-30))
 
 
 def _metrics(lp: LayerPlan, info, orders, record, factor=None) -> dict:

@@ -96,7 +96,16 @@ def test_sequential_never_increases_a_layers_error_on_its_calibration_data(tmp_p
     errors = _sequential_layer_errors(art, rtn, samples)
     for name, (refined, nearest) in errors.items():
         assert refined <= nearest * (1 + 1e-9), (name, refined, nearest)
-    assert sum(r < n * 0.99 for r, n in errors.values()) >= 3  # and it does lower them
+    # and it does lower them: FlexRound on 3 of the 4 layers; ERQ keeps only the layers whose
+    # update also lowers the error on held-out rows (the last quarter of the calibration rows):
+    # on 96 fitting rows its ridge update overfits the 32- and 64-column layers /0 and /4 here
+    # (held-out error 0.0057 -> 0.0079 and 0.0058 -> 0.0074), which keep round-to-nearest
+    assert sum(r < n * 0.99 for r, n in errors.values()) >= (3 if method == "flexround" else 2)
+    if method == "erq":
+        held = [(r["held_out_error_before"], r["held_out_error_after"], r["kept"])
+                for r in report]
+        assert all(after < before for before, after, kept in held if kept)
+        assert any(after > before and not kept for before, after, kept in held)
 
 
 @pytest.mark.parametrize("method, bits", [("flexround", "int4"), ("erq", "int3")])
