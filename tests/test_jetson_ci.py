@@ -39,7 +39,7 @@ def test_workflow_never_runs_for_pull_requests_and_targets_a_jetson():
     assert "branches: [main]" in on
     assert "runs-on: [self-hosted, linux, ARM64, jetson]" in text
     assert "actions/upload-artifact@" in text and "if: always()" in text
-    for step in ("setup", "test", "build", "compare", "profile"):
+    for step in ("setup", "test", "build", "compare", "profile", "centering"):
         assert f"bash tools/jetson_ci.sh {step}" in text
 
 
@@ -48,7 +48,8 @@ def test_jetson_script():
     text = open(SCRIPT).read()
     for needle in ("--system-site-packages", "import tensorrt", "--require-engine",
                    "sudo nvpmodel -m 0", "sudo jetson_clocks", "--baseline \"$BASELINE\"",
-                   "--max-regression \"$MAX_REGRESSION\"", "compare \"$ART\" --inputs"):
+                   "--max-regression \"$MAX_REGRESSION\"", "compare \"$ART\" --inputs",
+                   "--centering \"$mode\"", "centering_pointwise.trt\" \"$OUT/centering_off.trt"):
         assert needle in text, needle
     usage = subprocess.run(["bash", SCRIPT, "nonsense"], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # TensorRT on a Jetson, by hand or from .github/workflows/jetson.yml:
-#   bash tools/jetson_ci.sh [setup|test|build|compare|profile|all]      (default: all)
+#   bash tools/jetson_ci.sh [setup|test|build|compare|profile|centering|all]   (default: all)
 # setup:   .venv-jetson with --system-site-packages so JetPack's tensorrt imports; fails if not
 # test:    the engine tests (pytest marker tensorrt) on the board
 # build:   the example model -> int8 Q/DQ ONNX -> TensorRT engine built here (--require-engine)
 # compare: fidelity against the float model on the example photos
 # profile: nvpmodel max mode + jetson_clocks, then latency, gated against $BASELINE
 #          (--max-regression $MAX_REGRESSION) when that file exists
+# centering: the same model with --centering pointwise and off, compared and profiled
+#          interleaved with the default (all): what centring's border-correction Adds cost on
+#          TensorRT, never measured where it was written (no TensorRT there); not gated
 # Everything lands in $OUT (default out/jetson): report.json, compare/profile JSON, clocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,12 +67,26 @@ profile() {
     fi
 }
 
+centering() {
+    for mode in pointwise off; do
+        "$RX" build .cache/models/efficientnet_lite0.pt --target trt --require-engine \
+            --centering "$mode" --input input:1x3x224x224 --input-range input:-1,1 \
+            --preprocess resize=256,crop=224,mean=127,std=128 -o "$OUT/centering_$mode.trt" \
+            --force --quiet
+        "$RX" compare "$OUT/centering_$mode.trt" --inputs .cache/photos \
+            --save "$OUT/compare_centering_$mode.json"
+    done
+    "$RX" profile "$ART" "$OUT/centering_pointwise.trt" "$OUT/centering_off.trt" \
+        --save "$OUT/profile_centering.json"
+}
+
 case "${1:-all}" in
     setup) setup ;;
     test) engine_tests ;;
     build) build ;;
     compare) compare ;;
     profile) profile ;;
-    all) setup; engine_tests; build; compare; profile ;;
-    *) echo "usage: $0 [setup|test|build|compare|profile|all]" >&2; exit 2 ;;
+    centering) centering ;;
+    all) setup; engine_tests; build; compare; profile; centering ;;
+    *) echo "usage: $0 [setup|test|build|compare|profile|centering|all]" >&2; exit 2 ;;
 esac
