@@ -398,7 +398,10 @@ def _rounded(d: dict) -> dict:
 
 def truncate_layer(lp: LayerPlan, layer: LayerInfo, orders: int, mean_in: np.ndarray | None
                    ) -> LayerPlan:
-    """`lp` with only its first `orders` orders, its bias correction recomputed for them."""
+    """`lp` with only its first `orders` orders, its bias shift moved by what the dropped orders
+    contributed to the data-free correction. Any other part of the shift (a refinement's: ERQ
+    solves for the shift on its calibration data) is kept; for a plain plan the result is the
+    data-free correction of the kept orders (the shift is linear in the weights)."""
     import torch
 
     if orders >= len(lp.orders):
@@ -406,9 +409,10 @@ def truncate_layer(lp: LayerPlan, layer: LayerInfo, orders: int, mean_in: np.nda
     kept = lp.orders[:orders]
     shift = lp.bias_shift
     if shift is not None and mean_in is not None:
-        w = torch.from_numpy(np.ascontiguousarray(layer.weight_array, np.float32))
-        w_hat = sum(torch.from_numpy(o.dequantize()) for o in kept)
-        shift = _bias_shift(layer, w_hat - w, mean_in)
+        dropped = sum(torch.from_numpy(o.dequantize()) for o in lp.orders[orders:])
+        shift = (np.asarray(shift, np.float64).reshape(-1)
+                 + _bias_shift(layer, -dropped, mean_in).astype(np.float64).reshape(-1)
+                 ).astype(np.float32).reshape(np.shape(lp.bias_shift))
     metrics = dict(lp.metrics, orders=orders, kept_fraction=[],
                    bops=lp.metrics.get("bops_order1"))
     return LayerPlan(lp.name, lp.op, lp.weight, lp.input, kept, shift, metrics)

@@ -329,3 +329,36 @@ def test_ensemble_artifact_compares_and_profiles(cnn_file, tmp_path):
 def test_impossible_combinations(cnn_file, tmp_path, args, message):
     output = refused_build(cnn_file, tmp_path / "never", args)
     assert re.search(message, output), output
+
+
+def test_truncating_orders_keeps_a_refined_bias_shift(cnn, cnn_inputs):  # noqa: F811
+    """An ensemble's base truncates K=2 layers to order 1. Plain plan: the shift becomes the
+    data-free correction of the kept order (as recomputing it would give). Refined plan (ERQ
+    solves the shift on its calibration data, an extra component R): R survives truncation
+    (it used to be replaced by the data-free correction)."""
+    from dataclasses import replace as dc_replace
+
+    from rexdeploy.analyze import find_layers
+    from rexdeploy.quantize import _bias_shift, truncate_layer
+
+    plan = make_plan(cnn, cnn_inputs, orders=2, bits=4)
+    infos = {info.name: info for info in find_layers(cnn)[0]}
+    rng = np.random.default_rng(0)
+    checked = 0
+    for lp in plan.layers:
+        info = infos[lp.name]
+        if len(lp.orders) < 2 or info.groups != 1:
+            continue
+        mean = rng.standard_normal(info.in_channels)
+        w = torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32))
+        full = sum(torch.from_numpy(o.dequantize()) for o in lp.orders)
+        plain = dc_replace(lp, bias_shift=_bias_shift(info, full - w, mean))
+        kept_only = _bias_shift(info, torch.from_numpy(lp.orders[0].dequantize()) - w, mean)
+        np.testing.assert_allclose(truncate_layer(plain, info, 1, mean).bias_shift, kept_only,
+                                   rtol=1e-4, atol=1e-5)
+        extra = rng.standard_normal(plain.bias_shift.shape).astype(np.float32)
+        refined = dc_replace(lp, bias_shift=plain.bias_shift + extra)
+        np.testing.assert_allclose(truncate_layer(refined, info, 1, mean).bias_shift,
+                                   kept_only + extra, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 3
