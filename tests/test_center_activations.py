@@ -198,3 +198,26 @@ def test_centering_is_for_trt_only(cnn_file, tmp_path):
     rexdeploy.BuildConfig(target="openvino", centering="off").validate()
     out = refused_build(cnn_file, tmp_path / "a", ["--centering", "pointwise"])
     assert "uint8" in out
+
+
+@pytest.mark.parametrize("quant", [
+    dict(weights="int4", orders=2),                                  # two branches per layer
+    dict(orders=2, sparsity=0.5),                                    # sparse second orders
+    dict(budget=1.25, mixed_precision="activations"),                # some inputs left float
+], ids=["w4-k2", "sparse-k2", "mixed-activations"])
+def test_centring_keeps_the_function_under_other_options(tmp_path, quant):
+    """The folds hold whatever the weight side looks like (every branch's weights are summed
+    into the readers' biases) and skip inputs the plan keeps float."""
+    model = tiny_cnn()
+    outs = {}
+    for centering in ("off", "all"):
+        config = rexdeploy.BuildConfig(target="trt", centering=centering, float_precision="fp32",
+                                       quant=rexdeploy.QuantConfig(**quant))
+        art = rexdeploy.build(model, ["input:1x3x32x32"], output=str(tmp_path / centering),
+                              config=config, quiet=True)
+        assert art.report()["backend"]["trt_check"]["ok"]
+        outs[centering] = (_run(_without_activation_qdq(ir.load(art.file("onnx")))),
+                           art.report()["summary"]["centred_activations"])
+    (plain, _), (ours, centred) = outs["off"], outs["all"]
+    assert centred > 0
+    assert np.abs(ours - plain).max() <= 1e-4 * np.abs(plain).max()
