@@ -128,6 +128,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     float_session = _session(_with_outputs(float_proto, float_marks), "float.onnx")
     qdq_session = _session(_with_outputs(qdq_proto, [t.output for t in taps]), "model.onnx")
     locals_ = _local_sessions(qdq_proto, taps, float_proto) if local else {}
+    in_shift, out_shift = _shifts(qdq_ir)  # centred activations (--target trt)
     acc = {t.name: _Pooled() for t in taps}
     loc = {t.name: _Pooled() for t in taps}
     for i, (_sid, feeds) in enumerate(samples):
@@ -135,12 +136,14 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
         test = _run(qdq_session, feeds)
         ref.update({k: v for k, v in feeds.items() if k in inputs})
         for t in taps:
-            acc[t.name].add(ref[t.output], test[t.output])
+            shift = out_shift.get(t.name, 0.0)
+            acc[t.name].add(ref[t.output], test[t.output].astype(np.float64) - shift)
             session = locals_.get(t.name)
             if session is not None:
-                x = ref[t.input]
-                out = session.run(None, {session.get_inputs()[0].name: x})[0]
-                loc[t.name].add(ref[t.output], out)
+                x = ref[t.input].astype(np.float64) + in_shift.get(t.input, 0.0)
+                feed = session.get_inputs()[0]
+                out = session.run(None, {feed.name: x.astype(_NUMPY[feed.type])})[0]
+                loc[t.name].add(ref[t.output], out.astype(np.float64) - shift)
         if progress:
             progress(i + 1, len(samples))
     overflow = _bias_overflow(qdq_proto, taps)
@@ -232,6 +235,26 @@ def _run(session, feeds: dict) -> dict:
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+          "tensor(double)": np.float64}
+
+
+def _shifts(qdq_ir) -> tuple[dict[str, float], dict[str, float]]:
+    """({tensor: shift} of the tensors centred activations' Q nodes read, {layer: shift} of
+    the layers whose output moved): value in the Q/DQ model = float model's value + shift
+    (rexdeploy.passes.center_activations)."""
+    from rexdeploy.passes.center_activations import INPUT_SHIFT_KEY, OUTPUT_SHIFT_KEY
+    from rexdeploy.passes.qdq_nodes import layer_of
+
+    ins, outs = {}, {}
+    for node in qdq_ir.graph:
+        if INPUT_SHIFT_KEY in node.metadata_props:
+            ins[node.inputs[0].name] = float(node.metadata_props[INPUT_SHIFT_KEY])
+        if OUTPUT_SHIFT_KEY in node.metadata_props:
+            outs[(layer_of(node) or (node.name,))[0]] = float(node.metadata_props[OUTPUT_SHIFT_KEY])
+    return ins, outs
+
+
 def _elem_types(model) -> dict[str, int]:
     """Element type of every typed value of an onnx ModelProto (shape inference fills gaps)."""
     import onnx
@@ -272,6 +295,7 @@ def _local_sessions(qdq, taps: list[LayerTap], float_model) -> dict:
     order = {id(node): i for i, node in enumerate(qdq.graph.node)}
     inits = {t.name: t for t in qdq.graph.initializer}
     types = _elem_types(float_model)
+    qtypes = _elem_types(qdq)  # a float16 graph (--target trt) has f16 layer inputs/outputs
     sessions = {}
     for tap in taps:
         nodes = _cut(producers, inits, tap.input, tap.output)
@@ -279,11 +303,11 @@ def _local_sessions(qdq, taps: list[LayerTap], float_model) -> dict:
             continue
         nodes.sort(key=lambda n: order[id(n)])
         used = {name for n in nodes for name in n.input}
-        elem = types.get(tap.input, onnx.TensorProto.FLOAT)
+        elem = qtypes.get(tap.input, types.get(tap.input, onnx.TensorProto.FLOAT))
         graph = helper.make_graph(
             nodes, f"layer:{tap.name}",
             [helper.make_tensor_value_info(tap.input, elem, None)],
-            [helper.make_tensor_value_info(tap.output, types.get(tap.output, elem), None)],
+            [helper.make_tensor_value_info(tap.output, qtypes.get(tap.output, elem), None)],
             initializer=[inits[n] for n in sorted(used) if n in inits])
         model = helper.make_model(graph, opset_imports=list(qdq.opset_import),
                                   ir_version=qdq.ir_version)

@@ -176,3 +176,19 @@ def test_bias_beyond_int32_is_flagged(cnn_artifact, tmp_path):
 
     assert f"1 layers have a bias beyond int32" in summary_lines(result)[-1]
     assert f"{DAMAGED} (2 channels)" in summary_lines(result)[-1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_trt_graphs_with_centred_activations_compare_layer_by_layer(tmp_path, precision):
+    """A --target trt build moves some layer outputs and Q inputs by the centring shift and may
+    be a float16 graph: the per-layer comparison undoes the shifts (node metadata) and feeds the
+    local subgraphs in the graph's own type, so it reads like the OpenVINO build's (the shifted
+    producer outputs used to read as ~3 dB, and f16 graphs failed to load)."""
+    config = rexdeploy.BuildConfig(target="trt", float_precision=precision)
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], output=str(tmp_path / "trt"),
+                          config=config, quiet=True)
+    assert art.report()["summary"]["centred_activations"] > 0
+    result = localize(art.file("float_onnx"), art.file("onnx"), _samples(art))
+    assert result["first_bad"] is None and result["first_bad_local"] is None
+    for r in result["layers"]:
+        assert 25 < r["sqnr_db"] < 70 and 25 < r["local_sqnr_db"] < 70, r

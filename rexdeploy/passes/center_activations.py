@@ -45,6 +45,10 @@ from rexdeploy.passes.qdq_nodes import (
 from rexdeploy.passes.quantize_weights import add_to_bias, append_constant_add, layer_output
 
 BORDERS = ("add", "skip")
+# node metadata: on a centred tensor's QuantizeLinear, the shift of the tensor it reads; on a
+# layer's order-1 (or only) node, the shift of the layer's output (both: new = original + shift)
+INPUT_SHIFT_KEY = "rexdeploy.input_shift"
+OUTPUT_SHIFT_KEY = "rexdeploy.output_shift"
 _COMMUTING = ("GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 _QMAX = 127
 
@@ -151,18 +155,28 @@ class CenterActivationsPass(ir.passes.InPlacePass):
                                 np.array(p.c / _QMAX, dtype))
         for node in (p.q, p.dq):
             node.replace_input_with(1, scale)
+        # what the Q now reads, and whose outputs moved, for tools that compare tensors with
+        # the float model's (rexdeploy.localize): value_new = value_original + shift
+        p.q.metadata_props[INPUT_SHIFT_KEY] = repr(-p.c)
         node, layer = p.producer
         add_to_bias(graph, node, layer, np.full(_out_channels(node), -p.c), names)
+        _add_output_shift(node, -p.c)
         _shift_clip(graph, p.clip, p.c, names)
         for layer, (head, delta) in p.consumers.items():
             add_to_bias(graph, head, layer, delta, names)
         for head, layer in p.skips:
             add_to_bias(graph, head, layer, np.full(_out_channels(head), p.c), names)
+            _add_output_shift(head, p.c)
         for layer, border in p.borders.items():
             out = layer_output(branches(graph, layer)[0])
             append_constant_add(graph, out, layer, border.astype(numpy_dtype(out.dtype)),
                                 "border", names)
             self.stats["border_adds"] += 1
+
+
+def _add_output_shift(node: ir.Node, shift: float) -> None:
+    total = float(node.metadata_props.get(OUTPUT_SHIFT_KEY, "0")) + shift
+    node.metadata_props[OUTPUT_SHIFT_KEY] = repr(total)
 
 
 def _nonneg_source(value: ir.Value) -> ir.Node | None:
