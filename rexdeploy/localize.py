@@ -142,7 +142,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
             if session is not None:
                 x = ref[t.input].astype(np.float64) + in_shift.get(t.input, 0.0)
                 feed = session.get_inputs()[0]
-                out = session.run(None, {feed.name: x.astype(_NUMPY[feed.type])})[0]
+                out = session.run(None, {feed.name: x.astype(_NUMPY.get(feed.type, np.float32))})[0]
                 loc[t.name].add(ref[t.output], out.astype(np.float64) - shift)
         if progress:
             progress(i + 1, len(samples))
