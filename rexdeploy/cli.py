@@ -14,10 +14,12 @@ import sys
 import click
 
 from rexdeploy import __version__
+from rexdeploy.config import (  # the choices the config validates (pure Python, no torch)
+    ACTIVATIONS, CENTERINGS, FLOAT_PRECISIONS, MIXED_MODES, OPERATORS, PARTITIONS, RANGE_SOURCES,
+    REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES, SPARSE_FORMS, WEIGHT_BITS)
 from rexdeploy.errors import UserError
 
-WEIGHT_CHOICES = ("int8", "int6", "int5", "int4", "int3", "int2")
-RANGE_CHOICES = ("auto", "stats", "synthetic", "zeroq")
+WEIGHT_CHOICES = tuple(WEIGHT_BITS)
 
 
 def user_errors(fn):
@@ -99,18 +101,18 @@ def cli():
                    "model a state-dict file here is taken as --state-dict.)")
 @click.option("--state-dict", type=click.Path(), help="Weights for a package.module:factory "
               "model (loaded with torch.load(weights_only=True)).")
-@click.option("--activations", type=click.Choice(["int8", "none", "fp16"]), default="int8",
+@click.option("--activations", type=click.Choice(ACTIVATIONS), default="int8",
               show_default=True, help="none: weight-only quantization (float activations); "
               "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
               "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which; "
               "TensorRT: an f16 graph, see --float-precision).")
-@click.option("--rounding", type=click.Choice(["auto", "nearest", "dc"]), default="auto",
+@click.option("--rounding", type=click.Choice(ROUNDINGS), default="auto",
               show_default=True,
               help="Weight rounding. dc: round to nearest, then move the few codes nearest to .5 "
                    "by one step so every convolution kernel keeps its sum (its response to a "
                    "flat input); data-free, for Conv kernels with more than one tap. auto: dc, "
                    "or nearest with --operator power.")
-@click.option("--operator", type=click.Choice(["uniform", "power"]), default="uniform",
+@click.option("--operator", type=click.Choice(OPERATORS), default="uniform",
               show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
               "operator (exponent searched per layer and order; works with --orders K). Its "
               "codes + lookup table have no integer kernel: those layers compute in float "
@@ -133,14 +135,14 @@ def cli():
               help="Total bit-operations <= X times the order-1 model (e.g. 1.25); the second "
                    "order goes greedily to the channels where it removes the largest share of "
                    "their layer's error per bit-operation. Not with --sparsity.")
-@click.option("--sensitivity", type=click.Choice(["auto", "on", "off"]), default="auto",
+@click.option("--sensitivity", type=click.Choice(SENSITIVITY_MODES), default="auto",
               show_default=True,
               help="With --budget: measure each layer's data-free output sensitivity (output "
                    "noise when only its weights, or only its input activation, are quantized, "
                    "on the build's synthetic inputs) and give the budget where it lowers the "
                    "measured output error most per bit-operation. auto: on with "
                    "--mixed-precision, else off (the plain --budget allocation).")
-@click.option("--mixed-precision", type=click.Choice(["off", "weights", "activations", "all"]),
+@click.option("--mixed-precision", type=click.Choice(MIXED_MODES),
               default="off", show_default=True,
               help="With --budget: the budget may also raise the precision of the layers the "
                    "measured sensitivity ranks worst: weights to int8 in an int4/int6 build "
@@ -152,24 +154,24 @@ def cli():
                    "second order of one group of layers; output = sum of members - (M-1) x "
                    "base. The M+1 models run concurrently. Approximates --orders 2 at about "
                    "(1 + 1/M) x the base cost per model.")
-@click.option("--ensemble-partition", type=click.Choice(["balanced", "contiguous", "bops"]),
+@click.option("--ensemble-partition", type=click.Choice(PARTITIONS),
               default="contiguous", show_default=True,
               help="How layers are split among ensemble members: contiguous (consecutive "
                    "layers together, equal BOPs: the most faithful measured), balanced (most "
                    "sensitive layers spread, BOPs balanced), bops (BOPs only).")
-@click.option("--sparse-form", type=click.Choice(["auto", "dense", "compact", "gather"]), default="auto",
+@click.option("--sparse-form", type=click.Choice(SPARSE_FORMS), default="auto",
               show_default=True,
               help="Lowering of sparse orders: dense (zero rows), compact (kept channels only, "
                    "ScatterElements back), gather (kept channels only, Gather back), auto (the "
                    "form measured fastest on the target).")
-@click.option("--ranges", type=click.Choice(RANGE_CHOICES), default="auto", show_default=True,
+@click.option("--ranges", type=click.Choice(RANGE_SOURCES), default="auto", show_default=True,
               help="Activation ranges without data. auto: BatchNorm statistics where they reach, "
                    "synthetic inputs elsewhere; stats: BatchNorm/LayerNorm statistics wherever "
                    "they reach; synthetic: Gaussian/random-token inputs; zeroq: images optimised "
                    "to match the BatchNorm statistics (slow).")
 @click.option("--range-sigma", type=float, default=4.0, show_default=True,
               help="Range = |mean| + SIGMA * std for statistics-derived ranges.")
-@click.option("--smooth", type=click.Choice(["auto", "all", "off"]), default="auto",
+@click.option("--smooth", type=click.Choice(SMOOTH_MODES), default="auto",
               show_default=True,
               help="Data-free scale migration (SmoothQuant-style) on the int8 inputs of "
                    "MatMul/Gemm layers whose ranges come from synthetic inputs (transformers): "
@@ -195,7 +197,7 @@ def cli():
                    "else Gaussian), N=32 by default; PATH: a folder of images (with "
                    "--preprocess), .npy/.npz samples, or a .txt file of sentences (with "
                    "--tokenizer). Without --calib everything stays data-free.")
-@click.option("--refine", type=click.Choice(["none", "flexround", "erq"]), default="none",
+@click.option("--refine", type=click.Choice(REFINES), default="none",
               show_default=True,
               help="Refine the rounding on the calibration data (synthetic unless --calib): "
                    "flexround (learned rounding, every Conv/Linear and every order) or erq "
@@ -203,7 +205,7 @@ def cli():
                    "A layer keeps round-to-nearest where refining did not lower its error.")
 @click.option("--refine-iters", type=click.IntRange(1, 100000), default=100, show_default=True,
               help="FlexRound optimisation steps per layer and order.")
-@click.option("--refine-inputs", type=click.Choice(["quantized", "float"]), default="quantized",
+@click.option("--refine-inputs", type=click.Choice(REFINE_INPUTS), default="quantized",
               show_default=True,
               help="What each layer is refined on: quantized (sequential: the inputs the "
                    "quantized model, with the layers before it already refined, gives it) or "
@@ -220,12 +222,12 @@ def cli():
                    "the file.")
 @click.option("--dla-core", type=int, help="trt: build for this DLA core (Jetson), with GPU "
               "fallback for layers DLA cannot run.")
-@click.option("--float-precision", type=click.Choice(["auto", "fp16", "fp32"]), default="auto",
+@click.option("--float-precision", type=click.Choice(FLOAT_PRECISIONS), default="auto",
               show_default=True,
               help="trt: precision of the parts that are not quantized, written into the ONNX "
                    "(strongly typed TensorRT takes precision from the graph, not from builder "
                    "flags). auto: fp16 for --target trt, I/O kept float32.")
-@click.option("--centering", type=click.Choice(["auto", "all", "pointwise", "off"]),
+@click.option("--centering", type=click.Choice(CENTERINGS),
               default="auto", show_default=True,
               help="trt: TensorRT has signed int8 activations only, so a ReLU/ReLU6 output "
                    "would use 7 bits. Centring quantizes it minus half its range and adds that "

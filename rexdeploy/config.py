@@ -28,6 +28,8 @@ SMOOTH_MODES = ("auto", "all", "off")
 ROUNDINGS = ("auto", "nearest", "dc")
 MAX_ENSEMBLE = 8
 MIXED_MODES = ("off", "weights", "activations", "all")
+SENSITIVITY_MODES = ("auto", "on", "off")
+REFINES = ("none", "flexround", "erq")
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ class QuantConfig:
                             "(e.g. 32, 64, 128) or 0 to turn it off")
 
     def _validate_refine(self) -> None:
-        if self.refine not in ("none", "flexround", "erq"):
+        if self.refine not in REFINES:
             raise UserError(f"--refine {self.refine}: use none, flexround or erq")
         if self.refine_inputs not in REFINE_INPUTS:
             raise UserError(f"--refine-inputs {self.refine_inputs}: use quantized or float",
@@ -174,7 +176,7 @@ class QuantConfig:
 
     def _validate_mixed(self) -> None:
         """--sensitivity and --mixed-precision (issue 6, item 5)."""
-        if self.sensitivity not in ("auto", "on", "off"):
+        if self.sensitivity not in SENSITIVITY_MODES:
             raise UserError(f"--sensitivity {self.sensitivity}: use auto, on or off")
         if self.mixed_precision not in MIXED_MODES:
             raise UserError(f"--mixed-precision {self.mixed_precision}: use one of "
