@@ -129,6 +129,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     from rexdeploy.analyze import find_layers
     from rexdeploy.frontend import export_onnx, load_model
     from rexdeploy.lower import summarize
+    from rexdeploy.passes.center_activations import centred_tensors
     from rexdeploy.passes.fold_batchnorm import FoldBatchNormPass
 
     keep = config.keep_intermediates
@@ -162,8 +163,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
                                log, backend, loaded, specs)
     with log.stage("lower", "Q/DQ ONNX"):
-        centred: set[str] = set()
-        qdq = _lower(float_model, plan, config, backend, range_notes, centred)
+        qdq = _lower(float_model, plan, config, backend, range_notes)
         ir.save(qdq, writer.path("model.onnx", "onnx"))
         if keep:
             ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
@@ -184,15 +184,14 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
 
     report = build_report(plan, layers, result, summarize(qdq), range_notes)
     report["summary"]["float_precision"] = config.float_dtype
-    _mark_centred(report, centred)
+    _mark_centred(report, centred_tensors(qdq))
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
 
 
-def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str],
-           centred: set[str] | None = None):
+def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
     from rexdeploy.lower import lower
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
@@ -206,9 +205,7 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str],
         centre = CenterActivationsPass(plan, border="add" if config.centering_mode == "all"
                                        else "skip")
         centre(qdq)
-        if centred is not None:
-            centred.update(centre.centred)
-        note = _centering_note(centre.stats, config.centering_mode)
+        note = _centering_note(centre, config.centering_mode)
         if note and note not in notes:
             notes.append(note)
     if config.float_dtype == "fp16":
@@ -223,8 +220,9 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str],
 
 
 def _mark_centred(report: dict, centred: set[str]) -> None:
-    """The report's activation entries as lowered: a centred tensor is int8 at half the step
-    (range / 254), shifted by range / 2 (the plan keeps the uncentred scale)."""
+    """The report's activation entries as lowered: a centred tensor (`centred_tensors` of the
+    lowered model, or of an ensemble's members) is int8 at half the step (range / 254), shifted
+    by range / 2 (the plan keeps the uncentred scale)."""
     report["summary"]["centred_activations"] = len(centred)
     entries = list(report["activations"]) + [r["activation"] for r in report["layers"]
                                              if r.get("activation")]
@@ -233,10 +231,10 @@ def _mark_centred(report: dict, centred: set[str]) -> None:
             entry.update(dtype="int8", scale=entry["range"] / 254, shift=entry["range"] / 2)
 
 
-def _centering_note(stats, mode: str) -> str | None:
+def _centering_note(centre, mode: str) -> str | None:
     """What centring did, for the report (--centering; TensorRT's signed int8 activations)."""
+    stats, kept = centre.stats, centre.kept
     done = stats.get("centred", 0)
-    kept = {k[len("kept: "):]: n for k, n in stats.items() if k.startswith("kept: ")}
     if not done and not kept:
         return None
     note = (f"{done} non-negative activation tensor(s) centred for signed int8 "
@@ -284,17 +282,18 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
     from backends.base import BuildOptions, BuildResult
     from calib_free.ensemble import combine_weights
     from rexdeploy.lower import summarize
+    from rexdeploy.passes.center_activations import centred_tensors
     from rexdeploy.report import build_report
 
     member_plans, groups = ensemble
     weights = combine_weights(len(member_plans) - 1)
-    centred: set[str] = set()
-    entries, results, graphs = [], [], []
+    entries, results, graphs, centred = [], [], [], set()
     for i, (mplan, weight) in enumerate(zip(member_plans, weights)):
         name = "base" if i == 0 else f"member{i}"
         rel = f"members/{name}"
         with log.stage("lower", f"{name}: Q/DQ ONNX"):
-            qdq = _lower(float_model, mplan, config, backend, notes, centred)
+            qdq = _lower(float_model, mplan, config, backend, notes)
+            centred |= centred_tensors(qdq)
             ir.save(qdq, writer.path(f"{rel}/model.onnx", f"{name}_onnx"))
         with log.stage("compile", f"{name}: {config.target} on {config.device}"):
             result = backend.build(writer.path(f"{rel}/model.onnx"),

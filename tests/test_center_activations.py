@@ -34,8 +34,7 @@ def _run(model: ir.Model, x: np.ndarray = X) -> np.ndarray:
 def _without_activation_qdq(model: ir.Model) -> ir.Model:
     """The same graph with every activation Q -> DQ pair bypassed (weights stay quantized)."""
     for node in list(model.graph):
-        if node.op_type == "QuantizeLinear" and node.inputs[0].producer() is not None \
-                or node.op_type == "QuantizeLinear" and node.inputs[0].is_graph_input():
+        if node.op_type == "QuantizeLinear" and node.inputs[0].const_value is None:
             for dq, _ in list(node.outputs[0].uses()):
                 dq.outputs[0].replace_all_uses_with(node.inputs[0])
     return model

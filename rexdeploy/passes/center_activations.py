@@ -76,8 +76,8 @@ class CenterActivationsPass(ir.passes.InPlacePass):
             raise ValueError(f"border must be one of {BORDERS}, not {border!r}")
         self.plan = plan
         self.border = border
-        self.stats: Counter = Counter()   # "centred", "border_adds", and "kept: <reason>"
-        self.centred: list[str] = []
+        self.stats: Counter = Counter()   # "centred" tensors, "border_adds"
+        self.kept: Counter = Counter()    # reason -> tensors left at 7 bits
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -91,17 +91,16 @@ class CenterActivationsPass(ir.passes.InPlacePass):
             found = self._plan_one(graph, q, act)
             if isinstance(found, str):
                 if found != "signed":
-                    self.stats[f"kept: {found}"] += 1
+                    self.kept[found] += 1
                 continue
             replaced = [found.q.inputs[1], *found.clip.inputs[1:]]
             self._apply(graph, found, names)
-            self.centred.append(act.tensor)
             self.stats["centred"] += 1
             for value in replaced:  # old scales and Clip bounds nothing reads any more
                 if value is not None and not value.uses() and value.is_initializer() \
                         and value.name in graph.initializers:
                     del graph.initializers[value.name]
-        return ir.passes.PassResult(model, bool(self.centred))
+        return ir.passes.PassResult(model, bool(self.stats["centred"]))
 
     def _plan_one(self, graph: ir.Graph, q: ir.Node, act) -> _Centring | str:
         """The centring of `act`'s tensor, or why it stays as it is ("signed": not ReLU-like)."""
@@ -174,6 +173,12 @@ class CenterActivationsPass(ir.passes.InPlacePass):
             self.stats["border_adds"] += 1
 
 
+def centred_tensors(model: ir.Model) -> set[str]:
+    """The tensors this pass centred in `model`: what its QuantizeLinear nodes carrying an input
+    shift read (the plan's activation tensor names)."""
+    return {n.inputs[0].name for n in model.graph if INPUT_SHIFT_KEY in n.metadata_props}
+
+
 def _add_output_shift(node: ir.Node, shift: float) -> None:
     total = float(node.metadata_props.get(OUTPUT_SHIFT_KEY, "0")) + shift
     node.metadata_props[OUTPUT_SHIFT_KEY] = repr(total)
@@ -225,7 +230,7 @@ def _layer_side(y: ir.Value) -> tuple[ir.Node, str] | None:
         return None
     tagged = layer_of(node)
     if tagged is not None:
-        head = branches_of(node, tagged[0])
+        head = _head_of(node, tagged[0])
         if head is not None and (layer_output(head) is y or tagged[1] in ("bias", "border")):
             return head, tagged[0]
         return None
@@ -236,7 +241,8 @@ def _layer_side(y: ir.Value) -> tuple[ir.Node, str] | None:
     return None
 
 
-def branches_of(node: ir.Node, layer: str) -> ir.Node | None:
+def _head_of(node: ir.Node, layer: str) -> ir.Node | None:
+    """The order-1 (or only) node of `layer`, found from one of its nodes."""
     graph = node.graph
     found = branches(graph, layer) if graph is not None else []
     return found[0] if found else None
@@ -283,16 +289,11 @@ def _weight_sums(node: ir.Node, w: np.ndarray) -> np.ndarray:
     if node.op_type == "Gemm":
         w = w.T if node.attributes.get_int("transB", 0) else w
         return node.attributes.get_float("alpha", 1.0) * w.sum(axis=0)
-    return w.sum(axis=-2).ravel() if w.ndim == 2 else w.reshape(-1, w.shape[-1]).sum(axis=0)
+    return w.reshape(-1, w.shape[-1]).sum(axis=0)  # MatMul [..., K, N]
 
 
 def _out_channels(node: ir.Node) -> int:
-    w = _weight(node)
-    if node.op_type == "Conv":
-        return w.shape[0]
-    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
-        return w.shape[0]
-    return w.shape[-1]
+    return _weight_sums(node, _weight(node)).size
 
 
 def _padded(conv: ir.Node) -> bool:
