@@ -68,7 +68,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     log = StageLog(quiet=quiet)
     _import_heavy()
     with ArtifactWriter(output, force=force) as writer:
-        stages = _run_pipeline(model, config, writer, log, backend)
+        stages = _run_pipeline(model, config, writer, log, backend, preprocess)
         manifest = _manifest(stages["config"], stages, preprocess)
         artifact = writer.commit(manifest)
     summary = stages["report"]["summary"]
@@ -123,7 +123,7 @@ def _available_memory() -> int | None:
 
 
 def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
-                  backend) -> dict:
+                  backend, preprocess: str | None = None) -> dict:
     import onnx_ir as ir
 
     from rexdeploy.analyze import find_layers
@@ -137,7 +137,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         loaded = _load(model, config, load_model)
     with log.stage("export", f"ONNX opset {config.opset}"):
         float_model, specs = export_onnx(loaded, config.inputs, opset=config.opset)
-    config = replace(config, inputs=specs)
+    config = _pixel_input(replace(config, inputs=specs), preprocess, log)
     with log.stage("statistics", f"ranges: {config.quant.ranges}"):
         stats = _statistics(float_model, config)
         FoldBatchNormPass()(float_model)
@@ -352,6 +352,32 @@ def _load(model, config: BuildConfig, load_model):
         return LoadedModel("module", model.eval(), type(model).__name__, "")
     raise UserError(f"cannot build from a {type(model).__name__}: give a path, a "
                     "package.module:factory string or a torch.nn.Module")
+
+
+def _pixel_input(config: BuildConfig, preprocess: str | None, log: StageLog) -> BuildConfig:
+    """What --preprocess says of a one-image-input model's input values: their range, where
+    --input-range does not give it (without either, N(0, 1) would be assumed: EfficientNet-Lite0
+    17.1 dB instead of 23.8), and their pixel grid (QuantConfig.input_grid)."""
+    floats = [s for s in config.inputs if s.dtype.startswith("float")]
+    if not preprocess or len(floats) != 1 or len(floats[0].shape) != 4:
+        return config
+    from rexdeploy.inputs import parse_preprocess
+
+    pre, name, q = parse_preprocess(preprocess), floats[0].name, config.quant
+    lo, hi = pre.value_range()
+    given = {n: (a, b) for n, a, b in q.input_ranges}
+    if name not in given:
+        q = replace(q, input_ranges=q.input_ranges + ((name, lo, hi),))
+        log.note(f"value range of input {name!r} taken from --preprocess {preprocess}: "
+                 f"{lo:.4g} to {hi:.4g}")
+    step = pre.pixel_step()
+    glo, ghi = given.get(name, (lo, hi))
+    # a given range wider than the pixels' by more than a step says the input may hold other
+    # values than these pixels: its scale then follows the range, not the grid
+    if step is not None and glo >= lo - 1.001 * step and ghi <= hi + 1.001 * step \
+            and name not in {n for n, _ in q.input_grid}:
+        q = replace(q, input_grid=q.input_grid + ((name, step),))
+    return replace(config, quant=q)
 
 
 def _statistics(float_model, config: BuildConfig) -> dict:

@@ -92,8 +92,9 @@ def cli():
               help="Model input, e.g. input:1x3x224x224 or ids:Bx128:int64 (named dims are "
                    "dynamic). Required for PyTorch models; optional for ONNX. Repeatable.")
 @click.option("--input-range", "input_ranges", multiple=True, metavar="NAME:LO,HI",
-              help="Value range of a float input (e.g. input:-1,1); without it N(0,1) is "
-                   "assumed for the data-free activation ranges.")
+              help="Value range of a float input (e.g. input:-1,1). Without it: for an image "
+                   "input, what --preprocess makes of pixels 0..255; else N(0,1) is assumed "
+                   "for the data-free activation ranges.")
 @click.option("--weights", default="int8", show_default=True, metavar="PRECISION",
               help=f"Weight precision: {', '.join(WEIGHT_CHOICES)} (int2 = ternary). Codes below 8 "
                    "bits are stored in int8 tensors on Conv (int8 kernels run them) and as INT4 "
@@ -188,8 +189,11 @@ def cli():
 @click.option("--exclude", multiple=True, metavar="NODE",
               help="Keep this layer (ONNX node name) in float. Repeatable.")
 @click.option("--preprocess", metavar="SPEC",
-              help="How images become inputs, recorded for compare, e.g. "
-                   "resize=256,crop=224,mean=127,std=128.")
+              help="How images become inputs, e.g. resize=256,crop=224,mean=127,std=128: "
+                   "recorded for compare; it also gives an image input its value range "
+                   "(unless --input-range does) and, when it maps pixels onto one grid (one "
+                   "std, integer mean), the input's int8 scale: every pixel then quantizes "
+                   "exactly.")
 @click.option("--calib", metavar="synthetic[:N]|PATH",
               help="Calibration data for --refine (and, when it is yours, the activation "
                    "ranges). synthetic[:N]: made without data (CNN: images matching the "

@@ -65,6 +65,10 @@ class QuantConfig:
     synthetic_samples: int = 8
     zeroq_steps: int = 100
     input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
+    # (input name, step): the input's values are integer multiples of step (8-bit pixels through
+    # --preprocess, rexdeploy.inputs.Preprocess.pixel_step); its int8 scale is step where the
+    # pixel codes fit the integer range, so quantizing the input loses nothing
+    input_grid: tuple[tuple[str, float], ...] = ()
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
     operator: str = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
@@ -344,6 +348,7 @@ class BuildConfig:
                             f"({CONFIG_VERSION}); upgrade rexdeploy")
         q = dict(d.pop("quant", {}))
         q["input_ranges"] = tuple(tuple(r) for r in q.get("input_ranges", ()))
+        q["input_grid"] = tuple(tuple(r) for r in q.get("input_grid", ()))
         q["exclude"] = tuple(q.get("exclude", ()))
         inputs = tuple(InputSpec.from_dict(s) for s in d.pop("inputs", ()))
         d["dim_ranges"] = tuple(tuple(r) for r in d.get("dim_ranges", ()))

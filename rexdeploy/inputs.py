@@ -50,6 +50,23 @@ class Preprocess:
         if any(s == 0 for s in self.std) or self.scale == 0:
             raise UserError("preprocess std and scale must not be 0")
 
+    def value_range(self) -> tuple[float, float]:
+        """(lo, hi) of the values this spec gives: pixels 0 and 255 through it, over channels."""
+        ends = [(p * self.scale - m) / s for p in (0.0, 255.0)
+                for m, s in zip(_per_channel(self.mean), _per_channel(self.std))]
+        return float(min(ends)), float(max(ends))
+
+    def pixel_step(self) -> float | None:
+        """The spacing of the values this spec gives, when every channel's lie on one grid of
+        integer multiples of it: one std for all channels and mean / scale an integer, so pixel
+        p gives (p - mean / scale) * step. None otherwise (e.g. ImageNet's per-channel std)."""
+        if len(set(self.std)) != 1 or self.std[0] < 0:
+            return None
+        offsets = [m / self.scale for m in self.mean]
+        if any(abs(o - round(o)) > 1e-6 for o in offsets):
+            return None
+        return abs(self.scale / self.std[0])
+
     def __str__(self) -> str:
         parts = []
         if self.resize:
@@ -60,6 +77,10 @@ class Preprocess:
                   "std=" + "/".join(map(_num, self.std)),
                   f"layout={self.layout}", f"channels={self.channels}"]
         return ",".join(parts)
+
+
+def _per_channel(values: tuple[float, ...]) -> tuple[float, ...]:
+    return values * 3 if len(values) == 1 else values
 
 
 def _num(x: float) -> str:

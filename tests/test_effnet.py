@@ -45,7 +45,7 @@ def test_runtime_int8_coverage(effnet):
 
 def test_ranges_come_from_batchnorm(effnet):
     sources = {a["source"] for a in effnet.report()["activations"]}
-    assert sources <= {"bn", "input", "bn+input"}, sources
+    assert sources <= {"bn", "input", "bn+input", "input+pixel-grid"}, sources
 
 
 def test_fidelity_on_labelled_photos(effnet, tmp_path):

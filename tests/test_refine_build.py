@@ -192,9 +192,11 @@ def test_image_calibration_folder_with_preprocess(tmp_path):
     art = rexdeploy.build(tiny_cnn(), CNN_IN, target="reference", output=str(tmp_path / "o"),
                           config=cfg, quiet=True, preprocess="resize=36,crop=32,mean=127,std=128")
     assert "3 samples" in _plan(art).config["calib"]
-    # observed on the images; the classifier's input may be migrated (--smooth auto)
-    assert {a.source.removesuffix("+smooth") for a in _plan(art).activations} == \
-        {"observed:calib"}
+    # observed on the images; the classifier's input may be migrated (--smooth auto); the
+    # model input's scale sits on the pixel grid --preprocess gives
+    sources = {a.tensor: a.source.removesuffix("+smooth") for a in _plan(art).activations}
+    assert sources.pop("input") == "observed:calib+pixel-grid"
+    assert set(sources.values()) == {"observed:calib"}
 
 
 def test_cli_build_with_refine(tmp_path):
