@@ -65,6 +65,15 @@ def test_kl_divergence(rng):
     assert kl_divergence(np.ones((2, 3, 4, 4)), np.ones((2, 3, 4, 4))) is None
 
 
+def test_agreement_interval():
+    from rexdeploy.fidelity import agreement_interval
+
+    assert agreement_interval(0.96, 50) == pytest.approx((0.8654, 0.9890), abs=1e-4)
+    assert agreement_interval(0.96, 500) == pytest.approx((0.9390, 0.9739), abs=1e-4)
+    lo, hi = agreement_interval(1.0, 50)
+    assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
+
+
 def test_max_abs_error():
     assert max_abs_error(np.array([1.0, -2.0]), np.array([1.5, -4.0])) == 2.0
 
@@ -80,6 +89,8 @@ def test_compare_outputs_keys(rng):
     assert {k: result[k] for k in METRICS} == result["outputs"]["logits"]
     assert result["top1_agreement"] is not None and result["kl"] >= 0
     assert result["outputs"]["feat"]["top1_agreement"] is None
+    lo, hi = result["top1_agreement_ci"]  # Wilson interval over the 6 decisions
+    assert lo < result["top1_agreement"] <= hi <= 1.0 and hi - lo > 0.3
     assert result["sqnr_db"] == pytest.approx(40, abs=1)
     off = compare_outputs(ref, test, classifier=False)
     assert off["top1_agreement"] is None and off["kl"] is None
