@@ -126,6 +126,8 @@ def main() -> int:
     console.print(f"{(~decisive).sum()} photos have a float top-1/top-2 probability margin below "
                   f"{MARGIN}: any perturbation may flip them (see 'agree decisive')")
     y = np.array([labels.get(n, -1) for n in names])
+    views = examples.load_photo_views()  # 10 crops of each photo: the agreement's precision
+    ref_views = torch_logits(model_path, views)
 
     rows = []
     float_onnx = None
@@ -135,28 +137,35 @@ def main() -> int:
         start = time.perf_counter()
         cfg = BuildConfig(quant=QuantConfig(input_ranges=(("input", -1.0, 1.0),), **overrides))
         art = rexdeploy.build(model_path, ["input:1x3x224x224"], output=os.path.join(
-            args.out, slug(label)), config=cfg, force=True, quiet=True)
+            args.out, slug(label)), config=cfg, force=True, quiet=True,
+            preprocess=examples.EFFNET_PREPROCESS)
         build_s = time.perf_counter() - start
         float_onnx = art.file("float_onnx")
         logits = _artifact_logits(art, x)
         rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
+                    _ten_crop(ref_views, _artifact_logits(art, views)) |
                     {"int8": art.manifest["summary"]["int8_coverage"], "build_s": build_s,
                      "bops": art.manifest["summary"].get("bops_ratio", 1.0), "art": art})
-        console.print(f"  {label}: {rows[-1]['sqnr']:.1f} dB, agreement {rows[-1]['agree']:.3f}")
+        console.print(f"  {label}: {rows[-1]['sqnr']:.1f} dB, agreement {rows[-1]['agree']:.3f}"
+                      f", 10-crop {rows[-1]['agree10']:.3f}")
     if float_onnx:
         files = {"onnx": os.path.basename(float_onnx)}
         for label, precision in (("OpenVINO float, f32", "f32"),
                                  ("OpenVINO float, device default (bf16)", "default")):
             logits = openvino_logits(os.path.dirname(float_onnx), files, x, precision)
             rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
+                        _ten_crop(ref_views, openvino_logits(os.path.dirname(float_onnx), files,
+                                                             views, precision)) |
                         {"int8": 0.0, "build_s": 0, "bops": float("nan"), "float": True,
                          "dir": os.path.dirname(float_onnx), "files": files,
                          "precision": precision})
     rows.append(_metrics("float torch (reference)", ref, ref, labelled, y, decisive) |
+                _ten_crop(ref_views, ref_views) |
                 {"int8": 0.0, "build_s": 0, "bops": float("nan")})
 
     headers = ["configuration", "agree all", "agree labelled", "agree other",
-               f"agree decisive (margin >= {MARGIN})", "KL", "SQNR dB",
+               f"agree decisive (margin >= {MARGIN})",
+               f"agree 10-crop ({len(views)} views; 95% interval)", "KL", "SQNR dB",
                "top-1 acc (labelled)", "int8 coverage", "BOPs x"]
     if float_onnx and (args.peers or args.latency or args.plot):  # issue 6
         import pareto
@@ -177,9 +186,11 @@ def main() -> int:
                 [_cells(r, len(headers)) for r in rows], args.markdown)
     default = rows[0]
     ok = default["agree"] >= 0.97 and default["sqnr"] >= 18.0
+    lo, hi = default["agree10_ci"]
     console.print(f"issue target, W8A8 agreement >= 0.97 and SQNR >= 18 dB: "
                   f"{'[green]met' if ok else '[red]missed'}[/] ({default['agree']:.3f}, "
-                  f"{default['sqnr']:.1f} dB)")
+                  f"{default['sqnr']:.1f} dB); on the {len(views)} ten-crop views "
+                  f"{default['agree10']:.3f} (95% interval {lo:.3f}-{hi:.3f})")
     _rex_verdicts(console, {r["label"]: r for r in rows})
     if args.peers:
         import pareto
@@ -267,7 +278,14 @@ def _metrics(label, ref, test, labelled, y, decisive) -> dict:
             "acc": (test.argmax(1)[labelled] == y[labelled]).mean()}
 
 
-def _cells(r: dict, n: int = 10) -> list[str]:
+def _ten_crop(ref: np.ndarray, test: np.ndarray) -> dict:
+    from rexdeploy.fidelity import agreement_interval
+
+    rate = float((ref.argmax(1) == test.argmax(1)).mean())
+    return {"agree10": rate, "agree10_ci": agreement_interval(rate, len(ref))}
+
+
+def _cells(r: dict, n: int = 11) -> list[str]:
     import pareto
 
     if r.get("skipped"):
@@ -275,6 +293,8 @@ def _cells(r: dict, n: int = 10) -> list[str]:
     sq = "inf" if not np.isfinite(r["sqnr"]) else f"{r['sqnr']:.1f}"
     cells = [r["label"], f"{r['agree']:.3f}", f"{r['agree_lab']:.3f}", f"{r['agree_other']:.3f}",
              f"{r['agree_decisive']:.3f}",
+             "{:.3f} ({:.3f}-{:.3f})".format(r["agree10"], *r["agree10_ci"])
+             if "agree10" in r else "",
              f"{r['kl']:.4f}", sq, f"{r['acc']:.2f}",
              f"{r['int8']:.0%}" if np.isfinite(r["int8"]) else "",
              "" if not np.isfinite(r.get("bops", np.nan)) else f"{r['bops']:.2f}"]
