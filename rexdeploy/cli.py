@@ -410,7 +410,20 @@ def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, 
 
 
 # -- profile -----------------------------------------------------------------------------------
-@cli.command(epilog="""\b
+class _ProfileCommand(click.Command):
+    """`--json` takes an optional FILE, so `profile --json ART` would read ART as the file and
+    then miss the artifact. An existing artifact directory right after `--json` is the
+    artifact: the JSON goes to stdout, as `--json - ART` says."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, arg in enumerate(args[:-1]):
+            if arg == "--json" and os.path.isfile(os.path.join(args[i + 1], "manifest.json")):
+                args[i] = "--json=-"
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_ProfileCommand, epilog="""\b
 Exit status: 0 done; 1 user error (e.g. a missing or invalid --baseline); 2 usage error;
 3 the regression gate failed: a median latency or throughput is worse than --baseline's by more
 than --max-regression (the figures are named on stderr).""")

@@ -116,6 +116,15 @@ def test_json_document_and_gate(artifact, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_json_before_the_artifact_prints_it(artifact):
+    """`--json` takes an optional FILE: an artifact directory right after it is the artifact."""
+    out = _rx("--json", artifact.path, *FAST, "--no-layers")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "rexdeploy.profile" and len(doc["variants"]) == 1
+    assert not os.path.exists(os.path.join(artifact.path, "-"))
+
+
 def test_gate_missing_or_invalid_baseline_is_exit_1(artifact, tmp_path):
     out = _rx(artifact.path, *FAST, "--baseline", str(tmp_path / "none.json"))
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
