@@ -146,6 +146,9 @@ class QuantConfig:
             if not lo < hi:
                 raise UserError(f"--input-range {name}:{lo},{hi}: low must be below high",
                                 f"e.g. --input-range {name}:-1,1")
+        for name, step in self.input_grid:
+            if not (math.isfinite(step) and step > 0):
+                raise UserError(f"input grid step {step} of {name}: must be a positive number")
 
     def _validate_weight_only(self) -> None:
         """--operator power and --dynamic-quantization (issue 7)."""

@@ -110,3 +110,11 @@ def test_a_wider_given_range_keeps_its_own_scale(builds):
     """--input-range wider than the pixels says the input holds other values too."""
     assert _input_qdq(builds["wider"])[0] == pytest.approx(3.0 / 127)
     assert _input_activation(builds["wider"])["source"] == "input"
+
+
+@pytest.mark.parametrize("step", [0.0, -1 / 128, float("nan")])
+def test_grid_step_is_validated(step):
+    from rexdeploy.errors import UserError
+
+    with pytest.raises(UserError, match="grid step"):
+        rexdeploy.QuantConfig(input_grid=(("input", step),)).validate()
