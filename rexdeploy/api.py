@@ -357,7 +357,7 @@ def _load(model, config: BuildConfig, load_model):
 def _pixel_input(config: BuildConfig, preprocess: str | None, log: StageLog) -> BuildConfig:
     """What --preprocess says of a one-image-input model's input values: their range, where
     --input-range does not give it (without either, N(0, 1) would be assumed: EfficientNet-Lite0
-    17.1 dB instead of 23.8), and their pixel grid (QuantConfig.input_grid)."""
+    17.1 dB instead of 23.7), and their pixel grid (QuantConfig.input_grid)."""
     floats = [s for s in config.inputs if s.dtype.startswith("float")]
     if not preprocess or len(floats) != 1 or len(floats[0].shape) != 4:
         return config

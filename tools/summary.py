@@ -33,10 +33,12 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
     table.add_row("runtime int8", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
                                   f"compute layers ({s['int8_coverage']:.0%}), read from the "
                                   "compiled model")
-    agree = fid.get("top1_agreement")
+    agree, ci = fid.get("top1_agreement"), fid.get("top1_agreement_ci")
+    agree_text = "-" if agree is None else f"{agree:.1%}" + (
+        f" (95% interval {ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
     table.add_row("fidelity", f"{fid['samples']} real photos vs {fid['reference']}: logits SQNR "
-                              f"{fid['sqnr_db']:.1f} dB, top-1 agreement "
-                              f"{'-' if agree is None else f'{agree:.1%}'}, KL {fid['kl']:.4f}")
+                              f"{fid['sqnr_db']:.1f} dB, top-1 agreement {agree_text}, KL "
+                              f"{fid['kl']:.4f}")
     for v in prof:
         lat = v["latency_ms"]["median"]
         ratio = f" ({lat / f32['latency_ms']['median']:.2f}x f32)" if f32 else ""
