@@ -629,8 +629,13 @@ def _model_name(model) -> str:
 def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None = None,
             preprocess: str | None = None, reference: str = "auto", backend: str | None = None,
             limit: int | None = None, quiet: bool = False, per_layer: bool = False,
-            threshold_db: float | None = None, top: int | None = None) -> dict:
+            threshold_db: float | None = None, top: int | None = None,
+            ten_crop: bool = False) -> dict:
     """Float model vs the artifact on real (`inputs`) or synthetic inputs: fidelity metrics.
+
+    ten_crop: each image of an `inputs` folder gives its ten standard crops (centre and four
+    corners, each mirrored; rexdeploy.inputs.preprocess_views): ten times the decisions, so the
+    top-1 agreement's interval narrows about threefold. `limit` still counts images.
 
     per_layer: also localise the error layer by layer (rexdeploy.localize: float.onnx vs
     model.onnx in ONNX Runtime, every quantized layer's output marked) under "per_layer";
@@ -646,6 +651,8 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     if inputs and synthetic:
         raise UserError("give either --inputs or --synthetic, not both",
                         "--inputs DIR compares on your data; --synthetic N on random inputs")
+    if ten_crop and not inputs:
+        raise UserError("--ten-crop takes the views of images: give --inputs DIR")
     if per_layer and art.manifest.get("ensemble"):  # before any work
         raise UserError("--per-layer localises one Q/DQ model; an ensemble artifact holds "
                         f"{len(art.manifest['ensemble']['members'])} member models",
@@ -653,7 +660,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     with log.stage("inputs", inputs or f"{synthetic or 16} synthetic"):
         labels = None
         if inputs:
-            samples = load_inputs(inputs, specs, preprocess, limit)
+            samples = load_inputs(inputs, specs, preprocess, limit, views=10 if ten_crop else 1)
             labels = load_labels(inputs, specs, limit)
         else:
             ranges = {n: (lo, hi) for n, lo, hi in
@@ -673,6 +680,8 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                             "ONNX Runtime)"
     result["samples"] = len(samples)
     result["inputs"] = inputs or f"synthetic:{synthetic or 16}"
+    if ten_crop:
+        result["inputs"] += ", ten crops each"
     if per_layer:
         result["per_layer"] = _per_layer(art, samples, threshold_db, top, log)
     return result

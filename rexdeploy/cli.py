@@ -384,18 +384,25 @@ def _parse_dim_range(text: str) -> tuple[str, int, int, int]:
                                  "23 dB already flip 4% of its top-1 answers.")
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="With --per-layer: list the N worst layers (by local SQNR).")
+@click.option("--ten-crop", is_flag=True,
+              help="Judge each image of --inputs through its ten standard crops (centre and four "
+                   "corners of the resized image, each mirrored; needs crop= in the preprocess "
+                   "spec): ten times the decisions. Top-1 agreement on a few dozen images moves "
+                   "by whole flips (48/50 = 96%, 95% interval 87-99%); ten crops narrow it about "
+                   "threefold.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--save", type=click.Path(), help="Also write the metrics as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True)
 @user_errors
 def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, per_layer,
-            threshold_db, top, as_json, save, quiet):
+            threshold_db, top, ten_crop, as_json, save, quiet):
     """Fidelity of ARTIFACT against the float model: SQNR, cosine, top-1 agreement, KL."""
     from rexdeploy import api
 
     result = api.compare(artifact, inputs, synthetic=synthetic, preprocess=preprocess,
                          reference=reference, backend=backend, limit=limit, quiet=quiet or as_json,
-                         per_layer=per_layer, threshold_db=threshold_db, top=top)
+                         per_layer=per_layer, threshold_db=threshold_db, top=top,
+                         ten_crop=ten_crop)
     _save(save, result)
     if as_json:
         click.echo(json.dumps(result, indent=1, default=_json_default))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rexdeploy.errors import UserError
 
@@ -165,6 +165,18 @@ def _layout(pre: Preprocess, shape: tuple) -> tuple[str, int]:
 
 def preprocess_image(path: str, pre: Preprocess, shape: tuple):
     """One image file -> float32 array of `shape` (batch 1). UserError names the file."""
+    return preprocess_views(path, pre, shape, 1)[0][1]
+
+
+# the ImageNet "10-crop" views: centre, top-left, top-right, bottom-left, bottom-right crops of
+# the resized image, each also mirrored left-right (tags name them in sample ids)
+VIEW_TAGS = ("c", "tl", "tr", "bl", "br")
+
+
+def preprocess_views(path: str, pre: Preprocess, shape: tuple, views: int = 1) -> list:
+    """[(tag, float32 array of `shape`)] for one image file: views=1 the spec's own centre crop
+    (tag ""); views=10 the ten standard crops (tags c, c~m, tl, tl~m, ...; c is the spec's
+    own), which needs a crop in the spec. UserError names the file."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -172,21 +184,48 @@ def preprocess_image(path: str, pre: Preprocess, shape: tuple):
     if channels == 1 and (len(pre.mean) == 3 or len(pre.std) == 3):
         raise UserError(f"the input takes 1 channel (grayscale) but the preprocess spec gives 3 "
                         f"mean/std values: '{pre}'")
+    if views not in (1, 10):
+        raise ValueError(f"views={views}: 1 or 10")
+    if views == 10 and not pre.crop:
+        raise UserError(f"ten crops need a crop size in the preprocess spec ('{pre}')",
+                        "add crop=H or crop=HxW, e.g. resize=256,crop=224")
     try:
         with Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
-            img = _resize_crop(img, pre)
+            if views == 1:
+                crops = [("", _resize_crop(img, pre))]
+            else:
+                whole = _resize_crop(img, replace(pre, crop=None))
+                crops = []
+                for tag, box in zip(VIEW_TAGS, _crop_boxes(whole.size, pre.crop)):
+                    crop = whole.crop(box)
+                    crops += [(tag, crop), (f"{tag}~m", crop.transpose(Image.FLIP_LEFT_RIGHT))]
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
-    x = np.asarray(img, dtype=np.float32)
-    x = x[:, :, None] if x.ndim == 2 else (x[:, :, ::-1] if pre.channels == "bgr" else x)
-    x = (x * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    x = (x.transpose(2, 0, 1) if layout == "nchw" else x)[None]
-    want = tuple(shape)
-    if any(isinstance(w, int) and w != g for w, g in zip(want, x.shape)):
-        raise UserError(f"image {path} preprocessed with '{pre}' is {_fmt(x.shape)}, the model "
-                        f"input is {_fmt(want)}", "adjust resize/crop in the preprocess spec")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    out = []
+    for tag, crop in crops:
+        x = np.asarray(crop, dtype=np.float32)
+        x = x[:, :, None] if x.ndim == 2 else (x[:, :, ::-1] if pre.channels == "bgr" else x)
+        x = (x * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+        x = (x.transpose(2, 0, 1) if layout == "nchw" else x)[None]
+        want = tuple(shape)
+        if any(isinstance(w, int) and w != g for w, g in zip(want, x.shape)):
+            raise UserError(f"image {path} preprocessed with '{pre}' is {_fmt(x.shape)}, the "
+                            f"model input is {_fmt(want)}", "adjust resize/crop in the "
+                            "preprocess spec")
+        out.append((tag, np.ascontiguousarray(x, dtype=np.float32)))
+    return out
+
+
+def _crop_boxes(size: tuple[int, int], crop: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """PIL boxes of the centre and four corner crops (VIEW_TAGS order) of an image of `size`."""
+    w, h = size
+    ch, cw = crop
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} is larger than the {h}x{w} image after resize")
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return [(left + x, top + y, left + x + cw, top + y + ch) for x, y in [(0, 0)]] + \
+        [(x, y, x + cw, y + ch) for y in (0, h - ch) for x in (0, w - cw)]
 
 
 def _resize_crop(img, pre: Preprocess):
@@ -213,14 +252,19 @@ def _resize_crop(img, pre: Preprocess):
 
 # -- loading -----------------------------------------------------------------------------------
 def load_inputs(source: str, specs: list[dict], preprocess: str | None,
-                limit: int | None = None) -> list[tuple[str, dict]]:
-    """Samples from `source`, sorted by file name, at most `limit` of them.
+                limit: int | None = None, views: int = 1) -> list[tuple[str, dict]]:
+    """Samples from `source`, sorted by file name, at most `limit` of them (files).
 
     source: a folder of images (jpg/jpeg/png/bmp/tif, one input, needs `preprocess`, see
     `parse_preprocess`); a folder of .npy files (one sample each, one-input models) and/or .npz
     files (one sample each, keyed by input name); or one .npy/.npz file whose arrays have a
     leading sample axis (N x input shape, or N stacked along the batch dim of size 1).
+    views=10: each image gives its ten standard crops (`preprocess_views`), ids NAME@TAG.
     """
+    if views != 1 and (not os.path.isdir(source) or not any(
+            n.lower().endswith(IMAGE_EXTS) for n in os.listdir(source))):
+        raise UserError(f"ten crops are views of images; {source} is no folder of images",
+                        "drop --ten-crop for arrays")
     if not os.path.exists(source):
         raise UserError(f"inputs {source} do not exist")
     if limit is not None and limit < 1:
@@ -243,7 +287,7 @@ def load_inputs(source: str, specs: list[dict], preprocess: str | None,
     chosen = (images or arrays)[:limit] if limit else (images or arrays)
     paths = [os.path.join(source, n) for n in chosen]
     if images:
-        return _images(paths, specs, preprocess)
+        return _images(paths, specs, preprocess, views)
     return [(os.path.splitext(os.path.basename(p))[0], _array_file(p, specs)) for p in paths]
 
 
@@ -272,7 +316,8 @@ def load_labels(source: str, specs: list[dict], limit: int | None = None):
     return labels[:limit] if limit else labels
 
 
-def _images(paths: list[str], specs: list[dict], preprocess: str | None) -> list:
+def _images(paths: list[str], specs: list[dict], preprocess: str | None,
+            views: int = 1) -> list:
     if len(specs) != 1:
         raise UserError(f"an image folder feeds one input; this model has {len(specs)} "
                         f"({', '.join(s['name'] for s in specs)})", "give .npz files instead")
@@ -286,9 +331,12 @@ def _images(paths: list[str], specs: list[dict], preprocess: str | None) -> list
     if shape and shape[0] != 1:
         raise UserError(f"input {spec['name']} has batch {shape[0]}; image folders give batch "
                         "1 per sample", "export the model with batch 1 or a dynamic batch")
-    return [(os.path.splitext(os.path.basename(p))[0],
-             {spec["name"]: _cast(preprocess_image(p, pre, spec["shape"]), spec, p)})
-            for p in paths]
+    samples = []
+    for p in paths:
+        name = os.path.splitext(os.path.basename(p))[0]
+        for tag, x in preprocess_views(p, pre, spec["shape"], views):
+            samples.append((f"{name}@{tag}" if tag else name, {spec["name"]: _cast(x, spec, p)}))
+    return samples
 
 
 def _load_array_file(path: str) -> dict:

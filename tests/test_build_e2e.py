@@ -60,6 +60,32 @@ def test_compare_reference_backend_agrees_with_openvino(cnn_artifact):
     assert abs(ov["sqnr_db"] - ort["sqnr_db"]) < 6
 
 
+def test_compare_ten_crop_cli(cnn_artifact, tmp_path):
+    """--ten-crop: ten views per image, ids NAME@TAG, the agreement's interval narrows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "rexdeploy.cli", "compare",  # noqa
+                                     cnn_artifact.path, "--inputs", str(tmp_path), "--preprocess",
+                                     "resize=36,crop=32,mean=127,std=128", "--json", *a],
+                                    capture_output=True, text=True, cwd=ROOT, timeout=300)
+    one, ten = run(), run("--ten-crop")
+    assert one.returncode == 0 and ten.returncode == 0, one.stderr + ten.stderr
+    one, ten = json.loads(one.stdout), json.loads(ten.stdout)
+    assert (one["samples"], ten["samples"]) == (3, 30)
+    assert ten["inputs"].endswith("ten crops each")
+    assert {w["id"].split("@")[0] for w in ten["worst_samples"]} <= {"0", "1", "2"}
+    width = lambda r: r["top1_agreement_ci"][1] - r["top1_agreement_ci"][0]  # noqa: E731
+    assert width(ten) < width(one)
+    bad = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "compare", cnn_artifact.path,
+                          "--synthetic", "4", "--ten-crop"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode == 1 and "--ten-crop" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_profile_runs_with_baselines(cnn_artifact):
     result = rexdeploy.profile(cnn_artifact.path, duration=0.2, rounds=1, compare=True,
                                quiet=True)

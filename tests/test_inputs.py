@@ -71,6 +71,31 @@ def test_image_folder_nhwc_bgr_per_channel_and_limit(tmp_path):
     np.testing.assert_allclose(x[0, 0, 0], [128 / 255, 0.0, (1 - 1) / 2], atol=1e-6)
 
 
+def test_ten_crop_views(tmp_path):
+    """Centre (the spec's own crop) and four corners of the resized image, each mirrored."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)  # H 30, W 40: no resize
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    spec = [{"name": "input", "shape": [1, 3, 20, 24], "dtype": "float32"}]
+    pre = "crop=20x24,mean=127,std=128"
+    views = load_inputs(str(tmp_path), spec, pre, views=10)
+    assert [sid for sid, _ in views] == ["p@c", "p@c~m", "p@tl", "p@tl~m", "p@tr", "p@tr~m",
+                                         "p@bl", "p@bl~m", "p@br", "p@br~m"]
+    x = {sid: feeds["input"][0] for sid, feeds in views}
+    np.testing.assert_array_equal(x["p@c"], load_inputs(str(tmp_path), spec, pre)[0][1]["input"][0])
+    a = (pixels.astype(np.float32) - 127) / 128
+    boxes = {"c": (5, 8), "tl": (0, 0), "tr": (0, 16), "bl": (10, 0), "br": (10, 16)}
+    for tag, (top, left) in boxes.items():
+        want = a[top:top + 20, left:left + 24].transpose(2, 0, 1)
+        np.testing.assert_array_equal(x[f"p@{tag}"], want)
+        np.testing.assert_array_equal(x[f"p@{tag}~m"], want[:, :, ::-1])
+    with pytest.raises(UserError, match="crop size"):
+        load_inputs(str(tmp_path), spec, "resize=20x24,mean=127,std=128", views=10)
+    np.save(tmp_path / "arrays.npy", np.zeros((1, 3, 20, 24), np.float32))
+    with pytest.raises(UserError, match="no folder of images"):
+        load_inputs(str(tmp_path / "arrays.npy"), spec, None, views=10)
+
+
 def test_resize_short_side_then_centre_crop(tmp_path):
     img = np.zeros((60, 80, 3), np.uint8)
     img[:, 40:] = 255  # right half white

@@ -13,7 +13,6 @@ uses Pillow and numpy only, so it does not depend on torch or torchvision.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -237,32 +236,16 @@ def load_photo_views(preprocess: str = EFFNET_PREPROCESS,
                      directory: str | os.PathLike | None = None) -> np.ndarray:
     """The standard ten crops of every photo, [10 N, 3, crop, crop] float32 (photo i's views at
     rows 10 i .. 10 i + 9, the centre crop first): the centre and the four corner crops of the
-    resized image, each also mirrored (the ImageNet "10-crop" evaluation). Ten views of one
-    scene make a top-1 agreement of 10 N decisions: its confidence interval is about three
+    resized image, each also mirrored (the ImageNet "10-crop" evaluation;
+    rexdeploy.inputs.preprocess_views, what `rexdeploy compare --ten-crop` reads). Ten views of
+    one scene make a top-1 agreement of 10 N decisions: its confidence interval is about three
     times narrower than the N photos' alone."""
-    from PIL import Image
+    from rexdeploy.inputs import load_inputs, parse_preprocess
 
-    from rexdeploy.inputs import _resize_crop, parse_preprocess
-
-    pre = parse_preprocess(preprocess)
-    if not pre.crop:
-        raise ValueError(f"{preprocess!r}: ten crops need a crop size")
-    resize_only = dataclasses.replace(pre, crop=None)
-    ch, cw = pre.crop
-    mean, std = np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
-    d = photo_dir(directory)
-    views = []
-    for name in list_photos(d):
-        with Image.open(d / name) as img:
-            a = np.asarray(_resize_crop(img.convert("RGB"), resize_only), np.float32)
-        a = ((a * pre.scale - mean) / std).transpose(2, 0, 1)
-        h, w = a.shape[1:]
-        corners = [(int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))), (0, 0),
-                   (0, w - cw), (h - ch, 0), (h - ch, w - cw)]
-        for top, left in corners:
-            crop = a[:, top:top + ch, left:left + cw]
-            views += [crop, crop[:, :, ::-1]]
-    return np.ascontiguousarray(np.stack(views), dtype=np.float32)
+    crop = parse_preprocess(preprocess).crop or (224, 224)
+    spec = {"name": "input", "shape": [1, 3, *crop], "dtype": "float32"}
+    samples = load_inputs(str(photo_dir(directory)), [spec], preprocess, views=10)
+    return np.ascontiguousarray(np.concatenate([feeds["input"] for _, feeds in samples]))
 
 
 def float_logits(x: np.ndarray, model=None, batch: int = 16) -> np.ndarray:
