@@ -108,6 +108,31 @@ def int8_coverage(layers: tuple[LayerPrecision, ...]) -> float:
     return sum(l.is_int8 for l in layers) / len(layers) if layers else 0.0
 
 
+def telemetry_off() -> None:
+    """Keep OpenVINO from sending usage telemetry from this process.
+
+    OpenVINO's converter reports its import and every conversion to Google Analytics
+    (openvino_telemetry: on wherever no consent file exists, i.e. on every fresh machine), each
+    event from a forked process. A build must not phone home from a user's machine, and without
+    a network the fork can hang: this project's test suite once stopped for good in a forked
+    sender blocked in getaddrinfo("www.google-analytics.com"). The converter falls back to its
+    own no-op stub when openvino_telemetry does not import: block that import before openvino
+    loads, and point an already loaded converter at the stub."""
+    import sys
+
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
+    ovc = sys.modules.get("openvino.tools.ovc.telemetry_utils")
+    if ovc is not None and ovc.tm.__name__ != "openvino.tools.ovc.telemetry_stub":
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+
+        convert_impl.tm = telemetry_stub
+        telemetry_utils.tm = telemetry_stub
+
+
+telemetry_off()  # this module is where rexdeploy's OpenVINO use starts
+
+
 def _check_device(device: str) -> None:
     base = device.split(":")[0].split(".")[0].upper()
     if base in ("AUTO", "MULTI", "HETERO", "BATCH"):
@@ -182,6 +207,7 @@ class OpenVINOBackend:
         if not os.path.isfile(onnx_path):
             raise UserError(f"no ONNX file at {onnx_path}")
         _check_device(options.device)
+        telemetry_off()
         try:
             model = ov.convert_model(onnx_path)
         except Exception as exc:  # the ONNX frontend raises plain Exception subclasses

@@ -304,3 +304,29 @@ def test_registry_lists_both_backends():
     assert {"openvino", "reference"} <= set(backends.names())
     rows = {name: ok for name, ok, _ in backends.status()}
     assert rows["reference"] is True
+
+
+def test_build_sends_no_telemetry(models, tmp_path):
+    """OpenVINO's converter reports to Google Analytics from a forked process unless
+    openvino_telemetry is out of its reach: a build must neither phone home nor hang on a
+    machine without network (a forked sender did, in getaddrinfo)."""
+    script = f"""
+import sys
+import backends
+from backends.base import BuildOptions
+backends.get("openvino").build({models["qdq_s8"]!r}, {str(tmp_path)!r}, BuildOptions())
+from openvino.tools.ovc import convert_impl, telemetry_utils
+assert sys.modules["openvino_telemetry"] is None
+assert convert_impl.tm.__name__ == telemetry_utils.tm.__name__ == \
+    "openvino.tools.ovc.telemetry_stub"
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # in a process that loaded openvino first, the converter is switched to the stub
+    from backends.openvino import telemetry_off
+    from openvino.tools.ovc import convert_impl, telemetry_utils
+
+    telemetry_off()
+    assert convert_impl.tm.__name__ == telemetry_utils.tm.__name__ == \
+        "openvino.tools.ovc.telemetry_stub"

@@ -120,8 +120,11 @@ def _float_ir(float_onnx: str, out: str) -> str:
     """The float model as an f32 IR (what NNCF compresses and the latency reference)."""
     import openvino as ov
 
+    from backends.openvino import telemetry_off
+
     xml = os.path.join(out, "float", "model.xml")
     os.makedirs(os.path.dirname(xml), exist_ok=True)
+    telemetry_off()
     ov.save_model(ov.convert_model(float_onnx), xml, compress_to_fp16=False)
     return xml
 
