@@ -477,7 +477,7 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
 
         samples, what = sensitivity_samples(
             _synthetic_samples(float_model, config, loaded, log),
-            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed)
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid))
     from rexdeploy.mixed import raises_activations
 
     sens = measure_sensitivity(float_model, layers, draft, samples, log,
@@ -559,7 +559,8 @@ def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) 
     specs = [s.to_dict() for s in config.inputs]
     if q.ranges == "zeroq":
         return _zeroq_samples(config, loaded, log, ranges)
-    return [feeds for _, feeds in synthetic_inputs(specs, q.synthetic_samples, q.seed, ranges)]
+    return [feeds for _, feeds in synthetic_inputs(specs, q.synthetic_samples, q.seed, ranges,
+                                                   dict(q.input_grid))]
 
 
 def _zeroq_samples(config: BuildConfig, loaded, log: StageLog, ranges) -> list[dict]:
@@ -666,7 +667,9 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
             ranges = {n: (lo, hi) for n, lo, hi in
                       art.manifest["config"]["quant"].get("input_ranges", [])}
             ranges.update(_integer_ranges(art))
-            samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges)
+            grids = {n: step for n, step in
+                     art.manifest["config"]["quant"].get("input_grid", [])}
+            samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges, grids)
     ref_runner, ref_name = _reference_runner(art, reference)
     test_runner = _artifact_runner(art, backend)
     with log.stage("compare", f"{len(samples)} samples: {ref_name} vs "

@@ -430,11 +430,13 @@ def _fmt(shape) -> str:
 
 # -- synthetic ---------------------------------------------------------------------------------
 def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
-                     ranges: dict[str, tuple[float, float]] | None = None
-                     ) -> list[tuple[str, dict]]:
-    """`n` random samples: float inputs N(0, 1), or uniform in `ranges[name]` = (lo, hi);
-    integer inputs uniform in [0, 100), or [lo, hi); bool inputs fair coins. Named dynamic
-    dims take 1. Sample i is the same whatever `n` is (one generator, drawn in order)."""
+                     ranges: dict[str, tuple[float, float]] | None = None,
+                     grids: dict[str, float] | None = None) -> list[tuple[str, dict]]:
+    """`n` random samples: float inputs N(0, 1), or uniform in `ranges[name]` = (lo, hi), and
+    then on the grid `grids[name]` (pixels through --preprocess: a real image's values are
+    multiples of it, so synthetic ones are too); integer inputs uniform in [0, 100), or
+    [lo, hi); bool inputs fair coins. Named dynamic dims take 1. Sample i is the same whatever
+    `n` is (one generator, drawn in order)."""
     import numpy as np
 
     if n < 1:
@@ -455,6 +457,10 @@ def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
                 x = rng.integers(int(lo), int(hi), size=shape)
             elif lo_hi is not None:
                 x = rng.uniform(lo_hi[0], lo_hi[1], size=shape)
+                step = (grids or {}).get(spec["name"])
+                if step:
+                    lo, hi = math.ceil(lo_hi[0] / step - 1e-6), math.floor(lo_hi[1] / step + 1e-6)
+                    x = np.clip(np.round(x / step), lo, hi) * step
             else:
                 x = rng.standard_normal(shape)
             feeds[spec["name"]] = np.asarray(x, dtype=dtype)

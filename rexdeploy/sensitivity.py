@@ -77,21 +77,28 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
     return Sensitivity(weights, activations, len(samples), time.perf_counter() - start)
 
 
-def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0
-                        ) -> tuple[list[dict], str]:
+def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
+                        grids: dict | None = None) -> tuple[list[dict], str]:
     """The first SAMPLES of the build's synthetic `samples`, with every image-like input (float,
     [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
-    (calib_free.mixed.pink_noise_images): white noise misranks CNN layers. Returns the samples
-    and what they are, for the build log."""
+    (calib_free.mixed.pink_noise_images): white noise misranks CNN layers. An input with a
+    pixel grid (`grids`, QuantConfig.input_grid) gets its noise on that grid, as real pixels
+    are: its int8 Q/DQ then costs nothing, as on real images. Returns the samples and what they
+    are, for the build log."""
     from calib_free.mixed import pink_noise_images
 
     samples = [dict(s) for s in samples[:SAMPLES]]
     images = [name for name, x in samples[0].items() if _image_like(x)] if samples else []
     for name in images:
         x = samples[0][name]
-        noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name))
+        noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name)).numpy()
+        step = (grids or {}).get(name)
+        if step and name in input_ranges:
+            lo, hi = input_ranges[name]
+            noise = np.clip(np.round(noise / step), np.ceil(lo / step - 1e-6),
+                            np.floor(hi / step + 1e-6)) * step
         for i, feeds in enumerate(samples):
-            feeds[name] = noise[i:i + 1].numpy().astype(x.dtype)
+            feeds[name] = noise[i:i + 1].astype(x.dtype)
     what = "synthetic inputs" + (" (images: 1/f noise)" if images else "")
     return samples, what
 

@@ -206,6 +206,13 @@ def test_synthetic_inputs_shapes_dtypes_ranges():
     xr = np.stack([f["x"] for _, f in ranged])
     assert xr.min() >= 0 and xr.max() <= 6 and xr.mean() == pytest.approx(3, abs=0.2)
     assert set(np.unique([f["ids"] for _, f in ranged])) == {5, 6}
+    # on a pixel grid: multiples of the step within the range, the same draws otherwise
+    step = 1 / 128
+    pixels = synthetic_inputs(specs, 20, ranges={"x": (-127 * step, 1.0), "ids": (5, 7)},
+                              grids={"x": step})
+    codes = np.stack([f["x"] for _, f in pixels]) / step
+    assert np.array_equal(codes, np.round(codes)) and codes.min() >= -127 and codes.max() <= 128
+    assert len(np.unique(codes)) == 256
 
 
 def test_synthetic_inputs_are_reproducible_prefixes():

@@ -114,6 +114,13 @@ def test_sensitivity_samples_replace_images_only():
         assert feeds["img"].max() == pytest.approx(1.0) or feeds["img"].min() == pytest.approx(0)
         assert np.array_equal(feeds["ids"], np.ones((1, 8), np.int64))
     assert samples[0]["img"].max() == 0  # the build's own samples are not changed
+    # a pixel grid (--preprocess): the noise is made of pixels, so the input's Q/DQ is exact
+    step = 1 / 128
+    gridded, _ = sensitivity_samples(samples, {"img": (-127 * step, 1.0)}, grids={"img": step})
+    for feeds in gridded:
+        codes = feeds["img"] / step
+        assert np.array_equal(codes, np.round(codes)) and codes.min() >= -127
+        assert codes.max() <= 128 and len(np.unique(codes)) > 100
 
 
 # -- the measurement on a model with a deliberately damaged layer -----------------------------
