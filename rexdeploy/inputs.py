@@ -223,8 +223,8 @@ def _crop_boxes(size: tuple[int, int], crop: tuple[int, int]) -> list[tuple[int,
     ch, cw = crop
     if ch > h or cw > w:
         raise ValueError(f"crop {ch}x{cw} is larger than the {h}x{w} image after resize")
-    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    return [(left + x, top + y, left + x + cw, top + y + ch) for x, y in [(0, 0)]] + \
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))  # as _resize_crop
+    return [(left, top, left + cw, top + ch)] + \
         [(x, y, x + cw, y + ch) for y in (0, h - ch) for x in (0, w - cw)]
 
 
@@ -261,12 +261,12 @@ def load_inputs(source: str, specs: list[dict], preprocess: str | None,
     leading sample axis (N x input shape, or N stacked along the batch dim of size 1).
     views=10: each image gives its ten standard crops (`preprocess_views`), ids NAME@TAG.
     """
+    if not os.path.exists(source):
+        raise UserError(f"inputs {source} do not exist")
     if views != 1 and (not os.path.isdir(source) or not any(
             n.lower().endswith(IMAGE_EXTS) for n in os.listdir(source))):
         raise UserError(f"ten crops are views of images; {source} is no folder of images",
                         "drop --ten-crop for arrays")
-    if not os.path.exists(source):
-        raise UserError(f"inputs {source} do not exist")
     if limit is not None and limit < 1:
         raise UserError(f"limit {limit} must be at least 1")
     if os.path.isfile(source):
