@@ -176,8 +176,11 @@ def main() -> int:
                 console, "effnet", float_onnx, args.out, real_what="photos",
                 real=[{"input": x[i:i + 1]} for i in range(len(x))],
                 random=random_images((1, 3, 224, 224), -1.0, 1.0),
-                evaluate=lambda d, files: openvino_logits(d, files, x),
-                metrics=lambda label, out: _metrics(label, ref, out, labelled, y, decisive) |
+                # the photos, then their ten crops: the peers get the 10-crop column too
+                evaluate=lambda d, files: openvino_logits(d, files, np.concatenate([x, views])),
+                metrics=lambda label, out: _metrics(label, ref, out[:len(x)], labelled, y,
+                                                    decisive) |
+                _ten_crop(ref_views, out[len(x):]) |
                 {"int8": float("nan"), "bops": float("nan")}, only=args.only)
         pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
                       f"EfficientNet-Lite0, {len(names)} photos", "sqnr")
