@@ -429,6 +429,15 @@ def _fmt(shape) -> str:
 
 
 # -- synthetic ---------------------------------------------------------------------------------
+def on_grid(x, step: float, lo_hi: tuple[float, float]):
+    """x rounded to the nearest multiple of `step` within [lo, hi] (the grid pixels lie on,
+    QuantConfig.input_grid): what a synthetic image made of pixels holds."""
+    import numpy as np
+
+    lo, hi = math.ceil(lo_hi[0] / step - 1e-6), math.floor(lo_hi[1] / step + 1e-6)
+    return np.clip(np.round(np.asarray(x) / step), lo, hi) * step
+
+
 def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
                      ranges: dict[str, tuple[float, float]] | None = None,
                      grids: dict[str, float] | None = None) -> list[tuple[str, dict]]:
@@ -459,8 +468,7 @@ def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
                 x = rng.uniform(lo_hi[0], lo_hi[1], size=shape)
                 step = (grids or {}).get(spec["name"])
                 if step:
-                    lo, hi = math.ceil(lo_hi[0] / step - 1e-6), math.floor(lo_hi[1] / step + 1e-6)
-                    x = np.clip(np.round(x / step), lo, hi) * step
+                    x = on_grid(x, step, lo_hi)
             else:
                 x = rng.standard_normal(shape)
             feeds[spec["name"]] = np.asarray(x, dtype=dtype)

@@ -114,6 +114,8 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     import onnx_ir as ir
     import onnxruntime as ort
 
+    from rexdeploy.passes.center_activations import shifts
+
     if not samples:
         raise UserError("no samples for the per-layer comparison")
     if top < 1:
@@ -128,7 +130,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     float_session = _session(_with_outputs(float_proto, float_marks), "float.onnx")
     qdq_session = _session(_with_outputs(qdq_proto, [t.output for t in taps]), "model.onnx")
     locals_ = _local_sessions(qdq_proto, taps, float_proto) if local else {}
-    in_shift, out_shift = _shifts(qdq_ir)  # centred activations (--target trt)
+    in_shift, out_shift = shifts(qdq_ir)  # centred activations (--target trt)
     acc = {t.name: _Pooled() for t in taps}
     loc = {t.name: _Pooled() for t in taps}
     for i, (_sid, feeds) in enumerate(samples):
@@ -237,22 +239,6 @@ def _run(session, feeds: dict) -> dict:
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
           "tensor(double)": np.float64}
-
-
-def _shifts(qdq_ir) -> tuple[dict[str, float], dict[str, float]]:
-    """({tensor: shift} of the tensors centred activations' Q nodes read, {layer: shift} of
-    the layers whose output moved): value in the Q/DQ model = float model's value + shift
-    (rexdeploy.passes.center_activations)."""
-    from rexdeploy.passes.center_activations import INPUT_SHIFT_KEY, OUTPUT_SHIFT_KEY
-    from rexdeploy.passes.qdq_nodes import layer_of
-
-    ins, outs = {}, {}
-    for node in qdq_ir.graph:
-        if INPUT_SHIFT_KEY in node.metadata_props:
-            ins[node.inputs[0].name] = float(node.metadata_props[INPUT_SHIFT_KEY])
-        if OUTPUT_SHIFT_KEY in node.metadata_props:
-            outs[(layer_of(node) or (node.name,))[0]] = float(node.metadata_props[OUTPUT_SHIFT_KEY])
-    return ins, outs
 
 
 def _elem_types(model) -> dict[str, int]:

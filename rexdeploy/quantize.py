@@ -360,24 +360,22 @@ def _activation(tensor: str, s: TensorStats | None, o: Observed | None, config: 
     signed = not (allow_unsigned and config.unsigned_activations and nonneg)
     bound = max(bound, 1e-8)
     step = dict(config.input_grid).get(tensor)
-    if step is not None and factor is None and s is not None and _on_grid(s, step, signed):
-        # the input's values are integer multiples of step (pixels): scale = step keeps each
-        # one exact (at most the top pixel saturates by one step: 255 - 127 = 128 codes)
+    if step is not None and factor is None and s is not None:
         from calib_free.quantizer import qmax
 
         q = qmax(8, signed)
-        return ActivationPlan(tensor, float(step), 8, signed, f"{source}+pixel-grid",
-                              float(step * q), factor)
+        if _on_grid(s, step, q, signed):
+            # the input's values are integer multiples of step (pixels): scale = step keeps
+            # each one exact (at most the top pixel saturates by one step: 255 - 127 = 128)
+            return ActivationPlan(tensor, float(step), 8, signed, f"{source}+pixel-grid",
+                                  float(step * q), factor)
     return ActivationPlan(tensor, float(scale_from_clip(bound, 8, signed)), 8, signed, source,
                           float(bound), factor)
 
 
-def _on_grid(s: TensorStats, step: float, signed: bool) -> bool:
-    """Do the codes of an input in [s.lo, s.hi] on a grid of `step` fit the int8/uint8 range,
-    give or take the one step that saturates?"""
-    from calib_free.quantizer import qmax
-
-    q = qmax(8, signed)
+def _on_grid(s: TensorStats, step: float, q: int, signed: bool) -> bool:
+    """Do the codes of an input in [s.lo, s.hi] on a grid of `step` fit the int8/uint8 range
+    [-q, q] / [0, q], give or take the one step that saturates?"""
     low = -(q + 1) if signed else 0
     return s.lo / step >= low - 1e-3 and s.hi / step <= q + 1 + 1e-3
 

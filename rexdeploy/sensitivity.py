@@ -94,9 +94,9 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
         noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name)).numpy()
         step = (grids or {}).get(name)
         if step and name in input_ranges:
-            lo, hi = input_ranges[name]
-            noise = np.clip(np.round(noise / step), np.ceil(lo / step - 1e-6),
-                            np.floor(hi / step + 1e-6)) * step
+            from rexdeploy.inputs import on_grid
+
+            noise = on_grid(noise, step, input_ranges[name])
         for i, feeds in enumerate(samples):
             feeds[name] = noise[i:i + 1].astype(x.dtype)
     what = "synthetic inputs" + (" (images: 1/f noise)" if images else "")

@@ -176,7 +176,21 @@ class CenterActivationsPass(ir.passes.InPlacePass):
 def centred_tensors(model: ir.Model) -> set[str]:
     """The tensors this pass centred in `model`: what its QuantizeLinear nodes carrying an input
     shift read (the plan's activation tensor names)."""
-    return {n.inputs[0].name for n in model.graph if INPUT_SHIFT_KEY in n.metadata_props}
+    return set(shifts(model)[0])
+
+
+def shifts(model: ir.Model) -> tuple[dict[str, float], dict[str, float]]:
+    """What this pass recorded in `model`'s node metadata: ({tensor: shift} of the tensors the
+    centred Q nodes read, {layer: shift} of the layers whose output moved); value in the Q/DQ
+    model = the float model's value + shift."""
+    ins, outs = {}, {}
+    for node in model.graph:
+        if INPUT_SHIFT_KEY in node.metadata_props:
+            ins[node.inputs[0].name] = float(node.metadata_props[INPUT_SHIFT_KEY])
+        if OUTPUT_SHIFT_KEY in node.metadata_props:
+            layer = (layer_of(node) or (node.name,))[0]
+            outs[layer] = float(node.metadata_props[OUTPUT_SHIFT_KEY])
+    return ins, outs
 
 
 def _add_output_shift(node: ir.Node, shift: float) -> None:
