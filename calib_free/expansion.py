@@ -65,6 +65,29 @@ def expand_uniform(w: torch.Tensor, bits: int, orders: int, granularity: str = "
     return expand_residuals(w, orders, qfn, dfn, final_quantize_fn=final)
 
 
+def stop_orders(w: torch.Tensor, orders: list[tuple[torch.Tensor, torch.Tensor]],
+                final_quantize_fn: QuantizeFn, dequantize_fn: DequantizeFn,
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each order k of `orders` as it would be if the expansion stopped there: order k's residual
+    (w minus orders < k) quantized by `final_quantize_fn`, the quantizer an expansion gives its
+    last order (clip search, sum-preserving rounding). The last entry is orders[-1] itself.
+
+    A group-sparse expansion stops at different orders for different output channels: a channel
+    without order k + 1 should carry order k's final form, not the plain rounding an order k + 1
+    was meant to correct. Only valid for a quantizer whose scales are per output channel, so the
+    forms can be mixed channel by channel.
+    """
+    approx = torch.zeros_like(w, dtype=torch.float64)
+    stops = []
+    for k, (codes, scale) in enumerate(orders):
+        if k == len(orders) - 1:
+            stops.append((codes, scale))
+            break
+        stops.append(final_quantize_fn((w.double() - approx).to(w.dtype)))
+        approx += dequantize_fn(codes, scale).double()
+    return stops
+
+
 def weight_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
     """Error of w_hat against w (any shape): rel_l2 = ||w - w_hat|| / ||w||, max_abs =
     max|w - w_hat| (w's units), sqnr_db = 10 log10(||w||^2 / ||w - w_hat||^2) (dB).

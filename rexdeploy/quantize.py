@@ -125,9 +125,11 @@ class _Expansion:
     w: "torch.Tensor"
     orders: list               # [(codes, scale)] K pairs, dense
     axis: int | None
-    errors: "torch.Tensor"     # [K, Cout] error proxy after k orders
+    errors: "torch.Tensor"     # [K, Cout] error proxy when a channel stops at order k
     signal: "torch.Tensor"     # [Cout] E[y^2]
     mean_in: np.ndarray | None
+    stops: list | None = None  # [(codes, scale)] K pairs: each order as a last order
+                               # (calib_free.expansion.stop_orders); None: as `orders`
 
 
 # --smooth auto migrates a tensor when its largest channel maximum is at least this many times
@@ -201,13 +203,15 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
         orders = expand_uniform(w, config.weight_bits, config.max_orders, config.granularity,
                                 axis, config.block_size if block else None, config.clip_search,
                                 sum_dims=_kernel_dims(layer, w, config))
+    stops = _stop_orders(layer, w, orders, axis, config)
     power = _input_power(s, config, layer.in_channels)
     groups = layer.groups if layer.op == "Conv" else 1
     approx = torch.zeros_like(w, dtype=torch.float64)
-    errors = []
-    for codes, scale in orders:
+    errors = []  # errors[k]: a channel's error when its expansion stops at order k + 1
+    for (codes, scale), stop in zip(orders, stops or orders):
+        stopped = approx + _dequantize(*stop, axis, config).double()
+        errors.append(channel_errors(w, stopped, layer.out_axis, power, layer.in_axis, groups))
         approx = approx + _dequantize(codes, scale, axis, config).double()
-        errors.append(channel_errors(w, approx, layer.out_axis, power, layer.in_axis, groups))
     signal = _output_power(stats.get(layer.output), layer.out_channels)
     if signal is None:
         signal = signal_power(w, layer.out_axis, power, layer.in_axis, groups)
@@ -215,7 +219,26 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
     if mean_in is not None and smooth is not None:
         mean_in = mean_in / smooth.numpy()
     return _Expansion(layer, w, orders, axis if config.granularity != "tensor" else None,
-                      torch.stack(errors), signal, mean_in)
+                      torch.stack(errors), signal, mean_in, stops)
+
+
+def _stop_orders(layer: LayerInfo, w, orders: list, axis: int, config: QuantConfig) -> list | None:
+    """calib_free.expansion.stop_orders for an expansion whose last order has a quantizer of its
+    own (--rounding dc on a convolution kernel, --clip-search) and may stop early for some
+    channels (--budget, --sparsity); None when every order rounds alike or scales are not per
+    output channel."""
+    import functools
+
+    from calib_free.expansion import stop_orders
+    from calib_free.quantizer import quantize_weight
+
+    sum_dims = _kernel_dims(layer, w, config)
+    if len(orders) < 2 or config.operator == "power" or config.granularity != "channel" \
+            or not (sum_dims or config.clip_search):
+        return None
+    final = functools.partial(quantize_weight, bits=config.weight_bits, granularity="channel",
+                              axis=axis, clip_search=config.clip_search, sum_dims=sum_dims)
+    return stop_orders(w, orders, final, lambda c, sc: _dequantize(c, sc, axis, config))
 
 
 def _kernel_dims(layer: LayerInfo, w, config: QuantConfig) -> tuple[int, ...] | None:
@@ -282,15 +305,45 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
     return {}
 
 
+def _top_orders(kept: list | None, orders: int, channels: int) -> np.ndarray:
+    """[C] each output channel's last order, 0-based (kept: the channels of orders 2..K, nested;
+    None: dense, every channel has all `orders`)."""
+    if kept is None:
+        return np.full(channels, orders - 1)
+    top = np.zeros(channels, np.int64)
+    for k, idx in enumerate(kept, 1):
+        idx = np.asarray(idx, np.int64)
+        if idx.size == 0:
+            break
+        top[idx] = k
+    return top
+
+
+def _stop_where(mask: np.ndarray, order: tuple, stop: tuple, out_axis: int) -> tuple:
+    """(codes, scale) of one order with the channels in `mask` in their stop form."""
+    import torch
+
+    codes, scale = order
+    m = torch.from_numpy(mask)
+    shape = [1] * codes.ndim
+    shape[out_axis] = -1
+    codes = torch.where(m.reshape(shape), stop[0], codes)
+    scale = torch.where(m.reshape(-1), stop[1].reshape(-1), scale.reshape(-1)).reshape(scale.shape)
+    return codes, scale
+
+
 def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     import torch
 
     from calib_free.expansion import weight_error
 
     layer, w = e.layer, e.w
+    top = _top_orders(kept, len(e.orders), layer.out_channels)
     plan_orders = []
     for k, (codes, scale) in enumerate(e.orders):
         channels = None
+        if e.stops is not None and k < len(e.orders) - 1 and bool((top == k).any()):
+            codes, scale = _stop_where(top == k, (codes, scale), e.stops[k], layer.out_axis)
         codes = codes.numpy().astype(np.int8)
         if k >= 1 and kept is not None:
             idx = kept[k - 1].numpy().astype(np.int64)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from calib_free.expansion import expand_residuals, expand_uniform, weight_error
+from calib_free.expansion import expand_residuals, expand_uniform, stop_orders, weight_error
 from calib_free.quantizer import dequantize, quantize_weight
 
 EPS32 = float(torch.finfo(torch.float32).eps)
@@ -122,3 +122,23 @@ def test_weight_error_metrics():
     assert exact["rel_l2"] == 0.0 and exact["max_abs"] == 0.0 and exact["sqnr_db"] == math.inf
     assert weight_error(torch.zeros(2), torch.zeros(2))["rel_l2"] == 0.0
     assert weight_error(torch.zeros(2), torch.ones(2))["rel_l2"] == math.inf
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_stop_orders_are_each_order_quantized_as_the_last(k):
+    """stop_orders[j] is what an expansion of j + 1 orders would have made its last order: with
+    sum-preserving rounding, the K=j+1 expansion's own last codes; the last entry is unchanged."""
+    w = _weights("normal")
+    dims = (2, 3)
+    orders = expand_uniform(w, 4, k, sum_dims=dims)
+    final = lambda r: quantize_weight(r, 4, sum_dims=dims)  # noqa: E731
+    stops = stop_orders(w, orders, final, dequantize)
+    assert len(stops) == k and all(a is b for a, b in zip(stops[-1], orders[-1]))
+    for j in range(k - 1):
+        shorter = expand_uniform(w, 4, j + 1, sum_dims=dims)
+        assert torch.equal(stops[j][0], shorter[j][0]) and torch.equal(stops[j][1], shorter[j][1])
+        # the sum-preserving form moved codes off nearest, and is the better place to stop
+        assert not torch.equal(stops[j][0], orders[j][0])
+        kernel_sum = lambda o: _reconstruct(orders[:j] + [o]).sum(dims)  # noqa: E731
+        assert (kernel_sum(stops[j]) - w.double().sum(dims)).abs().mean() < \
+            (kernel_sum(orders[j]) - w.double().sum(dims)).abs().mean()

@@ -40,6 +40,31 @@ def test_plan_codes_keep_kernel_sums(plans):
     assert moved > 0
 
 
+def test_sparse_orders_leave_the_other_channels_dc_rounded(plans, tmp_path):
+    """A sparse second order covers some channels; the others stop at order 1 and must carry the
+    sum-preserving codes of a K=1 build, not the plain rounding order 2 was meant to correct."""
+    from calib_free.plan import QuantPlan
+
+    cfg = BuildConfig(quant=QuantConfig(activations="none", orders=2, sparsity=0.5))
+    sparse = QuantPlan.load(rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], target="trt",
+                                            output=str(tmp_path / "s"), config=cfg,
+                                            quiet=True).path)
+    near, dc = (QuantPlan.load(plans[r].path) for r in ("nearest", "dc"))
+    checked = 0
+    for s, n, d in zip(sparse.layers, near.layers, dc.layers):
+        first = s.orders[0]
+        assert np.array_equal(first.scale, d.orders[0].scale), s.name
+        has2 = np.zeros(first.codes.shape[0], bool)
+        if len(s.orders) > 1:
+            has2[s.orders[1].channels if s.orders[1].channels is not None else slice(None)] = True
+        assert np.array_equal(first.codes[~has2], d.orders[0].codes[~has2]), s.name
+        assert np.array_equal(first.codes[has2], n.orders[0].codes[has2]), s.name
+        spatial = first.codes.ndim == 4 and first.codes.shape[2] * first.codes.shape[3] > 1
+        checked += int(spatial and (~has2).any() and has2.any() and not np.array_equal(
+            n.orders[0].codes[~has2], d.orders[0].codes[~has2]))
+    assert checked > 0
+
+
 def test_dc_build_runs_and_stays_faithful(plans):
     """On this random tiny network the two roundings are within noise of each other (the gain
     needs smooth feature maps: real models in docs/benchmarks.md); here only that the dc model
