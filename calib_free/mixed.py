@@ -108,6 +108,9 @@ class MixedAllocation:
         return self.total_bops / self.base_bops if self.base_bops else 1.0
 
 
+WHOLE = -1  # the channel of an "order" candidate that stands for the whole layer
+
+
 class _State:
     def __init__(self, layers: list[MixedLayer]):
         self.layers = layers
@@ -139,13 +142,16 @@ class _State:
 
 def allocate_mixed(layers: list[MixedLayer], budget: float,
                    act_nsr: dict[str, float] | None = None,
-                   raise_weights: bool = False, float_activations: bool = False
-                   ) -> MixedAllocation:
+                   raise_weights: bool = False, float_activations: bool = False,
+                   whole_layers: bool = False) -> MixedAllocation:
     """Greedy allocation of orders, 8-bit weights and float activations under
     total BOPs <= budget x the order-1 BOPs, by expected output-NSR drop per BOP.
 
     act_nsr: measured output NSR per activation tensor (needed for float_activations).
-    Layers without nsr_w weigh their order gains by 1 (as allocate_budget does)."""
+    Layers without nsr_w weigh their order gains by 1 (as allocate_budget does).
+    whole_layers: orders go to whole layers (every channel) at the layer's full BOPs, as a
+    runtime running sparse orders as dense zero-row kernels pays them
+    (calib_free.sparse.allocate_budget)."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
     act_nsr = act_nsr or {}
@@ -167,10 +173,15 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
         kind, key, c, k = cand
         if kind == "order":
             li = key
-            if st.raised[li] or int(st.order[li][c]) != k - 1:
-                return None
             bw, ba = st.bits(li)
             lc = layers[li].cost
+            if c == WHOLE:
+                if st.raised[li] or bool((st.order[li] != k - 1).any()):
+                    return None
+                gain = sum(lc.gain(ch, k) for ch in range(lc.channels))
+                return weight(li) * gain, float(lc.macs) * bw * ba
+            if st.raised[li] or int(st.order[li][c]) != k - 1:
+                return None
             return weight(li) * lc.gain(c, k), float(lc.macs) * bw * ba / lc.channels
         if kind == "weights":
             li = key
@@ -211,7 +222,7 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
         if l.cost.macs <= 0:
             continue
         if l.cost.errors.shape[0] >= 2:
-            for c in range(l.cost.channels):
+            for c in [WHOLE] if whole_layers else range(l.cost.channels):
                 push(("order", li, c, 2))
         if raise_weights and l.errors8 is not None and l.cost.bits_w < RAISED_WEIGHT_BITS:
             push(("weights", li, 0, 0))
@@ -236,8 +247,12 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
         spent += cost
         kind, key, c, k = cand
         if kind == "order":
-            st.kept[key][k - 2].append(c)
-            st.order[key][c] = k
+            if c == WHOLE:
+                st.kept[key][k - 2].extend(range(layers[key].cost.channels))
+                st.order[key][:] = k
+            else:
+                st.kept[key][k - 2].append(c)
+                st.order[key][c] = k
             if k < layers[key].cost.errors.shape[0]:
                 push(("order", key, c, k + 1))
             continue

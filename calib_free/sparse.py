@@ -138,12 +138,21 @@ class Allocation:
         return self.total_bops / self.base_bops if self.base_bops else 1.0
 
 
-def allocate_budget(layers: list[LayerCost], budget: float) -> Allocation:
+def allocate_budget(layers: list[LayerCost], budget: float,
+                    whole_layers: bool = False) -> Allocation:
     """Greedy: give orders >= 2 to (layer, channel) pairs by error share per BOP until the total
     reaches `budget` x the order-1 BOPs. Order k of a channel becomes a candidate once the
-    channel has order k - 1. Ties break by layer order, then channel (deterministic)."""
+    channel has order k - 1. Ties break by layer order, then channel (deterministic).
+
+    whole_layers: the unit is a layer's whole order k (every channel), at the whole layer's
+    BOPs. That is what a runtime pays when it runs a sparse order as a dense kernel with zero
+    rows (OpenVINO's and TensorRT's lowering, `--sparse-form dense`): one kept channel costs the
+    full second branch there, so a per-channel budget would buy K=2's runtime at a fraction of
+    its fidelity."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
+    if whole_layers:
+        return _allocate_layers(layers, budget)
     base = sum(layer.bops for layer in layers)
     limit = budget * base
     spent = base
@@ -166,6 +175,40 @@ def allocate_budget(layers: list[LayerCost], budget: float) -> Allocation:
         if order < layer.errors.shape[0]:
             _push(heap, layer, li, c, order + 1)
     kept = {layer.name: [torch.tensor(sorted(cs), dtype=torch.int64) for cs in chosen[li]]
+            for li, layer in enumerate(layers)}
+    return Allocation(kept, base, spent, budget)
+
+
+def _allocate_layers(layers: list[LayerCost], budget: float) -> Allocation:
+    """allocate_budget with whole layers: candidate (layer, order k) removes the layer's
+    error share sum_c gain(c, k) at the layer's full BOPs."""
+    base = sum(layer.bops for layer in layers)
+    limit = budget * base * (1 + 1e-12)
+    spent = base
+    heap: list[tuple[float, int, int]] = []
+
+    def push(li: int, order: int) -> None:
+        layer = layers[li]
+        gain = sum(layer.gain(c, order) for c in range(layer.channels))
+        if gain > 0:
+            heapq.heappush(heap, (-gain / layer.bops, li, order))
+
+    for li, layer in enumerate(layers):
+        if layer.errors.shape[0] >= 2 and layer.macs > 0:
+            push(li, 2)
+    top = [1] * len(layers)
+    while heap:
+        _, li, order = heapq.heappop(heap)
+        layer = layers[li]
+        if spent + layer.bops > limit:
+            continue  # a cheaper layer may still fit
+        spent += layer.bops
+        top[li] = order
+        if order < layer.errors.shape[0]:
+            push(li, order + 1)
+    kept = {layer.name: [torch.arange(layer.channels) if k <= top[li]
+                         else torch.zeros(0, dtype=torch.int64)
+                         for k in range(2, layer.errors.shape[0] + 1)]
             for li, layer in enumerate(layers)}
     return Allocation(kept, base, spent, budget)
 

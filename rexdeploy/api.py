@@ -138,6 +138,8 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     with log.stage("export", f"ONNX opset {config.opset}"):
         float_model, specs = export_onnx(loaded, config.inputs, opset=config.opset)
     config = _pixel_input(replace(config, inputs=specs), preprocess, log)
+    # the budget allocator needs to know what a sparse order costs on this target
+    config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(backend, config)))
     with log.stage("statistics", f"ranges: {config.quant.ranges}"):
         stats = _statistics(float_model, config)
         FoldBatchNormPass()(float_model)
@@ -164,6 +166,10 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
                                log, backend, loaded, specs)
     with log.stage("lower", "Q/DQ ONNX"):
         qdq = _lower(float_model, plan, config, backend, range_notes)
+        note = _dense_rows_note(plan) if config.quant.sparse_form == "dense" else None
+        if note:
+            range_notes.append(note)
+            log.note(note)
         ir.save(qdq, writer.path("model.onnx", "onnx"))
         if keep:
             ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
@@ -195,9 +201,9 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
     from rexdeploy.lower import lower
 
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
+    form = sparse_form(backend, config)
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
-                int4_weight_only=config.target == "trt",
-                sparse_form=sparse_form(backend, config),
+                int4_weight_only=config.target == "trt", sparse_form=form,
                 table_dtype="float16" if config.target == "trt" else "float32")
     if config.centering_mode != "off":
         from rexdeploy.passes.center_activations import CenterActivationsPass
@@ -217,6 +223,27 @@ def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
         if note not in notes:
             notes.append(note)
     return qdq
+
+
+def _dense_rows_note(plan) -> str | None:
+    """What a partly kept order (--sparsity) costs in the dense zero-row form, which runs it
+    for every channel; None when no layer has one (the --budget allocation buys whole layers
+    there)."""
+    planned = ran = base = 0.0
+    partial = 0
+    for lp in plan.layers:
+        order1 = lp.metrics.get("bops_order1") or 0.0
+        fractions = lp.metrics.get("kept_fraction") or []
+        partial += any(0 < f < 1 for f in fractions)
+        base += order1
+        planned += order1 * (1 + sum(fractions))
+        ran += order1 * (1 + sum(1 for f in fractions if f > 0))
+    if not partial or not base:
+        return None
+    return (f"{partial} layer(s) carry a partly kept order, which the dense zero-row form runs "
+            f"for every channel: {ran / base:.2f}x the order-1 bit-operations run, not the "
+            f"{planned / base:.2f}x planned (--sparse-form compact computes the kept channels "
+            f"only)")
 
 
 def _mark_centred(report: dict, centred: set[str]) -> None:

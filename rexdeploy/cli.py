@@ -133,9 +133,12 @@ def cli():
               help="Orders 2..K cover only this fraction of each layer's output channels (those "
                    "with the largest residual error), e.g. 0.25. Needs --orders >= 2.")
 @click.option("--budget", type=float, metavar="X",
-              help="Total bit-operations <= X times the order-1 model (e.g. 1.25); the second "
-                   "order goes greedily to the channels where it removes the largest share of "
-                   "their layer's error per bit-operation. Not with --sparsity.")
+              help="Total bit-operations <= X times the order-1 model (e.g. 1.25), counted as "
+                   "the target runs them; the second order goes greedily where it removes the "
+                   "largest share of a layer's error per bit-operation. With the dense sparse "
+                   "form (OpenVINO's and TensorRT's, where one kept channel runs the layer's "
+                   "whole second branch) it buys whole layers; with --sparse-form compact or "
+                   "gather, single channels. Not with --sparsity.")
 @click.option("--sensitivity", type=click.Choice(SENSITIVITY_MODES), default="auto",
               show_default=True,
               help="With --budget: measure each layer's data-free output sensitivity (output "

@@ -108,6 +108,13 @@ class QuantConfig:
         return WEIGHT_BITS[self.weights]
 
     @property
+    def budget_whole_layers(self) -> bool:
+        """Whether --budget buys whole layers: where sparse orders are lowered as dense kernels
+        with zero rows (--sparse-form dense; auto unresolved counts as dense, every backend's
+        choice), a layer with one kept channel runs its whole second branch and pays for it."""
+        return self.sparse_form in ("auto", "dense")
+
+    @property
     def max_orders(self) -> int:
         """The highest order any layer gets: --orders, at least 2 under a budget or ensemble."""
         return max(self.orders, 2) if (self.budget is not None or self.ensemble) else self.orders

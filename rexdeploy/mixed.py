@@ -42,7 +42,8 @@ def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str]
                                e.layer.input if e.layer.input in act_tensors else None))
     alloc = allocate_mixed(rows, config.budget, sensitivity.activations,
                            raise_weights=raises_weights(config),
-                           float_activations=raises_activations(config))
+                           float_activations=raises_activations(config),
+                           whole_layers=config.budget_whole_layers)
     return alloc, eights
 
 

@@ -290,7 +290,8 @@ def _output_power(s: TensorStats | None, channels: int):
 
 def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[str, list]:
     """Kept output channels of orders 2..K per layer: all (dense), the fraction --sparsity
-    with the largest error, or the greedy --budget allocation. Missing key: dense."""
+    with the largest error, or the greedy --budget allocation (whole layers where the sparse
+    orders run as dense zero-row kernels). Missing key: dense."""
     from calib_free.sparse import LayerCost, allocate_budget, uniform_channels
 
     if config.max_orders < 2:
@@ -301,7 +302,7 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
     if config.budget is not None:
         costs = [LayerCost(e.layer.name, e.errors, e.layer.macs, config.weight_bits,
                            activation_bits(config)) for e in expansions]
-        return allocate_budget(costs, config.budget).kept
+        return allocate_budget(costs, config.budget, config.budget_whole_layers).kept
     return {}
 
 

@@ -44,15 +44,19 @@ def test_sensitivity_sends_the_budget_to_the_sensitive_layer():
     assert alloc.total_bops <= 1.35 * alloc.base_bops * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("budget", [1.0, 1.05, 1.3, 2.0, 3.5])
-def test_budget_is_never_exceeded(budget):
+def test_budget_is_never_exceeded(budget, whole):
     costs = [_cost(f"l{i}", channels=4 + i, macs=500 * (i + 1), bits_w=4, seed=i)
              for i in range(5)]
     layers = [MixedLayer(c, 10.0 ** -(i % 3 + 3), c.errors[0] / 300, f"t{i // 2}")
               for i, c in enumerate(costs)]
     act = {"t0": 1e-4, "t1": 3e-3, "t2": 1e-6}
-    alloc = allocate_mixed(layers, budget, act, raise_weights=True, float_activations=True)
+    alloc = allocate_mixed(layers, budget, act, raise_weights=True, float_activations=True,
+                           whole_layers=whole)
     assert alloc.total_bops <= budget * alloc.base_bops * (1 + 1e-9)
+    if whole:  # an order covers all of a layer's channels or none
+        assert all(len(k) in (0, c.cost.channels) for c in layers for k in alloc.kept[c.cost.name])
     # the reported total is what the choices cost, layer by layer
     total = 0.0
     for layer in layers:
@@ -66,6 +70,14 @@ def test_budget_is_never_exceeded(budget):
         assert alloc.kept[name] == []  # int8 weights replace the higher orders
     if budget == 1.0:
         assert not alloc.raised_weights and not alloc.float_activations
+
+
+def test_whole_layers_go_to_the_sensitive_layer():
+    costs = [_cost("a", seed=0), _cost("b", seed=0), _cost("c", seed=0)]
+    layers = [MixedLayer(costs[0], 1e-6), MixedLayer(costs[1], 1e-3), MixedLayer(costs[2], 1e-6)]
+    alloc = allocate_mixed(layers, 1.35, whole_layers=True)  # room for one layer of three
+    assert [len(alloc.kept[n][0]) for n in "abc"] == [0, 8, 0]
+    assert alloc.total_bops == pytest.approx(4 / 3 * alloc.base_bops)
 
 
 def test_raise_and_float_activation_go_to_the_worst_layers():
@@ -195,19 +207,37 @@ def test_measured_nsr_matches_the_analytic_one(tmp_path):
     assert row["sensitivity"]["activation_nsr"] == pytest.approx(nsr_a, rel=2e-3)
 
 
+def _kept(rep):
+    return [(r["kept_fraction"] or [0.0])[0] for r in rep["layers"]]
+
+
 def test_with_the_signal_the_budget_goes_to_the_damaged_layer(tmp_path):
+    """Channel by channel (--sparse-form compact: only kept channels run)."""
     model = Chain(2)
-    plain = _build(model, tmp_path, "plain", weights="int4", budget=1.1).report()
+    plain = _build(model, tmp_path, "plain", weights="int4", budget=1.1,
+                   sparse_form="compact").report()
     steered = _build(model, tmp_path, "steered", weights="int4", budget=1.1,
-                     sensitivity="on").report()
-    kept = lambda rep: [(r["kept_fraction"] or [0.0])[0] for r in rep["layers"]]
+                     sensitivity="on", sparse_form="compact").report()
     # 4 equal layers, budget 1.1: 0.4 of one layer's order 2 to spend. The plain allocator
     # spreads it (each layer's own error counts alike); the measured signal puts it all on
     # the damaged layer
-    assert kept(steered)[2] >= 0.35 and kept(steered)[:2] + kept(steered)[3:] == [0, 0, 0]
-    assert kept(steered)[2] > 2 * kept(plain)[2], (kept(plain), kept(steered))
+    assert _kept(steered)[2] >= 0.35 and _kept(steered)[:2] + _kept(steered)[3:] == [0, 0, 0]
+    assert _kept(steered)[2] > 2 * _kept(plain)[2], (_kept(plain), _kept(steered))
     for rep in (plain, steered):
         assert rep["summary"]["bops_ratio"] <= 1.1 + 1e-9
+
+
+def test_dense_form_budget_buys_whole_layers(tmp_path):
+    """The dense zero-row form (the targets' default) runs a whole second branch for one kept
+    channel, so the budget buys whole layers: 1.1 buys none of the four equal layers, 1.3 one,
+    and the measured signal picks the damaged one."""
+    model = Chain(2)
+    none = _build(model, tmp_path, "none", weights="int4", budget=1.1).report()
+    assert _kept(none) == [0, 0, 0, 0] and none["summary"]["bops_ratio"] == 1.0
+    one = _build(model, tmp_path, "one", weights="int4", budget=1.3, sensitivity="on")
+    assert _kept(one.report()) == [0, 0, 1, 0]
+    assert one.manifest["config"]["quant"]["sparse_form"] == "dense"
+    assert one.report()["summary"]["bops_ratio"] == pytest.approx(1.25, abs=0.01)
 
 
 def test_no_budget_no_measurement_and_plain_budget_unchanged(tmp_path):

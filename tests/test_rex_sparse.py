@@ -127,6 +127,39 @@ def test_budget_is_respected_and_monotone(budget):
     assert smaller.total_bops <= alloc.total_bops
 
 
+@pytest.mark.parametrize("budget", [1.0, 1.1, 1.5, 2.0, 3.0])
+def test_whole_layer_budget(budget):
+    """whole_layers: each order is all of a layer's channels or none, the budget holds and
+    counts whole layers, order 3 only on layers with order 2."""
+    g = torch.Generator().manual_seed(0)
+    layers = []
+    for i in range(5):
+        e1 = torch.rand(16, generator=g, dtype=torch.float64) * (i + 1)
+        e2 = e1 * torch.rand(16, generator=g, dtype=torch.float64) * 0.01
+        layers.append(LayerCost(f"l{i}", torch.stack([e1, e2, e2 * 0.01]), 1000 * (i + 1), 8, 8))
+    alloc = allocate_budget(layers, budget, whole_layers=True)
+    assert alloc.total_bops <= budget * alloc.base_bops * (1 + 1e-12)
+    for kept in alloc.kept.values():
+        assert all(k.tolist() in ([], list(range(16))) for k in kept)
+        assert len(kept[1]) <= len(kept[0])
+    spent = sum(l.bops * (1 + sum(len(k) > 0 for k in alloc.kept[l.name])) for l in layers)
+    assert spent == pytest.approx(alloc.total_bops)
+    if budget == 3.0:
+        assert all(len(k) == 16 for ks in alloc.kept.values() for k in ks)
+    if budget == 1.0:
+        assert all(len(k) == 0 for ks in alloc.kept.values() for k in ks)
+
+
+def test_whole_layer_budget_per_bop_prefers_the_cheap_layer():
+    heavy = _cost("heavy", [[1.0] * 4, [0.0] * 4], macs=10000)
+    cheap = _cost("cheap", [[1.0] * 4, [0.0] * 4], macs=1000)
+    alloc = allocate_budget([heavy, cheap], 1.0 + 1000 / 11000, whole_layers=True)
+    assert alloc.kept["cheap"][0].numel() == 4 and alloc.kept["heavy"][0].numel() == 0
+    # a part of a layer is never bought: just under the cheap layer's cost buys nothing
+    assert allocate_budget([heavy, cheap], 1.0 + 999 / 11000, whole_layers=True).total_bops \
+        == pytest.approx(11000 * 64)
+
+
 def test_budget_below_one_is_refused():
     with pytest.raises(ValueError):
         allocate_budget([], 0.5)
@@ -259,6 +292,18 @@ def test_report_lists_orders_gamma_bops_and_errors(cnn_file, tmp_path):
         if row["orders"] > 1:
             assert row["weight_error"]["rel_l2"] < row["weight_error_order1"]["rel_l2"]
             assert len(row["kept_fraction"]) == row["orders"] - 1
+
+
+@pytest.mark.parametrize("form", ["dense", "compact"])
+def test_a_partly_kept_order_in_the_dense_form_says_what_runs(cnn_file, tmp_path, form):
+    art = _build(cnn_file, tmp_path, target="reference", orders=2, sparsity=0.25,
+                 sparse_form=form)
+    notes = [n for n in art.report()["notes"] if "runs for every channel" in n]
+    assert art.report()["summary"]["bops_ratio"] == pytest.approx(1.25, abs=0.1)
+    if form == "compact":
+        assert not notes
+    else:  # every layer has a second order on a quarter of its channels: the dense form runs 2x
+        assert len(notes) == 1 and "2.00x the order-1 bit-operations run" in notes[0], notes
 
 
 def _linear_net():

@@ -38,6 +38,10 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8, REx K=2 gamma=0.25", {"orders": 2, "sparsity": 0.25}),
     ("rexdeploy W8A8, REx budget 1.1", {"budget": 1.1}),
     ("rexdeploy W8A8, REx budget 1.25", {"budget": 1.25}),
+    # the budget channel by channel, as runtimes that compute only the kept channels pay it
+    # (on OpenVINO CPU the compact form runs slower than dense: docs/benchmarks.md, REx latency)
+    ("rexdeploy W8A8, REx budget 1.25, per channel (compact form)",
+     {"budget": 1.25, "sparse_form": "compact"}),
     ("rexdeploy W8A8, REx ensemble M=2", {"ensemble": 2}),
     ("rexdeploy W8A8, REx ensemble M=2, balanced partition",
      {"ensemble": 2, "ensemble_partition": "balanced"}),
