@@ -12,7 +12,7 @@ def build_table(artifact) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("target", f"{artifact.target} ({artifact.manifest.get('device', 'CPU')})")
-    table.add_row("quantization", f"W:{cfg['weights']} K={cfg['orders']} A:{cfg['activations']}, "
+    table.add_row("quantization", f"W:{cfg['weights']} {_orders(cfg)} A:{cfg['activations']}, "
                                   f"ranges {cfg['ranges']}, bias correction "
                                   f"{'on' if cfg['bias_correction'] else 'off'}")
     table.add_row("layers", f"{s['quantized_layers']} quantized, {s['skipped_layers']} kept float")
@@ -44,9 +44,16 @@ def build_table(artifact) -> Table:
     return table
 
 
+def _orders(cfg: dict) -> str:
+    """K=n, or K<=n where a budget or an ensemble gives some layers fewer orders."""
+    if cfg.get("budget") or cfg.get("ensemble"):
+        return f"K<={max(cfg['orders'], 2)}"
+    return f"K={cfg['orders']}"
+
+
 def _expansion(cfg: dict, s: dict) -> str:
     """One line on the REx expansion: orders, sparsity/budget/ensemble and the BOPs it costs."""
-    parts = [f"K<={max(cfg['orders'], 2) if cfg.get('budget') or cfg.get('ensemble') else cfg['orders']}"]
+    parts = [_orders(cfg)]
     if cfg.get("sparsity") is not None:
         parts.append(f"gamma {cfg['sparsity']:g}")
     if cfg.get("budget") is not None:
