@@ -15,9 +15,12 @@ import numpy as np
 
 from rexdeploy.errors import UserError
 
-METRICS = ("sqnr_db", "cosine_mean", "cosine_min", "top1_agreement", "top1_agreement_ci", "kl",
-           "max_abs", "nn_agreement")
+METRICS = ("sqnr_db", "cosine_mean", "cosine_min", "top1_agreement", "top1_agreement_ci",
+           "top1_near_ties", "top1_agreement_decisive", "kl", "max_abs", "nn_agreement")
 WORST = 5  # per-sample worst cosines reported
+# A reference top-1 probability within this of its top-2 is a near tie: any perturbation, an
+# 8-bit build's or the device's own bf16 float, may flip it (EfficientNet-Lite0: 8 of 50 photos)
+NEAR_TIE = 0.05
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -65,6 +68,17 @@ def top1_agreement(ref: np.ndarray, test: np.ndarray) -> float | None:
     if r is None or t is None:
         return None
     return float(np.mean(np.argmax(r, axis=1) == np.argmax(t, axis=1)))
+
+
+def near_ties(ref: np.ndarray, margin: float = NEAR_TIE) -> np.ndarray | None:
+    """[N] bool: the samples whose reference top-1 softmax probability is within `margin` of the
+    top-2 (coin tosses for top-1 agreement); None unless classifier-shaped."""
+    r = as_logits(ref)
+    if r is None:
+        return None
+    p = np.exp(_log_softmax(r.astype(np.float64)))
+    top2 = np.sort(p, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) < margin
 
 
 def agreement_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -159,10 +173,17 @@ def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = 
     cls = classifier is True or (classifier is None and not embedding)
     agree = top1_agreement(r, t) if cls else None
     logits = as_logits(r) if agree is not None else None
+    ties = near_ties(r) if logits is not None else None
+    decisive = None
+    if ties is not None and not ties.all():
+        same = np.argmax(logits, axis=1) == np.argmax(as_logits(t), axis=1)
+        decisive = float(same[~ties].mean())
     return {"sqnr_db": sqnr_db(ref, test), "cosine_mean": float(cos.mean()),
             "cosine_min": float(cos.min()), "top1_agreement": agree,
             "top1_agreement_ci": None if logits is None
             else list(agreement_interval(agree, len(logits))),
+            "top1_near_ties": None if ties is None else int(ties.sum()),
+            "top1_agreement_decisive": decisive,
             "kl": kl_divergence(r, t) if cls else None, "max_abs": max_abs_error(ref, test),
             "nn_agreement": nn_agreement(ref, test) if embedding else None}
 
@@ -284,6 +305,11 @@ def render_table(result: dict):
         lo, hi = m["top1_agreement_ci"]
         captions.append(f"top-1 agreement {m['top1_agreement']:.1%}: 95% interval {lo:.1%}-"
                         f"{hi:.1%} (Wilson; more inputs narrow it)")
+        if m.get("top1_near_ties") and m.get("top1_agreement_decisive") is not None:
+            captions.append(f"{m['top1_near_ties']} of {result.get('samples', '?')} inputs are "
+                            f"near ties (reference top-1/top-2 probability within {NEAR_TIE}; "
+                            f"any perturbation may flip them): agreement on the others "
+                            f"{m['top1_agreement_decisive']:.1%}")
     acc = result.get("accuracy")
     if acc:
         captions.append(f"top-1 accuracy on {acc['labels']} labels: reference "

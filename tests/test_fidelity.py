@@ -74,6 +74,26 @@ def test_agreement_interval():
     assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
 
 
+def test_near_ties_and_agreement_on_the_decisive_samples():
+    from rexdeploy.fidelity import near_ties, output_metrics
+
+    # probabilities: a clear winner, a near tie (0.51 / 0.49), an exact tie, and a 3-way spread
+    probs = np.array([[0.9, 0.05, 0.05], [0.51, 0.49, 0.0], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]])
+    ref = np.log(np.clip(probs, 1e-12, None))
+    assert near_ties(ref).tolist() == [False, True, True, False]
+    assert near_ties(ref, margin=0.25).tolist() == [False, True, True, True]
+    assert near_ties(np.zeros(4)) is None  # not classifier-shaped
+    test = ref.copy()
+    test[1] = ref[1][[1, 0, 2]]  # the near tie flips: agreement 3/4, on the decisive ones 2/2
+    m = output_metrics(ref, test)
+    assert m["top1_agreement"] == 0.75
+    assert m["top1_near_ties"] == 2 and m["top1_agreement_decisive"] == 1.0
+    test[0] = ref[0][[1, 0, 2]]  # a decisive flip counts
+    assert output_metrics(ref, test)["top1_agreement_decisive"] == 0.5
+    only_ties = output_metrics(ref[1:3], ref[1:3])
+    assert only_ties["top1_near_ties"] == 2 and only_ties["top1_agreement_decisive"] is None
+
+
 def test_max_abs_error():
     assert max_abs_error(np.array([1.0, -2.0]), np.array([1.5, -4.0])) == 2.0
 
@@ -146,6 +166,21 @@ def test_render_table(rng):
     console.print(render_table(result))
     text = console.export_text()
     assert "logits" in text and "openvino vs torch" in text and "lowest cosine" in text
+
+    # near ties get their own caption line, with the agreement on the other inputs
+    probs = np.array([[0.9, 0.05, 0.05], [0.51, 0.49, 0.0], [0.5, 0.3, 0.2]])
+    ref = {"logits": np.log(np.clip(probs, 1e-12, None))}
+    flipped = {"logits": ref["logits"][:, [1, 0, 2]] * np.array([[0], [1], [0]])
+               + ref["logits"] * np.array([[1], [0], [1]])}
+    tied = compare_outputs(ref, flipped) | {"samples": 3}
+    console = Console(record=True, width=200)
+    console.print(render_table(tied))
+    text = console.export_text()
+    assert "1 of 3 inputs are near ties" in text and "agreement on the others 100.0%" in text
+    console = Console(record=True, width=200)
+    console.print(render_table(compare_outputs({"logits": ref["logits"][[0, 2]]},
+                                               {"logits": ref["logits"][[0, 2]]})))
+    assert "near ties" not in console.export_text()
 
 
 def test_embeddings_get_neighbour_metrics_not_top1(rng):

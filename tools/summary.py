@@ -36,6 +36,9 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
     agree, ci = fid.get("top1_agreement"), fid.get("top1_agreement_ci")
     agree_text = "-" if agree is None else f"{agree:.1%}" + (
         f" (95% interval {ci[0]:.0%}-{ci[1]:.0%})" if ci else "")
+    ties, decisive = fid.get("top1_near_ties"), fid.get("top1_agreement_decisive")
+    if ties and decisive is not None:
+        agree_text += f"; {decisive:.0%} on the {fid['samples'] - ties} that are not near ties"
     table.add_row("fidelity", f"{fid['samples']} real photos vs {fid['reference']}: logits SQNR "
                               f"{fid['sqnr_db']:.1f} dB, top-1 agreement {agree_text}, KL "
                               f"{fid['kl']:.4f}")

@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
-MARGIN = 0.05  # float top-1 minus top-2 probability below which a photo is a coin toss
+from rexdeploy.fidelity import NEAR_TIE as MARGIN  # noqa: E402 (top-1/top-2 probability gap
+# below which a photo is a coin toss; `rexdeploy compare` reports the same near ties)
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
     ("rexdeploy W8A8, no bias correction", {"bias_correction": False}),
@@ -117,6 +118,7 @@ def main() -> int:
 
     import rexdeploy
     from rexdeploy.config import BuildConfig, QuantConfig
+    from rexdeploy.fidelity import near_ties
 
     console = Console(width=160)
     model_path = examples.ensure_example_model()
@@ -124,9 +126,7 @@ def main() -> int:
     console.print(f"{len(names)} photos ({len(labels)} labelled), model {model_path}")
     ref = torch_logits(model_path, x)
     labelled = np.array([n in labels for n in names])
-    probs = _softmax(ref)
-    top2 = np.sort(probs, axis=1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) >= MARGIN
+    decisive = ~near_ties(ref, MARGIN)
     console.print(f"{(~decisive).sum()} photos have a float top-1/top-2 probability margin below "
                   f"{MARGIN}: any perturbation may flip them (see 'agree decisive')")
     y = np.array([labels.get(n, -1) for n in names])
@@ -267,11 +267,6 @@ def _artifact_logits(art, x: np.ndarray) -> np.ndarray:
     with artifact_runner(art) as r:
         outs = [next(iter(r.infer({"input": x[i:i + 1]}).values())) for i in range(len(x))]
     return np.concatenate(outs)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _metrics(label, ref, test, labelled, y, decisive) -> dict:
