@@ -145,7 +145,9 @@ def cli():
                    "noise when only its weights, or only its input activation, are quantized, "
                    "on the build's synthetic inputs) and give the budget where it lowers the "
                    "measured output error most per bit-operation. auto: on with "
-                   "--mixed-precision, else off (the plain --budget allocation).")
+                   "--mixed-precision and with a --budget that buys whole layers (the dense "
+                   "sparse form, the targets' default), else off (the plain allocation: the "
+                   "share of each layer's own error, per bit-operation).")
 @click.option("--mixed-precision", type=click.Choice(MIXED_MODES),
               default="off", show_default=True,
               help="With --budget: the budget may also raise the precision of the layers the "

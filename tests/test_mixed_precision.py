@@ -234,16 +234,34 @@ def test_dense_form_budget_buys_whole_layers(tmp_path):
     model = Chain(2)
     none = _build(model, tmp_path, "none", weights="int4", budget=1.1).report()
     assert _kept(none) == [0, 0, 0, 0] and none["summary"]["bops_ratio"] == 1.0
-    one = _build(model, tmp_path, "one", weights="int4", budget=1.3, sensitivity="on")
+    one = _build(model, tmp_path, "one", weights="int4", budget=1.3)  # sensitivity auto: on
     assert _kept(one.report()) == [0, 0, 1, 0]
+    assert all("sensitivity" in r for r in one.report()["layers"])
     assert one.manifest["config"]["quant"]["sparse_form"] == "dense"
     assert one.report()["summary"]["bops_ratio"] == pytest.approx(1.25, abs=0.01)
+
+
+def test_sensitivity_auto_is_on_where_the_budget_buys_whole_layers():
+    from rexdeploy.config import QuantConfig
+
+    assert not QuantConfig().uses_sensitivity
+    assert QuantConfig(budget=1.25).uses_sensitivity  # dense form: whole layers
+    for per_channel in ("compact", "gather"):
+        assert not QuantConfig(budget=1.25, sparse_form=per_channel).uses_sensitivity
+    assert QuantConfig(budget=1.25, sparse_form="compact",
+                       mixed_precision="activations").uses_sensitivity
+    assert not QuantConfig(budget=1.25, sensitivity="off").uses_sensitivity
+    # where the measurement cannot be used, auto stays off instead of refusing the build
+    for quiet in (QuantConfig(budget=1.25, ensemble=2),
+                  QuantConfig(budget=1.25, refine="erq", calib="synthetic")):
+        assert not quiet.uses_sensitivity
+        quiet.validate()
 
 
 def test_no_budget_no_measurement_and_plain_budget_unchanged(tmp_path):
     model = Chain(2)
     plain = _build(model, tmp_path, "nobudget", weights="int4")
-    budget = _build(model, tmp_path, "budget", weights="int4", budget=1.1)
+    budget = _build(model, tmp_path, "budget", weights="int4", budget=1.1, sparse_form="compact")
     for art in (plain, budget):
         rep = art.report()
         assert all("sensitivity" not in r and "mixed" not in r for r in rep["layers"])
