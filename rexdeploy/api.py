@@ -229,21 +229,19 @@ def _dense_rows_note(plan) -> str | None:
     """What a partly kept order (--sparsity) costs in the dense zero-row form, which runs it
     for every channel; None when no layer has one (the --budget allocation buys whole layers
     there)."""
-    planned = ran = base = 0.0
-    partial = 0
-    for lp in plan.layers:
-        order1 = lp.metrics.get("bops_order1") or 0.0
-        fractions = lp.metrics.get("kept_fraction") or []
-        partial += any(0 < f < 1 for f in fractions)
-        base += order1
-        planned += order1 * (1 + sum(fractions))
-        ran += order1 * (1 + sum(1 for f in fractions if f > 0))
-    if not partial or not base:
+    from rexdeploy.report import bops_summary
+
+    fractions = [(lp.metrics.get("bops_order1") or 0.0, lp.metrics.get("kept_fraction") or [])
+                 for lp in plan.layers]
+    partial = sum(any(0 < f < 1 for f in kept) for _, kept in fractions)
+    bops = bops_summary(plan)
+    if not partial or not bops["bops_order1"]:
         return None
+    ran = sum(order1 * (1 + sum(f > 0 for f in kept)) for order1, kept in fractions)
     return (f"{partial} layer(s) carry a partly kept order, which the dense zero-row form runs "
-            f"for every channel: {ran / base:.2f}x the order-1 bit-operations run, not the "
-            f"{planned / base:.2f}x planned (--sparse-form compact computes the kept channels "
-            f"only)")
+            f"for every channel: {ran / bops['bops_order1']:.2f}x the order-1 bit-operations "
+            f"run, not the {bops['bops_ratio']:.2f}x planned (--sparse-form compact computes "
+            f"the kept channels only)")
 
 
 def _mark_centred(report: dict, centred: set[str]) -> None:

@@ -75,7 +75,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
                                                            for k, v in r["mixed"].items()}}
                                     for r in rows if r.get("mixed")]}
                if any("sensitivity" in r for r in rows) else {}),
-            **_bops(plan),
+            **bops_summary(plan),
         },
         "layers": rows,
         "skipped": skipped,
@@ -112,7 +112,7 @@ def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],
     return out
 
 
-def _bops(plan) -> dict:
+def bops_summary(plan) -> dict:
     """Total bit-operations of the plan and the ratio to its order-1 model."""
     total = sum(lp.metrics.get("bops", 0.0) or 0.0 for lp in plan.layers)
     base = sum(lp.metrics.get("bops_order1", 0.0) or 0.0 for lp in plan.layers)
