@@ -4,9 +4,10 @@ For every planned layer L, the float (BN-folded) graph runs with only L's weight
 their order-1 quantization (and its bias correction); for every quantized activation tensor T
 read by planned layers, with only T fake-quantized at its planned scale. The score is the
 network output's noise-to-signal ratio against the float run, on the build's own synthetic
-inputs (images: 1/f noise in the `--input-range`; other inputs as the build draws them, e.g.
-random token ids; the user's `--calib` data when given). No backend: ONNX Runtime on CPU runs
-the float graph, as for the observed ranges.
+inputs (images: 1/f noise in the `--input-range`, three-channel ones with a natural image's
+colour statistics; other inputs as the build draws them, e.g. random token ids; the user's
+`--calib` data when given). No backend: ONNX Runtime on CPU runs the float graph, as for the
+observed ranges.
 
 One session serves every measurement: the replaced weights and biases are initializers made
 overridable graph inputs, and each activation T gets `T + m_T * (DQ(Q(T)) - T)` in front of its
@@ -81,10 +82,11 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
                         grids: dict | None = None) -> tuple[list[dict], str]:
     """The first SAMPLES of the build's synthetic `samples`, with every image-like input (float,
     [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
-    (calib_free.mixed.pink_noise_images): white noise misranks CNN layers. An input with a
-    pixel grid (`grids`, QuantConfig.input_grid) gets its noise on that grid, as real pixels
-    are: its int8 Q/DQ then costs nothing, as on real images. Returns the samples and what they
-    are, for the build log."""
+    (calib_free.mixed.pink_noise_images; three channels: RGB with luminance at every scale and
+    colour only at coarse ones): white noise misranks CNN layers, and so does colour noise at
+    every scale (the stem's colour-opponent filters). An input with a pixel grid (`grids`,
+    QuantConfig.input_grid) gets its noise on that grid, as real pixels are: its int8 Q/DQ then
+    costs nothing, as on real images. Returns the samples and what they are, for the build log."""
     from calib_free.mixed import pink_noise_images
 
     samples = [dict(s) for s in samples[:SAMPLES]]

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""What the data-free sensitivity's synthetic images say against real photos, tensor by tensor.
+
+    .venv/bin/python tools/bench/sensitivity_inputs.py [ARTIFACT] [--photos DIR] [-n 8]
+
+For every activation tensor an EfficientNet-Lite0 int8 artifact quantizes (default: the one
+the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-signal ratio when
+only that tensor is quantized at its planned scale (as rexdeploy/sensitivity.py measures it), on:
+  - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
+  - 1/f noise with independent channels (calib_free.mixed.pink_noise_images, colour=False), the
+    sensitivity's images before colour;
+  - 1/f noise with natural colour (colour=True, the default for three channels).
+Printed: the tensors the photos rank worst with each input's NSR, and, over all tensors, the
+rank correlation (Spearman) of each synthetic kind with the photos (of each half of the photos
+with the other half: how far real images agree among themselves). Images are put on the pixel grid of the
+artifact's preprocessing, as the build does. ONNX Runtime on the artifact's float.onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("artifact", nargs="?",
+                    default=os.path.join(ROOT, "out", "efficientnet_lite0.openvino"))
+    ap.add_argument("--photos", default=os.path.join(ROOT, ".cache", "photos"))
+    ap.add_argument("-n", type=int, default=8, help="synthetic images per kind")
+    ap.add_argument("--top", type=int, default=8, help="rows: the tensors the photos rank worst")
+    args = ap.parse_args()
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from calib_free.mixed import pink_noise_images
+    from rexdeploy.api import load_artifact
+    from rexdeploy.inputs import load_inputs, on_grid
+
+    art = load_artifact(args.artifact)
+    spec = art.manifest["inputs"][0]
+    name, shape = spec["name"], tuple(spec["shape"])
+    photos = np.concatenate([s[name] for _, s in load_inputs(
+        args.photos, art.manifest["inputs"], art.manifest.get("preprocess"))])
+    plan = {a["tensor"]: a for a in art.report()["activations"]}
+    step = plan.get(name, {}).get("scale")
+    lo_hi = (float(photos.min()), float(photos.max()))
+    quant = onnx.load(art.file("onnx"))
+    inits = {i.name: i for i in quant.graph.initializer}
+    qdq: dict[str, tuple[str, str]] = {}
+    for node in quant.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits \
+                and node.input[0] != name:
+            qdq.setdefault(node.input[0], (node.input[1], node.input[2]))
+    float_bytes = onnx.load(art.file("float_onnx")).SerializeToString()
+    ref_session = ort.InferenceSession(float_bytes, providers=["CPUExecutionProvider"])
+
+    def session_with(tensor: str):
+        m = onnx.load_from_string(float_bytes)
+        scale, zero = qdq[tensor]
+        m.graph.initializer.extend([inits[scale], inits[zero]])
+        for node in m.graph.node:
+            if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[0] == tensor:
+                node.input[0] = tensor + "/dq"
+        m.graph.node.extend([
+            helper.make_node("QuantizeLinear", [tensor, scale, zero], [tensor + "/q"]),
+            helper.make_node("DequantizeLinear", [tensor + "/q", scale, zero], [tensor + "/dq"])])
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(session, x):
+        return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+    def grid(x):
+        return on_grid(x, step, lo_hi) if step else x
+
+    half = len(photos) // 2
+    kinds = {"photos 1st half": photos[:half], "photos 2nd half": photos[half:],
+             "1/f independent": grid(pink_noise_images(shape, args.n, 0, lo_hi,
+                                                       colour=False).numpy()),
+             "1/f colour": grid(pink_noise_images(shape, args.n, 0, lo_hi).numpy())}
+    refs = {k: run(ref_session, x) for k, x in kinds.items()}
+    nsr: dict[str, dict[str, float]] = {k: {} for k in kinds}
+    for i, tensor in enumerate(sorted(qdq)):
+        print(f"\r{i + 1}/{len(qdq)} tensors", end="", file=sys.stderr, flush=True)
+        s = session_with(tensor)
+        for k, x in kinds.items():
+            out = run(s, x)
+            nsr[k][tensor] = float(((out - refs[k]) ** 2).sum() / (refs[k] ** 2).sum())
+    print(file=sys.stderr)
+    photo = {t: (nsr["photos 1st half"][t] + nsr["photos 2nd half"][t]) / 2 for t in qdq}
+    worst = sorted(qdq, key=lambda t: -photo[t])[:args.top]
+    print("| tensor (worst on photos first) | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for t in worst:
+        print(f"| {t} | " + " | ".join(f"{nsr[k][t]:.1e}" for k in kinds) + " |")
+    other = {"photos 1st half": "photos 2nd half", "photos 2nd half": "photos 1st half"}
+    ranks = []
+    for k in kinds:  # a half of the photos against the other half; synthetic against all photos
+        against = nsr[other[k]] if k in other else photo
+        ranks.append(_spearman([against[t] for t in qdq], [nsr[k][t] for t in qdq]))
+    print("| rank correlation over all tensors (a half: with the other half; synthetic: with "
+          "the photos) | " + " | ".join(f"{r:.2f}" for r in ranks) + " |")
+    return 0
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
