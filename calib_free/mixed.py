@@ -78,7 +78,7 @@ def pink_noise_images(shape: tuple[int, ...], n: int, seed: int = 0,
     Why colour: on independent RGB noise the first depthwise convolution's input measured 1.5e-4
     output NSR, where the photos give 0.5-1.3e-3 (quantizing it is half the default build's
     output noise on photos); fine-grained colour noise, which photos lack, drives the stem's
-    colour-opponent filters. With coarse colour it measures 1.2-2.1e-3 (docs/benchmarks.md)."""
+    colour-opponent filters. With coarse colour it measures 1.2-2.4e-3 (docs/benchmarks.md)."""
     c, h, w = shape[-3], shape[-2], shape[-1]
     colour = (c == 3) if colour is None else colour
     if colour and c != 3:

@@ -12,8 +12,9 @@ only that tensor is quantized at its planned scale (as rexdeploy/sensitivity.py 
   - 1/f noise with natural colour (colour=True, the default for three channels).
 Printed: the tensors the photos rank worst with each input's NSR, and, over all tensors, the
 rank correlation (Spearman) of each synthetic kind with the photos (of each half of the photos
-with the other half: how far real images agree among themselves). Images are put on the pixel grid of the
-artifact's preprocessing, as the build does. ONNX Runtime on the artifact's float.onnx.
+with the other half: how far real images agree among themselves). The synthetic images fill the
+build's --input-range and lie on its pixel grid, as the build makes them. ONNX Runtime on the
+artifact's float.onnx.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=8, help="synthetic images per kind")
     ap.add_argument("--top", type=int, default=8, help="rows: the tensors the photos rank worst")
     args = ap.parse_args()
+    from rexdeploy.errors import UserError
+
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -51,7 +62,8 @@ def main() -> int:
         args.photos, art.manifest["inputs"], art.manifest.get("preprocess"))])
     plan = {a["tensor"]: a for a in art.report()["activations"]}
     step = plan.get(name, {}).get("scale")
-    lo_hi = (float(photos.min()), float(photos.max()))
+    ranges = {r[0]: (r[1], r[2]) for r in art.manifest["config"]["quant"].get("input_ranges", [])}
+    lo_hi = ranges.get(name, (float(photos.min()), float(photos.max())))
     quant = onnx.load(art.file("onnx"))
     inits = {i.name: i for i in quant.graph.initializer}
     qdq: dict[str, tuple[str, str]] = {}
