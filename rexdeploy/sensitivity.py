@@ -101,7 +101,9 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
             noise = on_grid(noise, step, input_ranges[name])
         for i, feeds in enumerate(samples):
             feeds[name] = noise[i:i + 1].astype(x.dtype)
-    what = "synthetic inputs" + (" (images: 1/f noise)" if images else "")
+    colour = any(samples[0][name].shape[1] == 3 for name in images)
+    what = "synthetic inputs" + (f" (images: 1/f noise{', natural colour' if colour else ''})"
+                                 if images else "")
     return samples, what
 
 

@@ -147,7 +147,7 @@ def test_sensitivity_samples_replace_images_only():
     samples = [{"img": np.zeros((1, 3, 32, 32), np.float32), "ids": np.ones((1, 8), np.int64)}
                for _ in range(6)]
     out, what = sensitivity_samples(samples, {"img": (0.0, 1.0)})
-    assert len(out) == SAMPLES and "1/f" in what
+    assert len(out) == SAMPLES and "1/f noise, natural colour" in what  # three channels: RGB
     for feeds in out:
         assert feeds["img"].dtype == np.float32 and feeds["img"].min() >= 0.0
         assert feeds["img"].max() == pytest.approx(1.0) or feeds["img"].min() == pytest.approx(0)
@@ -160,6 +160,8 @@ def test_sensitivity_samples_replace_images_only():
         codes = feeds["img"] / step
         assert np.array_equal(codes, np.round(codes)) and codes.min() >= -127
         assert codes.max() <= 128 and len(np.unique(codes)) > 100
+    grey = [{"img": np.zeros((1, 1, 32, 32), np.float32)}]
+    assert sensitivity_samples(grey, {})[1] == "synthetic inputs (images: 1/f noise)"
 
 
 # -- the measurement on a model with a deliberately damaged layer -----------------------------
