@@ -63,3 +63,25 @@ def test_fidelity_on_labelled_photos(effnet, tmp_path):
     assert result["top1_agreement"] >= 0.95, result
     labels = np.array([int(f.rsplit("_", 1)[1].split(".")[0]) for f in photos])
     assert len(labels) == 20
+
+
+def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_path):
+    """The data-free sensitivity's images must rate the tensor real photos rate worst: the first
+    depthwise convolution's input (half the default build's output noise on photos). Independent
+    RGB noise rated it 10x too low; 1/f noise with natural colour (calib_free.mixed) does not."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None:
+        pytest.skip("foolbox (labelled photos) not installed")
+    sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
+    import sensitivity_inputs
+
+    data = os.path.join(spec.submodule_search_locations[0], "data")
+    for f in sorted(os.listdir(data)):
+        if f.startswith("imagenet_"):
+            os.symlink(os.path.join(data, f), tmp_path / f)
+    first = "/_swish/Clip_output_0"
+    nsr = sensitivity_inputs.measure(effnet.path, str(tmp_path), n=4, tensors=[first],
+                                     progress=False)
+    photos = (nsr["photos 1st half"][first] + nsr["photos 2nd half"][first]) / 2
+    assert nsr["1/f colour"][first] > 5 * nsr["1/f independent"][first], nsr
+    assert photos / 4 < nsr["1/f colour"][first] < 4 * photos, nsr

@@ -47,19 +47,43 @@ def main() -> int:
 
 
 def _run(args) -> int:
+    nsr = measure(args.artifact, args.photos, args.n)
+    kinds = list(nsr)
+    tensors = list(nsr[kinds[0]])
+    photo = {t: (nsr["photos 1st half"][t] + nsr["photos 2nd half"][t]) / 2 for t in tensors}
+    worst = sorted(tensors, key=lambda t: -photo[t])[:args.top]
+    print("| tensor (worst on photos first) | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for t in worst:
+        print(f"| {t} | " + " | ".join(f"{nsr[k][t]:.1e}" for k in kinds) + " |")
+    other = {"photos 1st half": "photos 2nd half", "photos 2nd half": "photos 1st half"}
+    ranks = []
+    for k in kinds:  # a half of the photos against the other half; synthetic against all photos
+        against = nsr[other[k]] if k in other else photo
+        ranks.append(_spearman([against[t] for t in tensors], [nsr[k][t] for t in tensors]))
+    print("| rank correlation over all tensors (a half: with the other half; synthetic: with "
+          "the photos) | " + " | ".join(f"{r:.2f}" for r in ranks) + " |")
+    return 0
+
+
+def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | None = None,
+            progress: bool = True) -> dict[str, dict[str, float]]:
+    """{kind: {tensor: output NSR with only that tensor quantized}} for the kinds "photos 1st
+    half", "photos 2nd half", "1/f independent", "1/f colour" (n images each), over the
+    artifact's quantized activation tensors (or `tensors`)."""
     import onnx
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     from calib_free.mixed import pink_noise_images
     from rexdeploy.api import load_artifact
     from rexdeploy.inputs import load_inputs, on_grid
 
-    art = load_artifact(args.artifact)
+    art = load_artifact(artifact)
     spec = art.manifest["inputs"][0]
     name, shape = spec["name"], tuple(spec["shape"])
     photos = np.concatenate([s[name] for _, s in load_inputs(
-        args.photos, art.manifest["inputs"], art.manifest.get("preprocess"))])
+        photos_dir, art.manifest["inputs"], art.manifest.get("preprocess"))])
     plan = {a["tensor"]: a for a in art.report()["activations"]}
     step = plan.get(name, {}).get("scale")
     ranges = {r[0]: (r[1], r[2]) for r in art.manifest["config"]["quant"].get("input_ranges", [])}
@@ -94,32 +118,21 @@ def _run(args) -> int:
 
     half = len(photos) // 2
     kinds = {"photos 1st half": photos[:half], "photos 2nd half": photos[half:],
-             "1/f independent": grid(pink_noise_images(shape, args.n, 0, lo_hi,
-                                                       colour=False).numpy()),
-             "1/f colour": grid(pink_noise_images(shape, args.n, 0, lo_hi).numpy())}
+             "1/f independent": grid(pink_noise_images(shape, n, 0, lo_hi, colour=False).numpy()),
+             "1/f colour": grid(pink_noise_images(shape, n, 0, lo_hi).numpy())}
     refs = {k: run(ref_session, x) for k, x in kinds.items()}
     nsr: dict[str, dict[str, float]] = {k: {} for k in kinds}
-    for i, tensor in enumerate(sorted(qdq)):
-        print(f"\r{i + 1}/{len(qdq)} tensors", end="", file=sys.stderr, flush=True)
+    chosen = sorted(qdq) if tensors is None else tensors
+    for i, tensor in enumerate(chosen):
+        if progress:
+            print(f"\r{i + 1}/{len(chosen)} tensors", end="", file=sys.stderr, flush=True)
         s = session_with(tensor)
         for k, x in kinds.items():
             out = run(s, x)
             nsr[k][tensor] = float(((out - refs[k]) ** 2).sum() / (refs[k] ** 2).sum())
-    print(file=sys.stderr)
-    photo = {t: (nsr["photos 1st half"][t] + nsr["photos 2nd half"][t]) / 2 for t in qdq}
-    worst = sorted(qdq, key=lambda t: -photo[t])[:args.top]
-    print("| tensor (worst on photos first) | " + " | ".join(kinds) + " |")
-    print("|---|" + "---|" * len(kinds))
-    for t in worst:
-        print(f"| {t} | " + " | ".join(f"{nsr[k][t]:.1e}" for k in kinds) + " |")
-    other = {"photos 1st half": "photos 2nd half", "photos 2nd half": "photos 1st half"}
-    ranks = []
-    for k in kinds:  # a half of the photos against the other half; synthetic against all photos
-        against = nsr[other[k]] if k in other else photo
-        ranks.append(_spearman([against[t] for t in qdq], [nsr[k][t] for t in qdq]))
-    print("| rank correlation over all tensors (a half: with the other half; synthetic: with "
-          "the photos) | " + " | ".join(f"{r:.2f}" for r in ranks) + " |")
-    return 0
+    if progress:
+        print(file=sys.stderr)
+    return nsr
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
