@@ -43,19 +43,21 @@ class Sensitivity:
 
 
 def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=None,
-                        activations: bool = True) -> Sensitivity:
-    """Sensitivity of the layers (and, when `activations`, of the activation tensors) of
-    `draft` (an order-1 QuantPlan of `float_model`) over the first SAMPLES of `samples` (feed
-    dicts at batch 1)."""
+                        activations: bool = True, weights: bool = True,
+                        max_samples: int = SAMPLES) -> Sensitivity:
+    """Sensitivity of the layers (unless not `weights`) and, when `activations`, of the
+    activation tensors of `draft` (an order-1 QuantPlan of `float_model`) over the first
+    `max_samples` of `samples` (feed dicts at batch 1). `layers` (LayerInfo) is only read for
+    the weights."""
     import onnxruntime as ort
     import onnx_ir as ir
 
     start = time.perf_counter()
-    samples = samples[:SAMPLES]
+    samples = samples[:max_samples]
     infos = {info.name: info for info in layers}
     proto = ir.to_proto(float_model)
     inits = {t.name: t for t in proto.graph.initializer}
-    overrides = _weight_overrides(draft, infos, inits)
+    overrides = _weight_overrides(draft, infos, inits) if weights else {}
     acts = _activation_switches(proto, draft) if activations else {}
     _expose(proto, list({n for o in overrides.values() for n in o}) + list(acts.values()), inits)
     options = ort.SessionOptions()

@@ -5,7 +5,7 @@
 
 For every activation tensor an EfficientNet-Lite0 int8 artifact quantizes (default: the one
 the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-signal ratio when
-only that tensor is quantized at its planned scale (as rexdeploy/sensitivity.py measures it), on:
+only that tensor is quantized at its planned scale (rexdeploy/sensitivity.py's measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
   - 1/f noise with independent channels (calib_free.mixed.pink_noise_images, colour=False), the
     sensitivity's images before colour;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -70,48 +71,28 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
             progress: bool = True) -> dict[str, dict[str, float]]:
     """{kind: {tensor: output NSR with only that tensor quantized}} for the kinds "photos 1st
     half", "photos 2nd half", "1/f independent", "1/f colour" (n images each), over the
-    artifact's quantized activation tensors (or `tensors`)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
+    artifact's planned activation tensors but the model input (or `tensors`):
+    rexdeploy.sensitivity's own measurement, on the artifact's float.onnx and plan."""
+    import onnx_ir as ir
 
     from calib_free.mixed import pink_noise_images
+    from calib_free.plan import QuantPlan
     from rexdeploy.api import load_artifact
     from rexdeploy.inputs import load_inputs, on_grid
+    from rexdeploy.sensitivity import measure_sensitivity
 
     art = load_artifact(artifact)
     spec = art.manifest["inputs"][0]
     name, shape = spec["name"], tuple(spec["shape"])
     photos = np.concatenate([s[name] for _, s in load_inputs(
         photos_dir, art.manifest["inputs"], art.manifest.get("preprocess"))])
-    plan = {a["tensor"]: a for a in art.report()["activations"]}
-    step = plan.get(name, {}).get("scale")
-    ranges = {r[0]: (r[1], r[2]) for r in art.manifest["config"]["quant"].get("input_ranges", [])}
+    quant = art.manifest["config"]["quant"]
+    ranges = {r[0]: (r[1], r[2]) for r in quant.get("input_ranges", [])}
     lo_hi = ranges.get(name, (float(photos.min()), float(photos.max())))
-    quant = onnx.load(art.file("onnx"))
-    inits = {i.name: i for i in quant.graph.initializer}
-    qdq: dict[str, tuple[str, str]] = {}
-    for node in quant.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inits \
-                and node.input[0] != name:
-            qdq.setdefault(node.input[0], (node.input[1], node.input[2]))
-    float_bytes = onnx.load(art.file("float_onnx")).SerializeToString()
-    ref_session = ort.InferenceSession(float_bytes, providers=["CPUExecutionProvider"])
-
-    def session_with(tensor: str):
-        m = onnx.load_from_string(float_bytes)
-        scale, zero = qdq[tensor]
-        m.graph.initializer.extend([inits[scale], inits[zero]])
-        for node in m.graph.node:
-            if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[0] == tensor:
-                node.input[0] = tensor + "/dq"
-        m.graph.node.extend([
-            helper.make_node("QuantizeLinear", [tensor, scale, zero], [tensor + "/q"]),
-            helper.make_node("DequantizeLinear", [tensor + "/q", scale, zero], [tensor + "/dq"])])
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-
-    def run(session, x):
-        return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    step = dict(quant.get("input_grid", [])).get(name)
+    draft = QuantPlan.load(art.path)
+    keep = (lambda t: t in tensors) if tensors is not None else (lambda t: t != name)
+    draft = replace(draft, activations=tuple(a for a in draft.activations if keep(a.tensor)))
 
     def grid(x):
         return on_grid(x, step, lo_hi) if step else x
@@ -120,16 +101,14 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     kinds = {"photos 1st half": photos[:half], "photos 2nd half": photos[half:],
              "1/f independent": grid(pink_noise_images(shape, n, 0, lo_hi, colour=False).numpy()),
              "1/f colour": grid(pink_noise_images(shape, n, 0, lo_hi).numpy())}
-    refs = {k: run(ref_session, x) for k, x in kinds.items()}
-    nsr: dict[str, dict[str, float]] = {k: {} for k in kinds}
-    chosen = sorted(qdq) if tensors is None else tensors
-    for i, tensor in enumerate(chosen):
+    nsr = {}
+    for i, (kind, x) in enumerate(kinds.items()):
         if progress:
-            print(f"\r{i + 1}/{len(chosen)} tensors", end="", file=sys.stderr, flush=True)
-        s = session_with(tensor)
-        for k, x in kinds.items():
-            out = run(s, x)
-            nsr[k][tensor] = float(((out - refs[k]) ** 2).sum() / (refs[k] ** 2).sum())
+            print(f"\r{i + 1}/{len(kinds)} kinds of input", end="", file=sys.stderr, flush=True)
+        samples = [{name: x[j:j + 1].astype(np.float32)} for j in range(len(x))]
+        sens = measure_sensitivity(ir.load(art.file("float_onnx")), [], draft, samples,
+                                   weights=False, max_samples=len(samples))
+        nsr[kind] = sens.activations
     if progress:
         print(file=sys.stderr)
     return nsr
