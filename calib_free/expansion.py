@@ -79,13 +79,10 @@ def stop_orders(w: torch.Tensor, orders: list[tuple[torch.Tensor, torch.Tensor]]
     """
     approx = torch.zeros_like(w, dtype=torch.float64)
     stops = []
-    for k, (codes, scale) in enumerate(orders):
-        if k == len(orders) - 1:
-            stops.append((codes, scale))
-            break
+    for codes, scale in orders[:-1]:
         stops.append(final_quantize_fn((w.double() - approx).to(w.dtype)))
         approx += dequantize_fn(codes, scale).double()
-    return stops
+    return stops + orders[-1:]
 
 
 def weight_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
