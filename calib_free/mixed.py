@@ -18,6 +18,7 @@ drop of the output NSR per bit-operation (output noise of independent layers add
 with the cost model of ALGORITHMS.md section 2.1, BOPs = M * b_w * b_a * (1 + sum of gammas):
 raising L's weights costs M * b_a * (8 (1 + its gammas: orders end) - b_w (1 + its gammas));
 keeping T float costs, over the layers reading it, M * b_w * (32 - 8) * (1 + their gammas).
+A runtime's calib_free.sparse.CostModel adds its per-weight and per-output terms to each.
 The greedy is lazy: a candidate's score is recomputed when popped (the state of its layer may
 have changed since it was pushed) and pushed back when it dropped. Raising a layer's weights
 replaces its higher orders (their BOPs are refunded). Pure torch math; no ONNX.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from calib_free.sparse import LayerCost
+from calib_free.sparse import BOPS, CostModel, LayerCost
 
 # A layer's order gains are weighted by nsr_w ** SENSITIVITY_POWER (0: every layer alike, as
 # calib_free.sparse.allocate_budget; 1: the measured NSR as is, i.e. the expected output-NSR
@@ -151,8 +152,9 @@ WHOLE = -1  # the channel of an "order" candidate that stands for the whole laye
 
 
 class _State:
-    def __init__(self, layers: list[MixedLayer]):
+    def __init__(self, layers: list[MixedLayer], model: CostModel):
         self.layers = layers
+        self.model = model
         self.kept = [[[] for _ in range(max(0, l.cost.errors.shape[0] - 1))] for l in layers]
         self.order = [torch.ones(l.cost.channels, dtype=torch.int64) for l in layers]
         self.raised = [False] * len(layers)
@@ -163,11 +165,12 @@ class _State:
         return (RAISED_WEIGHT_BITS if self.raised[li] else c.bits_w,
                 FLOAT_BITS if self.float_act[li] else c.bits_a)
 
-    def layer_bops(self, li: int) -> float:
+    def layer_cost(self, li: int, model: CostModel | None = None) -> float:
+        """The layer's cost now, in `model` (default: the allocation's)."""
         c = self.layers[li].cost
         bw, ba = self.bits(li)
         extra = 0.0 if self.raised[li] else float(self.order[li].sum() - c.channels) / c.channels
-        return float(c.macs) * bw * ba * (1.0 + extra)
+        return (model or self.model).layer(c, bw, ba, extra)
 
     def share(self, li: int) -> float:
         """The layer's weight-error proxy now, as a share of its order-1 error."""
@@ -182,7 +185,8 @@ class _State:
 def allocate_mixed(layers: list[MixedLayer], budget: float,
                    act_nsr: dict[str, float] | None = None,
                    raise_weights: bool = False, float_activations: bool = False,
-                   whole_layers: bool = False) -> MixedAllocation:
+                   whole_layers: bool = False, cost_model: CostModel = BOPS
+                   ) -> MixedAllocation:
     """Greedy allocation of orders, 8-bit weights and float activations under
     total BOPs <= budget x the order-1 BOPs, by expected output-NSR drop per BOP.
 
@@ -190,12 +194,14 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
     Layers without nsr_w weigh their order gains by 1 (as allocate_budget does).
     whole_layers: orders go to whole layers (every channel) at the layer's full BOPs, as a
     runtime running sparse orders as dense zero-row kernels pays them
-    (calib_free.sparse.allocate_budget)."""
+    (calib_free.sparse.allocate_budget).
+    cost_model: what the budget counts (default: BOPs); the scores are per unit of it. The
+    bops_delta of each raise in the result stays in BOPs."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
     act_nsr = act_nsr or {}
-    st = _State(layers)
-    base = sum(l.cost.bops for l in layers)
+    st = _State(layers, cost_model)
+    base = sum(cost_model.order1(l.cost) for l in layers)
     limit = budget * base * (1 + 1e-12)
     spent = base
     readers: dict[str, list[int]] = {}
@@ -218,28 +224,28 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
                 if st.raised[li] or bool((st.order[li] != k - 1).any()):
                     return None
                 gain = sum(lc.gain(ch, k) for ch in range(lc.channels))
-                return weight(li) * gain, float(lc.macs) * bw * ba
+                return weight(li) * gain, cost_model.extra_order(lc, bw, ba)
             if st.raised[li] or int(st.order[li][c]) != k - 1:
                 return None
-            return weight(li) * lc.gain(c, k), float(lc.macs) * bw * ba / lc.channels
+            return weight(li) * lc.gain(c, k), cost_model.extra_order(lc, bw, ba) / lc.channels
         if kind == "weights":
             li = key
             if st.raised[li]:
                 return None
-            before = st.layer_bops(li)
+            before = st.layer_cost(li)
             share_now = st.share(li)
             st.raised[li] = True
             gain = weight(li) * (share_now - st.share(li))
-            cost = st.layer_bops(li) - before
+            cost = st.layer_cost(li) - before
             st.raised[li] = False
             return gain, cost
         lis = readers[key]  # kind == "act"
         if any(st.float_act[li] for li in lis):
             return None
-        before = sum(st.layer_bops(li) for li in lis)
+        before = sum(st.layer_cost(li) for li in lis)
         for li in lis:
             st.float_act[li] = True
-        cost = sum(st.layer_bops(li) for li in lis) - before
+        cost = sum(st.layer_cost(li) for li in lis) - before
         for li in lis:
             st.float_act[li] = False
         return act_nsr[key], cost
@@ -305,8 +311,9 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
             st.float_act[li] = True
         why_a[key] = {"layers": [layers[li].cost.name for li in readers[key]],
                       "nsr_a": act_nsr[key], "expected_nsr_drop": gain, "bops_delta": cost}
-    # the BOPs each choice adds over the order-1 model, in the final state (a raise bought
-    # after some orders refunded them at the time; what it costs in the end is this)
+    # the BOPs (whatever the cost model) each choice adds over the order-1 model, in the final
+    # state (a raise bought after some orders refunded them at the time; what it costs in the
+    # end is this)
     index = {l.cost.name: li for li, l in enumerate(layers)}
     for name, r in why_w.items():
         c = layers[index[name]].cost
@@ -314,11 +321,11 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
     for tensor, r in why_a.items():
         r["bops_delta"] = 0.0
         for li in readers[tensor]:
-            now = st.layer_bops(li)
+            now = st.layer_cost(li, BOPS)
             r["bops_delta"] += now - now * layers[li].cost.bits_a / FLOAT_BITS
     kept = {}
     for li, l in enumerate(layers):
         kept[l.cost.name] = [] if st.raised[li] else \
             [torch.tensor(sorted(cs), dtype=torch.int64) for cs in st.kept[li]]
-    total = sum(st.layer_bops(li) for li in range(len(layers)))
+    total = sum(st.layer_cost(li) for li in range(len(layers)))
     return MixedAllocation(kept, why_w, why_a, base, total, budget)

@@ -9,6 +9,10 @@ Cost of a layer with M MACs, weight bits b_w, activation bits b_a and kept fract
 
     BOPs = M * b_w * b_a * (1 + gamma_2 + ... + gamma_K)
 
+or, with a runtime's CostModel, that plus what the runtime pays per weight and per output
+element (memory traffic, the f32 output of a further order and the sum of the orders), which
+BOPs leave out; `CostModel` below.
+
 Error proxy of output channel i after k orders (inputs taken as independent):
 
     e_k[i] = sum_j (W - W_hat_k)[i, j]^2 * E[x_j^2]          (x: the layer's input)
@@ -101,6 +105,8 @@ class LayerCost:
 
     errors: [K, C] float64, row k-1 = per-channel error proxy after k orders (k = 1..K).
     macs: MACs at batch 1; bits_w / bits_a: weight / activation bits of the cost model.
+    weights / outputs / inputs: its weight count, output and input elements at batch 1 (a
+    CostModel prices them; 0 when unknown).
     """
 
     name: str
@@ -108,6 +114,9 @@ class LayerCost:
     macs: int
     bits_w: int
     bits_a: int
+    weights: int = 0
+    outputs: int = 0
+    inputs: int = 0
 
     @property
     def channels(self) -> int:
@@ -125,8 +134,64 @@ class LayerCost:
 
 
 @dataclass(frozen=True)
+class CostModel:
+    """A layer's cost in BOP units, as a runtime pays it:
+
+        order 1:          M * b_w' * b_a' + 64 * (per_weight * weights * b_w / 8
+                                                  + per_output * outputs)
+        each more order:  M * b_w' * b_a' + 64 * (per_weight * weights * b_w / 8
+                                                  + per_extra_output * outputs)
+
+    with b' = max(b, min_bits) (a runtime computes narrower codes in min_bits kernels), the
+    weights priced by their bytes, and the per-element terms in int8-MAC equivalents (64 BOPs
+    each); a layer reading a float
+    activation (b_a >= 16) also pays per_float_input per input element, once (the float
+    tensor written and read, and its conversion for the readers that stay integer). BOPS, all
+    terms 0, is the plain bit-operation count of ALGORITHMS.md section 2.1. A runtime's own
+    numbers are measured (rexdeploy/cost_models.py): a further order there also writes its
+    output in float and adds it to the others, so per_extra_output > per_output. Sparse orders
+    pay the per-element terms in proportion to the channels they keep, as they pay the MACs."""
+
+    name: str = "bops"
+    per_weight: float = 0.0
+    per_output: float = 0.0
+    per_extra_output: float = 0.0
+    per_float_input: float = 0.0
+    min_bits: int = 1
+
+    def compute(self, layer: LayerCost, bits_w: int, bits_a: int) -> float:
+        return float(layer.macs) * max(bits_w, self.min_bits) * max(bits_a, self.min_bits)
+
+    def order1(self, layer: LayerCost, bits_w: int | None = None,
+               bits_a: int | None = None) -> float:
+        """The layer once, at its own bits unless given."""
+        bits_w = layer.bits_w if bits_w is None else bits_w
+        bits_a = layer.bits_a if bits_a is None else bits_a
+        float_in = self.per_float_input * layer.inputs if bits_a >= 16 else 0.0
+        return self.compute(layer, bits_w, bits_a) + 64.0 * (
+            self.per_weight * layer.weights * bits_w / 8 + self.per_output * layer.outputs
+            + float_in)
+
+    def extra_order(self, layer: LayerCost, bits_w: int | None = None,
+                    bits_a: int | None = None) -> float:
+        """One further order of the whole layer."""
+        bits_w = layer.bits_w if bits_w is None else bits_w
+        return self.compute(layer, bits_w, layer.bits_a if bits_a is None else bits_a) + 64.0 * (
+            self.per_weight * layer.weights * bits_w / 8 + self.per_extra_output * layer.outputs)
+
+    def layer(self, layer: LayerCost, bits_w: int, bits_a: int, extra: float) -> float:
+        """The layer with `extra` further orders' worth of channels (sum of kept fractions)."""
+        return self.order1(layer, bits_w, bits_a) + extra * self.extra_order(layer, bits_w,
+                                                                             bits_a)
+
+
+BOPS = CostModel()
+
+
+@dataclass(frozen=True)
 class Allocation:
-    """Kept channels per layer and order, and the BOPs spent."""
+    """Kept channels per layer and order, and the cost spent (in the cost model's units: BOPs
+    for BOPS)."""
 
     kept: dict[str, list[torch.Tensor]]  # layer -> [orders 2..K] sorted int64 indices
     base_bops: float
@@ -139,7 +204,7 @@ class Allocation:
 
 
 def allocate_budget(layers: list[LayerCost], budget: float,
-                    whole_layers: bool = False) -> Allocation:
+                    whole_layers: bool = False, cost_model: CostModel = BOPS) -> Allocation:
     """Greedy: give orders >= 2 to (layer, channel) pairs by error share per BOP until the total
     reaches `budget` x the order-1 BOPs. Order k of a channel becomes a candidate once the
     channel has order k - 1. Ties break by layer order, then channel (deterministic).
@@ -148,12 +213,15 @@ def allocate_budget(layers: list[LayerCost], budget: float,
     BOPs. That is what a runtime pays when it runs a sparse order as a dense kernel with zero
     rows (OpenVINO's and TensorRT's lowering, `--sparse-form dense`): one kept channel costs the
     full second branch there, so a per-channel budget would buy K=2's runtime at a fraction of
-    its fidelity."""
+    its fidelity.
+
+    cost_model: what the budget counts (default BOPS: bit-operations); the budget is then
+    `budget` x the order-1 model's cost in that model."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
     if whole_layers:
-        return _allocate_layers(layers, budget)
-    base = sum(layer.bops for layer in layers)
+        return _allocate_layers(layers, budget, cost_model)
+    base = sum(cost_model.order1(layer) for layer in layers)
     limit = budget * base
     spent = base
     heap: list[tuple[float, int, int, int]] = []
@@ -161,28 +229,29 @@ def allocate_budget(layers: list[LayerCost], budget: float,
         if layer.errors.shape[0] < 2 or layer.macs <= 0:
             continue
         for c in range(layer.channels):
-            _push(heap, layer, li, c, 2)
+            _push(heap, layer, li, c, 2, cost_model.extra_order(layer) / layer.channels)
     chosen: list[list[list[int]]] = [[[] for _ in range(max(0, l.errors.shape[0] - 1))]
                                      for l in layers]
     while heap:
         neg_score, li, c, order = heapq.heappop(heap)
         layer = layers[li]
-        cost = layer.bops / layer.channels
+        cost = cost_model.extra_order(layer) / layer.channels
         if spent + cost > limit * (1 + 1e-12):
             continue  # a cheaper candidate may still fit
         spent += cost
         chosen[li][order - 2].append(c)
         if order < layer.errors.shape[0]:
-            _push(heap, layer, li, c, order + 1)
+            _push(heap, layer, li, c, order + 1, cost)
     kept = {layer.name: [torch.tensor(sorted(cs), dtype=torch.int64) for cs in chosen[li]]
             for li, layer in enumerate(layers)}
     return Allocation(kept, base, spent, budget)
 
 
-def _allocate_layers(layers: list[LayerCost], budget: float) -> Allocation:
+def _allocate_layers(layers: list[LayerCost], budget: float,
+                     cost_model: CostModel) -> Allocation:
     """allocate_budget with whole layers: candidate (layer, order k) removes the layer's
-    error share sum_c gain(c, k) at the layer's full BOPs."""
-    base = sum(layer.bops for layer in layers)
+    error share sum_c gain(c, k) at the cost of the layer's whole further order."""
+    base = sum(cost_model.order1(layer) for layer in layers)
     limit = budget * base * (1 + 1e-12)
     spent = base
     heap: list[tuple[float, int, int]] = []
@@ -191,7 +260,7 @@ def _allocate_layers(layers: list[LayerCost], budget: float) -> Allocation:
         layer = layers[li]
         gain = sum(layer.gain(c, order) for c in range(layer.channels))
         if gain > 0:
-            heapq.heappush(heap, (-gain / layer.bops, li, order))
+            heapq.heappush(heap, (-gain / cost_model.extra_order(layer), li, order))
 
     for li, layer in enumerate(layers):
         if layer.errors.shape[0] >= 2 and layer.macs > 0:
@@ -200,9 +269,10 @@ def _allocate_layers(layers: list[LayerCost], budget: float) -> Allocation:
     while heap:
         _, li, order = heapq.heappop(heap)
         layer = layers[li]
-        if spent + layer.bops > limit:
+        cost = cost_model.extra_order(layer)
+        if spent + cost > limit:
             continue  # a cheaper layer may still fit
-        spent += layer.bops
+        spent += cost
         top[li] = order
         if order < layer.errors.shape[0]:
             push(li, order + 1)
@@ -213,11 +283,12 @@ def _allocate_layers(layers: list[LayerCost], budget: float) -> Allocation:
     return Allocation(kept, base, spent, budget)
 
 
-def _push(heap: list, layer: LayerCost, li: int, channel: int, order: int) -> None:
+def _push(heap: list, layer: LayerCost, li: int, channel: int, order: int,
+          cost: float) -> None:
     gain = layer.gain(channel, order)
     if gain <= 0:
         return
-    score = gain / (layer.bops / layer.channels)
+    score = gain / cost
     heapq.heappush(heap, (-score, li, channel, order))
 
 

@@ -56,6 +56,28 @@ class LayerInfo:
     macs: int
     kernel_shape: tuple[int, ...]
     bias_node: str | None = None
+    strides: tuple[int, ...] = ()
+
+    @property
+    def outputs(self) -> int:
+        """Output elements at batch 1 (0 when the MACs are unknown)."""
+        per_output = int(np.prod(self.weight_array.shape[1:])) if self.op == "Conv" \
+            else self.in_channels
+        return self.macs // per_output if per_output else 0
+
+    @property
+    def inputs(self) -> int:
+        """Input elements it reads at batch 1, from its output size and strides (same-padded
+        convolutions; 0 when the MACs are unknown)."""
+        return self.outputs // max(self.out_channels, 1) * self.in_channels * \
+            int(np.prod(self.strides or (1,)))
+
+    def cost(self, errors, bits_w: int, bits_a: int):
+        """The budget allocator's view of this layer (calib_free.sparse.LayerCost)."""
+        from calib_free.sparse import LayerCost
+
+        return LayerCost(self.name, errors, self.macs, bits_w, bits_a,
+                         int(self.weight_array.size), self.outputs, self.inputs)
 
 
 def find_layers(model: ir.Model) -> tuple[list[LayerInfo], list[SkippedLayer]]:
@@ -163,8 +185,11 @@ def _layer_info(node: ir.Node, out_shape: tuple | None) -> LayerInfo:
             bias, bias_node, output = add.inputs[index].name, add.name, add.outputs[0].name
             bias_array = _per_channel(_const(add.inputs[index]), cout)
     macs = _macs(out_shape, cout, int(np.prod(array.shape[1:])) if op == "Conv" else cin)
+    strides = tuple(node.attributes.get_ints("strides", [1] * len(kernel))) if op == "Conv" \
+        else ()
     return LayerInfo(node.name, op, weight.name, array, bias, bias_array, node.inputs[0].name,
-                     output, groups, out_axis, in_axis, cout, cin, macs, kernel, bias_node)
+                     output, groups, out_axis, in_axis, cout, cin, macs, kernel, bias_node,
+                     strides)
 
 
 def _macs(shape: tuple | None, cout: int, per_output: int) -> int:

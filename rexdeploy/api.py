@@ -57,6 +57,11 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
                         "for trt, drop --require-engine to write a deferred artifact (Q/DQ ONNX "
                         "+ build_engine.sh) and build the engine on the device"
                         if config.target == "trt" else None)
+    if config.quant.budget is not None:  # what the budget counts on this target and device
+        from rexdeploy.cost_models import resolve
+
+        config = replace(config, quant=replace(config.quant, budget_cost=resolve(
+            config.quant.budget_cost, config.target, config.device)))
     if preprocess:
         from rexdeploy.inputs import parse_preprocess
 

@@ -16,7 +16,8 @@ import click
 from rexdeploy import __version__
 from rexdeploy.config import (  # the choices the config validates (pure Python, no torch)
     ACTIVATIONS, CENTERINGS, FLOAT_PRECISIONS, MIXED_MODES, OPERATORS, PARTITIONS, RANGE_SOURCES,
-    REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES, SPARSE_FORMS, WEIGHT_BITS)
+    BUDGET_COSTS, REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES, SPARSE_FORMS,
+    WEIGHT_BITS)
 from rexdeploy.errors import UserError
 
 WEIGHT_CHOICES = tuple(WEIGHT_BITS)
@@ -133,12 +134,20 @@ def cli():
               help="Orders 2..K cover only this fraction of each layer's output channels (those "
                    "with the largest residual error), e.g. 0.25. Needs --orders >= 2.")
 @click.option("--budget", type=float, metavar="X",
-              help="Total bit-operations <= X times the order-1 model (e.g. 1.25), counted as "
-                   "the target runs them; the second order goes greedily where it removes the "
-                   "largest share of a layer's error per bit-operation. With the dense sparse "
+              help="Cost <= X times the order-1 model's (e.g. 1.25), counted as the target runs "
+                   "it (--budget-cost: OpenVINO CPU's measured time, else bit-operations); the "
+                   "second order goes greedily where it removes the largest share of the "
+                   "error per unit of cost. With the dense sparse "
                    "form (OpenVINO's and TensorRT's, where one kept channel runs the layer's "
                    "whole second branch) it buys whole layers; with --sparse-form compact or "
                    "gather, single channels. Not with --sparsity.")
+@click.option("--budget-cost", type=click.Choice(BUDGET_COSTS[:3]), default="auto",
+              show_default=True,
+              help="What --budget counts. bops: bit-operations (M x b_w x b_a per layer). "
+                   "time: the target's measured time model, which also prices reading the "
+                   "weights, writing the outputs and adding the orders (OpenVINO CPU; a "
+                   "second order of a layer with few MACs per output costs far more than its "
+                   "BOPs). auto: time where the target has a measured model, else bops.")
 @click.option("--sensitivity", type=click.Choice(SENSITIVITY_MODES), default="auto",
               show_default=True,
               help="With --budget: measure each layer's data-free output sensitivity (output "
@@ -259,8 +268,8 @@ def cli():
 @user_errors
 def build(model, target, output, inputs, input_ranges, weights, state_dict, activations,
           rounding, operator, block_size, dynamic_quantization, orders,
-          sparsity, budget, sensitivity, mixed_precision, ensemble, ensemble_partition,
-          sparse_form, ranges, range_sigma,
+          sparsity, budget, budget_cost, sensitivity, mixed_precision, ensemble,
+          ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, refine_inputs, tokenizer, device, opset, dla_core,
           float_precision, centering, dim_ranges, require_engine,
@@ -300,7 +309,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                                      param_hint="--weights")
     specs = parse_input_specs(inputs)
     quant = QuantConfig(weights=weights, activations=activations, orders=orders,
-                        sparsity=sparsity, budget=budget, ensemble=ensemble or 0,
+                        sparsity=sparsity, budget=budget, budget_cost=budget_cost,
+                        ensemble=ensemble or 0,
                         ensemble_partition=ensemble_partition, sparse_form=sparse_form,
                         ranges=ranges,
                         range_sigma=range_sigma, smooth=smooth, smooth_alpha=smooth_alpha,

@@ -24,6 +24,7 @@ RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
+BUDGET_COSTS = ("auto", "bops", "time", "openvino-cpu")  # the last: resolved (cost_models.py)
 SMOOTH_MODES = ("auto", "all", "off")
 ROUNDINGS = ("auto", "nearest", "dc")
 MAX_ENSEMBLE = 8
@@ -46,6 +47,9 @@ class QuantConfig:
                                         # (measured best: docs/benchmarks.md, issue 3)
     sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
                                         # compact
+    budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
+                                        # model where there is one, else bops) | bops | time;
+                                        # resolved at build time to a rexdeploy.cost_models name
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
@@ -273,6 +277,9 @@ class QuantConfig:
         if self.rounding == "dc" and self.operator != "uniform":
             raise UserError("--rounding dc applies to the uniform quantizer only",
                             "drop --rounding or --operator power")
+        if self.budget_cost not in BUDGET_COSTS:
+            raise UserError(f"--budget-cost {self.budget_cost}: use one of "
+                            f"{', '.join(BUDGET_COSTS[:3])}")
         if self.sparse_form not in SPARSE_FORMS:
             raise UserError(f"--sparse-form {self.sparse_form}: use one of "
                             f"{', '.join(SPARSE_FORMS)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from calib_free.mixed import FLOAT_BITS, MixedAllocation, MixedLayer, allocate_mixed
-from calib_free.sparse import LayerCost
+from rexdeploy import cost_models
 from rexdeploy.config import QuantConfig
 
 
@@ -36,21 +36,24 @@ def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str]
     rows = []
     for e in expansions:
         name = e.layer.name
-        cost = LayerCost(name, e.errors, e.layer.macs, config.weight_bits, activation_bits(config))
+        cost = e.layer.cost(e.errors, config.weight_bits, activation_bits(config))
         rows.append(MixedLayer(cost, sensitivity.weights.get(name, fallback),
                                eights[name].errors[0] if name in eights else None,
                                e.layer.input if e.layer.input in act_tensors else None))
     alloc = allocate_mixed(rows, config.budget, sensitivity.activations,
                            raise_weights=raises_weights(config),
                            float_activations=raises_activations(config),
-                           whole_layers=config.budget_whole_layers)
+                           whole_layers=config.budget_whole_layers,
+                           cost_model=cost_models.get(config.budget_cost))
     return alloc, eights
 
 
-def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig) -> list:
-    """The layer plans with their metrics updated for the mixed choices: BOPs at the precision
-    each layer runs, its measured sensitivity, and `mixed` (what was raised, why, at what cost).
-    `plans` already holds the raised layers at int8."""
+def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig,
+           layers: dict) -> list:
+    """The layer plans with their metrics updated for the mixed choices: BOPs (and the budget's
+    cost, when it is not BOPs) at the precision each layer runs, its measured sensitivity, and
+    `mixed` (what was raised, why, at what cost). `plans` already holds the raised layers at
+    int8; layers: name -> LayerInfo."""
     from calib_free.sparse import layer_bops
     from rexdeploy.quantize import activation_bits
 
@@ -63,6 +66,9 @@ def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig
         bits_a = FLOAT_BITS if float_act else activation_bits(config)
         m["bops_order1"] = layer_bops(m["macs"], config.weight_bits, activation_bits(config), [])
         m["bops"] = layer_bops(m["macs"], bits_w, bits_a, fractions)
+        m.update(cost_models.layer_metrics(layers[lp.name], config.budget_cost, bits_w, bits_a,
+                                           fractions, (config.weight_bits,
+                                                       activation_bits(config))))
         m["sensitivity"] = {"weights_nsr": _sig(sensitivity.weights.get(lp.name)),
                             "activation_nsr": _sig(sensitivity.activations.get(lp.input))}
         mixed = {}

@@ -95,7 +95,8 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                 e = _expand(e.layer, stats, observed, cfg)  # a float input is not migrated
             return _layer(e, kept, cfg)
 
-        plans = mixed.finish([plan_for(e) for e in expansions], alloc, sensitivity, config)
+        plans = mixed.finish([plan_for(e) for e in expansions], alloc, sensitivity, config,
+                             {e.layer.name: e.layer for e in expansions})
         activations = [a for a in activations if a.tensor not in alloc.float_activations]
     else:
         kept_channels = _select_channels(expansions, config)
@@ -108,6 +109,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "range_sigma": config.range_sigma,
                              "smooth": config.smooth, "smooth_alpha": config.smooth_alpha,
                              "bias_correction": config.bias_correction}
+                     | ({"budget_cost": config.budget_cost} if config.budget is not None else {})
                      | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
                         if sensitivity is not None and config.budget is not None else {}))
 
@@ -292,7 +294,8 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
     """Kept output channels of orders 2..K per layer: all (dense), the fraction --sparsity
     with the largest error, or the greedy --budget allocation (whole layers where the sparse
     orders run as dense zero-row kernels). Missing key: dense."""
-    from calib_free.sparse import LayerCost, allocate_budget, uniform_channels
+    from calib_free.sparse import allocate_budget, uniform_channels
+    from rexdeploy import cost_models
 
     if config.max_orders < 2:
         return {}
@@ -300,9 +303,10 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
         return {e.layer.name: uniform_channels(list(e.errors[:-1]), config.sparsity)
                 for e in expansions}
     if config.budget is not None:
-        costs = [LayerCost(e.layer.name, e.errors, e.layer.macs, config.weight_bits,
-                           activation_bits(config)) for e in expansions]
-        return allocate_budget(costs, config.budget, config.budget_whole_layers).kept
+        costs = [e.layer.cost(e.errors, config.weight_bits, activation_bits(config))
+                 for e in expansions]
+        return allocate_budget(costs, config.budget, config.budget_whole_layers,
+                               cost_models.get(config.budget_cost)).kept
     return {}
 
 
@@ -366,6 +370,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     first = torch.from_numpy(plan_orders[0].dequantize())
     fractions = [o_.kept_fraction(layer.out_channels) for o_ in plan_orders[1:]]
     from calib_free.sparse import layer_bops
+    from rexdeploy import cost_models
 
     final = e.errors[0].clone()  # each channel's error proxy at its highest order
     for k, o_ in enumerate(plan_orders[1:], 1):
@@ -380,6 +385,10 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                                   fractions),
                "bops_order1": layer_bops(layer.macs, config.weight_bits,
                                          activation_bits(config), []),
+               **(cost_models.layer_metrics(layer, config.budget_cost, config.weight_bits,
+                                            activation_bits(config), fractions,
+                                            (config.weight_bits, activation_bits(config)))
+                  if config.budget is not None else {}),
                "error_order1": _rounded(weight_error(w, first)),
                "error": _rounded(weight_error(w, w_hat)),
                # output noise-to-signal proxy (ALGORITHMS.md 2.1): order 1 and final

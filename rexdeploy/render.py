@@ -57,7 +57,11 @@ def _expansion(cfg: dict, s: dict) -> str:
     if cfg.get("sparsity") is not None:
         parts.append(f"gamma {cfg['sparsity']:g}")
     if cfg.get("budget") is not None:
-        parts.append(f"budget {cfg['budget']:g}")
+        cost = cfg.get("budget_cost", "bops")
+        parts.append(f"budget {cfg['budget']:g}" + (
+            "" if cost in ("bops", "auto") else
+            f" in the {cost} time model ({s.get('cost_ratio', 1.0):.2f}x the order-1 time "
+            "estimated)"))
     if cfg.get("ensemble"):
         parts.append(f"ensemble: base + {cfg['ensemble']} members "
                      f"({cfg.get('ensemble_partition', 'balanced')} partition)")

@@ -43,7 +43,8 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "runs_int8": bool(ran) and all(r["int8"] for r in ran),
             "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
         })
-        for key in ("sensitivity", "mixed"):  # --sensitivity / --mixed-precision (mixed.py)
+        for key in ("cost", "cost_order1",  # --budget in a runtime's time model
+                    "sensitivity", "mixed"):  # --sensitivity / --mixed-precision (mixed.py)
             if key in lp.metrics:
                 rows[-1][key] = lp.metrics[key]
         if any(o.table is not None for o in lp.orders):  # PowerQuant: codes + lookup table
@@ -113,8 +114,14 @@ def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],
 
 
 def bops_summary(plan) -> dict:
-    """Total bit-operations of the plan and the ratio to its order-1 model."""
+    """Total bit-operations of the plan and the ratio to its order-1 model; with a --budget in a
+    runtime's time model, also that model's ratio (cost_ratio)."""
     total = sum(lp.metrics.get("bops", 0.0) or 0.0 for lp in plan.layers)
     base = sum(lp.metrics.get("bops_order1", 0.0) or 0.0 for lp in plan.layers)
-    return {"bops": total, "bops_order1": base,
-            "bops_ratio": round(total / base, 4) if base else 1.0}
+    out = {"bops": total, "bops_order1": base,
+           "bops_ratio": round(total / base, 4) if base else 1.0}
+    if any("cost" in lp.metrics for lp in plan.layers):  # a --budget in a runtime's time model
+        cost = sum(lp.metrics.get("cost", 0.0) for lp in plan.layers)
+        base = sum(lp.metrics.get("cost_order1", 0.0) for lp in plan.layers)
+        out["cost_ratio"] = round(cost / base, 4) if base else 1.0
+    return out

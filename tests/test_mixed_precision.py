@@ -308,7 +308,7 @@ def mixed_cnn(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mixed")
     model = tiny_cnn()
     art = _build(model, tmp, "mixed", shape="input:1x3x32x32", target="openvino",
-                 weights="int4", budget=1.25, mixed_precision="all")
+                 weights="int4", budget=1.25, mixed_precision="all", budget_cost="bops")
     return model, art
 
 

@@ -1,0 +1,60 @@
+"""What a `--budget` counts: bit-operations, or a runtime's measured time per layer.
+
+BOPs (M x b_w x b_a per layer, ALGORITHMS.md section 2.1) leave out what a runtime pays besides
+the multiply-accumulates: reading the weights, writing the outputs and, for every further REx
+order, its float output and the sum of the orders. On OpenVINO's CPU plugin those dominate the
+layers with few MACs per output element: a depthwise convolution's second order costs about 4x
+its BOPs share, the 1280 x 1000 classifier's (batch 1, its weights read once per MAC) about 15x.
+
+The coefficients below are int8-MAC equivalents per weight and per output element
+(calib_free.sparse.CostModel), fitted by least squares to the per-layer PERF_COUNT times of
+EfficientNet-Lite0 built at K=1 and K=2 (50 layers each), one inference thread, AMD EPYC
+Zen 4 (AVX512-VNNI), openvino 2026.4.1: `tools/bench/cost_model.py` refits and checks them
+(docs/benchmarks.md, section "What a budget counts").
+"""
+
+from __future__ import annotations
+
+from calib_free.sparse import BOPS, CostModel
+
+OPENVINO_CPU = CostModel("openvino-cpu", per_weight=17.0, per_output=40.0,
+                         per_extra_output=86.0, per_float_input=40.0, min_bits=8)
+
+MODELS = {m.name: m for m in (BOPS, OPENVINO_CPU)}  # rexdeploy.config.BUDGET_COSTS names them
+
+
+def for_target(target: str, device: str = "CPU") -> CostModel | None:
+    """The measured time model of a target and device, None where there is none."""
+    if target == "openvino" and device.upper().startswith("CPU"):
+        return OPENVINO_CPU
+    return None
+
+
+def resolve(choice: str, target: str, device: str = "CPU") -> str:
+    """The cost model's name for `--budget-cost choice`: auto is the target's time model where
+    one is measured, else BOPs; time where none is measured is an error. A resolved name stays."""
+    from rexdeploy.errors import UserError
+
+    if choice in MODELS:
+        return choice
+    model = for_target(target, device)
+    if choice == "time" and model is None:
+        raise UserError(f"--budget-cost time: no time model is measured for target {target} "
+                        f"on {device}", "use --budget-cost bops")
+    return (model or BOPS).name
+
+
+def get(name: str) -> CostModel:
+    return MODELS.get(name, BOPS)
+
+
+def layer_metrics(layer, name: str, bits_w: int, bits_a: int, fractions: list[float],
+                  base_bits: tuple[int, int]) -> dict:
+    """`cost` and `cost_order1` of a LayerInfo in the named model, for report.json; {} for
+    BOPs, which the `bops` metrics already give. base_bits: the build's (b_w, b_a) of order 1."""
+    model = get(name)
+    if model is BOPS:
+        return {}
+    row = layer.cost(None, bits_w, bits_a)
+    return {"cost": model.layer(row, bits_w, bits_a, sum(fractions)),
+            "cost_order1": model.order1(row, *base_bits)}
