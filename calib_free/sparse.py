@@ -144,9 +144,9 @@ class CostModel:
 
     with b' = max(b, min_bits) (a runtime computes narrower codes in min_bits kernels), the
     weights priced by their bytes, and the per-element terms in int8-MAC equivalents (64 BOPs
-    each); a layer reading a float
-    activation (b_a >= 16) also pays per_float_input per input element, once (the float
-    tensor written and read, and its conversion for the readers that stay integer). BOPS, all
+    each). A layer reading a float activation (b_a >= 16) also pays per_float_input per input
+    element, once (the float tensor written and read, and its conversion for the readers that
+    stay integer). BOPS, all
     terms 0, is the plain bit-operation count of ALGORITHMS.md section 2.1. A runtime's own
     numbers are measured (rexdeploy/cost_models.py): a further order there also writes its
     output in float and adds it to the others, so per_extra_output > per_output. Sparse orders
@@ -205,8 +205,8 @@ class Allocation:
 
 def allocate_budget(layers: list[LayerCost], budget: float,
                     whole_layers: bool = False, cost_model: CostModel = BOPS) -> Allocation:
-    """Greedy: give orders >= 2 to (layer, channel) pairs by error share per BOP until the total
-    reaches `budget` x the order-1 BOPs. Order k of a channel becomes a candidate once the
+    """Greedy: give orders >= 2 to (layer, channel) pairs by error share per unit of cost (BOPs
+    unless a cost_model says otherwise) until the total reaches `budget` x the order-1 cost. Order k of a channel becomes a candidate once the
     channel has order k - 1. Ties break by layer order, then channel (deterministic).
 
     whole_layers: the unit is a layer's whole order k (every channel), at the whole layer's

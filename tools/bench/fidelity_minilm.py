@@ -75,6 +75,7 @@ TARGETS = {  # label prefix -> (mean cosine target, where it comes from)
 # model, the default since, is fitted on a convolutional network: rexdeploy/cost_models.py)
 CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for label, q in CONFIGS]
 
+
 def run(args, console) -> list[dict]:
     import minilm
     from common import slug
