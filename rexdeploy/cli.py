@@ -61,6 +61,13 @@ def _console():
     return console
 
 
+def _budget_cost(ctx, param, value: str) -> str:
+    if value in BUDGET_COSTS[:3] or value.endswith(".json"):
+        return value
+    raise click.BadParameter(f"{value!r}: use one of {', '.join(BUDGET_COSTS[:3])} or a "
+                             "FILE.json")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="rexdeploy")
 def cli():
@@ -141,13 +148,15 @@ def cli():
                    "form (OpenVINO's and TensorRT's, where one kept channel runs the layer's "
                    "whole second branch) it buys whole layers; with --sparse-form compact or "
                    "gather, single channels. Not with --sparsity.")
-@click.option("--budget-cost", type=click.Choice(BUDGET_COSTS[:3]), default="auto",
-              show_default=True,
+@click.option("--budget-cost", default="auto", show_default=True,
+              metavar="[auto|bops|time|FILE.json]", callback=_budget_cost,
               help="What --budget counts. bops: bit-operations (M x b_w x b_a per layer). "
                    "time: the target's measured time model, which also prices reading the "
                    "weights, writing the outputs and adding the orders (OpenVINO CPU; a "
                    "second order of a layer with few MACs per output costs far more than its "
-                   "BOPs). auto: time where the target has a measured model, else bops.")
+                   "BOPs). FILE.json: a time model fitted on your machine "
+                   "(tools/bench/cost_model.py --write). auto: time where the target has a "
+                   "measured model, else bops.")
 @click.option("--sensitivity", type=click.Choice(SENSITIVITY_MODES), default="auto",
               show_default=True,
               help="With --budget: measure each layer's data-free output sensitivity (output "

@@ -48,8 +48,9 @@ class QuantConfig:
     sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
                                         # compact
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
-                                        # model where there is one, else bops) | bops | time;
-                                        # resolved at build time to a rexdeploy.cost_models name
+                                        # model where there is one, else bops) | bops | time |
+                                        # FILE.json; resolved at build time to a
+                                        # rexdeploy.cost_models name or the file's absolute path
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
@@ -277,9 +278,9 @@ class QuantConfig:
         if self.rounding == "dc" and self.operator != "uniform":
             raise UserError("--rounding dc applies to the uniform quantizer only",
                             "drop --rounding or --operator power")
-        if self.budget_cost not in BUDGET_COSTS:
+        if self.budget_cost not in BUDGET_COSTS and not self.budget_cost.endswith(".json"):
             raise UserError(f"--budget-cost {self.budget_cost}: use one of "
-                            f"{', '.join(BUDGET_COSTS[:3])}")
+                            f"{', '.join(BUDGET_COSTS[:3])} or a FILE.json")
         if self.sparse_form not in SPARSE_FORMS:
             raise UserError(f"--sparse-form {self.sparse_form}: use one of "
                             f"{', '.join(SPARSE_FORMS)}")

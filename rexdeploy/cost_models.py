@@ -8,12 +8,18 @@ its BOPs share, the 1280 x 1000 classifier's (batch 1, its weights read once per
 
 The coefficients below are int8-MAC equivalents per weight and per output element
 (calib_free.sparse.CostModel), fitted by least squares to the per-layer PERF_COUNT times of
-EfficientNet-Lite0 built at K=1 and K=2 (50 layers each), one inference thread, AMD EPYC
-Zen 4 (AVX512-VNNI), openvino 2026.4.1: `tools/bench/cost_model.py` refits and checks them
-(docs/benchmarks.md, section "What a budget counts").
+EfficientNet-Lite0 built at K=1 and K=2 (50 layers each; the float input from the difference
+one float depthwise input makes), one inference thread, AMD EPYC Zen 4 (AVX512-VNNI), openvino
+2026.4.1: `tools/bench/cost_model.py` refits and checks them (docs/benchmarks.md, section "What a
+`--budget` counts"; the refits scatter by up to 30 %, the check holds to 0.05 of the budget).
 """
 
 from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, fields
 
 from calib_free.sparse import BOPS, CostModel
 
@@ -32,11 +38,17 @@ def for_target(target: str, device: str = "CPU") -> CostModel | None:
 
 def resolve(choice: str, target: str, device: str = "CPU") -> str:
     """The cost model's name for `--budget-cost choice`: auto is the target's time model where
-    one is measured, else BOPs; time where none is measured is an error. A resolved name stays."""
+    one is measured, else BOPs; time where none is measured is an error; a FILE.json (a model
+    `tools/bench/cost_model.py --write` fitted on another machine) is read now, and its absolute
+    path is the name. A resolved name stays."""
     from rexdeploy.errors import UserError
 
     if choice in MODELS:
         return choice
+    if choice.endswith(".json"):
+        path = os.path.abspath(choice)
+        load(path)
+        return path
     model = for_target(target, device)
     if choice == "time" and model is None:
         raise UserError(f"--budget-cost time: no time model is measured for target {target} "
@@ -45,7 +57,42 @@ def resolve(choice: str, target: str, device: str = "CPU") -> str:
 
 
 def get(name: str) -> CostModel:
+    if name.endswith(".json"):
+        return load(name)
     return MODELS.get(name, BOPS)
+
+
+def describe(name: str) -> dict:
+    """What plan.json records of a cost model: its name and coefficients (none for BOPs)."""
+    model = get(name)
+    return {"budget_cost": name} | ({} if model is BOPS else {"budget_cost_model": asdict(model)})
+
+
+@functools.lru_cache(maxsize=8)
+def load(path: str) -> CostModel:
+    """A CostModel from a JSON file of its fields (name, per_weight, per_output,
+    per_extra_output, per_float_input, min_bits); one clear error for anything else."""
+    from rexdeploy.errors import UserError
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--budget-cost {path}: cannot read a cost model: {exc}",
+                        "write one with tools/bench/cost_model.py --write FILE.json") from None
+    known = {f.name for f in fields(CostModel)}
+    if not isinstance(data, dict) or set(data) - known - {"fitted"}:
+        extra = sorted(set(data) - known - {"fitted"}) if isinstance(data, dict) else data
+        raise UserError(f"--budget-cost {path}: not a cost model (unknown: {extra}); "
+                        f"expected the fields {', '.join(sorted(known))}")
+    values = {k: v for k, v in data.items() if k in known}
+    for key, v in values.items():
+        ok = isinstance(v, str) if key == "name" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6
+        if not ok or (key == "min_bits" and not (isinstance(v, int) and 1 <= v <= 32)):
+            raise UserError(f"--budget-cost {path}: {key} = {v!r} is not valid")
+    values.setdefault("name", os.path.basename(path))
+    return CostModel(**values)
 
 
 def layer_metrics(layer, name: str, bits_w: int, bits_a: int, fractions: list[float],

@@ -63,6 +63,8 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
     """The frozen plan for `layers` (BN already folded) and activation `tensors`.
     sensitivity (rexdeploy.sensitivity.Sensitivity): steers the --budget allocation and the
     --mixed-precision raises (rexdeploy.mixed); None: the plain allocation."""
+    from rexdeploy.cost_models import describe as describe_cost
+
     excluded = set(config.exclude)
     kept = [layer for layer in layers if layer.name not in excluded]
     skipped = list(skipped) + [SkippedLayer(layer.name, layer.op, "excluded by --exclude")
@@ -109,7 +111,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "range_sigma": config.range_sigma,
                              "smooth": config.smooth, "smooth_alpha": config.smooth_alpha,
                              "bias_correction": config.bias_correction}
-                     | ({"budget_cost": config.budget_cost} if config.budget is not None else {})
+                     | (describe_cost(config.budget_cost) if config.budget is not None else {})
                      | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
                         if sensitivity is not None and config.budget is not None else {}))
 

@@ -176,3 +176,37 @@ def test_time_budget_without_a_model_is_refused_before_any_work(tmp_path):
         rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], target="reference", config=cfg,
                         quiet=True, output=str(tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
+
+
+def test_cost_model_file(tmp_path, budget_builds):
+    """--budget-cost FILE.json: a model fitted elsewhere (tools/bench/cost_model.py --write),
+    checked when read, recorded with its coefficients in plan.json; bad files refused."""
+    import rexdeploy
+    from rexdeploy.config import BuildConfig, QuantConfig
+    from rexdeploy.cost_models import load, resolve
+    from rexdeploy.errors import UserError
+    from tiny_models import tiny_cnn
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"name": "mine", "per_weight": 5, "per_output": 10,
+                                "per_extra_output": 30, "per_float_input": 10, "min_bits": 8,
+                                "fitted": {"cpu": "test"}}))
+    assert load(str(path)) == CostModel("mine", 5, 10, 30, 10, 8)
+    assert resolve(str(path), "trt") == str(path)  # any target: the user measured it
+    cfg = BuildConfig(quant=QuantConfig(budget=1.2, budget_cost=str(path)))
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], target="openvino", config=cfg,
+                          quiet=True, output=str(tmp_path / "mine.openvino"))
+    with open(art.file("plan")) as f:
+        recorded = json.load(f)["config"]
+    assert recorded["budget_cost"] == str(path)
+    assert recorded["budget_cost_model"]["per_extra_output"] == 30
+    assert 1.0 <= art.report()["summary"]["cost_ratio"] <= 1.2 + 1e-9
+    for text, why in (("{", "cannot read"), ('{"per_weight": -1}', "per_weight"),
+                      ('{"speed": 1}', "unknown"), ('{"min_bits": 2.5}', "min_bits"),
+                      ("[1, 2]", "not a cost model")):
+        bad = tmp_path / f"bad{len(why)}{len(text)}.json"
+        bad.write_text(text)
+        with pytest.raises(UserError, match=why):
+            load(str(bad))
+    with pytest.raises(UserError, match="cannot read"):
+        resolve(str(tmp_path / "missing.json"), "openvino")

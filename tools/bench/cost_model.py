@@ -2,6 +2,7 @@
 """Fit and check the time model a `--budget` counts on OpenVINO CPU (rexdeploy/cost_models.py).
 
     .venv/bin/python tools/bench/cost_model.py [--rounds 7] [-n 40] [--budgets 1.1 1.25 1.5]
+                                               [--write FILE.json]
 
 1. Fit. EfficientNet-Lite0 built at K=1, at K=2 (every layer's second order) and at K=1 with
    the first depthwise convolution kept float (its input float: the one every
@@ -20,7 +21,8 @@
 2. Check. `--budget X --mixed-precision activations` builds under both cost models (BOPs and
    the time model), timed interleaved with the K=1 build (CPU ms per inference, one thread,
    median of rounds: tools/bench/cpu_time.py): the ratio each model planned beside the ratio
-   measured. A budget means what it says when the two agree.
+   measured. A budget means what it says when the two agree. With --write, the fitted model
+   is saved for `rexdeploy build --budget-cost FILE.json` and checked the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main() -> int:
     ap.add_argument("--profile-n", type=int, default=200,
                     help="inferences averaged for the per-layer times (fit)")
     ap.add_argument("--budgets", type=float, nargs="*", default=[1.1, 1.25, 1.5])
+    ap.add_argument("--write", metavar="FILE.json",
+                    help="save the fitted model, for `rexdeploy build --budget-cost FILE.json` "
+                         "on this machine; the check then also builds with it")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "cost_model"))
     args = ap.parse_args()
 
@@ -105,22 +110,49 @@ def main() -> int:
                      ("per_extra_output", (c2 + e) / a), ("per_float_input", per_float_input)):
         print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
 
+    fitted = {"per_weight": b / a, "per_output": c / a, "per_extra_output": (c2 + e) / a,
+              "per_float_input": per_float_input}
+    costs = ["bops", "time"]
+    if args.write:
+        _write(args.write, fitted)
+        costs.append(os.path.abspath(args.write))
     checks = [("K=1", k1)]
     for x in args.budgets:
-        for cost in ("bops", "time"):
-            checks.append((f"budget {x:g}, {cost}",
-                           build(f"b{x:g}_{cost}", budget=x, mixed_precision="activations",
+        for cost in costs:
+            tag = "fitted" if cost.endswith(".json") else cost
+            checks.append((f"budget {x:g}, {tag}",
+                           build(f"b{x:g}_{tag}", budget=x, mixed_precision="activations",
                                  budget_cost=cost)))
     print(f"\ntiming {len(checks)} builds, {args.rounds} interleaved rounds x {args.n} ...",
           flush=True)
     ms = _cpu_ms([a for _, a in checks], args.rounds, args.n)
-    print("\n| build | planned BOPs x | planned time-model x | measured CPU time x K=1 |")
+    print("\n| build | planned BOPs x | planned time x (its own model; BOPs builds: the code's) "
+          "| measured CPU time x K=1 |")
     print("|---|---|---|---|")
     for (label, art), t in zip(checks, ms):
         s = art.manifest["summary"]
         timed = _planned_time(art) if "cost_ratio" not in s else s["cost_ratio"]
         print(f"| {label} | {s.get('bops_ratio', 1.0):.2f} | {timed:.2f} | {t / ms[0]:.2f} |")
     return 0
+
+
+def _write(path: str, fitted: dict) -> None:
+    """The fitted coefficients as a cost model file (rexdeploy.cost_models.load reads it)."""
+    import json
+    import platform
+
+    import openvino as ov
+
+    from rexdeploy.devinfo import device_info
+
+    model = {"name": f"openvino-cpu fitted on {platform.node() or 'this machine'}",
+             **{k: round(max(v, 0.0), 1) for k, v in fitted.items()}, "min_bits": 8,
+             "fitted": {"cpu": device_info().get("cpu_model", "?"),
+                        "openvino": ov.get_version(), "by": "tools/bench/cost_model.py"}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(model, f, indent=1)
+    print(f"wrote {path}")
 
 
 def _layer_sizes(art) -> dict:
