@@ -12,9 +12,7 @@ def build_table(artifact) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("target", f"{artifact.target} ({artifact.manifest.get('device', 'CPU')})")
-    table.add_row("quantization", f"W:{cfg['weights']} {_orders(cfg)} A:{cfg['activations']}, "
-                                  f"ranges {cfg['ranges']}, bias correction "
-                                  f"{'on' if cfg['bias_correction'] else 'off'}")
+    table.add_row("quantization", _quantization(cfg))
     table.add_row("layers", f"{s['quantized_layers']} quantized, {s['skipped_layers']} kept float")
     table.add_row("expansion", _expansion(cfg, s))
     if "mixed_precision" in s:  # --sensitivity / --mixed-precision: every raise, its BOPs
@@ -42,6 +40,11 @@ def build_table(artifact) -> Table:
         table.add_row("runtime weights", f"{low_bit}/{s['runtime_compute_layers']} compute "
                                          "layers read compressed integer weights")
     return table
+
+
+def _quantization(cfg: dict) -> str:
+    return (f"W:{cfg['weights']} {_orders(cfg)} A:{cfg['activations']}, ranges {cfg['ranges']}, "
+            f"bias correction {'on' if cfg['bias_correction'] else 'off'}")
 
 
 def _orders(cfg: dict) -> str:
@@ -81,6 +84,10 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
     head.add_row("inputs", ", ".join(f"{i['name']}:{'x'.join(map(str, i['shape']))}"
                                      for i in m["inputs"]))
     s = report["summary"]
+    cfg = m.get("config", {}).get("quant")
+    if cfg:
+        head.add_row("quantization", _quantization(cfg))
+        head.add_row("expansion", _expansion(cfg, s))
     head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
                                   f"({s['int8_coverage']:.1%})")
     head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))

@@ -145,6 +145,12 @@ def test_build_records_the_cost_model(budget_builds):
     assert 1.0 <= s["cost_ratio"] <= 1.2 + 1e-9
     rows = timed.report()["layers"]
     assert all(r["cost"] >= r["cost_order1"] > r["macs"] * 64 for r in rows)  # + its elements
+    from click.testing import CliRunner
+
+    from rexdeploy.cli import cli
+
+    shown = CliRunner().invoke(cli, ["inspect", timed.path]).output
+    assert "budget 1.2 in the openvino-cpu time model" in " ".join(shown.split())
     for key in (("openvino", "bops"), ("reference", "auto")):
         art = budget_builds[key]
         with open(art.file("plan")) as f:
