@@ -281,6 +281,9 @@ class QuantConfig:
         if self.budget_cost not in BUDGET_COSTS and not self.budget_cost.endswith(".json"):
             raise UserError(f"--budget-cost {self.budget_cost}: use one of "
                             f"{', '.join(BUDGET_COSTS[:3])} or a FILE.json")
+        if self.budget_cost != "auto" and self.budget is None:
+            raise UserError(f"--budget-cost {self.budget_cost} says what a --budget counts, and "
+                            "no --budget was given", "add --budget X, e.g. --budget 1.1")
         if self.sparse_form not in SPARSE_FORMS:
             raise UserError(f"--sparse-form {self.sparse_form}: use one of "
                             f"{', '.join(SPARSE_FORMS)}")

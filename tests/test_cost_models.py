@@ -171,6 +171,15 @@ def test_cli_budget_cost(tmp_path):
     assert result.exit_code == 2 and "cycles" in result.output
 
 
+def test_budget_cost_without_a_budget_is_refused():
+    from rexdeploy.config import QuantConfig
+    from rexdeploy.errors import UserError
+
+    with pytest.raises(UserError, match="no --budget was given"):
+        QuantConfig(budget_cost="time").validate()
+    QuantConfig().validate()  # auto without a budget: nothing to say
+
+
 def test_time_budget_without_a_model_is_refused_before_any_work(tmp_path):
     import rexdeploy
     from rexdeploy.config import BuildConfig, QuantConfig
