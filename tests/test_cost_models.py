@@ -225,3 +225,24 @@ def test_cost_model_file(tmp_path, budget_builds):
             load(str(bad))
     with pytest.raises(UserError, match="cannot read"):
         resolve(str(tmp_path / "missing.json"), "openvino")
+
+
+def test_the_fitting_tool_writes_what_build_reads(tmp_path):
+    """tools/bench/cost_model.py --write and --budget-cost FILE.json agree on the format."""
+    import importlib.util
+    import os
+
+    from rexdeploy.cost_models import load
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "cost_model_tool", os.path.join(here, "..", "tools", "bench", "cost_model.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = str(tmp_path / "fitted.json")
+    tool._write(path, {"per_weight": 15.04, "per_output": 41.0, "per_extra_output": 113.0,
+                       "per_float_input": -3.0})  # a negative fit is clipped to 0
+    model = load(path)
+    assert (model.per_weight, model.per_extra_output, model.per_float_input) == (15.0, 113.0, 0.0)
+    assert model.min_bits == 8 and model.name.startswith("openvino-cpu fitted on")
+    assert tool._range("input:-1,1") == ("input", -1.0, 1.0)

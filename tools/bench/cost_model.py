@@ -3,9 +3,11 @@
 
     .venv/bin/python tools/bench/cost_model.py [--rounds 7] [-n 40] [--budgets 1.1 1.25 1.5]
                                                [--write FILE.json]
+                                               [--model M --input SPEC [--input-range R]
+                                                [--preprocess P]]
 
-1. Fit. EfficientNet-Lite0 built at K=1, at K=2 (every layer's second order) and at K=1 with
-   the first depthwise convolution kept float (its input float: the one every
+1. Fit. EfficientNet-Lite0 (or --model) built at K=1, at K=2 (every layer's second order) and at K=1 with
+   the first depthwise convolution kept float, where it has one (its input float: the one every
    `--mixed-precision activations` build keeps), each compiled on OpenVINO CPU
    with one inference thread and PERF_COUNT on; per-layer times (the nodes named after the
    layer) are fitted by least squares:
@@ -50,6 +52,12 @@ def main() -> int:
     ap.add_argument("--write", metavar="FILE.json",
                     help="save the fitted model, for `rexdeploy build --budget-cost FILE.json` "
                          "on this machine; the check then also builds with it")
+    ap.add_argument("--model", help="fit on this model (as `rexdeploy build` takes it) instead "
+                                    "of the example EfficientNet-Lite0; needs --input")
+    ap.add_argument("--input", action="append", default=[], metavar="NAME:DIMS[:DTYPE]",
+                    help="input spec of --model (repeat per input)")
+    ap.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI")
+    ap.add_argument("--preprocess", help="--preprocess of --model's image input")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "cost_model"))
     args = ap.parse_args()
 
@@ -58,44 +66,60 @@ def main() -> int:
     import rexdeploy
     from rexdeploy.cost_models import OPENVINO_CPU
 
-    model = examples.ensure_example_model()
+    if args.model:
+        if not args.input:
+            ap.error("--model needs --input")
+        model, inputs, preprocess = args.model, args.input, args.preprocess
+        ranges = tuple(_range(r) for r in args.input_range)
+    else:
+        model, inputs = examples.ensure_example_model(), ["input:1x3x224x224"]
+        preprocess, ranges = examples.EFFNET_PREPROCESS, (("input", -1.0, 1.0),)
 
     def build(name: str, **quant):
         from rexdeploy.config import BuildConfig, QuantConfig
 
-        cfg = BuildConfig(quant=QuantConfig(input_ranges=(("input", -1.0, 1.0),), **quant))
+        cfg = BuildConfig(quant=QuantConfig(input_ranges=ranges, **quant))
         print(f"building {name} ...", flush=True)
-        return rexdeploy.build(model, ["input:1x3x224x224"], config=cfg, force=True, quiet=True,
-                               output=os.path.join(args.out, name),
-                               preprocess=examples.EFFNET_PREPROCESS)
+        return rexdeploy.build(model, inputs, config=cfg, force=True, quiet=True,
+                               output=os.path.join(args.out, name), preprocess=preprocess)
 
     k1, k2 = build("k1"), build("k2", orders=2)
     layers = _layer_sizes(k1)
     dw = [n for n, s in layers.items() if s["depthwise"]][:1]
-    fdw = build("k1_float_dw", exclude=tuple(dw))
-    t1, t2, tf = (_perf(a, args.profile_n) for a in (k1, k2, fdw))
+    fdw = build("k1_float_dw", exclude=tuple(dw)) if dw else None
+    t1, t2 = (_perf(a, args.profile_n) for a in (k1, k2))
 
     names = list(layers)
     X = np.array([[layers[n]["macs"], layers[n]["weights"], layers[n]["outputs"]] for n in names],
                  float) / 1e6
     own1 = np.array([_owned(t1, n) for n in names])
     own2 = np.array([_owned(t2, n) for n in names]) - own1
+    cond = np.linalg.cond(X / np.linalg.norm(X, axis=0))
+    if cond > 100:  # e.g. a transformer's Linear layers: MACs = tokens x weights exactly
+        print(f"warning: this model's layers have nearly proportional MACs, weights and outputs "
+              f"(condition {cond:.0f}): the split between the terms is arbitrary; fit on a "
+              "model with varied layers (the default EfficientNet-Lite0)")
     (a, b, c), *_ = np.linalg.lstsq(X, own1, rcond=None)
     (a2, b2, c2), *_ = np.linalg.lstsq(X, own2, rcond=None)
     unowned = _unowned(t2, names) - _unowned(t1, names)
     e = unowned / X[:, 2].sum()
-    # the float input's own cost: the layer, its producer's float output, the conversions (the
-    # nodes no layer owns); the other layers' times only add their noise
-    prev = names[names.index(dw[0]) - 1]
-    extra_f = sum(_owned(tf, n) - _owned(t1, n) for n in (dw[0], prev)) + \
-        _unowned(tf, names) - _unowned(t1, names)
-    macs_dw = sum(layers[n]["macs"] for n in dw) / 1e6
-    inputs_dw = sum(layers[n]["inputs"] for n in dw) / 1e6
-    per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
     print(f"\nper-layer fit, ms per million: order 1 a={a:.4f} (MACs) b={b:.4f} (weights) "
           f"c={c:.4f} (outputs); further order a2={a2:.4f} b2={b2:.4f} c2={c2:.4f}; "
-          f"sum of orders e={e:.4f} per output ({unowned:.3f} ms in all); float input of "
-          f"{dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
+          f"sum of orders e={e:.4f} per output ({unowned:.3f} ms in all)")
+    per_float_input = OPENVINO_CPU.per_float_input
+    if fdw is not None:
+        # the float input's own cost: the layer, its producer's float output, the conversions
+        # (the nodes no layer owns); the other layers' times only add their noise
+        tf = _perf(fdw, args.profile_n)
+        prev = names[names.index(dw[0]) - 1]
+        extra_f = sum(_owned(tf, n) - _owned(t1, n) for n in (dw[0], prev)) + \
+            _unowned(tf, names) - _unowned(t1, names)
+        macs_dw = layers[dw[0]]["macs"] / 1e6
+        inputs_dw = layers[dw[0]]["inputs"] / 1e6
+        per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
+        print(f"float input of {dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
+    else:
+        print("no depthwise convolution: per_float_input kept from rexdeploy/cost_models.py")
     for label, pred, meas in (("order 1", X @ [a, b, c], own1),
                               ("further order", X @ [a2, b2, c2], own2)):
         rel = np.abs(pred - meas) / np.maximum(meas, 1e-6)
@@ -125,7 +149,7 @@ def main() -> int:
                                  budget_cost=cost)))
     print(f"\ntiming {len(checks)} builds, {args.rounds} interleaved rounds x {args.n} ...",
           flush=True)
-    ms = _cpu_ms([a for _, a in checks], args.rounds, args.n)
+    ms = _cpu_ms([a_ for _, a_ in checks], args.rounds, args.n)
     print("\n| build | planned BOPs x | planned time x (its own model; BOPs builds: the code's) "
           "| measured CPU time x K=1 |")
     print("|---|---|---|---|")
@@ -134,6 +158,25 @@ def main() -> int:
         timed = _planned_time(art) if "cost_ratio" not in s else s["cost_ratio"]
         print(f"| {label} | {s.get('bops_ratio', 1.0):.2f} | {timed:.2f} | {t / ms[0]:.2f} |")
     return 0
+
+
+def _range(text: str) -> tuple[str, float, float]:
+    name, _, bounds = text.partition(":")
+    lo, hi = (float(v) for v in bounds.split(","))
+    return name, lo, hi
+
+
+def _feeds(art) -> dict:
+    """Inputs of the artifact's shapes: values in [-1, 1] for float inputs, zeros for integer
+    ones (token ids, masks); timing does not depend on them."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in art.manifest["inputs"]:
+        shape = [d if isinstance(d, int) else 1 for d in i["shape"]]
+        dtype = np.dtype(i.get("dtype", "float32"))
+        feeds[i["name"]] = rng.uniform(-1, 1, shape).astype(dtype) if dtype.kind == "f" \
+            else np.zeros(shape, dtype)
+    return feeds
 
 
 def _write(path: str, fitted: dict) -> None:
@@ -197,12 +240,12 @@ def _perf(art, n: int) -> dict[str, float]:
                                   {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1,
                                    "INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    feeds = _feeds(art)
     for _ in range(20):
-        req.infer({0: x})
+        req.infer(feeds)
     acc: dict[str, float] = {}
     for _ in range(n):
-        req.infer({0: x})
+        req.infer(feeds)
         for p in req.profiling_info:
             acc[p.node_name] = acc.get(p.node_name, 0.0) + p.real_time.total_seconds() * 1e3 / n
     return acc
@@ -222,12 +265,11 @@ def _cpu_ms(arts, rounds: int, n: int) -> list[float]:
 
     from rexdeploy.api import artifact_runner
 
-    feeds = {"input": np.zeros((1, 3, 224, 224), np.float32)}
     times: list[list[float]] = [[] for _ in arts]
     for _ in range(rounds):
         for k, a in enumerate(arts):
             times[k].append(cpu_ms_per_inference(lambda a=a: artifact_runner(a, threads=1),
-                                                 feeds, n, warmup=3))
+                                                 _feeds(a), n, warmup=3))
     return [statistics.median(t) for t in times]
 
 
