@@ -128,14 +128,12 @@ def main() -> int:
         print(f"  {label}: median relative error {np.median(rel):.0%} (BOPs alone: "
               f"{np.median(rel_bops):.0%}), worst {rel.max():.0%} (BOPs alone: "
               f"{rel_bops.max():.0%})")
-    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/cost_models.py |")
-    print("|---|---|---|")
-    for key, val in (("per_weight", b / a), ("per_output", c / a),
-                     ("per_extra_output", (c2 + e) / a), ("per_float_input", per_float_input)):
-        print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
-
     fitted = {"per_weight": b / a, "per_output": c / a, "per_extra_output": (c2 + e) / a,
               "per_float_input": per_float_input}
+    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/cost_models.py |")
+    print("|---|---|---|")
+    for key, val in fitted.items():
+        print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
     costs = ["bops", "time"]
     if args.write:
         _write(args.write, fitted)
