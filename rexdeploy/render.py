@@ -110,7 +110,10 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
 
 def layer_table(report: dict) -> Table:
     t = Table(title="layers")
-    numeric = ("K", "kept", "MMACs", "GBOPs", "weight SQNR dB (K=1 -> K)", "act range")
+    # a --budget in a runtime's time model: each layer's estimated time over its order-1 time
+    timed = any("cost" in row for row in report["layers"])
+    numeric = ("K", "kept", "MMACs", "GBOPs") + (("time x K=1",) if timed else ()) + \
+        ("weight SQNR dB (K=1 -> K)", "act range")
     for col in ("layer", "op") + numeric[:-1] + ("act range", "act", "runs as"):
         t.add_column(col, justify="right" if col in numeric else "left")
     for row in report["layers"]:
@@ -121,8 +124,10 @@ def layer_table(report: dict) -> Table:
                                  for r in row["runtime"]})) or "?"
         kept = "/".join(f"{f:.2f}" for f in row.get("kept_fraction") or []) or "-"
         bops = row.get("bops")
+        cost = [f"{row['cost'] / row['cost_order1']:.2f}" if row.get("cost_order1") else "-"
+                ] if timed else []
         t.add_row(row["name"], row["op"], str(row["orders"]), kept, f"{row['macs'] / 1e6:.1f}",
-                  "-" if bops is None else f"{bops / 1e9:.2f}",
+                  "-" if bops is None else f"{bops / 1e9:.2f}", *cost,
                   "-" if err is None else (f"{err:.1f}" if row["orders"] == 1 or err1 is None
                                            else f"{err1:.1f} -> {err:.1f}"),
                   "-" if act is None else f"{act['range']:.3g}",

@@ -151,6 +151,11 @@ def test_build_records_the_cost_model(budget_builds):
 
     shown = CliRunner().invoke(cli, ["inspect", timed.path]).output
     assert "budget 1.2 in the openvino-cpu time model" in " ".join(shown.split())
+    shown = CliRunner().invoke(cli, ["inspect", timed.path, "--layers"]).output
+    assert "time x K=1" in shown
+    plain = CliRunner().invoke(cli, ["inspect", budget_builds["openvino", "bops"].path,
+                                     "--layers"]).output
+    assert "time x" not in plain and "GBOPs" in plain
     for key in (("openvino", "bops"), ("reference", "auto")):
         art = budget_builds[key]
         with open(art.file("plan")) as f:
