@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -84,13 +83,13 @@ def main() -> int:
                                output=os.path.join(args.out, name), preprocess=preprocess)
 
     k1, k2 = build("k1"), build("k2", orders=2)
-    layers = _layer_sizes(k1)
-    dw = [n for n, s in layers.items() if s["depthwise"]][:1]
+    layers = _float_layers(k1)  # every build here shares this float graph
+    dw = [n for n, l in layers.items() if 1 < l.groups == l.in_channels][:1]
     fdw = build("k1_float_dw", exclude=tuple(dw)) if dw else None
     t1, t2 = (_perf(a, args.profile_n) for a in (k1, k2))
 
     names = list(layers)
-    X = np.array([[layers[n]["macs"], layers[n]["weights"], layers[n]["outputs"]] for n in names],
+    X = np.array([[layers[n].macs, layers[n].weight_array.size, layers[n].outputs] for n in names],
                  float) / 1e6
     own1 = np.array([_owned(t1, n) for n in names])
     own2 = np.array([_owned(t2, n) for n in names]) - own1
@@ -114,8 +113,8 @@ def main() -> int:
         prev = names[names.index(dw[0]) - 1]
         extra_f = sum(_owned(tf, n) - _owned(t1, n) for n in (dw[0], prev)) + \
             _unowned(tf, names) - _unowned(t1, names)
-        macs_dw = layers[dw[0]]["macs"] / 1e6
-        inputs_dw = layers[dw[0]]["inputs"] / 1e6
+        macs_dw = layers[dw[0]].macs / 1e6
+        inputs_dw = layers[dw[0]].inputs / 1e6
         per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
         print(f"float input of {dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
     else:
@@ -147,13 +146,18 @@ def main() -> int:
                                  budget_cost=cost)))
     print(f"\ntiming {len(checks)} builds, {args.rounds} interleaved rounds x {args.n} ...",
           flush=True)
-    ms = _cpu_ms([a_ for _, a_ in checks], args.rounds, args.n)
+    from cpu_time import interleaved_cpu_ms
+
+    from rexdeploy.api import artifact_runner
+
+    ms = interleaved_cpu_ms([lambda a_=a_: artifact_runner(a_, threads=1) for _, a_ in checks],
+                            [_feeds(a_) for _, a_ in checks], args.rounds, args.n)
     print("\n| build | planned BOPs x | planned time x (its own model; BOPs builds: the code's) "
           "| measured CPU time x K=1 |")
     print("|---|---|---|---|")
     for (label, art), t in zip(checks, ms):
         s = art.manifest["summary"]
-        timed = _planned_time(art) if "cost_ratio" not in s else s["cost_ratio"]
+        timed = s["cost_ratio"] if "cost_ratio" in s else _planned_time(art, layers)
         print(f"| {label} | {s.get('bops_ratio', 1.0):.2f} | {timed:.2f} | {t / ms[0]:.2f} |")
     return 0
 
@@ -196,36 +200,25 @@ def _write(path: str, fitted: dict) -> None:
     print(f"wrote {path}")
 
 
-def _layer_sizes(art) -> dict:
-    """name -> MACs, weights, output and input elements, depthwise, from the build's float ONNX."""
+def _float_layers(art) -> dict:
+    """name -> LayerInfo of the build's float ONNX (sizes: MACs, weights, outputs, inputs)."""
     import onnx_ir as ir
 
     from rexdeploy.analyze import find_layers
 
-    layers, _ = find_layers(ir.load(art.file("float_onnx")))
-    return {l.name: {"macs": l.macs, "weights": int(l.weight_array.size), "outputs": l.outputs,
-                     "inputs": l.inputs, "depthwise": l.groups > 1 and l.groups == l.in_channels}
-            for l in layers}
+    return {l.name: l for l in find_layers(ir.load(art.file("float_onnx")))[0]}
 
 
-def _planned_time(art) -> float:
+def _planned_time(art, layers: dict) -> float:
     """What the time model says of a build planned in BOPs (its layers' orders and inputs)."""
-    import onnx_ir as ir
+    from rexdeploy.cost_models import OPENVINO_CPU, layer_metrics
 
-    from rexdeploy.analyze import find_layers
-    from rexdeploy.cost_models import OPENVINO_CPU
-
-    layers, _ = find_layers(ir.load(art.file("float_onnx")))
-    rows = {r["name"]: r for r in art.report()["layers"]}
     cost = base = 0.0
-    for l in layers:
-        r = rows.get(l.name)
-        if r is None:
-            continue
-        lc = l.cost(None, 8, 8)
+    for r in art.report()["layers"]:
         bits_a = 8 if r["activation"] is not None else 32
-        cost += OPENVINO_CPU.layer(lc, max(r["bits"]), bits_a, sum(r["kept_fraction"]))
-        base += OPENVINO_CPU.order1(lc)
+        m = layer_metrics(layers[r["name"]], OPENVINO_CPU.name, max(r["bits"]), bits_a,
+                          r["kept_fraction"], (8, 8))
+        cost, base = cost + m["cost"], base + m["cost_order1"]
     return cost / base
 
 
@@ -256,19 +249,6 @@ def _owned(perf: dict, layer: str) -> float:
 def _unowned(perf: dict, layers: list[str]) -> float:
     return sum(t for name, t in perf.items()
                if not any(name.startswith(layer + "/") for layer in layers))
-
-
-def _cpu_ms(arts, rounds: int, n: int) -> list[float]:
-    from cpu_time import cpu_ms_per_inference
-
-    from rexdeploy.api import artifact_runner
-
-    times: list[list[float]] = [[] for _ in arts]
-    for _ in range(rounds):
-        for k, a in enumerate(arts):
-            times[k].append(cpu_ms_per_inference(lambda a=a: artifact_runner(a, threads=1),
-                                                 _feeds(a), n, warmup=3))
-    return [statistics.median(t) for t in times]
 
 
 if __name__ == "__main__":

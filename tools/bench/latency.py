@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -38,7 +37,10 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench"))
     args = ap.parse_args()
 
+    from dataclasses import replace
+
     import examples
+    from cpu_time import interleaved_cpu_ms
     from rich.console import Console
     from rich.table import Table
 
@@ -76,11 +78,11 @@ def main() -> int:
     results = profile_variants(
         [(label, (lambda d=d, f=f, o=o: ov.runner(d, f, o))) for label, d, f, o in variants],
         feeds, duration_s=args.duration, rounds=args.rounds)
-    cpu_rounds: dict[str, list[float]] = {label: [] for label, *_ in variants}
-    for _ in range(args.rounds):  # interleaved too: one pass per variant drifted by 20 %
-        for label, d, f, o in variants:
-            cpu_rounds[label].append(_cpu_ms_per_inference(ov, d, f, o, feeds))
-    cpu_ms = {label: statistics.median(t) for label, t in cpu_rounds.items()}
+    # interleaved too: one pass per variant drifted by 20 %
+    meds = interleaved_cpu_ms([lambda d=d, f=f, o=o: ov.runner(d, f, replace(o, threads=1))
+                               for _, d, f, o in variants], [feeds] * len(variants),
+                              args.rounds, n=30, warmup=5)
+    cpu_ms = {label: m for (label, *_), m in zip(variants, meds)}
 
     base = results[0]
     table = Table(title="EfficientNet-Lite0 batch 1, OpenVINO CPU, interleaved")
@@ -106,16 +108,6 @@ def main() -> int:
 
 
 BUDGET = "rexdeploy int8 REx budget 1.15 (time), mixed activations"
-
-
-def _cpu_ms_per_inference(ov, directory, files, options, feeds, n: int = 30) -> float:
-    """This process's CPU time per inference with one inference thread (ms)."""
-    from dataclasses import replace
-
-    from cpu_time import cpu_ms_per_inference
-
-    return cpu_ms_per_inference(lambda: ov.runner(directory, files, replace(options, threads=1)),
-                                feeds, n, warmup=5)
 
 
 if __name__ == "__main__":

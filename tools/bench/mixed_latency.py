@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -29,7 +28,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=20, help="inferences per artifact per round")
     args = ap.parse_args()
-    from cpu_time import cpu_ms_per_inference
+    from cpu_time import interleaved_cpu_ms
 
     from rexdeploy.api import artifact_runner, load_artifact
 
@@ -37,18 +36,14 @@ def main() -> int:
     feeds = [{i["name"]: np.zeros([d if isinstance(d, int) else 1 for d in i["shape"]],
                                   i.get("dtype", "float32")) for i in a.manifest["inputs"]}
              for a in arts]
-    times: list[list[float]] = [[] for _ in arts]
-    for _ in range(args.rounds):
-        for k, (a, f) in enumerate(zip(arts, feeds)):
-            times[k].append(cpu_ms_per_inference(lambda a=a: artifact_runner(a, threads=1), f,
-                                                 args.n, warmup=3))
-    base = statistics.median(times[0])
+    meds = interleaved_cpu_ms([lambda a=a: artifact_runner(a, threads=1) for a in arts], feeds,
+                              args.rounds, args.n)
+    base = meds[0]
     print(f"| artifact | BOPs x | int8 coverage | CPU ms / inference (median of {args.rounds}) "
           f"| x first |")
     print("|---|---|---|---|---|")
-    for a, t in zip(arts, times):
+    for a, med in zip(arts, meds):
         s = a.manifest["summary"]
-        med = statistics.median(t)
         print(f"| {os.path.basename(a.path.rstrip('/'))} | {s.get('bops_ratio', 1.0):.2f} | "
               f"{s['int8_coverage']:.0%} | {med:.2f} | {med / base:.2f} |")
     return 0
