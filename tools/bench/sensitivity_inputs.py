@@ -101,12 +101,13 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     kinds = {"photos 1st half": photos[:half], "photos 2nd half": photos[half:],
              "1/f independent": grid(pink_noise_images(shape, n, 0, lo_hi, colour=False).numpy()),
              "1/f colour": grid(pink_noise_images(shape, n, 0, lo_hi).numpy())}
+    float_model = ir.load(art.file("float_onnx"))  # measure_sensitivity copies it to a proto
     nsr = {}
     for i, (kind, x) in enumerate(kinds.items()):
         if progress:
             print(f"\r{i + 1}/{len(kinds)} kinds of input", end="", file=sys.stderr, flush=True)
         samples = [{name: x[j:j + 1].astype(np.float32)} for j in range(len(x))]
-        sens = measure_sensitivity(ir.load(art.file("float_onnx")), [], draft, samples,
+        sens = measure_sensitivity(float_model, [], draft, samples,
                                    weights=False, max_samples=len(samples))
         nsr[kind] = sens.activations
     if progress:
