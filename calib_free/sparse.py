@@ -206,8 +206,9 @@ class Allocation:
 def allocate_budget(layers: list[LayerCost], budget: float,
                     whole_layers: bool = False, cost_model: CostModel = BOPS) -> Allocation:
     """Greedy: give orders >= 2 to (layer, channel) pairs by error share per unit of cost (BOPs
-    unless a cost_model says otherwise) until the total reaches `budget` x the order-1 cost. Order k of a channel becomes a candidate once the
-    channel has order k - 1. Ties break by layer order, then channel (deterministic).
+    unless a cost_model says otherwise) until the total reaches `budget` x the order-1 cost.
+    Order k of a channel becomes a candidate once the channel has order k - 1. Ties break by
+    layer order, then channel (deterministic).
 
     whole_layers: the unit is a layer's whole order k (every channel), at the whole layer's
     BOPs. That is what a runtime pays when it runs a sparse order as a dense kernel with zero

@@ -15,9 +15,9 @@ import click
 
 from rexdeploy import __version__
 from rexdeploy.config import (  # the choices the config validates (pure Python, no torch)
-    ACTIVATIONS, CENTERINGS, FLOAT_PRECISIONS, MIXED_MODES, OPERATORS, PARTITIONS, RANGE_SOURCES,
-    BUDGET_COSTS, REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES, SPARSE_FORMS,
-    WEIGHT_BITS)
+    ACTIVATIONS, BUDGET_COST_CHOICES, CENTERINGS, FLOAT_PRECISIONS, MIXED_MODES, OPERATORS,
+    PARTITIONS, RANGE_SOURCES, REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES,
+    SPARSE_FORMS, WEIGHT_BITS)
 from rexdeploy.errors import UserError
 
 WEIGHT_CHOICES = tuple(WEIGHT_BITS)
@@ -62,9 +62,9 @@ def _console():
 
 
 def _budget_cost(ctx, param, value: str) -> str:
-    if value in BUDGET_COSTS[:3] or value.endswith(".json"):
+    if value in BUDGET_COST_CHOICES or value.endswith(".json"):
         return value
-    raise click.BadParameter(f"{value!r}: use one of {', '.join(BUDGET_COSTS[:3])} or a "
+    raise click.BadParameter(f"{value!r}: use one of {', '.join(BUDGET_COST_CHOICES)} or a "
                              "FILE.json")
 
 

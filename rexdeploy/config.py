@@ -24,7 +24,8 @@ RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
-BUDGET_COSTS = ("auto", "bops", "time", "openvino-cpu")  # the last: resolved (cost_models.py)
+BUDGET_COST_CHOICES = ("auto", "bops", "time")  # --budget-cost (or a FILE.json)
+BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu",)  # + resolved names (cost_models.py)
 SMOOTH_MODES = ("auto", "all", "off")
 ROUNDINGS = ("auto", "nearest", "dc")
 MAX_ENSEMBLE = 8
@@ -280,7 +281,7 @@ class QuantConfig:
                             "drop --rounding or --operator power")
         if self.budget_cost not in BUDGET_COSTS and not self.budget_cost.endswith(".json"):
             raise UserError(f"--budget-cost {self.budget_cost}: use one of "
-                            f"{', '.join(BUDGET_COSTS[:3])} or a FILE.json")
+                            f"{', '.join(BUDGET_COST_CHOICES)} or a FILE.json")
         if self.budget_cost != "auto" and self.budget is None:
             raise UserError(f"--budget-cost {self.budget_cost} says what a --budget counts, and "
                             "no --budget was given", "add --budget X, e.g. --budget 1.1")

@@ -81,9 +81,9 @@ def load(path: str) -> CostModel:
         raise UserError(f"--budget-cost {path}: cannot read a cost model: {exc}",
                         "write one with tools/bench/cost_model.py --write FILE.json") from None
     known = {f.name for f in fields(CostModel)}
-    if not isinstance(data, dict) or set(data) - known - {"fitted"}:
-        extra = sorted(set(data) - known - {"fitted"}) if isinstance(data, dict) else data
-        raise UserError(f"--budget-cost {path}: not a cost model (unknown: {extra}); "
+    unknown = sorted(set(data) - known - {"fitted"}) if isinstance(data, dict) else data
+    if unknown or not isinstance(data, dict):
+        raise UserError(f"--budget-cost {path}: not a cost model (unknown: {unknown}); "
                         f"expected the fields {', '.join(sorted(known))}")
     values = {k: v for k, v in data.items() if k in known}
     for key, v in values.items():

@@ -6,10 +6,10 @@
                                                [--model M --input SPEC [--input-range R]
                                                 [--preprocess P]]
 
-1. Fit. EfficientNet-Lite0 (or --model) built at K=1, at K=2 (every layer's second order) and at K=1 with
-   the first depthwise convolution kept float, where it has one (its input float: the one every
-   `--mixed-precision activations` build keeps), each compiled on OpenVINO CPU
-   with one inference thread and PERF_COUNT on; per-layer times (the nodes named after the
+1. Fit. EfficientNet-Lite0 (or --model) built at K=1, at K=2 (every layer's second order)
+   and at K=1 with the first depthwise convolution kept float, where it has one (its input
+   float: the one every `--mixed-precision activations` build keeps), each compiled on OpenVINO
+   CPU with one inference thread and PERF_COUNT on; per-layer times (the nodes named after the
    layer) are fitted by least squares:
        order 1:        t = a M + b W + c O          (M MACs, W weights, O output elements)
        a further order: t = a2 M + b2 W + c2 O, plus the sum of the orders (the time of the
