@@ -96,12 +96,13 @@ def load(path: str) -> CostModel:
 
 
 def layer_metrics(layer, name: str, bits_w: int, bits_a: int, fractions: list[float],
-                  base_bits: tuple[int, int]) -> dict:
+                  base_bits: tuple[int, int] | None = None) -> dict:
     """`cost` and `cost_order1` of a LayerInfo in the named model, for report.json; {} for
-    BOPs, which the `bops` metrics already give. base_bits: the build's (b_w, b_a) of order 1."""
+    BOPs, which the `bops` metrics already give. base_bits: the build's (b_w, b_a) of order 1
+    where the layer runs at others (a mixed-precision raise)."""
     model = get(name)
     if model is BOPS:
         return {}
     row = layer.cost(None, bits_w, bits_a)
     return {"cost": model.layer(row, bits_w, bits_a, sum(fractions)),
-            "cost_order1": model.order1(row, *base_bits)}
+            "cost_order1": model.order1(row, *(base_bits or (bits_w, bits_a)))}

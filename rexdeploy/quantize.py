@@ -388,8 +388,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                "bops_order1": layer_bops(layer.macs, config.weight_bits,
                                          activation_bits(config), []),
                **(cost_models.layer_metrics(layer, config.budget_cost, config.weight_bits,
-                                            activation_bits(config), fractions,
-                                            (config.weight_bits, activation_bits(config)))
+                                            activation_bits(config), fractions)
                   if config.budget is not None else {}),
                "error_order1": _rounded(weight_error(w, first)),
                "error": _rounded(weight_error(w, w_hat)),

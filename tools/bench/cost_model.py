@@ -217,7 +217,7 @@ def _planned_time(art, layers: dict) -> float:
     for r in art.report()["layers"]:
         bits_a = 8 if r["activation"] is not None else 32
         m = layer_metrics(layers[r["name"]], OPENVINO_CPU.name, max(r["bits"]), bits_a,
-                          r["kept_fraction"], (8, 8))
+                          r["kept_fraction"], (8, 8))  # the build's order 1: W8A8
         cost, base = cost + m["cost"], base + m["cost_order1"]
     return cost / base
 
