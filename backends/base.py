@@ -13,9 +13,12 @@ A backend sees only a Q/DQ ONNX file and build options; it knows nothing of REx 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from backends.cpu_isa import Int8Isa
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Backend(Protocol):
     description: str
 
     def available(self) -> tuple[bool, str]: ...
+    def int8_isa(self, choice: str, device: str) -> "Int8Isa": ...
     def build(self, onnx_path: str, out_dir: str, options: BuildOptions) -> BuildResult: ...
     def runner(self, out_dir: str, files: dict[str, str], options: RunOptions) -> Runner: ...
 

@@ -198,6 +198,10 @@ class OpenVINOBackend:
         devices = shared_core().available_devices
         return True, f"openvino {version()}, devices: {', '.join(devices)}"
 
+    def int8_isa(self, choice: str, device: str = "CPU"):
+        """The target's int8 instruction set (module function `int8_isa`)."""
+        return int8_isa(choice, device)
+
     def build(self, onnx_path: str, out_dir: str, options: BuildOptions) -> BuildResult:
         """Convert to IR in `out_dir`, compile it with f32 pinned and read back every compute
         layer's runtime precision. The saved IR is what gets compiled (not the in-memory model):
@@ -427,3 +431,67 @@ class OpenVINORunner:
 
 
 BACKEND = OpenVINOBackend()
+
+
+def _probe_onnx() -> bytes:
+    """A 1x1 int8 convolution whose first output channel pairs two weight codes of 127 against
+    activations of 255: 64770 exactly where int8 products accumulate in int32, 32767 where a
+    pre-VNNI kernel adds the pair in a saturating int16 (calib_free.saturation)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((8, 8, 1, 1), np.int8)
+    w[0, 0, 0, 0] = w[0, 1, 0, 0] = 127
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
+             helper.make_tensor("xz", TensorProto.UINT8, [], [0]),
+             numpy_helper.from_array(w, "wq"),
+             numpy_helper.from_array(np.ones(8, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="probe")]
+    graph = helper.make_graph(nodes, "int8_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [1, 8, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]) \
+        .SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def int8_probe(device: str = "CPU") -> dict:
+    """Run the probe layer on `device`: {"saturates": bool, "kernel": its int8 kernel, or None
+    where it did not run int8}. About 0.1 s, once per process and device."""
+    import openvino as ov
+
+    core = shared_core()
+    model = core.read_model(_probe_onnx(), ov.Tensor(np.empty(0, np.uint8)))
+    compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
+    layers = runtime_layers(compiled)
+    kernel = next((l.kernel for l in layers if l.is_int8), None)
+    y = compiled({"x": np.full((1, 8, 2, 2), 255, np.float32)})[compiled.outputs[0]]
+    return {"saturates": bool(float(y[0, 0, 0, 0]) < 64770 - 0.5), "kernel": kernel}
+
+
+def int8_isa(choice: str, device: str = "CPU"):
+    """The target's int8 instruction set (backends.cpu_isa.Int8Isa) for `--int8-isa choice`:
+    auto detects it on this host (CPU flags under ONEDNN_MAX_CPU_ISA, confirmed by running
+    the probe layer); a name is the user's, for a target CPU other than this host."""
+    from backends import cpu_isa
+
+    if not device.upper().startswith("CPU"):
+        if choice != "auto":
+            raise UserError(f"--int8-isa {choice} names a CPU instruction set, and the device is "
+                            f"{device}", "drop --int8-isa")
+        return cpu_isa.Int8Isa("unknown", False, f"OpenVINO {device}: not a CPU")
+    if choice != "auto":
+        cpu_isa.check_choice(choice)
+        return cpu_isa.Int8Isa(choice, cpu_isa.saturates(choice), "--int8-isa")
+    name = cpu_isa.host_isa() or "unknown"
+    probe = int8_probe(device)
+    capped = os.environ.get(cpu_isa.ENV)
+    source = "detected on this host" + (f" under {cpu_isa.ENV}={capped}" if capped else "")
+    if name != "unknown" and probe["saturates"] != cpu_isa.saturates(name):
+        source += f"; the probe layer {'saturated' if probe['saturates'] else 'did not'}"
+    return cpu_isa.Int8Isa(name, probe["saturates"], source, probe["kernel"])

@@ -58,6 +58,12 @@ class ReferenceBackend:
     name = "reference"
     description = "ONNX Runtime CPU running the Q/DQ ONNX: the numerical reference"
 
+    def int8_isa(self, choice: str, device: str = "CPU"):
+        """The reference runs the Q/DQ graph in float (unfused): exact sums, no saturation."""
+        from backends.cpu_isa import Int8Isa
+
+        return Int8Isa("reference", False, "ONNX Runtime runs Q/DQ unfused, in float")
+
     def available(self) -> tuple[bool, str]:
         try:
             import onnxruntime as ort

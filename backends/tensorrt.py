@@ -289,6 +289,12 @@ class TensorRTBackend:
                   "(ONNX + build_engine.sh) where tensorrt does not import"
     defers = True  # builds without tensorrt, leaving the engine to the device
 
+    def int8_isa(self, choice: str, device: str = "GPU"):
+        """TensorRT's int8 layers (IMMA / DP4A) accumulate in int32: nothing saturates."""
+        from backends.cpu_isa import Int8Isa
+
+        return Int8Isa("gpu", False, "TensorRT: int8 products accumulate in int32")
+
     def available(self) -> tuple[bool, str]:
         return tensorrt_status()
 

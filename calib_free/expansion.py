@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from calib_free.quantizer import dequantize, quantize_weight
+from calib_free.saturation import PairLimit
 
 QuantizeFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 DequantizeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,7 +46,8 @@ def expand_residuals(w: torch.Tensor, orders: int, quantize_fn: QuantizeFn,
 
 def expand_uniform(w: torch.Tensor, bits: int, orders: int, granularity: str = "channel",
                    axis: int = 0, block_size: int | None = None, clip_search: bool = False,
-                   sum_dims: tuple[int, ...] | None = None,
+                   sum_dims: tuple[int, ...] | None = None, pairs: PairLimit | None = None,
+                   power: torch.Tensor | None = None,
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """REx with the uniform symmetric quantizer: K pairs of (int8 codes like w, float32 scale).
 
@@ -56,9 +58,11 @@ def expand_uniform(w: torch.Tensor, bits: int, orders: int, granularity: str = "
     sum_dims: keep each kernel's code sum over these axes (quantizer.preserve_sums), in the last
     order only, like the clip search: it moves a code up to one step from the weight, which would
     double the residual an earlier order leaves to the next one.
+    pairs (calib_free.saturation.PairLimit) and power: every order's codes pair-limited for a
+    pre-VNNI int8 kernel (each order runs as a kernel of its own), see quantize_weight.
     """
     qfn = functools.partial(quantize_weight, bits=bits, granularity=granularity, axis=axis,
-                            block_size=block_size)
+                            block_size=block_size, pairs=pairs, power=power)
     final = (functools.partial(qfn, clip_search=clip_search, sum_dims=sum_dims)
              if clip_search or sum_dims else None)
     dfn = functools.partial(dequantize, axis=axis, block_size=block_size)

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from calib_free.saturation import PairLimit
+
 # Smallest scale handed out: an all-zero group gets it (codes 0). A normal float32 far above the
 # denormals, so 1/scale stays finite in every backend that inverts it.
 MIN_SCALE = 2.0 ** -100
@@ -46,21 +48,29 @@ def choose_scale(w: torch.Tensor, bits: int, granularity: str = "channel", axis:
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int = 0,
-             block_size: int | None = None,
-             sum_dims: tuple[int, ...] | None = None) -> torch.Tensor:
-    """int8 codes: clamp(round(w / scale), -qmax, qmax), round half to even; with `sum_dims`
-    (a convolution's spatial axes) the codes of each kernel then keep its sum (preserve_sums)."""
+             block_size: int | None = None, sum_dims: tuple[int, ...] | None = None,
+             pairs: PairLimit | None = None) -> torch.Tensor:
+    """int8 codes: clamp(round(w / scale), -qmax, qmax), round half to even; with `pairs`
+    (calib_free.saturation) no pair of codes over its limit; with `sum_dims` (a convolution's
+    spatial axes) the codes of each kernel then keep its sum (preserve_sums)."""
     q = qmax(bits)
     s = broadcast_scale(scale, w.shape, axis, block_size).to(_float_dtype(w))
     t = w / s
     codes = torch.clamp(torch.round(t), -q, q)
-    if sum_dims:
+    if pairs is not None:
+        from calib_free.saturation import limit_pairs, pair_room
+
+        codes = limit_pairs(t, codes, q, pairs)
+        if sum_dims:
+            codes = preserve_sums(t, codes, q, sum_dims, pair_room(codes, pairs))
+            codes = limit_pairs(t, codes, q, pairs)  # two codes of one pair both moved
+    elif sum_dims:
         codes = preserve_sums(t, codes, q, sum_dims)
     return codes.to(torch.int8)
 
 
-def preserve_sums(t: torch.Tensor, codes: torch.Tensor, q: int,
-                  dims: tuple[int, ...]) -> torch.Tensor:
+def preserve_sums(t: torch.Tensor, codes: torch.Tensor, q: int, dims: tuple[int, ...],
+                  room: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Codes whose sum over `dims` is round(sum of t) in every kernel, at most one step from t.
 
     t: w / scale; codes: round-to-nearest of t (clamped to [-q, q]). A kernel whose codes sum
@@ -69,16 +79,23 @@ def preserve_sums(t: torch.Tensor, codes: torch.Tensor, q: int,
     kernel's response to a flat input (its DC gain): convolution inputs (photos, feature maps)
     are smooth, so on them the rounding errors of a kernel's taps add up instead of cancelling
     (EfficientNet-Lite0's weight-only logits: 19.8 -> 23.8 dB, docs/benchmarks.md).
+    room: (may go up, may go down) masks like codes (calib_free.saturation.pair_room); a code
+    outside them is not moved.
     """
     keep = [d for d in range(t.ndim) if d not in dims]
     perm = keep + list(dims)
     lead = [t.shape[d] for d in keep]
-    tt = t.permute(perm).reshape(*lead, -1).double()
-    cc = codes.permute(perm).reshape(*lead, -1).double()
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(perm).reshape(*lead, -1)
+
+    tt, cc = flat(t).double(), flat(codes).double()
+    can_up, can_down = (cc < q, cc > -q) if room is None else \
+        (flat(room[0]) & (cc < q), flat(room[1]) & (cc > -q))
     need = torch.round(tt.sum(-1)) - cc.sum(-1)
     frac = tt - cc  # > 0: rounded down
-    up = _first(torch.where(cc < q, frac, -math.inf), need.clamp_min(0))
-    down = _first(torch.where(cc > -q, -frac, -math.inf), (-need).clamp_min(0))
+    up = _first(torch.where(can_up, frac, -math.inf), need.clamp_min(0))
+    down = _first(torch.where(can_down, -frac, -math.inf), (-need).clamp_min(0))
     cc = cc + up.double() - down.double()
     shape = [t.shape[d] for d in perm]
     return cc.reshape(shape).permute(_inverse(perm)).to(codes.dtype)
@@ -108,10 +125,26 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, axis: int = 0,
 
 def quantize_weight(w: torch.Tensor, bits: int, granularity: str = "channel", axis: int = 0,
                     block_size: int | None = None, clip_search: bool = False,
-                    sum_dims: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes shaped like w, float32 scale) in one call."""
+                    sum_dims: tuple[int, ...] | None = None, pairs: PairLimit | None = None,
+                    power: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes shaped like w, float32 scale) in one call.
+
+    pairs: keep every pair of codes a pre-VNNI int8 kernel adds in int16 within its limit
+    (calib_free.saturation), the scale of each output channel chosen for it (`safe_scale`,
+    weighing the error by `power`, E[x^2] per input channel, where given). Per channel or per
+    tensor scales only; axis must be pairs.out_axis for per-channel scales."""
     scale = choose_scale(w, bits, granularity, axis, block_size, clip_search)
-    return quantize(w, scale, bits, axis, block_size, sum_dims), scale
+    if pairs is not None:
+        from calib_free.saturation import safe_scale
+
+        if granularity == "block" or (granularity == "channel" and
+                                      axis % w.ndim != pairs.out_axis % w.ndim):
+            raise ValueError("pair-limited codes need per-output-channel or per-tensor scales")
+        if 2 * qmax(bits) > pairs.limit:  # below 8 bits no pair can reach the limit
+            scale = safe_scale(w, scale, qmax(bits), pairs, power)
+        else:
+            pairs = None
+    return quantize(w, scale, bits, axis, block_size, sum_dims, pairs), scale
 
 
 def broadcast_scale(scale: torch.Tensor, shape: torch.Size | tuple[int, ...], axis: int | None,

@@ -13,6 +13,7 @@ compile (backend) -> artifact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import replace
@@ -57,6 +58,9 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
                         "for trt, drop --require-engine to write a deferred artifact (Q/DQ ONNX "
                         "+ build_engine.sh) and build the engine on the device"
                         if config.target == "trt" else None)
+    isa = backend.int8_isa(config.quant.int8_isa, config.device)
+    config = replace(config, quant=replace(config.quant, int8_isa=isa.name,
+                                           int8_saturates=isa.saturates))
     if config.quant.budget is not None:  # what the budget counts on this target and device
         from rexdeploy.cost_models import resolve
 
@@ -73,8 +77,9 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     log = StageLog(quiet=quiet)
     _import_heavy()
     with ArtifactWriter(output, force=force) as writer:
-        stages = _run_pipeline(model, config, writer, log, backend, preprocess)
+        stages = _run_pipeline(model, config, writer, log, backend, preprocess, isa)
         manifest = _manifest(stages["config"], stages, preprocess)
+        _strict_device_check(config, stages["report"].get("device_check") or {})
         artifact = writer.commit(manifest)
     summary = stages["report"]["summary"]
     if artifact.manifest.get("engine") == "deferred":
@@ -84,7 +89,86 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
              f"{summary['skipped_layers']} kept float, runtime int8 coverage "
              f"{summary['int8_coverage']:.0%}")
+    _say_device_check(stages["report"].get("device_check"), log)
     return artifact
+
+
+def _isa_note(isa, q: QuantConfig, plan) -> str:
+    """What the target's int8 instruction set means for this build, for the log and report."""
+    from rexdeploy.report import overflow_summary
+
+    fix = overflow_summary(plan)
+    text = f"int8 instruction set {isa.describe()}"
+    if q.pair_limit is None:
+        if isa.saturates and q.activations == "int8":
+            text += ("; --overflow-fix off: int8 layers may saturate on this target (the device "
+                     "check measures it)")
+        return text
+    return (text + f"; weight codes pair-limited to {q.pair_limit} (--overflow-fix "
+            f"{q.overflow_fix}) in {fix['layers']} layers, {fix['channels_rescaled']} "
+            f"output channels on a coarser scale (mean {fix['bits_given_up']:.2f} bits given "
+            "up there)")
+
+
+DEVICE_CHECK_SAMPLES = 8  # the build's synthetic inputs the device check runs
+
+
+def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: list[dict],
+                  float_model, loaded, log: StageLog, result) -> dict:
+    """Run the compiled model against its Q/DQ reference on the build's synthetic inputs
+    (rexdeploy/device_check.py), here or, for another CPU's ISA, in a child process that runs
+    that ISA's kernels; a dict saying why where it cannot run."""
+    from backends.cpu_isa import check_environment
+    from rexdeploy.device_check import CheckSpec, check
+
+    if not config.device_check:
+        return {"skipped": "--no-device-check"}
+    if result.info.get("engine") == "deferred":
+        return {"skipped": "no engine here (deferred): finish on the device, where the engine "
+                           "is checked"}
+    if config.target == "reference":
+        return {"skipped": "the reference is the device"}
+    env, why = check_environment(isa)
+    if env is None:
+        return {"skipped": why}
+    from rexdeploy.sensitivity import sensitivity_samples
+
+    q = config.quant
+    samples, what = sensitivity_samples(
+        _synthetic_samples(float_model, config, loaded, log),
+        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+        count=DEVICE_CHECK_SAMPLES)
+    spec = CheckSpec(writer.tmp, config.target, config.device, tuple(members),
+                     os.path.relpath(writer.path("float.onnx"), writer.tmp))
+    where = f" under {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""
+    with log.stage("device check", f"{config.target} vs reference on {len(samples)} {what}"
+                                   f"{where}"):
+        return check(spec, samples, what, env=env, tolerance_db=config.device_tolerance)
+
+
+def _say_device_check(result: dict | None, log: StageLog) -> None:
+    """The device check's verdict as the build's last lines: loud where the device disagrees."""
+    if not result:
+        return
+    from rexdeploy.device_check import summary_line
+
+    line = summary_line(result)
+    if result.get("skipped") or result.get("agrees", True):
+        log.info(f"device check: {line}")
+        return
+    log.console.print(f"[bold red]! device check {line}[/]")
+    log.console.print(f"[bold red]  likely cause: {result.get('likely_cause')}[/]")
+
+
+def _strict_device_check(config: BuildConfig, result: dict) -> None:
+    if config.strict_device_check and result and not result.get("skipped") \
+            and not result.get("agrees", True):
+        from rexdeploy.device_check import summary_line
+
+        raise UserError(f"device check (--strict-device-check): {summary_line(result)}; "
+                        f"likely cause: {result.get('likely_cause')}",
+                        "nothing was written; rebuild without --strict-device-check to keep the "
+                        "artifact and inspect it")
 
 
 def _import_heavy() -> None:
@@ -128,7 +212,7 @@ def _available_memory() -> int | None:
 
 
 def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
-                  backend, preprocess: str | None = None) -> dict:
+                  backend, preprocess: str | None, isa) -> dict:
     import onnx_ir as ir
 
     from rexdeploy.analyze import find_layers
@@ -159,6 +243,10 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
                                f"A:{config.quant.activations}"):
         plan, range_notes, ensemble = _quantize(float_model, layers, skipped, stats, config,
                                                 loaded, log)
+        isa_note = _isa_note(isa, config.quant, plan)
+        range_notes.append(isa_note)
+        if config.quant.pair_limit is not None or isa.saturates:
+            log.note(isa_note)
         plan_dir = writer.path("plan.json", "plan")
         plan.save(os.path.dirname(plan_dir))
         writer.roles["plan_arrays"] = "plan.npz"
@@ -168,7 +256,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
                 os.replace(path, os.path.join(inter, "10_" + os.path.basename(path)))
     if ensemble is not None:
         return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
-                               log, backend, loaded, specs)
+                               log, backend, loaded, specs, isa)
     with log.stage("lower", "Q/DQ ONNX"):
         qdq = _lower(float_model, plan, config, backend, range_notes)
         note = _dense_rows_note(plan) if config.quant.sparse_form == "dense" else None
@@ -196,10 +284,31 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     report = build_report(plan, layers, result, summarize(qdq), range_notes)
     report["summary"]["float_precision"] = config.float_dtype
     _mark_centred(report, centred_tensors(qdq))
+    files = {"onnx": "model.onnx", **result.files}
+    _record_device_check(report, plan, isa, config, _device_check(
+        config, isa, writer, [{"files": files, "weight": 1.0}], float_model, loaded, log,
+        result))
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
+
+
+def _record_device_check(report: dict, plan, isa, config: BuildConfig, check: dict) -> None:
+    """The ISA and the device check into report.json (and its summary, which the manifest
+    copies); a disagreement gets its likely cause."""
+    from rexdeploy.device_check import likely_cause
+    from rexdeploy.report import overflow_summary
+
+    if not check.get("skipped") and not check.get("agrees", True):
+        check["likely_cause"] = likely_cause(check, isa.to_dict(), config.quant.pair_limit,
+                                             config.target)
+    report["device_check"] = check
+    s = report["summary"]
+    s["int8_isa"] = isa.to_dict()
+    s["overflow_fix"] = {"mode": config.quant.overflow_fix, "pair_limit": config.quant.pair_limit,
+                         **overflow_summary(plan)}
+    s["device_check"] = {k: check[k] for k in ("agrees", "loss_db", "skipped") if k in check}
 
 
 def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
@@ -304,7 +413,7 @@ def runtime_options(config: BuildConfig) -> tuple[tuple[str, str], ...]:
 
 
 def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildConfig,
-                    writer: ArtifactWriter, log: StageLog, backend, loaded, specs) -> dict:
+                    writer: ArtifactWriter, log: StageLog, backend, loaded, specs, isa) -> dict:
     """Lower and compile the base and each member as a complete model under members/<name>/;
     the manifest's `ensemble` entry holds the files and the combine weights."""
     import onnx_ir as ir
@@ -354,6 +463,9 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
                    for mp in member_plans]
     report["summary"]["bops_ratio"] = round(sum(member_bops), 4)
     report["summary"]["bops_ratio_members"] = [round(b, 4) for b in member_bops]
+    _record_device_check(report, plan, isa, config, _device_check(
+        config, isa, writer, [{"files": e["files"], "weight": e["weight"]} for e in entries],
+        float_model, loaded, log, results[0]))
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": merged, "report": report,
             "outputs": [o.name for o in float_model.graph.outputs],
@@ -661,7 +773,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
             preprocess: str | None = None, reference: str = "auto", backend: str | None = None,
             limit: int | None = None, quiet: bool = False, per_layer: bool = False,
             threshold_db: float | None = None, top: int | None = None,
-            ten_crop: bool = False) -> dict:
+            ten_crop: bool = False, device_check: bool = True) -> dict:
     """Float model vs the artifact on real (`inputs`) or synthetic inputs: fidelity metrics.
 
     ten_crop: each image of an `inputs` folder gives its ten standard crops (centre and four
@@ -671,6 +783,11 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     per_layer: also localise the error layer by layer (rexdeploy.localize: float.onnx vs
     model.onnx in ONNX Runtime, every quantized layer's output marked) under "per_layer";
     threshold_db (default 20) marks a layer bad, top (default 5) worst layers are listed.
+
+    device_check: where the artifact runs on its device (not ONNX Runtime), also run its Q/DQ
+    ONNX in ONNX Runtime (the reference) and report, per output, the reference's fidelity and
+    the device's against it ("device_check"); with per_layer the marked Q/DQ model also runs on
+    the device, and the first layer where the device loses against ONNX Runtime is named.
     """
     art = load_artifact(artifact)
     from rexdeploy.fidelity import run_compare
@@ -702,10 +819,15 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
             samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges, grids)
     ref_runner, ref_name = _reference_runner(art, reference)
     test_runner = _artifact_runner(art, backend)
+    on_device = _runs_on_device(art, backend)
+    qdq_runner = _artifact_runner(art, "reference") if on_device and device_check else None
     with log.stage("compare", f"{len(samples)} samples: {ref_name} vs "
-                              f"{backend or art.target}"):
-        with ref_runner as r, test_runner as t:
-            result = run_compare(r, t, samples, labels=labels)
+                              f"{backend or art.target}" +
+                              (" and its Q/DQ reference (onnxruntime)" if qdq_runner else "")):
+        with ref_runner as r, test_runner as t, (qdq_runner or contextlib.nullcontext()) as q:
+            result = run_compare(r, t, samples, labels=labels, qdq_runner=q,
+                                 tolerance_db=art.manifest["config"].get("device_tolerance",
+                                                                         1.0))
     result["reference"] = ref_name
     result["backend"] = backend or art.target
     if art.manifest.get("engine") == "deferred" and result["backend"] == art.target:
@@ -716,19 +838,37 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     if ten_crop:
         result["inputs"] += ", ten crops each"
     if per_layer:
-        result["per_layer"] = _per_layer(art, samples, threshold_db, top, log)
+        result["per_layer"] = _per_layer(art, samples, threshold_db, top, log,
+                                         on_device and device_check)
     return result
 
 
+def _runs_on_device(art: Artifact, backend: str | None) -> bool:
+    """Whether compare runs the artifact on a device (its compiled model), not on ONNX Runtime."""
+    name = backend or art.target
+    return name != "reference" and art.manifest.get("engine") != "deferred"
+
+
 def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | None,
-               log: StageLog) -> dict:
+               log: StageLog, on_device: bool = False) -> dict:
     from rexdeploy.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
 
+    device = None
+    if on_device:
+        from backends.base import RunOptions
+
+        b = _usable_backend(art, art.target)
+        options = RunOptions(device=art.manifest.get("device", "CPU"))
+        device = (f"{art.target} {options.device}",
+                  lambda path: b.runner(os.path.dirname(path), {"onnx": os.path.basename(path)},
+                                        options))
     with log.stage("per-layer", f"{len(samples)} samples: float.onnx vs model.onnx, "
-                                "every quantized layer marked (onnxruntime)"):
+                                "every quantized layer marked (onnxruntime"
+                                + (f" and {device[0]}" if device else "") + ")"):
         return localize(art.file("float_onnx"), art.file("onnx"), samples,
                         threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None
-                        else threshold_db, top=top or DEFAULT_TOP)
+                        else threshold_db, top=top or DEFAULT_TOP, device=device,
+                        device_tolerance_db=art.manifest["config"].get("device_tolerance", 1.0))
 def _integer_ranges(art: Artifact) -> dict:
     """Token ids in [0, vocab), masks all 1 (as the build drew them), read from float.onnx."""
     if all(s.get("dtype", "float32").startswith("float") for s in art.manifest["inputs"]):

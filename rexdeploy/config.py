@@ -32,6 +32,7 @@ MAX_ENSEMBLE = 8
 MIXED_MODES = ("off", "weights", "activations", "all")
 SENSITIVITY_MODES = ("auto", "on", "off")
 REFINES = ("none", "flexround", "erq")
+OVERFLOW_FIXES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,26 @@ class QuantConfig:
     sensitivity: str = "auto"           # auto (on with --mixed-precision, and with a --budget
                                         # that buys whole layers) | on | off
     mixed_precision: str = "off"        # off | weights | activations | all
+    # int8 kernels without VNNI add pairs of products in a saturating int16
+    # (calib_free.saturation): auto limits weight-code pairs where the target's int8 ISA
+    # (BuildConfig.int8_isa) saturates, on / off always / never
+    overflow_fix: str = "auto"
+    # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
+    # at build time and is replaced by the name (the plan records it); a name builds for
+    # another CPU (a cross-build)
+    int8_isa: str = "auto"
+    int8_saturates: bool = False        # resolved at build time with int8_isa
+
+    @property
+    def pair_limit(self) -> int | None:
+        """The largest |sum| of a same-sign pair of int8 weight codes (128), or None where no
+        limit applies (--overflow-fix off, or auto on an ISA that does not saturate)."""
+        on = self.overflow_fix == "on" or (self.overflow_fix == "auto" and self.int8_saturates)
+        if not on:
+            return None
+        from calib_free.saturation import PAIR_LIMIT
+
+        return PAIR_LIMIT
 
     @property
     def uses_sensitivity(self) -> bool:
@@ -152,6 +173,13 @@ class QuantConfig:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise UserError(f"--overflow-fix {self.overflow_fix}: use one of "
+                            f"{', '.join(OVERFLOW_FIXES)}")
+        from backends.cpu_isa import RESOLVED, check_choice
+
+        if self.int8_isa not in RESOLVED:  # a resolved config names what was detected
+            check_choice(self.int8_isa)
         if self.smooth not in SMOOTH_MODES:
             raise UserError(f"--smooth {self.smooth}: use one of {', '.join(SMOOTH_MODES)}")
         if not 0.0 <= self.smooth_alpha <= 1.0:
@@ -318,6 +346,12 @@ class BuildConfig:
     centering: str = "auto"
     dim_ranges: tuple[tuple[str, int, int, int], ...] = ()
     require_engine: bool = False
+    # after compiling, run the compiled model and the Q/DQ ONNX (ONNX Runtime) on the build's
+    # synthetic inputs: a device that loses more than device_tolerance dB of SQNR against the
+    # float model is a warning, or with strict_device_check an error
+    device_check: bool = True
+    device_tolerance: float = 1.0
+    strict_device_check: bool = False
 
     def validate(self) -> None:
         if self.opset < 21:
@@ -345,6 +379,16 @@ class BuildConfig:
                                      or self.require_engine):
             raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "
                             "only")
+        if self.target == "trt" and self.quant.int8_isa not in ("auto", "gpu"):
+            raise UserError(f"--int8-isa {self.quant.int8_isa} names a CPU instruction set; "
+                            "--target trt runs int8 on the GPU (int32 accumulation)",
+                            "drop --int8-isa")
+        if not 0 < self.device_tolerance <= 60:
+            raise UserError(f"--device-tolerance {self.device_tolerance}: expected dB in (0, 60]",
+                            "drop it for the default 1 dB")
+        if self.strict_device_check and not self.device_check:
+            raise UserError("--strict-device-check with --no-device-check: nothing to be strict "
+                            "about", "drop one of them")
         if self.dla_core is not None and self.dla_core < 0:
             raise UserError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
         for name, lo, opt, hi in self.dim_ranges:

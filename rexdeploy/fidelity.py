@@ -206,7 +206,8 @@ def compare_outputs(ref: dict[str, np.ndarray], test: dict[str, np.ndarray],
 
 
 def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
-                progress=None, labels: np.ndarray | None = None) -> dict:
+                progress=None, labels: np.ndarray | None = None, qdq_runner=None,
+                tolerance_db: float = 1.0) -> dict:
     """Run both (active) runners on every sample and compare their outputs.
 
     progress: called as progress(done, total) after each sample. Returns `compare_outputs`'
@@ -215,6 +216,10 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
     "accuracy" (top-1 of the first output): {"labels", "reference", "test", "drop"} (drop in
     fraction, ref - test); for an embedding "label_1nn", the leave-one-out 1-NN label accuracy
     under the reference and the test model ({"reference", "test"}).
+    qdq_runner: the test model's own Q/DQ ONNX in ONNX Runtime, where the test runs on a device:
+    adds "device_check" (per output the Q/DQ reference's SQNR against the reference, the
+    device's against the Q/DQ reference, and the dB the device loses; "agrees" within
+    tolerance_db).
     """
     if labels is not None and len(labels) != len(samples):
         raise UserError(f"{len(labels)} labels for {len(samples)} samples")
@@ -222,14 +227,19 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
         raise UserError("no samples to compare")
     refs: dict[str, list] = {}
     tests: dict[str, list] = {}
+    qdqs: dict[str, list] = {}
+    runners = ((refs, reference_runner), (tests, test_runner)) + \
+        (((qdqs, qdq_runner),) if qdq_runner is not None else ())
     for i, (_sid, feeds) in enumerate(samples):
-        for store, runner in ((refs, reference_runner), (tests, test_runner)):
+        for store, runner in runners:
             for name, value in runner.infer(feeds).items():
                 store.setdefault(name, []).append(np.asarray(value))
         if progress:
             progress(i + 1, len(samples))
     ref, test = _stack(refs), _stack(tests)
     result = compare_outputs(ref, test)
+    if qdq_runner is not None:
+        result["device_check"] = device_vs_reference(ref, test, _stack(qdqs), tolerance_db)
     first = result["output"]
     cos = cosine(ref[first], test[first])
     order = np.argsort(cos, kind="stable")[:WORST]
@@ -243,6 +253,25 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
     elif labels is not None:
         result["accuracy"] = _accuracy(ref[first], test[first], labels, first)
     return result
+
+
+def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray],
+                        qdq: dict[str, np.ndarray], tolerance_db: float = 1.0) -> dict:
+    """Per float output: the Q/DQ reference's SQNR against `ref` (reference_db), the device's
+    (device_db), the dB the device loses (loss_db, 0 when it does better) and the device against
+    the Q/DQ reference (device_vs_reference_db); "agrees" when no output loses more than
+    tolerance_db."""
+    outputs = {}
+    for name, r in ref.items():
+        if name not in qdq or not np.issubdtype(np.asarray(r).dtype, np.floating):
+            continue
+        ref_db, dev_db = sqnr_db(r, qdq[name]), sqnr_db(r, device[name])
+        outputs[name] = {"reference_db": ref_db, "device_db": dev_db,
+                         "loss_db": max(0.0, min(ref_db, 120.0) - min(dev_db, 120.0)),
+                         "device_vs_reference_db": sqnr_db(qdq[name], device[name])}
+    loss = max((o["loss_db"] for o in outputs.values()), default=0.0)
+    return {"outputs": outputs, "loss_db": loss, "tolerance_db": tolerance_db,
+            "agrees": bool(loss <= tolerance_db)}
 
 
 def _accuracy(ref: np.ndarray, test: np.ndarray, labels: np.ndarray, name: str) -> dict:
@@ -287,14 +316,23 @@ def render_table(result: dict):
     if "samples" in result:
         title += f" on {result['samples']} samples ({result.get('inputs', '')})"
     table = Table(title=title)
+    check = result.get("device_check")
     for col in ("output", "SQNR dB", "cosine mean", "cosine min", "top-1 agree", "KL",
-                "NN agree", "max |err|"):
+                "NN agree", "max |err|") + (("Q/DQ ref SQNR dB", "device vs ref dB")
+                                            if check else ()):
         table.add_column(col, justify="left" if col == "output" else "right")
     for name, m in result["outputs"].items():
+        extra = ()
+        if check:
+            c = check["outputs"].get(name, {})
+            lost = c.get("loss_db", 0.0) > check["tolerance_db"]
+            extra = (_fmt(c.get("reference_db"), ".2f"),
+                     ("[bold red]" if lost else "") + _fmt(c.get("device_vs_reference_db"),
+                                                           ".2f") + ("[/]" if lost else ""))
         table.add_row(name, _fmt(m["sqnr_db"], ".2f"), _fmt(m["cosine_mean"], ".5f"),
                       _fmt(m["cosine_min"], ".5f"), _fmt(m["top1_agreement"], ".1%"),
                       _fmt(m["kl"], ".2e"), _fmt(m.get("nn_agreement"), ".1%"),
-                      _fmt(m["max_abs"], ".3g"))
+                      _fmt(m["max_abs"], ".3g"), *extra)
     worst = result.get("worst_samples") or []
     captions = []
     if worst:
@@ -310,6 +348,14 @@ def render_table(result: dict):
                             f"near ties (reference top-1/top-2 probability within {NEAR_TIE}; "
                             f"any perturbation may flip them): agreement on the others "
                             f"{m['top1_agreement_decisive']:.1%}")
+    if check and not check["agrees"]:
+        captions.append(f"[bold red]the device loses {check['loss_db']:.1f} dB against its own "
+                        f"Q/DQ reference (ONNX Runtime; tolerance {check['tolerance_db']:g} dB): "
+                        "the runtime does not compute what the plan means; --per-layer names "
+                        "the layer where it departs[/]")
+    elif check:
+        captions.append(f"device within {check['tolerance_db']:g} dB of its Q/DQ reference "
+                        f"(ONNX Runtime; loss {check['loss_db']:.2f} dB)")
     acc = result.get("accuracy")
     if acc:
         captions.append(f"top-1 accuracy on {acc['labels']} labels: reference "

@@ -101,7 +101,8 @@ def _value_names(graph) -> set[str]:
 
 def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
              threshold_db: float = DEFAULT_THRESHOLD_DB, top: int = DEFAULT_TOP,
-             local: bool = True, progress=None) -> dict:
+             local: bool = True, progress=None, device=None,
+             device_tolerance_db: float = 1.0) -> dict:
     """Per-layer SQNR/cosine of `qdq_onnx` against `float_onnx` on `samples` ([(id, feeds)]).
 
     Returns {"threshold_db", "samples", "runtime", "layers": [per-layer rows in topological
@@ -110,6 +111,13 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     (accumulated SQNR when local is unavailable), "worst_by"}. Rows: index, name, op, output,
     sqnr_db, cosine_mean, cosine_min, local_sqnr_db, local_cosine_mean (None where a layer's
     subgraph could not be cut out on its own). progress: called as progress(done, total).
+
+    device: (name, factory) where factory(path of a Q/DQ ONNX) gives a runner (a context manager
+    with `infer`) of the target device: the same marked Q/DQ model then also runs there, and each
+    row gains device_sqnr_db (the device's layer output vs the float model's) and
+    device_vs_reference_db (vs ONNX Runtime's); "first_device_loss" is the first row whose
+    device_sqnr_db is more than `device_tolerance_db` below sqnr_db: where the runtime departs
+    from what the plan means.
     """
     import onnx_ir as ir
     import onnxruntime as ort
@@ -133,27 +141,93 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     in_shift, out_shift = shifts(qdq_ir)  # centred activations (--target trt)
     acc = {t.name: _Pooled() for t in taps}
     loc = {t.name: _Pooled() for t in taps}
-    for i, (_sid, feeds) in enumerate(samples):
-        ref = _run(float_session, feeds)
-        test = _run(qdq_session, feeds)
-        ref.update({k: v for k, v in feeds.items() if k in inputs})
-        for t in taps:
-            shift = out_shift.get(t.name, 0.0)
-            acc[t.name].add(ref[t.output], test[t.output].astype(np.float64) - shift)
-            session = locals_.get(t.name)
-            if session is not None:
-                x = ref[t.input].astype(np.float64) + in_shift.get(t.input, 0.0)
-                feed = session.get_inputs()[0]
-                out = session.run(None, {feed.name: x.astype(_NUMPY.get(feed.type, np.float32))})[0]
-                loc[t.name].add(ref[t.output], out.astype(np.float64) - shift)
-        if progress:
-            progress(i + 1, len(samples))
+    dev = {t.name: (_Pooled(), _Pooled()) for t in taps} if device else {}
+    with _device_runner(device, qdq_proto, [t.output for t in taps]) as on_device:
+        for i, (_sid, feeds) in enumerate(samples):
+            ref = _run(float_session, feeds)
+            test = _run(qdq_session, feeds)
+            ref.update({k: v for k, v in feeds.items() if k in inputs})
+            if on_device is not None:
+                got = on_device.infer(feeds)
+                for t in taps:
+                    shift = out_shift.get(t.name, 0.0)
+                    y = np.asarray(got[t.output], np.float64) - shift
+                    dev[t.name][0].add(ref[t.output], y)
+                    dev[t.name][1].add(test[t.output].astype(np.float64) - shift, y)
+            _accumulate(taps, ref, test, acc, loc, locals_, in_shift, out_shift)
+            if progress:
+                progress(i + 1, len(samples))
     overflow = _bias_overflow(qdq_proto, taps)
     rows = [_row(i, t, acc[t.name], loc[t.name]) | {"bias_int32_overflow": overflow.get(t.name)}
-            for i, t in enumerate(taps)]
-    return summarize_layers(rows, threshold_db, top) | {
+            | _device_row(dev.get(t.name)) for i, t in enumerate(taps)]
+    result = summarize_layers(rows, threshold_db, top) | {
         "samples": len(samples),
         "runtime": f"onnxruntime {ort.__version__} (no graph optimisation, CPU)"}
+    if device:
+        result["device"] = device[0]
+        result["device_tolerance_db"] = device_tolerance_db
+        result["first_device_loss"] = next(
+            (r for r in rows if r["sqnr_db"] is not None and r["device_sqnr_db"] is not None
+             and r["device_sqnr_db"] < min(r["sqnr_db"], 120.0) - device_tolerance_db), None)
+    return result
+
+
+def _accumulate(taps, ref: dict, test: dict, acc: dict, loc: dict, locals_: dict,
+                in_shift: dict, out_shift: dict) -> None:
+    """One sample's accumulated and local errors into the pooled sums of every layer."""
+    for t in taps:
+        shift = out_shift.get(t.name, 0.0)
+        acc[t.name].add(ref[t.output], test[t.output].astype(np.float64) - shift)
+        session = locals_.get(t.name)
+        if session is not None:
+            x = ref[t.input].astype(np.float64) + in_shift.get(t.input, 0.0)
+            feed = session.get_inputs()[0]
+            out = session.run(None, {feed.name: x.astype(_NUMPY.get(feed.type, np.float32))})[0]
+            loc[t.name].add(ref[t.output], out.astype(np.float64) - shift)
+
+
+def _device_row(pooled) -> dict:
+    if pooled is None:
+        return {}
+    return {"device_sqnr_db": pooled[0].sqnr_db(), "device_vs_reference_db": pooled[1].sqnr_db()}
+
+
+def _device_runner(device, qdq_proto, marks: list[str]):
+    """The device's runner over the Q/DQ model with `marks` as outputs (a temporary ONNX file
+    the factory compiles), or a null context without a device."""
+    import contextlib
+    import os
+    import tempfile
+
+    if not device:
+        return contextlib.nullcontext(None)
+
+    # a runtime may rename an output tensor it fused (OpenVINO names it after another of the
+    # tensor's names): outputs are matched by position, graph outputs first, then the marks
+    names = [o.name for o in qdq_proto.graph.output]
+    names += [n for n in dict.fromkeys(marks) if n not in names]
+
+    class Positional:
+        def __init__(self, runner):
+            self.runner = runner
+
+        def infer(self, feeds: dict) -> dict:
+            got = self.runner.infer(feeds)
+            if len(got) != len(names):
+                raise UserError(f"the device returned {len(got)} outputs of the marked model, "
+                                f"{len(names)} were marked")
+            return dict(zip(names, got.values()))
+
+    @contextlib.contextmanager
+    def run():
+        with tempfile.TemporaryDirectory(prefix="rexdeploy-layers-") as tmp:
+            path = os.path.join(tmp, "marked.onnx")
+            with open(path, "wb") as f:
+                f.write(_with_outputs(qdq_proto, marks))
+            with device[1](path) as runner:
+                yield Positional(runner)
+
+    return run()
 
 
 def summarize_layers(rows: list[dict], threshold_db: float, top: int) -> dict:
@@ -335,6 +409,16 @@ def summary_lines(result: dict) -> list[str]:
     worst = ", ".join(f"{r['name']} ({_fmt(r[result['worst_by']], '.1f')} dB)"
                       for r in result["worst"])
     lines.append(f"worst {len(result['worst'])} by {by} SQNR: {worst}")
+    if "device" in result:
+        row = result.get("first_device_loss")
+        lines.append(f"the device ({result['device']}) keeps within "
+                     f"{result['device_tolerance_db']:g} dB of ONNX Runtime at every layer"
+                     if row is None else
+                     f"first layer where the device ({result['device']}) loses more than "
+                     f"{result['device_tolerance_db']:g} dB against ONNX Runtime: #{row['index']} "
+                     f"{row['name']} ({row['op']}): device {_fmt(row['device_sqnr_db'], '.1f')} "
+                     f"dB, reference {_fmt(row['sqnr_db'], '.1f')} dB, device vs reference "
+                     f"{_fmt(row['device_vs_reference_db'], '.1f')} dB")
     over = [r for r in result["layers"] if r.get("bias_int32_overflow")]
     if over:
         named = ", ".join(f"{r['name']} ({r['bias_int32_overflow']} channels)"
@@ -351,16 +435,25 @@ def render_per_layer(result: dict):
     from rich.table import Table
 
     thr = result["threshold_db"]
-    table = Table(title=f"per layer, {result['samples']} samples, {result['runtime']}")
-    for col in ("#", "layer", "op", "SQNR dB", "cosine mean", "local SQNR dB", "local cosine"):
+    on_device = "device" in result
+    title = f"per layer, {result['samples']} samples, {result['runtime']}"
+    table = Table(title=title + (f"; device: {result['device']}" if on_device else ""))
+    cols = ("#", "layer", "op", "SQNR dB", "cosine mean", "local SQNR dB", "local cosine") + \
+        (("device SQNR dB", "device vs ref dB") if on_device else ())
+    for col in cols:
         table.add_column(col, justify="left" if col in ("layer", "op") else "right")
     worst = {r["name"] for r in result["worst"]}
+    tol = result.get("device_tolerance_db", 1.0)
     for r in result["layers"]:
         bad = (r["sqnr_db"] is not None and r["sqnr_db"] < thr) or \
-            (r["local_sqnr_db"] is not None and r["local_sqnr_db"] < thr)
+            (r["local_sqnr_db"] is not None and r["local_sqnr_db"] < thr) or \
+            (on_device and r["device_sqnr_db"] is not None and r["sqnr_db"] is not None
+             and r["device_sqnr_db"] < min(r["sqnr_db"], 120.0) - tol)
         style = "red" if bad else ("yellow" if r["name"] in worst else None)
+        extra = (_fmt(r["device_sqnr_db"], ".1f"), _fmt(r["device_vs_reference_db"], ".1f")) \
+            if on_device else ()
         table.add_row(str(r["index"]), r["name"], r["op"], _fmt(r["sqnr_db"], ".1f"),
                       _fmt(r["cosine_mean"], ".5f"), _fmt(r["local_sqnr_db"], ".1f"),
-                      _fmt(r["local_cosine_mean"], ".5f"), style=style)
+                      _fmt(r["local_cosine_mean"], ".5f"), *extra, style=style)
     table.caption = "\n".join(summary_lines(result))
     return table

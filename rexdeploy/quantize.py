@@ -110,7 +110,11 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "budget": config.budget, "ranges": config.ranges,
                              "range_sigma": config.range_sigma,
                              "smooth": config.smooth, "smooth_alpha": config.smooth_alpha,
-                             "bias_correction": config.bias_correction}
+                             "bias_correction": config.bias_correction,
+                             "int8_isa": config.int8_isa,
+                             "int8_saturates": config.int8_saturates,
+                             "overflow_fix": config.overflow_fix,
+                             "pair_limit": config.pair_limit}
                      | (describe_cost(config.budget_cost) if config.budget is not None else {})
                      | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
                         if sensitivity is not None and config.budget is not None else {}))
@@ -198,6 +202,7 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
         w = scale_input_channels(w, smooth, layer.in_axis)
     block = config.granularity == "block"
     axis = layer.in_axis if block else layer.out_axis
+    power = _input_power(s, config, layer.in_channels)
     if config.operator == "power":
         from calib_free.power import expand_power
 
@@ -206,9 +211,9 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
     else:
         orders = expand_uniform(w, config.weight_bits, config.max_orders, config.granularity,
                                 axis, config.block_size if block else None, config.clip_search,
-                                sum_dims=_kernel_dims(layer, w, config))
-    stops = _stop_orders(layer, w, orders, axis, config)
-    power = _input_power(s, config, layer.in_channels)
+                                sum_dims=_kernel_dims(layer, w, config),
+                                pairs=pair_limit(layer, config), power=power)
+    stops = _stop_orders(layer, w, orders, axis, config, power)
     groups = layer.groups if layer.op == "Conv" else 1
     approx = torch.zeros_like(w, dtype=torch.float64)
     errors = []  # errors[k]: a channel's error when its expansion stops at order k + 1
@@ -226,7 +231,23 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
                       torch.stack(errors), signal, mean_in, stops)
 
 
-def _stop_orders(layer: LayerInfo, w, orders: list, axis: int, config: QuantConfig) -> list | None:
+def pair_limit(layer: LayerInfo, config: QuantConfig):
+    """The pair limit (calib_free.saturation.PairLimit) of a layer whose int8 kernel on the
+    target adds pairs of products in saturating int16 (QuantConfig.pair_limit: a pre-VNNI x86
+    CPU), None where nothing can overflow: float inputs, weights below 8 bits, a depthwise
+    convolution (one input channel per group), PowerQuant codes (they run in float)."""
+    if config.pair_limit is None or config.activations != "int8" or config.weight_bits < 8 \
+            or config.operator != "uniform" or config.granularity == "block":
+        return None
+    if layer.op == "Conv" and layer.weight_array.shape[1] < 2:
+        return None
+    from calib_free.saturation import PairLimit
+
+    return PairLimit(layer.in_axis, layer.out_axis, config.pair_limit)
+
+
+def _stop_orders(layer: LayerInfo, w, orders: list, axis: int, config: QuantConfig,
+                 power=None) -> list | None:
     """calib_free.expansion.stop_orders for an expansion whose last order has a quantizer of its
     own (--rounding dc on a convolution kernel, --clip-search) and may stop early for some
     channels (--budget, --sparsity); None when every order rounds alike or scales are not per
@@ -241,7 +262,8 @@ def _stop_orders(layer: LayerInfo, w, orders: list, axis: int, config: QuantConf
             or not (sum_dims or config.clip_search):
         return None
     final = functools.partial(quantize_weight, bits=config.weight_bits, granularity="channel",
-                              axis=axis, clip_search=config.clip_search, sum_dims=sum_dims)
+                              axis=axis, clip_search=config.clip_search, sum_dims=sum_dims,
+                              pairs=pair_limit(layer, config), power=power)
     return stop_orders(w, orders, final, lambda c, sc: _dequantize(c, sc, axis, config))
 
 
@@ -395,6 +417,9 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                # output noise-to-signal proxy (ALGORITHMS.md 2.1): order 1 and final
                "output_nsr_order1": float(f"{float((e.errors[0] / signal).mean()):.6g}"),
                "output_nsr": float(f"{float((final / signal).mean()):.6g}")}
+    pairs = pair_limit(layer, config)
+    if pairs is not None:
+        metrics["overflow_fix"] = _overflow_metrics(w, plan_orders[0], pairs, config.weight_bits)
     if any(o_.table is not None for o_ in plan_orders):
         metrics["exponents"] = [round(float(o_.exponent), 6) for o_ in plan_orders]
     shift = None
@@ -402,6 +427,26 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
         shift = _bias_shift(layer, (w_hat - w), e.mean_in)
         metrics["bias_shift_max"] = round(float(np.abs(shift).max()), 6)
     return LayerPlan(layer.name, layer.op, layer.weight, layer.input, plan_orders, shift, metrics)
+
+
+def _overflow_metrics(w, order, pairs, bits: int) -> dict:
+    """What the pair limit did to order 1: its limit, the output channels whose scale grew past
+    max-abs for it, the mean bits those gave up (log2 of the growth), and the largest |pair
+    sum| left (<= limit)."""
+    import torch
+
+    from calib_free.quantizer import choose_scale, qmax
+    from calib_free.saturation import pair_sums
+
+    plain = choose_scale(w, bits, "channel", pairs.out_axis).reshape(-1).double()
+    scale = torch.from_numpy(np.asarray(order.scale, np.float64)).reshape(-1)
+    moved = scale > plain * (1 + 1e-6)
+    pos, neg = pair_sums(torch.from_numpy(order.codes), pairs)
+    return {"limit": pairs.limit, "channels_rescaled": int(moved.sum()),
+            "bits_given_up": round(float(torch.log2(scale[moved] / plain[moved]).mean()), 4)
+            if bool(moved.any()) else 0.0,
+            "max_pair_sum": int(max(int(pos.max()), -int(neg.min()))),
+            "qmax": qmax(bits)}
 
 
 def _activation(tensor: str, s: TensorStats | None, o: Observed | None, config: QuantConfig,

@@ -39,7 +39,30 @@ def build_table(artifact) -> Table:
     if low_bit > s["runtime_int8_layers"]:  # weight-only: integer weights, float compute
         table.add_row("runtime weights", f"{low_bit}/{s['runtime_compute_layers']} compute "
                                          "layers read compressed integer weights")
+    _target_rows(table, s, artifact.report().get("device_check"))
     return table
+
+
+def _target_rows(table: Table, s: dict, check: dict | None) -> None:
+    """The int8 instruction set, what --overflow-fix did, and the device check's verdict."""
+    isa = s.get("int8_isa")
+    if isa:
+        fix = s.get("overflow_fix") or {}
+        how = "pre-VNNI: pairs saturate in int16" if isa["saturates"] else "int32 accumulation"
+        text = f"{isa['name']} ({how}; {isa['source']})"
+        if fix.get("pair_limit"):
+            text += (f"; overflow fix: pairs <= {fix['pair_limit']} in {fix['layers']} layers, "
+                     f"{fix['channels_rescaled']} channels rescaled")
+        elif isa["saturates"]:
+            text = f"[yellow]{text}; overflow fix off[/]"
+        table.add_row("int8 ISA", text)
+    if check:
+        from rexdeploy.device_check import summary_line
+
+        bad = not check.get("skipped") and not check.get("agrees", True)
+        line = summary_line(check)
+        table.add_row("device check", f"[bold red]{line}[/]" if bad else
+                      f"[green]{line}[/]" if not check.get("skipped") else line)
 
 
 def _quantization(cfg: dict) -> str:
@@ -90,6 +113,7 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
         head.add_row("expansion", _expansion(cfg, s))
     head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
                                   f"({s['int8_coverage']:.1%})")
+    _target_rows(head, s, report.get("device_check"))
     head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     head.add_row("files", ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)"
                                     for f in m["files"].values()))

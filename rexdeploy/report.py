@@ -44,6 +44,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
         })
         for key in ("cost", "cost_order1",  # --budget in a runtime's time model
+                    "overflow_fix",  # pair-limited codes for a pre-VNNI CPU (saturation.py)
                     "sensitivity", "mixed"):  # --sensitivity / --mixed-precision (mixed.py)
             if key in lp.metrics:
                 rows[-1][key] = lp.metrics[key]
@@ -125,3 +126,13 @@ def bops_summary(plan) -> dict:
         base = sum(lp.metrics.get("cost_order1", 0.0) for lp in plan.layers)
         out["cost_ratio"] = round(cost / base, 4) if base else 1.0
     return out
+
+
+def overflow_summary(plan) -> dict:
+    """How many layers carry pair-limited codes (--overflow-fix, calib_free.saturation), how
+    many output channels moved to a coarser scale for it and the mean bits they gave up."""
+    rows = [lp.metrics["overflow_fix"] for lp in plan.layers if "overflow_fix" in lp.metrics]
+    moved = sum(r["channels_rescaled"] for r in rows)
+    bits = sum(r["bits_given_up"] * r["channels_rescaled"] for r in rows)
+    return {"layers": len(rows), "channels_rescaled": moved,
+            "bits_given_up": round(bits / moved, 4) if moved else 0.0}

@@ -81,8 +81,9 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
 
 
 def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
-                        grids: dict | None = None) -> tuple[list[dict], str]:
-    """The first SAMPLES of the build's synthetic `samples`, with every image-like input (float,
+                        grids: dict | None = None, count: int = SAMPLES
+                        ) -> tuple[list[dict], str]:
+    """The first `count` of the build's synthetic `samples`, with every image-like input (float,
     [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
     (calib_free.mixed.pink_noise_images; three channels: RGB with luminance at every scale and
     colour only at coarse ones): white noise misranks CNN layers, and so does colour noise at
@@ -91,7 +92,7 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
     costs nothing, as on real images. Returns the samples and what they are, for the build log."""
     from calib_free.mixed import pink_noise_images
 
-    samples = [dict(s) for s in samples[:SAMPLES]]
+    samples = [dict(s) for s in samples[:count]]
     images = [name for name, x in samples[0].items() if _image_like(x)] if samples else []
     for name in images:
         x = samples[0][name]

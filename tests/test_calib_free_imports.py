@@ -59,13 +59,15 @@ def test_public_api_is_pinned():
         "choose_scale": "(w: torch.Tensor, bits: int, granularity: str = 'channel', axis: int = 0, "
                         "block_size: int | None = None, clip_search: bool = False) -> torch.Tensor",
         "quantize": "(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int = 0, "
-                    "block_size: int | None = None, sum_dims: tuple[int, ...] | None = None)"
-                    " -> torch.Tensor",
+                    "block_size: int | None = None, sum_dims: tuple[int, ...] | None = None, "
+                    "pairs: calib_free.saturation.PairLimit | None = None) -> torch.Tensor",
         "dequantize": "(codes: torch.Tensor, scale: torch.Tensor, axis: int = 0, "
                       "block_size: int | None = None) -> torch.Tensor",
         "expand_uniform": "(w: torch.Tensor, bits: int, orders: int, granularity: str = 'channel', "
                           "axis: int = 0, block_size: int | None = None, clip_search: bool = False"
-                          ", sum_dims: tuple[int, ...] | None = None"
+                          ", sum_dims: tuple[int, ...] | None = None, "
+                          "pairs: calib_free.saturation.PairLimit | None = None, "
+                          "power: torch.Tensor | None = None"
                           ") -> list[tuple[torch.Tensor, torch.Tensor]]",
         "expected_output_shift": "(delta_w: torch.Tensor, mean_in: torch.Tensor, groups: int = 1)"
                                  " -> torch.Tensor",
@@ -75,7 +77,7 @@ def test_public_api_is_pinned():
         assert str(inspect.signature(getattr(calib_free, name), eval_str=True)) == sig, name
     params = {
         "quantize_weight": ["w", "bits", "granularity", "axis", "block_size", "clip_search",
-                            "sum_dims"],
+                            "sum_dims", "pairs", "power"],
         "expand_residuals": ["w", "orders", "quantize_fn", "dequantize_fn", "final_quantize_fn"],
         "weight_error": ["w", "w_hat"],
         "maxabs": ["x"], "percentile": ["x", "q"], "mse_optimal": ["x", "bits", "signed"],

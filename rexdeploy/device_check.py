@@ -1,0 +1,200 @@
+"""Device against reference: does the compiled model compute what its Q/DQ ONNX means?
+
+The Q/DQ ONNX run in ONNX Runtime (the reference backend, Q/DQ unfused) defines what a plan
+means; the compiled model on the device must reproduce it. It may not: a CPU without VNNI
+saturates int8 pairs in int16 (calib_free.saturation), an engine can diverge from its Q/DQ ONNX.
+The build runs the compiled model, the reference and the float model (`float.onnx` in ONNX
+Runtime) on its own synthetic inputs and records, per output:
+
+    reference_db           SQNR of the reference against the float model
+    device_db              SQNR of the device against the float model
+    loss_db                reference_db - device_db: what the device loses on top of the plan
+    device_vs_reference_db SQNR of the device against the reference
+
+A loss above the tolerance (1 dB by default) is a loud warning naming the likely cause, or with
+`--strict-device-check` an error. Where the target CPU is another than this host's (a
+cross-build, `--int8-isa`), the check runs in a child process under ONEDNN_MAX_CPU_ISA when this
+host can run the target's kernels (it falls back to an older ISA on request), else it is skipped
+and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rexdeploy.errors import UserError
+
+DEFAULT_TOLERANCE_DB = 1.0
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """What to run: the artifact directory (`root`), its members ([{"files": {role: path
+    relative to root}, "weight": w}], one for a plain build: an ensemble's outputs are their
+    weighted sum), the float ONNX relative to root, and the target and device."""
+
+    root: str
+    target: str
+    device: str
+    members: tuple[dict, ...]
+    float_onnx: str
+
+
+def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None = None,
+          tolerance_db: float = DEFAULT_TOLERANCE_DB) -> dict:
+    """The device check on `samples` (feeds dicts), `inputs` saying what they are; in a child
+    process under `env` (e.g. {"ONEDNN_MAX_CPU_ISA": "AVX2"}) when given. Returns the
+    report.json entry (see the module docstring), with "agrees" and "loss_db" (the worst
+    output's)."""
+    if env:
+        outputs = _in_child(spec, samples, env)
+    else:
+        outputs = measure(spec, samples)
+    loss = max((o["loss_db"] for o in outputs.values() if o.get("loss_db") is not None),
+               default=0.0)
+    return {"samples": len(samples), "inputs": inputs, "tolerance_db": tolerance_db,
+            "environment": env or {}, "outputs": outputs, "loss_db": round(loss, 3),
+            "agrees": bool(loss <= tolerance_db)}
+
+
+def measure(spec: CheckSpec, samples: list[dict]) -> dict:
+    """Per float output: reference_db, device_db, loss_db and device_vs_reference_db (module
+    docstring), in this process."""
+    from rexdeploy.fidelity import sqnr_db
+
+    runs = {"float": [], "reference": [], "device": []}
+    with _float_runner(spec) as f, _runner(spec, "reference") as r, _runner(spec, None) as d:
+        for feeds in samples:
+            for key, runner in (("float", f), ("reference", r), ("device", d)):
+                runs[key].append(runner.infer(feeds))
+    out = {}
+    for name in runs["reference"][0]:
+        ref = np.stack([np.asarray(o[name]) for o in runs["reference"]])
+        dev = np.stack([np.asarray(o[name]) for o in runs["device"]])
+        if not np.issubdtype(ref.dtype, np.floating):
+            out[name] = {"exact_match": float(np.mean(ref == dev))}
+            continue
+        flt = np.stack([np.asarray(o[name]) for o in runs["float"]]) if all(
+            name in o for o in runs["float"]) else None
+        row = {"device_vs_reference_db": _db(sqnr_db(ref, dev))}
+        if flt is not None and flt.shape == ref.shape:
+            row["reference_db"] = _db(sqnr_db(flt, ref))
+            row["device_db"] = _db(sqnr_db(flt, dev))
+            row["loss_db"] = _loss(row["reference_db"], row["device_db"])
+        out[name] = row
+    return out
+
+
+def _db(x: float) -> float:
+    return round(x, 3) if math.isfinite(x) else (999.0 if x > 0 else -999.0)
+
+
+def _loss(reference_db: float, device_db: float) -> float:
+    """dB the device loses against the reference's fidelity; a device better than the
+    reference loses nothing (0)."""
+    return round(max(0.0, min(reference_db, 120.0) - min(device_db, 120.0)), 3)
+
+
+def _float_runner(spec: CheckSpec):
+    import backends
+    from backends.base import RunOptions
+
+    return backends.get("reference").runner(spec.root, {"onnx": spec.float_onnx}, RunOptions())
+
+
+def _runner(spec: CheckSpec, backend: str | None):
+    """The device runner (backend None: the target's) or the reference runner over the members,
+    an EnsembleRunner for more than one."""
+    import backends
+    from backends.base import RunOptions
+
+    name = backend or spec.target
+    b = backends.get(name)
+    options = RunOptions(device="CPU" if name == "reference" else spec.device)
+    runners = [b.runner(spec.root, {"onnx": m["files"]["onnx"]} if name == "reference"
+                        else m["files"], options) for m in spec.members]
+    if len(runners) == 1:
+        return runners[0]
+    from backends.ensemble import EnsembleRunner
+
+    return EnsembleRunner(runners, [m["weight"] for m in spec.members])
+
+
+def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict:
+    """`measure` in a child process with `env` added (oneDNN reads ONEDNN_MAX_CPU_ISA once per
+    process): the spec and samples go through a temporary directory, the result as JSON."""
+    with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp:
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(asdict(spec), f)
+        np.savez(os.path.join(tmp, "samples.npz"),
+                 **{f"{i}/{name}": x for i, s in enumerate(samples) for name, x in s.items()})
+        proc = subprocess.run([sys.executable, "-m", "rexdeploy.device_check", tmp],
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=1800)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"the device check under {_env_text(env)} failed: {last}",
+                            "build with --no-device-check to skip it")
+        with open(os.path.join(tmp, "result.json")) as f:
+            return json.load(f)
+
+
+def _env_text(env: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
+
+
+def _child(tmp: str) -> None:
+    with open(os.path.join(tmp, "spec.json")) as f:
+        d = json.load(f)
+    spec = CheckSpec(**{**d, "members": tuple(d["members"])})
+    arrays = np.load(os.path.join(tmp, "samples.npz"))
+    samples: dict[int, dict] = {}
+    for key in arrays.files:
+        index, name = key.split("/", 1)
+        samples.setdefault(int(index), {})[name] = arrays[key]
+    result = measure(spec, [samples[i] for i in sorted(samples)])
+    with open(os.path.join(tmp, "result.json"), "w") as f:
+        json.dump(result, f)
+
+
+def likely_cause(result: dict, isa: dict | None, pair_limit: int | None, target: str) -> str:
+    """One line on why a device disagrees with its reference, and what to do."""
+    if isa and isa.get("saturates") and pair_limit is None:
+        return (f"int8 saturation: the target's int8 instruction set ({isa['name']}) adds pairs "
+                "of products in a saturating int16 and --overflow-fix is off; rebuild with "
+                "--overflow-fix auto")
+    where = f"`rexdeploy compare ART --per-layer --backend {target}` names the first layer " \
+            "where the device departs from the reference"
+    if isa and isa.get("saturates"):
+        return (f"the target's int8 kernels ({isa['name']}) may still saturate where the "
+                f"activation codes exceed their range; {where}")
+    return f"the runtime computes differently from the Q/DQ reference; {where}"
+
+
+def summary_line(result: dict) -> str:
+    """One line for the build's summary and `inspect`."""
+    if result.get("skipped"):
+        return f"not run: {result['skipped']}"
+    rows = [o for o in result["outputs"].values() if "loss_db" in o]
+    if not rows:
+        return f"{result['samples']} samples: no float output to compare"
+    worst = max(rows, key=lambda o: o["loss_db"])
+    where = f" (under {_env_text(result['environment'])})" if result.get("environment") else ""
+    verdict = "agrees" if result["agrees"] else \
+        f"DISAGREES by {result['loss_db']:.1f} dB (tolerance {result['tolerance_db']:g} dB)"
+    return (f"{verdict}: device {worst['device_db']:.1f} dB vs reference "
+            f"{worst['reference_db']:.1f} dB against float, device vs reference "
+            f"{worst['device_vs_reference_db']:.1f} dB, {result['samples']} {result['inputs']}"
+            f"{where}")
+
+
+if __name__ == "__main__":  # the child of `_in_child`
+    _child(sys.argv[1])
