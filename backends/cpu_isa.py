@@ -131,3 +131,29 @@ def check_environment(isa: Int8Isa) -> tuple[dict[str, str] | None, str | None]:
         return None, (f"this host ({host or 'no x86 ISA known'}) cannot run {isa.name} kernels: "
                       "run `rexdeploy compare ART --synthetic 8` on the target to check it there")
     return env, None
+
+
+def capped_precision(precision: str | None) -> str | None:
+    """The inference precision a real CPU of the capped ISA would give, under
+    ONEDNN_MAX_CPU_ISA: OpenVINO picks bf16 (its default on a CPU with AVX512_BF16 or AMX) and
+    its f16 fallback from the CPU's own features, which the cap does not hide, and oneDNN then
+    refuses those kernels ("object is not initialized"); a CPU without bf16 runs f32. None or
+    unchanged where no cap is set or the capped ISA has bf16."""
+    cap = os.environ.get(ENV, "").strip().lower()
+    if not cap or cap == "all":
+        return precision
+    isa = host_isa()
+    if isa is None or "avx512_bf16" in ISA_FLAGS[isa] or precision in ("f32",):
+        return precision
+    return "f32"
+
+
+def cap_note() -> str:
+    """What to say when OpenVINO fails under ONEDNN_MAX_CPU_ISA ("" without a cap)."""
+    cap = os.environ.get(ENV, "").strip()
+    if not cap:
+        return ""
+    return (f"; {ENV}={cap} is set: OpenVINO's CPU plugin chooses some kernels (bf16, "
+            "compressed int4/int8 weights) by this CPU's own features, which the cap does not "
+            "hide, and oneDNN then refuses them. A real CPU of that ISA runs them; unset "
+            f"{ENV} to run here")

@@ -158,6 +158,21 @@ def _read(path: str):
                         "rebuild the artifact, or check the ONNX with onnx.checker") from exc
 
 
+def _compile(model, device: str, config: dict, what: str):
+    """compile_model, its failures one UserError naming the model (and, under
+    ONEDNN_MAX_CPU_ISA, why a capped host may refuse what a real CPU of that ISA runs)."""
+    from backends.cpu_isa import cap_note
+
+    try:
+        return shared_core().compile_model(model, device, config)
+    except RuntimeError as exc:
+        lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+        detail = next((l for l in reversed(lines) if not l.startswith("Exception from")),
+                      lines[-1] if lines else "unknown error")
+        raise UserError(f"OpenVINO cannot compile {os.path.basename(what)} for {device}: "
+                        f"{detail}{cap_note()}") from exc
+
+
 def _stable_names(model, onnx_names) -> None:
     """Rename the nodes OpenVINO named from its process-wide counter (Constant_3952,
     Reshape_11695) by their position instead, so that building the same model twice gives a
@@ -228,9 +243,13 @@ class OpenVINOBackend:
         # int8/int4 weights stay integer either way; float weights stay f32 (no silent fp16).
         ov.save_model(model, xml, compress_to_fp16=False)
         # f32 pinned unless the build asks for a precision (weight-only fp16 builds)
-        pinned = {} if "INFERENCE_PRECISION_HINT" in dict(options.runtime_options) else \
-            {"INFERENCE_PRECISION_HINT": "f32"}
-        compiled = shared_core().compile_model(_read(xml), options.device, pinned)
+        asked = dict(options.runtime_options).get("INFERENCE_PRECISION_HINT")
+        pinned = {"INFERENCE_PRECISION_HINT": "f32"}
+        if asked:
+            from backends.cpu_isa import capped_precision
+
+            pinned = {} if capped_precision(asked) == asked else pinned
+        compiled = _compile(_read(xml), options.device, pinned, onnx_path)
         layers = runtime_layers(compiled, node_names)
         info = {"openvino": version(), "device": options.device,
                 "device_name": shared_core().get_property(options.device.split(":")[0],
@@ -267,8 +286,14 @@ def compile_config(options: RunOptions, mode: str | None = None,
     if mode not in MODES:
         raise UserError(f"mode {mode!r}: use latency or throughput")
     config: dict = {"PERFORMANCE_HINT": MODES[mode]}
-    if PRECISIONS[options.precision]:
-        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[options.precision]
+    from backends.cpu_isa import capped_precision
+
+    precision = PRECISIONS[options.precision]
+    if options.device.upper().startswith("CPU"):
+        precision = capped_precision(precision or "default")
+        precision = None if precision == "default" else precision
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
     streams = options.throughput_streams if mode == "throughput" and options.throughput_streams \
         else options.streams
     if streams:
@@ -303,8 +328,7 @@ class OpenVINORunner:
 
     def __enter__(self) -> "OpenVINORunner":
         _check_device(self.options.device)
-        self.compiled = shared_core().compile_model(self._model(), self.options.device,
-                                                    self.config)
+        self.compiled = _compile(self._model(), self.options.device, self.config, self.path)
         self.request = self.compiled.create_infer_request()
         self.inputs = {p.get_any_name(): None if p.get_partial_shape().rank.is_dynamic else
                        tuple(d.get_length() if d.is_static else None
@@ -405,8 +429,8 @@ class OpenVINORunner:
         check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
         if self._tput is None:
             self._tput = self.compiled if self.options.mode == "throughput" else \
-                shared_core().compile_model(self._model(), self.options.device,
-                                            compile_config(self.options, "throughput", False))
+                _compile(self._model(), self.options.device,
+                         compile_config(self.options, "throughput", False), self.path)
         jobs = int(self._tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.throughput_info = {"streams": int(self._tput.get_property("NUM_STREAMS")),
                                 "requests": jobs,

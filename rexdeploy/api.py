@@ -21,6 +21,7 @@ from dataclasses import replace
 from rexdeploy import __version__
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
 from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.device_check import overflow_note, record, say, strict
 from rexdeploy.errors import UserError
 from rexdeploy.inputspec import InputSpec, parse_input_specs
 from rexdeploy.progress import StageLog
@@ -65,7 +66,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
         from rexdeploy.cost_models import resolve
 
         config = replace(config, quant=replace(config.quant, budget_cost=resolve(
-            config.quant.budget_cost, config.target, config.device)))
+            config.quant.budget_cost, config.target, config.device, isa.saturates)))
     if preprocess:
         from rexdeploy.inputs import parse_preprocess
 
@@ -79,7 +80,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     with ArtifactWriter(output, force=force) as writer:
         stages = _run_pipeline(model, config, writer, log, backend, preprocess, isa)
         manifest = _manifest(stages["config"], stages, preprocess)
-        _strict_device_check(config, stages["report"].get("device_check") or {})
+        strict(config, stages["report"].get("device_check") or {})
         artifact = writer.commit(manifest)
     summary = stages["report"]["summary"]
     if artifact.manifest.get("engine") == "deferred":
@@ -89,86 +90,29 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
              f"{summary['skipped_layers']} kept float, runtime int8 coverage "
              f"{summary['int8_coverage']:.0%}")
-    _say_device_check(stages["report"].get("device_check"), log)
+    say(stages["report"].get("device_check"), log)
     return artifact
-
-
-def _isa_note(isa, q: QuantConfig, plan) -> str:
-    """What the target's int8 instruction set means for this build, for the log and report."""
-    from rexdeploy.report import overflow_summary
-
-    fix = overflow_summary(plan)
-    text = f"int8 instruction set {isa.describe()}"
-    if q.pair_limit is None:
-        if isa.saturates and q.activations == "int8":
-            text += ("; --overflow-fix off: int8 layers may saturate on this target (the device "
-                     "check measures it)")
-        return text
-    return (text + f"; weight codes pair-limited to {q.pair_limit} (--overflow-fix "
-            f"{q.overflow_fix}) in {fix['layers']} layers, {fix['channels_rescaled']} "
-            f"output channels on a coarser scale (mean {fix['bits_given_up']:.2f} bits given "
-            "up there)")
-
-
-DEVICE_CHECK_SAMPLES = 8  # the build's synthetic inputs the device check runs
 
 
 def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: list[dict],
                   float_model, loaded, log: StageLog, result) -> dict:
-    """Run the compiled model against its Q/DQ reference on the build's synthetic inputs
-    (rexdeploy/device_check.py), here or, for another CPU's ISA, in a child process that runs
-    that ISA's kernels; a dict saying why where it cannot run."""
-    from backends.cpu_isa import check_environment
-    from rexdeploy.device_check import CheckSpec, check
-
-    if not config.device_check:
-        return {"skipped": "--no-device-check"}
-    if result.info.get("engine") == "deferred":
-        return {"skipped": "no engine here (deferred): finish on the device, where the engine "
-                           "is checked"}
-    if config.target == "reference":
-        return {"skipped": "the reference is the device"}
-    env, why = check_environment(isa)
-    if env is None:
-        return {"skipped": why}
+    """The device check (rexdeploy/device_check.py) on the build's synthetic inputs."""
+    from rexdeploy.device_check import at_build
     from rexdeploy.sensitivity import sensitivity_samples
 
-    q = config.quant
-    samples, what = sensitivity_samples(
-        _synthetic_samples(float_model, config, loaded, log),
-        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
-        count=DEVICE_CHECK_SAMPLES)
-    spec = CheckSpec(writer.tmp, config.target, config.device, tuple(members),
-                     os.path.relpath(writer.path("float.onnx"), writer.tmp))
-    where = f" under {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""
-    with log.stage("device check", f"{config.target} vs reference on {len(samples)} {what}"
-                                   f"{where}"):
-        return check(spec, samples, what, env=env, tolerance_db=config.device_tolerance)
+    def samples():
+        q = config.quant
+        return sensitivity_samples(
+            _synthetic_samples(float_model, config, loaded, log),
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+            count=DEVICE_CHECK_SAMPLES)
+
+    return at_build(config, isa, writer.tmp, members,
+                    os.path.relpath(writer.path("float.onnx"), writer.tmp), samples, log,
+                    deferred=result.info.get("engine") == "deferred")
 
 
-def _say_device_check(result: dict | None, log: StageLog) -> None:
-    """The device check's verdict as the build's last lines: loud where the device disagrees."""
-    if not result:
-        return
-    from rexdeploy.device_check import summary_line
-
-    line = summary_line(result)
-    if result.get("skipped") or result.get("agrees", True):
-        log.info(f"device check: {line}")
-        return
-    log.console.print(f"[bold red]! device check {line}[/]")
-    log.console.print(f"[bold red]  likely cause: {result.get('likely_cause')}[/]")
-
-
-def _strict_device_check(config: BuildConfig, result: dict) -> None:
-    if config.strict_device_check and result and not result.get("skipped") \
-            and not result.get("agrees", True):
-        from rexdeploy.device_check import summary_line
-
-        raise UserError(f"device check (--strict-device-check): {summary_line(result)}; "
-                        f"likely cause: {result.get('likely_cause')}",
-                        "nothing was written; rebuild without --strict-device-check to keep the "
-                        "artifact and inspect it")
+DEVICE_CHECK_SAMPLES = 8  # the build's synthetic inputs the device check runs
 
 
 def _import_heavy() -> None:
@@ -243,7 +187,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
                                f"A:{config.quant.activations}"):
         plan, range_notes, ensemble = _quantize(float_model, layers, skipped, stats, config,
                                                 loaded, log)
-        isa_note = _isa_note(isa, config.quant, plan)
+        isa_note = overflow_note(isa, config.quant, plan)
         range_notes.append(isa_note)
         if config.quant.pair_limit is not None or isa.saturates:
             log.note(isa_note)
@@ -285,30 +229,13 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     report["summary"]["float_precision"] = config.float_dtype
     _mark_centred(report, centred_tensors(qdq))
     files = {"onnx": "model.onnx", **result.files}
-    _record_device_check(report, plan, isa, config, _device_check(
+    record(report, plan, isa, config, _device_check(
         config, isa, writer, [{"files": files, "weight": 1.0}], float_model, loaded, log,
         result))
     writer.write_json("report.json", report, "report")
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
-
-
-def _record_device_check(report: dict, plan, isa, config: BuildConfig, check: dict) -> None:
-    """The ISA and the device check into report.json (and its summary, which the manifest
-    copies); a disagreement gets its likely cause."""
-    from rexdeploy.device_check import likely_cause
-    from rexdeploy.report import overflow_summary
-
-    if not check.get("skipped") and not check.get("agrees", True):
-        check["likely_cause"] = likely_cause(check, isa.to_dict(), config.quant.pair_limit,
-                                             config.target)
-    report["device_check"] = check
-    s = report["summary"]
-    s["int8_isa"] = isa.to_dict()
-    s["overflow_fix"] = {"mode": config.quant.overflow_fix, "pair_limit": config.quant.pair_limit,
-                         **overflow_summary(plan)}
-    s["device_check"] = {k: check[k] for k in ("agrees", "loss_db", "skipped") if k in check}
 
 
 def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
@@ -463,7 +390,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
                    for mp in member_plans]
     report["summary"]["bops_ratio"] = round(sum(member_bops), 4)
     report["summary"]["bops_ratio_members"] = [round(b, 4) for b in member_bops]
-    _record_device_check(report, plan, isa, config, _device_check(
+    record(report, plan, isa, config, _device_check(
         config, isa, writer, [{"files": e["files"], "weight": e["weight"]} for e in entries],
         float_model, loaded, log, results[0]))
     writer.write_json("report.json", report, "report")

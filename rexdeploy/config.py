@@ -25,7 +25,8 @@ GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
 BUDGET_COST_CHOICES = ("auto", "bops", "time")  # --budget-cost (or a FILE.json)
-BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu",)  # + resolved names (cost_models.py)
+BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
+# names (cost_models.py)
 SMOOTH_MODES = ("auto", "all", "off")
 ROUNDINGS = ("auto", "nearest", "dc")
 MAX_ENSEMBLE = 8

@@ -25,20 +25,32 @@ from calib_free.sparse import BOPS, CostModel
 
 OPENVINO_CPU = CostModel("openvino-cpu", per_weight=17.0, per_output=40.0,
                          per_extra_output=86.0, per_float_input=40.0, min_bits=8)
+# The same fit on OpenVINO's pre-VNNI kernels (ONEDNN_MAX_CPU_ISA=AVX2 on an Intel Xeon with
+# AMX, one inference thread, openvino 2026.4.1; two fits: per weight 10 / 10, per output 40 /
+# 39, per extra-order output 62 / 68, per float input 0 / 0): `tools/bench/cost_model.py
+# --mixed-precision off` run under the cap, whose check lands budgets 1.1 / 1.25 / 1.5 at
+# 1.07 / 1.19 / 1.44x the order-1 time where BOPs land at 1.14 / 1.33 / 1.59x
+# (docs/benchmarks.md, "int8 on CPUs without VNNI"). A CPU whose int8 ISA saturates
+# (backends/cpu_isa.py) gets this one.
+OPENVINO_CPU_AVX2 = CostModel("openvino-cpu-avx2", per_weight=10.0, per_output=40.0,
+                              per_extra_output=65.0, per_float_input=0.0, min_bits=8)
 
-MODELS = {m.name: m for m in (BOPS, OPENVINO_CPU)}  # rexdeploy.config.BUDGET_COSTS names them
+MODELS = {m.name: m for m in (BOPS, OPENVINO_CPU, OPENVINO_CPU_AVX2)}  # config.BUDGET_COSTS
 
 
-def for_target(target: str, device: str = "CPU") -> CostModel | None:
-    """The measured time model of a target and device, None where there is none."""
+def for_target(target: str, device: str = "CPU", saturating_isa: bool = False
+               ) -> CostModel | None:
+    """The measured time model of a target and device (for OpenVINO CPU: the one of its int8
+    instruction set's kind), None where there is none."""
     if target == "openvino" and device.upper().startswith("CPU"):
-        return OPENVINO_CPU
+        return OPENVINO_CPU_AVX2 if saturating_isa else OPENVINO_CPU
     return None
 
 
-def resolve(choice: str, target: str, device: str = "CPU") -> str:
+def resolve(choice: str, target: str, device: str = "CPU", saturating_isa: bool = False) -> str:
     """The cost model's name for `--budget-cost choice`: auto is the target's time model where
-    one is measured, else BOPs; time where none is measured is an error; a FILE.json (a model
+    one is measured (on OpenVINO CPU, the one fitted on the target's kind of int8 ISA), else
+    BOPs; time where none is measured is an error; a FILE.json (a model
     `tools/bench/cost_model.py --write` fitted on another machine) is read now, and its absolute
     path is the name. A resolved name stays."""
     from rexdeploy.errors import UserError
@@ -49,7 +61,7 @@ def resolve(choice: str, target: str, device: str = "CPU") -> str:
         path = os.path.abspath(choice)
         load(path)
         return path
-    model = for_target(target, device)
+    model = for_target(target, device, saturating_isa)
     if choice == "time" and model is None:
         raise UserError(f"--budget-cost time: no time model is measured for target {target} "
                         f"on {device}", "use --budget-cost bops")

@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rexdeploy.errors import UserError
-
 DEFAULT_TOLERANCE_DB = 1.0
 
 
@@ -56,6 +54,8 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
     output's)."""
     if env:
         outputs = _in_child(spec, samples, env)
+        if isinstance(outputs, str):  # the child could not run this host as the target
+            return {"skipped": outputs, "environment": env}
     else:
         outputs = measure(spec, samples)
     loss = max((o["loss_db"] for o in outputs.values() if o.get("loss_db") is not None),
@@ -128,9 +128,11 @@ def _runner(spec: CheckSpec, backend: str | None):
     return EnsembleRunner(runners, [m["weight"] for m in spec.members])
 
 
-def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict:
+def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
     """`measure` in a child process with `env` added (oneDNN reads ONEDNN_MAX_CPU_ISA once per
-    process): the spec and samples go through a temporary directory, the result as JSON."""
+    process): the spec and samples go through a temporary directory, the result as JSON. Where
+    the child fails, why (a str): OpenVINO picks some kernels (bf16, compressed weights) by the
+    host's own features, which oneDNN then refuses under the cap."""
     with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp:
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             json.dump(asdict(spec), f)
@@ -140,9 +142,12 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict:
                               env={**os.environ, **env}, capture_output=True, text=True,
                               timeout=1800)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"the device check under {_env_text(env)} failed: {last}",
-                            "build with --no-device-check to skip it")
+            lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+            last = next((l for l in reversed(lines) if "Error" in l), lines[-1] if lines
+                        else "no output")
+            return (f"this host could not run the target's kernels under {_env_text(env)} "
+                    f"({last.strip()[:300]}); run `rexdeploy compare ART --synthetic 8` on "
+                    "the target to check it there")
         with open(os.path.join(tmp, "result.json")) as f:
             return json.load(f)
 
@@ -194,6 +199,90 @@ def summary_line(result: dict) -> str:
             f"{worst['reference_db']:.1f} dB against float, device vs reference "
             f"{worst['device_vs_reference_db']:.1f} dB, {result['samples']} {result['inputs']}"
             f"{where}")
+
+
+# -- at build time ---------------------------------------------------------------------------------
+def at_build(config, isa, root: str, members: list[dict], float_onnx: str, samples, log, *,
+             deferred: bool = False) -> dict:
+    """The build's device check of the compiled artifact in `root` (its members' files and the
+    float ONNX relative to it): here, or, for another CPU's ISA (a cross-build), in a child
+    process that runs that ISA's kernels; a dict saying why where it cannot run.
+    samples: a function giving (feeds list, what they are), called only when the check runs."""
+    from backends.cpu_isa import check_environment
+
+    if not config.device_check:
+        return {"skipped": "--no-device-check"}
+    if deferred:
+        return {"skipped": "no engine here (deferred): finish on the device, where the engine "
+                           "is checked"}
+    if config.target == "reference":
+        return {"skipped": "the reference is the device"}
+    env, why = check_environment(isa)
+    if env is None:
+        return {"skipped": why}
+    feeds, what = samples()
+    spec = CheckSpec(root, config.target, config.device, tuple(members), float_onnx)
+    where = f" under {_env_text(env)}" if env else ""
+    with log.stage("device check", f"{config.target} vs reference on {len(feeds)} {what}"
+                                   f"{where}"):
+        return check(spec, feeds, what, env=env, tolerance_db=config.device_tolerance)
+
+
+def record(report: dict, plan, isa, config, result: dict) -> None:
+    """The ISA, the overflow fix and the device check into report.json (and its summary, which
+    the manifest copies); a disagreement gets its likely cause."""
+    from rexdeploy.report import overflow_summary
+
+    if not result.get("skipped") and not result.get("agrees", True):
+        result["likely_cause"] = likely_cause(result, isa.to_dict(), config.quant.pair_limit,
+                                              config.target)
+    report["device_check"] = result
+    s = report["summary"]
+    s["int8_isa"] = isa.to_dict()
+    s["overflow_fix"] = {"mode": config.quant.overflow_fix, "pair_limit": config.quant.pair_limit,
+                         **overflow_summary(plan)}
+    s["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped") if k in result}
+
+
+def overflow_note(isa, q, plan) -> str:
+    """What the target's int8 instruction set means for this build, for the log and report."""
+    from rexdeploy.report import overflow_summary
+
+    fix = overflow_summary(plan)
+    text = f"int8 instruction set {isa.describe()}"
+    if q.pair_limit is None:
+        if isa.saturates and q.activations == "int8":
+            text += ("; --overflow-fix off: int8 layers may saturate on this target (the device "
+                     "check measures it)")
+        return text
+    return (text + f"; weight codes pair-limited to {q.pair_limit} (--overflow-fix "
+            f"{q.overflow_fix}) in {fix['layers']} layers, {fix['channels_rescaled']} "
+            f"output channels on a coarser scale (mean {fix['bits_given_up']:.2f} bits given "
+            "up there)")
+
+
+def say(result: dict | None, log) -> None:
+    """The device check's verdict as the build's last lines: loud where the device disagrees."""
+    if not result:
+        return
+    line = summary_line(result)
+    if result.get("skipped") or result.get("agrees", True):
+        log.info(f"device check: {line}")
+        return
+    log.console.print(f"[bold red]! device check {line}[/]")
+    log.console.print(f"[bold red]  likely cause: {result.get('likely_cause')}[/]")
+
+
+def strict(config, result: dict) -> None:
+    """--strict-device-check: a disagreement is a UserError (the artifact is not written)."""
+    if config.strict_device_check and result and not result.get("skipped") \
+            and not result.get("agrees", True):
+        from rexdeploy.errors import UserError
+
+        raise UserError(f"device check (--strict-device-check): {summary_line(result)}; "
+                        f"likely cause: {result.get('likely_cause')}",
+                        "nothing was written; rebuild without --strict-device-check to keep the "
+                        "artifact and inspect it")
 
 
 if __name__ == "__main__":  # the child of `_in_child`

@@ -204,6 +204,7 @@ def test_outputs_are_copies(built):
     np.testing.assert_array_equal(first, kept)
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 def test_precision_default_reports_what_the_device_uses(built):
     import openvino as ov

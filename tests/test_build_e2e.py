@@ -107,6 +107,7 @@ def test_existing_output_needs_force(cnn_file, cnn_artifact):
         rexdeploy.build(cnn_file, ["input:1x3x32x32"], output=cnn_artifact.path, quiet=True)
 
 
+@pytest.mark.cpuid_kernels
 def test_weight_only_and_orders(cnn_file, tmp_path):
     a = rexdeploy.build(cnn_file, ["input:1x3x32x32"], output=str(tmp_path / "w"), quiet=True,
                         config=rexdeploy.api.BuildConfig(
@@ -184,6 +185,7 @@ def test_keep_intermediates_dumps_each_stage(cnn_file, tmp_path):
     assert stage_files == ["00_float.onnx", "10_plan.json", "10_plan.npz", "20_qdq.onnx"], stage_files
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.parametrize("weights, orders", [("int4", 2), ("int6", 1), ("int2", 3)])
 def test_low_bit_weights(cnn_file, tmp_path, weights, orders):
     import onnx

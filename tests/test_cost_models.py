@@ -12,6 +12,7 @@ from torch import nn
 
 from calib_free.mixed import MixedLayer, allocate_mixed
 from calib_free.sparse import BOPS, CostModel, LayerCost, allocate_budget
+from conftest import int8_saturates
 
 TIME = CostModel("time", per_weight=10.0, per_output=20.0, per_extra_output=50.0,
                  per_float_input=30.0, min_bits=8)
@@ -94,6 +95,10 @@ def test_resolve():
     assert resolve("auto", "trt") == resolve("auto", "reference") == "bops"
     assert resolve("bops", "openvino") == "bops"
     assert resolve("openvino-cpu", "openvino") == "openvino-cpu"  # an artifact's resolved name
+    # the time model follows the int8 ISA: fitted on pre-VNNI kernels for a CPU without VNNI
+    assert resolve("auto", "openvino", "CPU", True) == "openvino-cpu-avx2"
+    assert resolve("time", "openvino", "CPU", False) == "openvino-cpu"
+    assert resolve("auto", "trt", "GPU", True) == "bops"
     with pytest.raises(UserError, match="no time model"):
         resolve("time", "trt")
 
@@ -139,8 +144,9 @@ def budget_builds(tmp_path_factory):
 
 def test_build_records_the_cost_model(budget_builds):
     timed = budget_builds["openvino", "auto"]
+    name = "openvino-cpu-avx2" if int8_saturates() else "openvino-cpu"  # the ISA's time model
     with open(timed.file("plan")) as f:
-        assert json.load(f)["config"]["budget_cost"] == "openvino-cpu"
+        assert json.load(f)["config"]["budget_cost"] == name
     s = timed.report()["summary"]
     assert 1.0 <= s["cost_ratio"] <= 1.2 + 1e-9
     rows = timed.report()["layers"]
@@ -150,7 +156,7 @@ def test_build_records_the_cost_model(budget_builds):
     from rexdeploy.cli import cli
 
     shown = CliRunner().invoke(cli, ["inspect", timed.path]).output
-    assert "budget 1.2 in the openvino-cpu time model" in " ".join(shown.split())
+    assert f"budget 1.2 in the {name} time model" in " ".join(shown.split())
     shown = CliRunner().invoke(cli, ["inspect", timed.path, "--layers"]).output
     assert "time x K=1" in shown
     plain = CliRunner().invoke(cli, ["inspect", budget_builds["openvino", "bops"].path,

@@ -38,6 +38,7 @@ def w4k2(tmp_path_factory):
                            config=BuildConfig(quant=quant))
 
 
+@pytest.mark.cpuid_kernels
 def test_every_linear_reads_int4_weights(w4k2):
     report = w4k2.report()
     assert not any(row["bias_corrected"] for row in report["layers"])
@@ -47,6 +48,7 @@ def test_every_linear_reads_int4_weights(w4k2):
         assert {r["precision"] for r in row["runtime"]} == {"i4"}, row
 
 
+@pytest.mark.cpuid_kernels
 def test_w4_k2_embeddings_stay_on_the_float_ones(w4k2):
     result = rexdeploy.compare(w4k2.path, TOKENS, limit=20, quiet=True)
     assert result["reference"].startswith("torch")

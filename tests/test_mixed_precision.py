@@ -312,6 +312,7 @@ def mixed_cnn(tmp_path_factory):
     return model, art
 
 
+@pytest.mark.cpuid_kernels
 def test_raised_layers_in_plan_and_report(mixed_cnn):
     _, art = mixed_cnn
     rep = art.report()
@@ -339,6 +340,7 @@ def test_raised_layers_in_plan_and_report(mixed_cnn):
     assert any(n.startswith("mixed precision: ") for n in rep["notes"])
 
 
+@pytest.mark.cpuid_kernels
 def test_raised_qdq_onnx_runs_in_onnxruntime(mixed_cnn):
     import onnx
     import onnxruntime as ort
@@ -363,6 +365,7 @@ def test_raised_qdq_onnx_runs_in_onnxruntime(mixed_cnn):
     assert sqnr > 15, sqnr
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 def test_raised_layers_run_int8_in_openvino(mixed_cnn):
     _, art = mixed_cnn

@@ -344,6 +344,7 @@ def test_ensemble_reproduces_the_exact_expansion_without_nonlinearities(tmp_path
     assert sqnr_db(outs["exact"], outs["base"]) < 60
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 def test_ensemble_artifact_compares_and_profiles(cnn_file, tmp_path):
     import rexdeploy

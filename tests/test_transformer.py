@@ -99,6 +99,7 @@ def test_compare_synthetic_draws_token_ids_and_full_masks(w8a8):
     assert result["samples"] == 4 and result["cosine_mean"] > 0.98, result
 
 
+@pytest.mark.cpuid_kernels
 def test_weight_only_int4_expansion_runs_compressed_and_is_closer(tiny_bert, sentences,
                                                                    tmp_path_factory):
     k1 = _build(tiny_bert, tmp_path_factory, "w4k1", weights="int4", activations="none")

@@ -55,6 +55,7 @@ def _build(path, tmp_path, name, target="openvino", **quant):
                            output=str(tmp_path / name))
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 @pytest.mark.parametrize("block", [None, 32, 64, 128])
 def test_int4_matmul_runs_as_compressed_fully_connected(block_file, tmp_path, block):
@@ -79,6 +80,7 @@ def test_int4_matmul_runs_as_compressed_fully_connected(block_file, tmp_path, bl
     assert sizes == ({block} if block else set())
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 @pytest.mark.parametrize("group, want", [(0, 0), (64, 64), (None, 32)])
 def test_dynamic_quantization_is_the_users_and_reported(block_file, tmp_path, group, want):
@@ -189,6 +191,7 @@ def test_fp16_activations_and_float_precision_validation():
     assert BuildConfig(target="trt", float_precision="fp32").float_dtype == "fp32"
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 def test_fp16_activations_on_openvino_are_requested_and_reported(block_file, tmp_path):
     art = _build(block_file, tmp_path, "fp16", activations="fp16", granularity="block",

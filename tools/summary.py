@@ -42,6 +42,20 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
     table.add_row("fidelity", f"{fid['samples']} real photos vs {fid['reference']}: logits SQNR "
                               f"{fid['sqnr_db']:.1f} dB, top-1 agreement {agree_text}, KL "
                               f"{fid['kl']:.4f}")
+    isa, fix = s.get("int8_isa"), s.get("overflow_fix") or {}
+    if isa:
+        table.add_row("int8 ISA", f"{isa['name']} ({isa['source']}): " + (
+            f"int8 pairs saturate in int16 here, weight codes pair-limited in {fix['layers']} "
+            "layers (--overflow-fix)" if fix.get("pair_limit") else
+            "int32 accumulation, nothing to limit"))
+    check = fid.get("device_check")
+    if check:
+        out = check["outputs"].get(fid.get("output"), {})
+        verdict = "within" if check["agrees"] else "[bold red]NOT within[/]"
+        table.add_row("device vs reference",
+                      f"{verdict} {check['tolerance_db']:g} dB: OpenVINO {out.get('device_db', 0):.1f}"
+                      f" dB, its Q/DQ ONNX in ONNX Runtime {out.get('reference_db', 0):.1f} dB "
+                      "against float on the same photos")
     for v in prof:
         lat = v["latency_ms"]["median"]
         ratio = f" ({lat / f32['latency_ms']['median']:.2f}x f32)" if f32 else ""

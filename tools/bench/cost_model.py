@@ -57,13 +57,24 @@ def main() -> int:
                     help="input spec of --model (repeat per input)")
     ap.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI")
     ap.add_argument("--preprocess", help="--preprocess of --model's image input")
+    ap.add_argument("--mixed-precision", default="activations",
+                    choices=("off", "activations"),
+                    help="the check's budget builds: with float inputs bought where they pay "
+                         "(activations, default) or orders only (off: under ONEDNN_MAX_CPU_ISA "
+                         "OpenVINO cannot compile a float-input Linear with int8 weights, whose "
+                         "kernel it picks by the CPU's own features)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "cost_model"))
     args = ap.parse_args()
 
     import examples
 
     import rexdeploy
-    from rexdeploy.cost_models import OPENVINO_CPU
+    from backends.openvino import int8_isa
+    from rexdeploy.cost_models import for_target
+
+    isa = int8_isa("auto")
+    OPENVINO_CPU = for_target("openvino", "CPU", isa.saturates)  # the model of this ISA's kind
+    print(f"int8 ISA {isa.describe()}: the code's time model is {OPENVINO_CPU.name}")
 
     if args.model:
         if not args.input:
@@ -142,8 +153,8 @@ def main() -> int:
         for cost in costs:
             tag = "fitted" if cost.endswith(".json") else cost
             checks.append((f"budget {x:g}, {tag}",
-                           build(f"b{x:g}_{tag}", budget=x, mixed_precision="activations",
-                                 budget_cost=cost)))
+                           build(f"b{x:g}_{tag}", budget=x,
+                                 mixed_precision=args.mixed_precision, budget_cost=cost)))
     print(f"\ntiming {len(checks)} builds, {args.rounds} interleaved rounds x {args.n} ...",
           flush=True)
     from cpu_time import interleaved_cpu_ms
@@ -190,7 +201,10 @@ def _write(path: str, fitted: dict) -> None:
 
     from rexdeploy.devinfo import device_info
 
-    model = {"name": f"openvino-cpu fitted on {platform.node() or 'this machine'}",
+    from backends.openvino import int8_isa
+
+    model = {"name": f"openvino-cpu fitted on {platform.node() or 'this machine'} "
+                     f"({int8_isa('auto').name})",
              **{k: round(max(v, 0.0), 1) for k, v in fitted.items()}, "min_bits": 8,
              "fitted": {"cpu": device_info().get("cpu_model", "?"),
                         "openvino": ov.get_version(), "by": "tools/bench/cost_model.py"}}
@@ -209,10 +223,18 @@ def _float_layers(art) -> dict:
     return {l.name: l for l in find_layers(ir.load(art.file("float_onnx")))[0]}
 
 
+def _model_of(art):
+    """The code's time model for the artifact's int8 ISA."""
+    from rexdeploy.cost_models import for_target
+
+    return for_target("openvino", "CPU", art.manifest["summary"]["int8_isa"]["saturates"])
+
+
 def _planned_time(art, layers: dict) -> float:
     """What the time model says of a build planned in BOPs (its layers' orders and inputs)."""
-    from rexdeploy.cost_models import OPENVINO_CPU, layer_metrics
+    from rexdeploy.cost_models import layer_metrics
 
+    OPENVINO_CPU = _model_of(art)
     cost = base = 0.0
     for r in art.report()["layers"]:
         bits_a = 8 if r["activation"] is not None else 32

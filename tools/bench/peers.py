@@ -95,13 +95,21 @@ def _save_ov(model, path: str) -> str:
     return path
 
 
-def nncf_quantize(float_onnx: str, out_dir: str, data: list[dict], transformer: bool = False
-                  ) -> str:
+def nncf_quantize(float_onnx: str, out_dir: str, data: list[dict], transformer: bool = False,
+                  overflow_fix: str | None = None) -> str:
+    """NNCF post-training W8A8 on `data`; overflow_fix: an nncf OverflowFix name (DISABLE,
+    FIRST_LAYER: its default, ENABLE: 7-bit weights in every layer) or None for the default."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(float_onnx)
     kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    if overflow_fix:
+        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                           OverflowFix)
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            overflow_fix=getattr(OverflowFix, overflow_fix))
     q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **kwargs)
     return _save_ov(q, os.path.join(out_dir, "model.xml"))
 
