@@ -25,7 +25,9 @@ from rexdeploy.errors import UserError
 # Runtime layer types that do the multiply-accumulate work; variants (GroupConvolution,
 # FullyConnectedCompressed, FullyConnectedQuantizedLegacy, ...) match by prefix.
 COMPUTE_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "GroupDeconvolution",
-                 "FullyConnected", "MatMul")
+                 "FullyConnected", "MatMul", "LSTMSequence", "GRUSequence", "RNNSequence",
+                 "AUGRUSequence", "LSTMCell", "GRUCell", "RNNCell", "AUGRUCell", "RNNSeq",
+                 "RNNCell")
 PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16", "default": None}
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 # Name decorations OpenVINO adds to a node it splits or renames (e.g. Conv + bias Add).
@@ -65,7 +67,39 @@ def onnx_node_names(onnx_path: str) -> dict[str, str]:
             for out in node.output:
                 names.setdefault(out, node.name)
             names[node.name] = node.name
+    names.update(_affine_followers(graph))
     return names
+
+
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+_AFFINE_OPS = ("Mul", "Add", "Sub", "Div", "BatchNormalization")
+
+
+def _affine_followers(graph) -> dict[str, str]:
+    """Node name -> the compute node it follows, for the per-channel affine ops (Mul/Add/Sub/Div
+    by a constant, BatchNormalization) right after a Conv/MatMul/Gemm: a folded BatchNorm as
+    Paddle2ONNX writes it. OpenVINO folds them into the layer and may name the fused layer after
+    the last of them, dropping the layer's own name from `originalLayersNames`."""
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in _COMPUTE_OPS or not node.name:
+            continue
+        value = node.output[0]
+        while len(consumers.get(value, [])) == 1:
+            nxt = consumers[value][0]
+            others = [i for i in nxt.input if i != value]
+            if nxt.op_type not in _AFFINE_OPS or not nxt.name or \
+                    not all(i in constants for i in others if i):
+                break
+            out[nxt.name] = node.name
+            value = nxt.output[0]
+    return out
 
 
 def _resolve(raw: str, node_names: dict[str, str] | None) -> tuple[str, ...]:

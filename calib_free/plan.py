@@ -101,6 +101,7 @@ class SkippedLayer:
     name: str
     op: str
     reason: str
+    macs: int = 0      # multiply-adds at batch 1 it does in float (0 where unknown)
 
 
 @dataclass(frozen=True, eq=False)

@@ -80,26 +80,99 @@ class LayerInfo:
                          int(self.weight_array.size), self.outputs, self.inputs)
 
 
-def find_layers(model: ir.Model) -> tuple[list[LayerInfo], list[SkippedLayer]]:
-    """The quantizable layers of the main graph, in graph order, and the layers kept float."""
+# Every op that does multiply-accumulate work: each is either quantized or listed as kept float
+# with its reason and multiply-adds (coverage by count and by MACs never leaves one out).
+COMPUTE_OPS = _COMPUTE + ("ConvTranspose", "LSTM", "GRU", "RNN", "Einsum")
+_RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def find_layers(model: ir.Model, dims: dict[str, int] | None = None
+                ) -> tuple[list[LayerInfo], list[SkippedLayer]]:
+    """The quantizable layers of the main graph, in graph order, and every other compute op
+    (COMPUTE_OPS, subgraphs of If/Loop/Scan included) kept float with its reason and MACs.
+    dims: values of named dynamic dims (--dim) the multiply-adds are counted at; a layer a
+    dynamic dim without one reaches counts 0."""
     layers: list[LayerInfo] = []
     skipped: list[SkippedLayer] = []
-    shapes = _output_shapes(model)
+    shapes = _output_shapes(model, dims or {})
     for node in model.graph:
         if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type == "ConvTranspose":
-            skipped.append(SkippedLayer(node.name, node.op_type,
-                                        "ConvTranspose is not supported yet; kept in float"))
-            continue
-        if node.op_type not in _COMPUTE:
+        skipped += _subgraph_layers(node)
+        if node.op_type not in COMPUTE_OPS:
             continue
         reason = _why_not(node)
         if reason:
-            skipped.append(SkippedLayer(node.name, node.op_type, reason))
+            skipped.append(SkippedLayer(node.name, node.op_type, reason,
+                                        skipped_macs(node, shapes)))
             continue
         layers.append(_layer_info(node, shapes.get(node.outputs[0].name)))
     return layers, skipped
+
+
+def _subgraph_layers(node: ir.Node) -> list[SkippedLayer]:
+    """The compute ops inside `node`'s subgraphs (If branches, Loop/Scan bodies), recursively:
+    only the main graph is quantized."""
+    out = []
+    for attr in node.attributes.values():
+        graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else \
+            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+        for graph in graphs:
+            for inner in graph:
+                if inner.op_type in COMPUTE_OPS and inner.domain in ("", "ai.onnx"):
+                    out.append(SkippedLayer(
+                        inner.name or f"{node.name}/{attr.name}/{inner.op_type}", inner.op_type,
+                        f"inside the {attr.name} subgraph of {node.op_type} {node.name}: only "
+                        "the main graph is quantized; kept in float"))
+                out += _subgraph_layers(inner)
+    return out
+
+
+def skipped_macs(node: ir.Node, shapes: dict[str, tuple]) -> int:
+    """Multiply-adds at batch 1 of a compute op kept float (0 where a shape is unknown)."""
+    op = node.op_type
+    out = shapes.get(node.outputs[0].name) if node.outputs else None
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if op in _RECURRENT_GATES:
+        return _recurrent_macs(node, shapes)
+    if op in ("Conv", "ConvTranspose") and weight is not None and weight.shape is not None:
+        w = [d for d in weight.shape]
+        if not all(isinstance(d, int) for d in w):
+            return 0
+        if op == "Conv":
+            return _macs(out, w[0], int(np.prod(w[1:])))
+        # ConvTranspose: every input element meets Cout/g x kernel weights
+        x = shapes.get(node.inputs[0].name) or _shape(node.inputs[0])
+        per_input = int(np.prod(w[1:]))
+        return _macs(x, w[0], per_input) if x else 0
+    if op in ("MatMul", "Gemm") and weight is not None:
+        k = _shape(node.inputs[0])
+        if not k or not isinstance(k[-1], int):
+            return 0
+        reduce = k[0] if op == "Gemm" and node.attributes.get_int("transA", 0) else k[-1]
+        return _macs(out, 0, int(reduce)) if out else 0
+    return 0
+
+
+def _recurrent_macs(node: ir.Node, shapes: dict[str, tuple]) -> int:
+    """LSTM/GRU/RNN: gates x hidden x (input + hidden) per step and direction, x steps."""
+    w = _shape(node.inputs[1]) if len(node.inputs) > 1 else None
+    x = shapes.get(node.inputs[0].name) or _shape(node.inputs[0])
+    if not w or not x or not all(isinstance(d, int) for d in w):
+        return 0
+    directions, gates_hidden, inputs = w
+    hidden = gates_hidden // _RECURRENT_GATES[node.op_type]
+    layout = node.attributes.get_int("layout", 0)
+    steps = x[1] if layout else x[0]
+    if not isinstance(steps, int):
+        return 0
+    return int(steps * directions * gates_hidden * (inputs + hidden))
+
+
+def _shape(value: ir.Value | None) -> tuple | None:
+    if value is None or value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else str(d) for d in value.shape)
 
 
 def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
@@ -123,6 +196,13 @@ def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
 def _why_not(node: ir.Node) -> str | None:
     """Why `node` (Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
     op = node.op_type
+    if op in _RECURRENT_GATES:
+        return (f"recurrent layers ({op}) are not quantized yet: OpenVINO and TensorRT run "
+                "them in float; kept in float")
+    if op == "ConvTranspose":
+        return "ConvTranspose is not supported yet; kept in float"
+    if op == "Einsum":
+        return "Einsum is not quantized; kept in float"
     if op == "Gemm" and node.attributes.get_int("transA", 0):
         return "Gemm with transA=1 is not supported yet; kept in float"
     if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
@@ -202,22 +282,37 @@ def _macs(shape: tuple | None, cout: int, per_output: int) -> int:
     return int(np.prod(dims, dtype=np.int64)) * per_output
 
 
-def _output_shapes(model: ir.Model) -> dict[str, tuple]:
+def _output_shapes(model: ir.Model, dims: dict[str, int] | None = None) -> dict[str, tuple]:
     """Static-or-symbolic output shapes of the compute nodes, inferring them on a clone when the
     graph does not carry them (the export often has no intermediate value_info)."""
     def collect(graph: ir.Graph) -> dict[str, tuple]:
-        return {n.outputs[0].name: tuple(d if isinstance(d, int) else str(d)
-                                         for d in n.outputs[0].shape)
-                for n in graph if n.op_type in _COMPUTE and n.outputs[0].shape is not None}
+        found = {}
+        for n in graph:
+            if n.op_type not in COMPUTE_OPS:
+                continue
+            for v in (n.outputs[0], n.inputs[0] if n.inputs else None):
+                if v is not None and v.shape is not None:
+                    found[v.name] = tuple(d if isinstance(d, int) else str(d) for d in v.shape)
+        return found
 
     shapes = collect(model.graph)
-    wanted = sum(1 for n in model.graph if n.op_type in _COMPUTE)
-    if len(shapes) < wanted:
-        from onnx_ir.passes.common import ShapeInferencePass
+    symbolic = any(isinstance(d, str) for s in shapes.values() for d in s)
+    if dims and symbolic or any(n.op_type in COMPUTE_OPS and n.outputs[0].name not in shapes
+                                for n in model.graph):
+        from rexdeploy.passes.shapes import QuietShapeInferencePass as ShapeInferencePass
 
         clone = model.clone()
+        if dims:  # the example values of the named dims, so the MACs they scale are counted
+            for value in clone.graph.inputs:
+                if value.shape is not None:
+                    value.shape = ir.Shape([dims.get(str(d), d) if not isinstance(d, int)
+                                            else d for d in value.shape])
+            for node in clone.graph:
+                for out in node.outputs:
+                    if not out.is_graph_output():
+                        out.shape = None
         ShapeInferencePass(strict_mode=False)(clone)
-        shapes = collect(clone.graph) | shapes
+        shapes = (shapes | collect(clone.graph)) if dims else (collect(clone.graph) | shapes)
     return shapes
 
 

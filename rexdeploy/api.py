@@ -133,7 +133,7 @@ def _check_input_sizes(specs) -> None:
     available = _available_memory()
     for spec in specs:
         n = 1
-        for d in spec.concrete_shape():
+        for d in spec.concrete_shape():  # named dims at 1: --dim is checked when used
             n *= d
         size = n * _ITEMSIZE.get(spec.dtype, 4)
         # export and statistics hold several activations of this size at once
@@ -170,6 +170,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         loaded = _load(model, config, load_model)
     with log.stage("export", f"ONNX opset {config.opset}"):
         float_model, specs = export_onnx(loaded, config.inputs, opset=config.opset)
+    _shape_note(float_model, log)
     config = _pixel_input(replace(config, inputs=specs), preprocess, log)
     # the budget allocator needs to know what a sparse order costs on this target
     config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(backend, config)))
@@ -179,8 +180,9 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         ir.save(float_model, writer.path("float.onnx", "float_onnx"))
         if keep:
             ir.save(float_model, writer.path("intermediates/00_float.onnx"))
+    _dims_note(config, log)
     with log.stage("analyze"):
-        layers, skipped = find_layers(float_model)
+        layers, skipped = find_layers(float_model, dict(config.dims))
     if not layers:
         log.note("no Conv/Gemm/MatMul with constant weights: nothing to quantize")
     with log.stage("quantize", f"W{config.quant.weight_bits} K={config.quant.max_orders} "
@@ -236,6 +238,39 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
+
+
+def _dims_note(config: BuildConfig, log: StageLog) -> None:
+    """--dim must name dynamic dims; a dynamic dim without one is said to take 1."""
+    named = {d for s in config.inputs for d in s.shape if isinstance(d, str)}
+    unknown = sorted({n for n, _ in config.dims} - named)
+    if unknown:
+        raise UserError(f"--dim {', '.join(unknown)}: no input has a dynamic dim of that name "
+                        f"(dynamic dims: {', '.join(sorted(named)) or 'none'})",
+                        "name the dim as --input gives it, e.g. --input x:1x1x64xW --dim W=256")
+    missing = sorted(named - {n for n, _ in config.dims} - {s.shape[0] for s in config.inputs
+                                                           if s.shape and
+                                                           isinstance(s.shape[0], str)})
+    if missing:
+        log.note(f"dynamic dim(s) {', '.join(missing)} take 1 in the synthetic inputs of the "
+                 "statistics and the device check, and the multiply-adds of the layers they "
+                 f"reach are not counted: pass --dim {missing[0]}=VALUE for a typical size")
+
+
+def _shape_note(float_model, log: StageLog) -> None:
+    """Say once, in one line, when ONNX's shape inference stopped on the model as given (a
+    stored shape contradicting the graph): the cleanup re-infers the shapes without the stored
+    ones; where it still cannot, a layer's shape stays unknown (0 multiply-adds counted)."""
+    from rexdeploy.passes.shapes import SHAPE_NOTE, inference_failure
+
+    given = float_model.meta.get(SHAPE_NOTE)
+    if not given:
+        return
+    still = inference_failure(float_model)
+    log.note(f"ONNX shape inference stops on this model as given ({given[:200]}): "
+             + ("shapes re-inferred without its stored ones" if still is None else
+                f"it still stops after dropping them ({still[:120]}); the build uses the "
+                "shapes it has"))
 
 
 def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
@@ -484,12 +519,14 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
     observed = {}
     notes = []
     if need:
-        samples = calib.samples if calib is not None and calib.user else \
-            _synthetic_samples(float_model, config, loaded, log)
+        natural = False
+        if calib is not None and calib.user:
+            samples, what = calib.samples, calib.source
+        else:
+            samples, what, natural = _range_samples(float_model, config, loaded, log)
         from rexdeploy.observe import observe
 
-        observed = observe(float_model, need, samples)
-        what = calib.source if q.ranges == "calib" else f"{len(samples)} synthetic inputs"
+        observed = observe(float_model, need, samples, natural=natural)
         notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
                      f"{len(tensors) - len(missing)} from statistics")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
@@ -618,6 +655,32 @@ def _refine(plan, float_model, layers, stats, observed, q: QuantConfig, calib, l
     return plan
 
 
+RANGE_IMAGES = 64  # natural synthetic images the auto ranges observe where statistics do not
+# reach (EfficientNet-Lite0 from torch.onnx.export: 8 of them 18.6 dB, 32 21.2, 64 22.6, 128 22.0,
+# 256 22.3; docs/benchmarks.md, "Ranges without BatchNorm")
+
+
+def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
+                   ) -> tuple[list[dict], str, bool]:
+    """The synthetic inputs the activation ranges are observed on where statistics do not
+    reach, what they are, and whether they are natural images. Under --ranges auto an image
+    input gets RANGE_IMAGES natural images (1/f noise, natural colour, on the pixel grid:
+    rexdeploy.sensitivity's), whose spatial correlations white noise lacks; other inputs and
+    modes the build's synthetic ones."""
+    from rexdeploy.sensitivity import image_inputs, sensitivity_samples
+
+    q = config.quant
+    base = _synthetic_samples(float_model, config, loaded, log)
+    if q.ranges != "auto" or not image_inputs(base):
+        return base, f"{len(base)} synthetic inputs", False
+    more = replace(config, quant=replace(q, synthetic_samples=RANGE_IMAGES))
+    samples, what = sensitivity_samples(
+        _synthetic_samples(float_model, more, loaded, log),
+        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+        count=RANGE_IMAGES)
+    return samples, f"{len(samples)} {what}", True
+
+
 def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:
     from rexdeploy.inputs import synthetic_inputs
     from rexdeploy.observe import integer_input_ranges
@@ -629,7 +692,7 @@ def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) 
     if q.ranges == "zeroq":
         return _zeroq_samples(config, loaded, log, ranges)
     return [feeds for _, feeds in synthetic_inputs(specs, q.synthetic_samples, q.seed, ranges,
-                                                   dict(q.input_grid))]
+                                                   dict(q.input_grid), dict(config.dims))]
 
 
 def _zeroq_samples(config: BuildConfig, loaded, log: StageLog, ranges) -> list[dict]:
@@ -700,7 +763,8 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
             preprocess: str | None = None, reference: str = "auto", backend: str | None = None,
             limit: int | None = None, quiet: bool = False, per_layer: bool = False,
             threshold_db: float | None = None, top: int | None = None,
-            ten_crop: bool = False, device_check: bool = True) -> dict:
+            ten_crop: bool = False, device_check: bool = True,
+            output_slices: tuple[str, ...] = ()) -> dict:
     """Float model vs the artifact on real (`inputs`) or synthetic inputs: fidelity metrics.
 
     ten_crop: each image of an `inputs` folder gives its ten standard crops (centre and four
@@ -710,6 +774,10 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     per_layer: also localise the error layer by layer (rexdeploy.localize: float.onnx vs
     model.onnx in ONNX Runtime, every quantized layer's output marked) under "per_layer";
     threshold_db (default 20) marks a layer bad, top (default 5) worst layers are listed.
+
+    output_slices: "NAME:AXIS:START:END[=LABEL]" parts of outputs compared on their own (a
+    detector's head concatenating boxes, objectness and class scores: one SQNR hides a class
+    score that collapsed), rexdeploy.fidelity.OutputSlice.
 
     device_check: where the artifact runs on its device (not ONNX Runtime), also run its Q/DQ
     ONNX in ONNX Runtime (the reference) and report, per output, the reference's fidelity and
@@ -743,7 +811,11 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
             ranges.update(_integer_ranges(art))
             grids = {n: step for n, step in
                      art.manifest["config"]["quant"].get("input_grid", [])}
-            samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges, grids)
+            samples = synthetic_inputs(specs, synthetic or 16, 1234, ranges, grids,
+                                       {n: v for n, v in art.manifest["config"].get("dims", [])})
+    from rexdeploy.fidelity import parse_output_slice
+
+    slices = tuple(parse_output_slice(t) for t in output_slices)
     ref_runner, ref_name = _reference_runner(art, reference)
     test_runner = _artifact_runner(art, backend)
     on_device = _runs_on_device(art, backend)
@@ -752,7 +824,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                               f"{backend or art.target}" +
                               (" and its Q/DQ reference (onnxruntime)" if qdq_runner else "")):
         with ref_runner as r, test_runner as t, (qdq_runner or contextlib.nullcontext()) as q:
-            result = run_compare(r, t, samples, labels=labels, qdq_runner=q,
+            result = run_compare(r, t, samples, labels=labels, qdq_runner=q, slices=slices,
                                  tolerance_db=art.manifest["config"].get("device_tolerance",
                                                                          1.0))
     result["reference"] = ref_name

@@ -353,6 +353,9 @@ class BuildConfig:
     device_check: bool = True
     device_tolerance: float = 1.0
     strict_device_check: bool = False
+    # example values of named dynamic dims (--dim W=256): the synthetic inputs of the
+    # statistics and the device check take them, and so do the multiply-add counts; 1 without
+    dims: tuple[tuple[str, int], ...] = ()
 
     def validate(self) -> None:
         if self.opset < 21:
@@ -390,6 +393,11 @@ class BuildConfig:
         if self.strict_device_check and not self.device_check:
             raise UserError("--strict-device-check with --no-device-check: nothing to be strict "
                             "about", "drop one of them")
+        for name, value in self.dims:
+            if not 1 <= value <= 1_000_000:
+                raise UserError(f"--dim {name}={value}: a dimension from 1 to 1000000")
+        if len({n for n, _ in self.dims}) != len(self.dims):
+            raise UserError("--dim given twice for one name", "give each dynamic dim once")
         if self.dla_core is not None and self.dla_core < 0:
             raise UserError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
         for name, lo, opt, hi in self.dim_ranges:
@@ -429,4 +437,5 @@ class BuildConfig:
         q["exclude"] = tuple(q.get("exclude", ()))
         inputs = tuple(InputSpec.from_dict(s) for s in d.pop("inputs", ()))
         d["dim_ranges"] = tuple(tuple(r) for r in d.get("dim_ranges", ()))
+        d["dims"] = tuple(tuple(r) for r in d.get("dims", ()))
         return cls(inputs=inputs, quant=QuantConfig(**q), **d)

@@ -8,8 +8,10 @@ Runtime) on its own synthetic inputs and records, per output:
 
     reference_db           SQNR of the reference against the float model
     device_db              SQNR of the device against the float model
-    loss_db                reference_db - device_db: what the device loses on top of the plan
     device_vs_reference_db SQNR of the device against the reference
+    loss_db                what the device loses against its reference (rexdeploy.fidelity.
+                           device_loss_db: the smaller of reference_db - device_db and what its
+                           departure would cost if independent of the plan's error)
 
 A loss above the tolerance (1 dB by default) is a loud warning naming the likely cause, or with
 `--strict-device-check` an error. Where the target CPU is another than this host's (a
@@ -68,7 +70,7 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
 def measure(spec: CheckSpec, samples: list[dict]) -> dict:
     """Per float output: reference_db, device_db, loss_db and device_vs_reference_db (module
     docstring), in this process."""
-    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.fidelity import device_loss_db, sqnr_db
 
     runs = {"float": [], "reference": [], "device": []}
     with _float_runner(spec) as f, _runner(spec, "reference") as r, _runner(spec, None) as d:
@@ -88,19 +90,14 @@ def measure(spec: CheckSpec, samples: list[dict]) -> dict:
         if flt is not None and flt.shape == ref.shape:
             row["reference_db"] = _db(sqnr_db(flt, ref))
             row["device_db"] = _db(sqnr_db(flt, dev))
-            row["loss_db"] = _loss(row["reference_db"], row["device_db"])
+            row["loss_db"] = round(device_loss_db(row["reference_db"], row["device_db"],
+                                                  row["device_vs_reference_db"]), 3)
         out[name] = row
     return out
 
 
 def _db(x: float) -> float:
     return round(x, 3) if math.isfinite(x) else (999.0 if x > 0 else -999.0)
-
-
-def _loss(reference_db: float, device_db: float) -> float:
-    """dB the device loses against the reference's fidelity; a device better than the
-    reference loses nothing (0)."""
-    return round(max(0.0, min(reference_db, 120.0) - min(device_db, 120.0)), 3)
 
 
 def _float_runner(spec: CheckSpec):
@@ -193,12 +190,11 @@ def summary_line(result: dict) -> str:
         return f"{result['samples']} samples: no float output to compare"
     worst = max(rows, key=lambda o: o["loss_db"])
     where = f" (under {_env_text(result['environment'])})" if result.get("environment") else ""
-    verdict = "agrees" if result["agrees"] else \
-        f"DISAGREES by {result['loss_db']:.1f} dB (tolerance {result['tolerance_db']:g} dB)"
-    return (f"{verdict}: device {worst['device_db']:.1f} dB vs reference "
-            f"{worst['reference_db']:.1f} dB against float, device vs reference "
-            f"{worst['device_vs_reference_db']:.1f} dB, {result['samples']} {result['inputs']}"
-            f"{where}")
+    verdict = f"agrees (loses {result['loss_db']:.2f} dB)" if result["agrees"] else \
+        f"DISAGREES: loses {result['loss_db']:.1f} dB (tolerance {result['tolerance_db']:g} dB)"
+    return (f"{verdict}: device vs reference {worst['device_vs_reference_db']:.1f} dB; against "
+            f"float: device {worst['device_db']:.1f} dB, reference {worst['reference_db']:.1f} "
+            f"dB; {result['samples']} {result['inputs']}{where}")
 
 
 # -- at build time ---------------------------------------------------------------------------------

@@ -440,12 +440,14 @@ def on_grid(x, step: float, lo_hi: tuple[float, float]):
 
 def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
                      ranges: dict[str, tuple[float, float]] | None = None,
-                     grids: dict[str, float] | None = None) -> list[tuple[str, dict]]:
+                     grids: dict[str, float] | None = None,
+                     dims: dict[str, int] | None = None) -> list[tuple[str, dict]]:
     """`n` random samples: float inputs N(0, 1), or uniform in `ranges[name]` = (lo, hi), and
     then on the grid `grids[name]` (pixels through --preprocess: a real image's values are
     multiples of it, so synthetic ones are too); integer inputs uniform in [0, 100), or
-    [lo, hi); bool inputs fair coins. Named dynamic dims take 1. Sample i is the same whatever
-    `n` is (one generator, drawn in order)."""
+    [lo, hi); bool inputs fair coins. Named dynamic dims take their value in `dims` (the
+    build's --dim), else 1. Sample i is the same whatever `n` is (one generator, drawn in
+    order)."""
     import numpy as np
 
     if n < 1:
@@ -456,7 +458,8 @@ def synthetic_inputs(specs: list[dict], n: int, seed: int = 0,
     for i in range(n):
         feeds = {}
         for spec in specs:
-            shape = tuple(1 if isinstance(d, str) else d for d in spec["shape"])
+            shape = tuple((dims or {}).get(d, 1) if isinstance(d, str) else d
+                          for d in spec["shape"])
             dtype = np.dtype(spec.get("dtype", "float32"))
             lo_hi = ranges.get(spec["name"])
             if dtype == np.bool_:

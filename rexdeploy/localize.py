@@ -115,9 +115,9 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     device: (name, factory) where factory(path of a Q/DQ ONNX) gives a runner (a context manager
     with `infer`) of the target device: the same marked Q/DQ model then also runs there, and each
     row gains device_sqnr_db (the device's layer output vs the float model's) and
-    device_vs_reference_db (vs ONNX Runtime's); "first_device_loss" is the first row whose
-    device_sqnr_db is more than `device_tolerance_db` below sqnr_db: where the runtime departs
-    from what the plan means.
+    device_vs_reference_db (vs ONNX Runtime's); "first_device_loss" is the first row where the
+    device loses more than `device_tolerance_db` against ONNX Runtime (rexdeploy.fidelity.
+    device_loss_db): where the runtime departs from what the plan means.
     """
     import onnx_ir as ir
     import onnxruntime as ort
@@ -167,8 +167,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
         result["device"] = device[0]
         result["device_tolerance_db"] = device_tolerance_db
         result["first_device_loss"] = next(
-            (r for r in rows if r["sqnr_db"] is not None and r["device_sqnr_db"] is not None
-             and r["device_sqnr_db"] < min(r["sqnr_db"], 120.0) - device_tolerance_db), None)
+            (r for r in rows if _device_loses(r, device_tolerance_db)), None)
     return result
 
 
@@ -184,6 +183,17 @@ def _accumulate(taps, ref: dict, test: dict, acc: dict, loc: dict, locals_: dict
             feed = session.get_inputs()[0]
             out = session.run(None, {feed.name: x.astype(_NUMPY.get(feed.type, np.float32))})[0]
             loc[t.name].add(ref[t.output], out.astype(np.float64) - shift)
+
+
+def _device_loses(row: dict, tolerance_db: float) -> bool:
+    """Whether the device loses more than tolerance_db against ONNX Runtime at this layer
+    (rexdeploy.fidelity.device_loss_db)."""
+    from rexdeploy.fidelity import device_loss_db
+
+    if row["sqnr_db"] is None or row.get("device_vs_reference_db") is None:
+        return False
+    return device_loss_db(row["sqnr_db"], row["device_sqnr_db"],
+                          row["device_vs_reference_db"]) > tolerance_db
 
 
 def _device_row(pooled) -> dict:
@@ -447,8 +457,7 @@ def render_per_layer(result: dict):
     for r in result["layers"]:
         bad = (r["sqnr_db"] is not None and r["sqnr_db"] < thr) or \
             (r["local_sqnr_db"] is not None and r["local_sqnr_db"] < thr) or \
-            (on_device and r["device_sqnr_db"] is not None and r["sqnr_db"] is not None
-             and r["device_sqnr_db"] < min(r["sqnr_db"], 120.0) - tol)
+            (on_device and _device_loses(r, tol))
         style = "red" if bad else ("yellow" if r["name"] in worst else None)
         extra = (_fmt(r["device_sqnr_db"], ".1f"), _fmt(r["device_vs_reference_db"], ".1f")) \
             if on_device else ()

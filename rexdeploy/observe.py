@@ -21,6 +21,8 @@ class Observed:
     hi: float
     channel_mean: np.ndarray  # [C], channel axis 1 (rank 3: last axis)
     channel_absmax: np.ndarray | None = None  # [C] max |x| per channel, same axis
+    natural: bool = False  # observed on natural synthetic images (1/f noise, natural colour):
+    # their channel means are fit for the data-free bias correction, white noise's are not
 
     @property
     def bound(self) -> float:
@@ -32,8 +34,9 @@ class Observed:
 
 
 def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarray]],
-            threads: int | None = None) -> dict[str, Observed]:
-    """Min/max and per-channel means of the named float tensors over `samples`."""
+            threads: int | None = None, natural: bool = False) -> dict[str, Observed]:
+    """Min/max and per-channel means of the named float tensors over `samples` (natural: they
+    are natural synthetic images, Observed.natural)."""
     import onnxruntime as ort
 
     if not names or not samples:
@@ -57,7 +60,7 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
             a[3] += 1
             cmax = _channel_absmax(x)
             a[4] = cmax if a[4] is None else np.maximum(a[4], cmax)
-    return {n: Observed(a[0], a[1], a[2] / a[3], a[4]) for n, a in acc.items()}
+    return {n: Observed(a[0], a[1], a[2] / a[3], a[4], natural) for n, a in acc.items()}
 
 
 def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:

@@ -34,6 +34,8 @@ class ProfileConfig:
     layers: bool = True             # per-layer times (PERF_COUNT)
     layer_iterations: int = 20
     keep_times: bool = False        # keep every latency sample (for --plot)
+    dims: tuple[tuple[str, int], ...] = ()  # named dynamic dims -> size (default: the build's
+                                    # --dim, else 1); the profile says which it ran
 
     def validate(self) -> "ProfileConfig":
         if self.batch is not None and self.batch < 1:
@@ -77,8 +79,12 @@ def run_profile(artifacts: list[str], config: ProfileConfig, *, compare: bool = 
     log = StageLog(quiet=quiet)
     how = f"{config.iterations} iterations" if config.iterations else f"{config.duration:g} s"
     devices = ", ".join(sorted({v["options"].device for v in variants}))
+    dims = {k: v for k, v in profile_dims(arts[0], config).items()
+            if not (config.batch and _is_batch(arts[0], k))}
+    shown = f", dynamic dims {', '.join(f'{k}={v}' for k, v in sorted(dims.items()))}" \
+        if dims else ""
     with log.stage("profile", f"{len(variants)} variants x {config.rounds} rounds x {how} on "
-                              f"{devices}"):
+                              f"{devices}{shown}"):
         results = profile_variants([(v["label"], v["factory"]) for v in variants],
                                    [v["feeds"] for v in variants], duration_s=config.duration,
                                    rounds=config.rounds, settings=settings)
@@ -90,7 +96,8 @@ def run_profile(artifacts: list[str], config: ProfileConfig, *, compare: bool = 
             for v, result in zip(variants, results):
                 result["layers"] = _layers(v, config.layer_iterations)
     settings_doc = {**asdict(config), "compare": compare,
-                    "device": config.device or arts[0].manifest.get("device", "CPU")}
+                    "device": config.device or arts[0].manifest.get("device", "CPU"),
+                    "dims": dims}
     return to_document(results, device=device_info(), settings=settings_doc,
                        artifacts=[a.path for a in arts])
 
@@ -164,13 +171,31 @@ def _feeds(art, config: ProfileConfig) -> dict:
     if config.inputs in (None, "random"):
         ranges = {n: (lo, hi) for n, lo, hi in
                   art.manifest["config"]["quant"].get("input_ranges", [])}
-        samples = synthetic_inputs(specs, batch, 0, ranges)
+        samples = synthetic_inputs(specs, batch, 0, ranges, dims=profile_dims(art, config))
     else:
         samples = load_inputs(config.inputs, specs, art.manifest.get("preprocess"), batch)
     if config.batch is None:
         return samples[0][1]
     chosen = [samples[i % len(samples)][1] for i in range(batch)]
     return {name: np.concatenate([s[name][:1] for s in chosen], axis=0) for name in chosen[0]}
+
+
+def _is_batch(art, name: str) -> bool:
+    return any(s["shape"] and s["shape"][0] == name for s in art.manifest["inputs"])
+
+
+def profile_dims(art, config: ProfileConfig) -> dict[str, int]:
+    """The size of every named dynamic dim of the artifact's inputs as profiled: --dim, else
+    the build's --dim, else 1 (a batch dim the --batch sets)."""
+    named = {d for s in art.manifest["inputs"] for d in s["shape"] if isinstance(d, str)}
+    dims = {n: 1 for n in named}
+    dims.update({n: v for n, v in art.manifest.get("config", {}).get("dims", [])})
+    dims.update(dict(config.dims))
+    unknown = sorted(set(dict(config.dims)) - named)
+    if unknown:
+        raise UserError(f"--dim {', '.join(unknown)}: {art.path} has no dynamic dim of that "
+                        f"name (dynamic dims: {', '.join(sorted(named)) or 'none'})")
+    return dims
 
 
 def _layers(v: dict, iterations: int) -> dict:

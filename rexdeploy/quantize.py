@@ -54,7 +54,14 @@ def use_stats(s: TensorStats | None, mode: str) -> bool:
     """Whether the data-free moments of a tensor are trusted under range mode `mode`."""
     if s is None or mode in ("synthetic", "zeroq", "calib"):  # calib: the user's --calib data
         return False
-    return mode == "stats" or "ln" not in s.roots  # auto: LayerNorm moments miss outliers
+    if mode == "stats":
+        return True
+    # auto: LayerNorm moments miss outliers; an input's moments pushed through convolutions
+    # with no BatchNorm to re-anchor them (a folded-BatchNorm export, a model without
+    # BatchNorm) lose the pixels' correlations: EfficientNet-Lite0 from torch.onnx.export 12.3 dB with them,
+    # 22.6 dB observed on natural synthetic images (docs/benchmarks.md, "Ranges without
+    # BatchNorm")
+    return "ln" not in s.roots and not (s.through_conv and "bn" not in s.roots)
 
 
 def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: list[str],
@@ -493,7 +500,8 @@ def _input_mean(s: TensorStats | None, o: Observed | None, config: QuantConfig,
                 channels: int) -> np.ndarray | None:
     if use_stats(s, config.ranges) and s.mean.size == channels:
         return s.mean
-    if o is not None and o.channel_mean.size == channels and observed_means(config):
+    if o is not None and o.channel_mean.size == channels and (observed_means(config)
+                                                               or o.natural):
         return o.channel_mean
     return None
 

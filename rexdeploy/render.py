@@ -34,7 +34,8 @@ def build_table(artifact) -> Table:
                                       "(deferred; see build_engine.sh)[/]")
         return table
     table.add_row("runtime int8", f"[{colour}]{s['runtime_int8_layers']}/"
-                                  f"{s['runtime_compute_layers']} compute layers ({cov:.1%})[/]")
+                                  f"{s['runtime_compute_layers']} compute layers ({cov:.1%})[/]"
+                                  + _macs_text(s))
     low_bit = s.get("runtime_low_bit_layers", 0)
     if low_bit > s["runtime_int8_layers"]:  # weight-only: integer weights, float compute
         table.add_row("runtime weights", f"{low_bit}/{s['runtime_compute_layers']} compute "
@@ -63,6 +64,21 @@ def _target_rows(table: Table, s: dict, check: dict | None) -> None:
         line = summary_line(check)
         table.add_row("device check", f"[bold red]{line}[/]" if bad else
                       f"[green]{line}[/]" if not check.get("skipped") else line)
+
+
+def _macs_text(s: dict) -> str:
+    """"; 80% of the multiply-adds (LSTM ... float)": coverage by MACs, where it was counted."""
+    if "int8_coverage_macs" not in s:
+        return ""
+    share = s["int8_coverage_macs"]
+    colour = "green" if share >= 0.95 else "yellow" if share >= 0.5 else "red"
+    text = f"; [{colour}]{share:.0%} of the multiply-adds[/]"
+    if s.get("macs_float"):
+        total = s["macs"] + s["macs_float"]
+        text += f" ({s['macs_float'] / total:.0%} in layers kept float)"
+    if s.get("macs_unknown_layers"):
+        text += f", {s['macs_unknown_layers']} layer(s) of unknown shape not counted"
+    return text
 
 
 def _quantization(cfg: dict) -> str:
@@ -112,7 +128,7 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
         head.add_row("quantization", _quantization(cfg))
         head.add_row("expansion", _expansion(cfg, s))
     head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
-                                  f"({s['int8_coverage']:.1%})")
+                                  f"({s['int8_coverage']:.1%})" + _macs_text(s))
     _target_rows(head, s, report.get("device_check"))
     head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     head.add_row("files", ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)"
@@ -122,10 +138,12 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
     tables = [head]
     if report["skipped"]:
         t = Table(title="kept in float")
-        for col in ("layer", "op", "reason"):
-            t.add_column(col)
+        for col in ("layer", "op", "MMACs", "reason"):
+            t.add_column(col, justify="right" if col == "MMACs" else "left")
         for row in report["skipped"]:
-            t.add_row(row["name"], row["op"], row["reason"])
+            macs = row.get("macs")
+            t.add_row(row["name"], row["op"], f"{macs / 1e6:.1f}" if macs else "?",
+                      row["reason"])
         tables.append(t)
     if layers:
         tables.append(layer_table(report))

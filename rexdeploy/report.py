@@ -58,7 +58,8 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
                                f"weights are PowerQuant lookup tables: {TABLE_FLOAT_REASON}"]
     int8 = sum(r["int8"] for r in runtime)
     coverage = int8 / len(runtime) if runtime else 0.0
-    skipped = [{"name": s.name, "op": s.op, "reason": s.reason} for s in plan.skipped]
+    skipped = [{"name": s.name, "op": s.op, "reason": s.reason, "macs": s.macs}
+               for s in plan.skipped]
     return {
         "version": REPORT_VERSION,
         "summary": {
@@ -71,6 +72,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
                                           for r in runtime),
             "int8_coverage": round(coverage, 4),
             "macs": sum(r["macs"] for r in rows),
+            **macs_coverage(rows, skipped),
             **({"float_compute_layers": table_layers} if table_layers else {}),
             **({"mixed_precision": [{"layer": r["name"], **{k: {x: y for x, y in v.items()
                                                               if x != "why"}
@@ -136,3 +138,18 @@ def overflow_summary(plan) -> dict:
     bits = sum(r["bits_given_up"] * r["channels_rescaled"] for r in rows)
     return {"layers": len(rows), "channels_rescaled": moved,
             "bits_given_up": round(bits / moved, 4) if moved else 0.0}
+
+
+def macs_coverage(rows: list[dict], skipped: list[dict]) -> dict:
+    """Coverage by multiply-adds (batch 1, the build's example shape): the MACs of the layers
+    that run int8 (or read integer weights) over those of every compute op, kept-float ones
+    (recurrent layers, ConvTranspose, attention MatMuls, subgraphs) included. macs_unknown:
+    compute ops whose shape stayed unknown (0 MACs counted)."""
+    int8 = sum(r["macs"] for r in rows if r["runs_int8"])
+    low_bit = sum(r["macs"] for r in rows if r["runs_int8"] or r["runs_low_bit"])
+    total = sum(r["macs"] for r in rows) + sum(s["macs"] for s in skipped)
+    unknown = sum(r["macs"] == 0 for r in rows) + sum(s["macs"] == 0 for s in skipped)
+    return {"macs_float": sum(s["macs"] for s in skipped),
+            "int8_coverage_macs": round(int8 / total, 4) if total else 0.0,
+            "low_bit_coverage_macs": round(low_bit / total, 4) if total else 0.0,
+            "macs_unknown_layers": unknown}

@@ -93,7 +93,7 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
     from calib_free.mixed import pink_noise_images
 
     samples = [dict(s) for s in samples[:count]]
-    images = [name for name, x in samples[0].items() if _image_like(x)] if samples else []
+    images = image_inputs(samples)
     for name in images:
         x = samples[0][name]
         noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name)).numpy()
@@ -108,6 +108,11 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
     what = "synthetic inputs" + (f" (images: 1/f noise{', natural colour' if colour else ''})"
                                  if images else "")
     return samples, what
+
+
+def image_inputs(samples: list[dict]) -> list[str]:
+    """The image-like inputs (float, [1, C, H, W], H and W >= 16) of the samples."""
+    return [name for name, x in samples[0].items() if _image_like(x)] if samples else []
 
 
 def _image_like(x) -> bool:

@@ -37,6 +37,11 @@ class TensorStats:
     lo: float
     hi: float
     roots: frozenset[str]  # which of ROOTS the statistics were derived from
+    # carried through a convolution since their root: an input's moments pushed through a
+    # kernel assume independent inputs, and neighbouring pixels are not (their correlation is
+    # lost), so without a BatchNorm re-anchoring them they are a weak guess (use_stats passes
+    # them over); through a Linear layer of independent features they hold
+    through_conv: bool = False
 
     @property
     def bound(self) -> float:
@@ -106,7 +111,7 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
         result = _clipped(first, lo, hi)
     elif op == "Pad" and first is not None:
         result = TensorStats(first.mean, first.var, min(first.lo, 0.0), max(first.hi, 0.0),
-                             first.roots)
+                             first.roots, first.through_conv)
     elif op in ("Conv", "Gemm", "MatMul") and first is not None:
         result = _linear(node, first, sigma)
     elif op in ("Add", "Sub"):
@@ -119,12 +124,12 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
 
 # -- rules -------------------------------------------------------------------------------------
 def _from_moments(mean: np.ndarray, var: np.ndarray, sigma: float,
-                  roots: frozenset[str]) -> TensorStats:
+                  roots: frozenset[str], through_conv: bool = False) -> TensorStats:
     mean = np.asarray(mean, np.float64).ravel()
     var = np.maximum(np.asarray(var, np.float64).ravel(), 0.0)
     std = np.sqrt(var)
     return TensorStats(mean, var, float(np.min(mean - sigma * std)),
-                       float(np.max(mean + sigma * std)), roots)
+                       float(np.max(mean + sigma * std)), roots, through_conv)
 
 
 def _clipped(s: TensorStats, lo: float | None, hi: float | None) -> TensorStats:
@@ -139,7 +144,7 @@ def _clipped(s: TensorStats, lo: float | None, hi: float | None) -> TensorStats:
     if lo is not None:
         new_hi = max(new_hi, lo)
     return TensorStats(m.double().numpy(), v.double().numpy(), float(new_lo), float(new_hi),
-                       s.roots)
+                       s.roots, s.through_conv)
 
 
 def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
@@ -167,7 +172,8 @@ def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
     mean, var = _fit_channels(s, cin)
     t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
     m, v = fn(t(weight), t(bias.ravel()) if bias is not None else None, t(mean), t(var))
-    return _from_moments(m.numpy(), v.numpy(), sigma, s.roots)
+    return _from_moments(m.numpy(), v.numpy(), sigma, s.roots,
+                         through_conv=s.through_conv or node.op_type == "Conv")
 
 
 def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,
@@ -177,7 +183,8 @@ def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,
     if a is not None and b is not None:
         c = max(a.mean.size, b.mean.size)
         (ma, va), (mb, vb) = _fit_channels(a, c), _fit_channels(b, c)
-        return _from_moments(ma + sign * mb, va + vb, sigma, a.roots | b.roots)
+        return _from_moments(ma + sign * mb, va + vb, sigma, a.roots | b.roots,
+                             a.through_conv or b.through_conv)
     # tensor + constant (e.g. a MatMul's bias): shift the mean
     known, const_value = (a, node.inputs[1]) if a is not None else (b, node.inputs[0])
     const = _const(const_value) if const_value is not None else None
@@ -189,7 +196,8 @@ def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,
     if known is b and subtract:
         return None  # constant - tensor: rare, not worth a rule
     mean = known.mean + sign * shift
-    return _from_moments(mean, known.var * np.ones_like(mean), sigma, known.roots)
+    return _from_moments(mean, known.var * np.ones_like(mean), sigma, known.roots,
+                         known.through_conv)
 
 
 def _concat(node: ir.Node, inputs: list[TensorStats | None], out: ir.Value) -> TensorStats | None:
@@ -205,7 +213,8 @@ def _concat(node: ir.Node, inputs: list[TensorStats | None], out: ir.Value) -> T
         mean = np.concatenate([s.mean for s in inputs])
         var = np.concatenate([s.var for s in inputs])
     return TensorStats(mean, var, min(s.lo for s in inputs), max(s.hi for s in inputs),
-                       frozenset().union(*(s.roots for s in inputs)))
+                       frozenset().union(*(s.roots for s in inputs)),
+                       any(s.through_conv for s in inputs))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -232,7 +241,7 @@ def _fit_channels(s: TensorStats, channels: int) -> tuple[np.ndarray, np.ndarray
 
 def _reshaped(s: TensorStats, channels: int) -> TensorStats:
     mean, var = _fit_channels(s, channels)
-    return TensorStats(mean, var, s.lo, s.hi, s.roots)
+    return TensorStats(mean, var, s.lo, s.hi, s.roots, s.through_conv)
 
 
 def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:

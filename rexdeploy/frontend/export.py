@@ -42,6 +42,10 @@ def export_onnx(loaded: LoadedModel, specs: tuple[InputSpec, ...] = (),
     else:
         raise ValueError(f"unknown LoadedModel kind {loaded.kind!r}")  # a bug, not user input
     _apply_specs(model, specs)
+    from rexdeploy.passes.shapes import SHAPE_NOTE, inference_failure
+
+    # the cleanup re-infers shapes that contradict the graph; the build says so (api._shape_note)
+    model.meta[SHAPE_NOTE] = inference_failure(model)
     CleanupPass()(model)
     _check_outputs(model)
     return model, specs

@@ -15,6 +15,7 @@ from onnx_ir.passes import common
 
 from rexdeploy.passes.constant_fold import ConstantFoldPass
 from rexdeploy.passes.fuse_pad_into_conv import FusePadIntoConvPass
+from rexdeploy.passes.shapes import QuietShapeInferencePass
 
 _ROUNDS = 4  # folding exposes shapes, shapes expose more folding; EfficientNet needs 2
 
@@ -25,10 +26,10 @@ class CleanupPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         rounds = ir.passes.PassManager([
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-            common.ShapeInferencePass(),
+            QuietShapeInferencePass(),
             ConstantFoldPass(),
             FusePadIntoConvPass(),
-            common.IdentityEliminationPass(),
+            _IdentityElimination(),
             common.RemoveUnusedNodesPass(),
         ], steps=_ROUNDS, early_stop=True)
         modified = rounds(model).modified
@@ -45,6 +46,46 @@ class CleanupPass(ir.passes.InPlacePass):
         names = [n.name for n in nodes]
         if not all(names) or len(set(names)) != len(names):
             raise ir.passes.PostconditionError("node names are not unique and non-empty")
+
+
+def has_subgraphs(model: ir.Model) -> bool:
+    """Whether any node of the main graph carries a graph attribute (If, Loop, Scan)."""
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+               for node in model.graph for a in node.attributes.values())
+
+
+class _IdentityElimination(ir.passes.InPlacePass):
+    """onnx_ir's IdentityEliminationPass, except in a model with subgraphs (If/Loop/Scan): there
+    it turns a branch's `Identity(outer value)` output into the outer value itself, renaming it,
+    and the model becomes invalid ("Subgraph output ... is an outer scope value being returned
+    directly", onnx-ir 0.2). There only the main graph's Identity nodes whose output is no
+    graph's output are removed, their uses (in subgraphs too) reading the input instead."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not has_subgraphs(model):
+            return common.IdentityEliminationPass()(model)
+        modified = False
+        for node in list(model.graph):
+            if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or \
+                    len(node.inputs) != 1 or node.inputs[0] is None:
+                continue
+            out = node.outputs[0]
+            if out.is_graph_output() or _is_subgraph_output(model, out):
+                continue
+            ir.convenience.replace_all_uses_with(out, node.inputs[0])
+            model.graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+def _is_subgraph_output(model: ir.Model, value: ir.Value) -> bool:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else \
+                list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+            if any(value in g.outputs for g in graphs):
+                return True
+    return False
 
 
 class _OpTypeNames(common.naming.SimpleNameGenerator):

@@ -52,9 +52,9 @@ class Float16Pass(ir.passes.InPlacePass):
             raise ir.passes.PreconditionError("float16 Q/DQ scales need opset >= 19")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from onnx_ir.passes.common import ShapeInferencePass
+        from rexdeploy.passes.shapes import QuietShapeInferencePass
 
-        ShapeInferencePass()(model)  # every value's type known before it is changed
+        QuietShapeInferencePass()(model)  # every value's type known before it is changed
         graph = model.graph
         self.stats = dict.fromkeys(("initializers", "values_clamped", "values_flushed",
                                     "activation_scales_raised",

@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Models in the wild: four OCR models from other packages, their task metrics against float.
+
+    .venv/bin/python tools/bench/wild.py [--only det rec ddd_det ddd_rec] [--peers]
+                                         [--markdown FILE]
+
+The models and inputs come from tools/fetch_wild.py (pinned wheels, never imported) and
+tools/fetch_photos.py. Each is built by rexdeploy with the defaults (data-free W8A8), run by
+OpenVINO on CPU (f32 for the float parts) and, as its reference, the same Q/DQ ONNX in ONNX
+Runtime; both are compared with the float model (the build's float.onnx in ONNX Runtime) on
+real inputs, by the model's task:
+
+    det       PP-OCRv4 text detector (rapidocr-onnxruntime 1.4.4), 640x640, on the 4 printed-text
+              pages and 16 photos: text-mask IoU (probability > 0.3) against float, pooled
+    rec       PP-OCRv4 recogniser (SVTR), 48x320, on the lines of text: CTC greedy string exact
+              match against float, and per-position top-1 agreement
+    ddd_det   ddddocr's YOLOX-style detector, 416x416 in 0..255, on the pages and photos:
+              float detections kept (score > 0.3 after NMS; a quantized one of IoU >= 0.5)
+    ddd_rec   ddddocr's CNN + LSTM CTC recogniser, grey 64 x W with W dynamic (each line at its
+              own width), built for width W=dynamic: string exact match
+
+plus the SQNR of the first output, int8 coverage by count and by multiply-adds, and the build's
+device check. `--peers`: NNCF's post-training quantization of the same float graph with the same
+real inputs and with 32 random ones, run by OpenVINO, beside each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, HERE)
+WILD = os.path.join(ROOT, ".cache", "wild")
+PHOTOS = os.path.join(ROOT, ".cache", "photos")
+IMAGENET = ("mean=0.485/0.456/0.406,std=0.229/0.224/0.225", (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225))
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def _images(limit_photos: int = 16) -> list[str]:
+    pages = sorted(os.path.join(WILD, "text", f) for f in os.listdir(os.path.join(WILD, "text")))
+    photos = sorted(os.path.join(PHOTOS, f) for f in os.listdir(PHOTOS)
+                    if f.lower().endswith((".jpg", ".jpeg", ".png")))[:limit_photos]
+    return pages + photos
+
+
+def _lines() -> list[str]:
+    d = os.path.join(WILD, "lines")
+    return sorted(os.path.join(d, f) for f in os.listdir(d))
+
+
+def _rgb(path: str, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(img, np.float32)
+
+
+def det_feeds() -> list[dict]:
+    _, mean, std = IMAGENET
+    out = []
+    for p in _images():
+        x = (_rgb(p, (640, 640)) / 255.0 - np.array(mean)) / np.array(std)
+        out.append({"x": x.transpose(2, 0, 1)[None].astype(np.float32)})
+    return out
+
+
+def rec_feeds() -> list[dict]:
+    """PP-OCRv4 recogniser input as RapidOCR makes it: height 48, width by aspect (at most 320),
+    (x / 255 - 0.5) / 0.5, zero-padded (mid-grey) to 320."""
+    from PIL import Image
+
+    out = []
+    for p in _lines():
+        img = Image.open(p).convert("RGB")
+        w = min(320, max(8, int(np.ceil(48 * img.width / img.height))))
+        x = np.asarray(img.resize((w, 48), Image.BILINEAR), np.float32) / 255.0
+        x = (x - 0.5) / 0.5
+        padded = np.zeros((48, 320, 3), np.float32)
+        padded[:, :w] = x
+        out.append({"x": padded.transpose(2, 0, 1)[None]})
+    return out
+
+
+def ddd_det_feeds() -> list[dict]:
+    return [{"images": _rgb(p, (416, 416)).transpose(2, 0, 1)[None].copy()} for p in _images()]
+
+
+def ddd_rec_feeds() -> list[dict]:
+    """ddddocr's recogniser input: grey, height 64, width by aspect, in [0, 1]."""
+    from PIL import Image
+
+    out = []
+    for p in _lines():
+        img = Image.open(p).convert("L")
+        w = max(16, int(round(64 * img.width / img.height)))
+        x = np.asarray(img.resize((w, 64), Image.LANCZOS), np.float32) / 255.0
+        out.append({"input1": x[None, None]})
+    return out
+
+
+# -- task metrics ---------------------------------------------------------------------------------
+def mask_iou(ref: list[np.ndarray], test: list[np.ndarray], thresh: float = 0.3) -> dict:
+    inter = sum(float(((r > thresh) & (t > thresh)).sum()) for r, t in zip(ref, test))
+    union = sum(float(((r > thresh) | (t > thresh)).sum()) for r, t in zip(ref, test))
+    return {"task": "text-mask IoU", "value": inter / union if union else 1.0}
+
+
+def ctc_greedy(probs: np.ndarray, blank: int = 0) -> tuple[int, ...]:
+    """Greedy CTC decoding of per-step class scores (any layout with classes last and one
+    sequence: [1, T, C] or [T, 1, C]): arg-max per step, repeats merged, blanks dropped."""
+    out, last = [], None
+    for s in np.argmax(probs.reshape(-1, probs.shape[-1]), axis=-1).tolist():
+        if s != last and s != blank:
+            out.append(s)
+        last = s
+    return tuple(out)
+
+
+def ctc_match(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
+    exact = [ctc_greedy(r) == ctc_greedy(t) for r, t in zip(ref, test)]
+    pos = [float(np.mean(np.argmax(r.reshape(-1, r.shape[-1]), -1)
+                         == np.argmax(t.reshape(-1, t.shape[-1]), -1))) for r, t in zip(ref, test)]
+    return {"task": "CTC exact match", "value": float(np.mean(exact)),
+            "per_position": float(np.mean(pos))}
+
+
+def yolox_detections(out: np.ndarray, size: int = 416, score: float = 0.3,
+                     iou: float = 0.45) -> np.ndarray:
+    """[N, 5] (x1, y1, x2, y2, score) of a YOLOX head [1, A, 4 + 1 + classes] (sigmoids
+    applied), decoded over strides 8, 16, 32 and non-max suppressed."""
+    grids, strides = [], []
+    for s in (8, 16, 32):
+        n = size // s
+        yv, xv = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        grids.append(np.stack((xv, yv), -1).reshape(-1, 2))
+        strides.append(np.full((n * n, 1), s))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    o = out.reshape(-1, out.shape[-1])
+    xy = (o[:, :2] + grid) * stride
+    wh = np.exp(o[:, 2:4]) * stride
+    conf = o[:, 4] * o[:, 5:].max(axis=1)
+    keep = conf > score
+    boxes = np.concatenate((xy - wh / 2, xy + wh / 2), 1)[keep]
+    conf = conf[keep]
+    order, picked = np.argsort(-conf), []
+    while order.size:
+        i = order[0]
+        picked.append(i)
+        order = order[1:][_iou(boxes[i], boxes[order[1:]]) < iou]
+    return np.concatenate((boxes[picked], conf[picked, None]), 1) if picked else np.zeros((0, 5))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:4], boxes[:, 2:4])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: np.prod(b[..., 2:4] - b[..., :2], axis=-1)  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter + 1e-9)
+
+
+def detections_kept(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
+    total = kept = 0
+    for r, t in zip(ref, test):
+        a, b = yolox_detections(r), yolox_detections(t)
+        total += len(a)
+        kept += sum(bool(len(b)) and float(_iou(box, b).max()) >= 0.5 for box in a)
+    return {"task": "detections kept", "value": kept / total if total else 1.0,
+            "detail": f"{kept}/{total}"}
+
+
+MODELS = {  # key: (file, --input, input range, feeds, metric, label)
+    "det": ("ch_PP-OCRv4_det_infer.onnx", "x:1x3x640x640",
+            ("x", (0 - 0.485) / 0.229, (1 - 0.406) / 0.225), det_feeds, mask_iou,
+            "PP-OCRv4 detector (DBNet)"),
+    "rec": ("ch_PP-OCRv4_rec_infer.onnx", "x:1x3x48x320", ("x", -1.0, 1.0), rec_feeds,
+            ctc_match, "PP-OCRv4 recogniser (SVTR)"),
+    "ddd_det": ("common_det.onnx", "images:1x3x416x416", ("images", 0.0, 255.0),
+                ddd_det_feeds, detections_kept, "ddddocr detector (YOLOX)"),
+    "ddd_rec": ("common.onnx", "input1:1x1x64xW", ("input1", 0.0, 1.0), ddd_rec_feeds,
+                ctc_match, "ddddocr recogniser (CNN + LSTM)"),
+}
+
+
+# -- runs -----------------------------------------------------------------------------------------
+def run_model(key: str, out: str, peers: bool) -> list[dict]:
+    import rexdeploy
+    from rexdeploy.api import artifact_runner
+    from rexdeploy.config import BuildConfig, QuantConfig
+    from rexdeploy.fidelity import sqnr_db
+
+    file, spec, rng, feeds_fn, metric, label = MODELS[key]
+    feeds = feeds_fn()
+    start = time.perf_counter()
+    dims = (("W", 256),) if spec.endswith("xW") else ()  # a typical line's width
+    art = rexdeploy.build(os.path.join(WILD, "models", file), [spec], force=True, quiet=True,
+                          output=os.path.join(out, f"wild_{key}.openvino"),
+                          config=BuildConfig(quant=QuantConfig(input_ranges=(rng,)), dims=dims))
+    build_s = time.perf_counter() - start
+    flt = _run_onnx(art.file("float_onnx"), feeds)
+    outs = {}
+    for name, backend in (("device", None), ("reference", "reference")):
+        with artifact_runner(art, backend) as r:
+            outs[name] = [next(iter(r.infer(f).values())) for f in feeds]
+    s = art.manifest["summary"]
+    rows = []
+    for name in ("device", "reference"):
+        m = metric(flt, outs[name])
+        rows.append({"model": label, "key": key, "config": f"rexdeploy W8A8 (default), {name}",
+                     "n": len(feeds), "sqnr": _pooled_sqnr(flt, outs[name], sqnr_db), **m,
+                     "int8": s["int8_coverage"], "int8_macs": s.get("int8_coverage_macs"),
+                     "check": (art.report().get("device_check") or {}).get("loss_db"),
+                     "build_s": build_s})
+        print(f"[wild] {label} {name}: {m['task']} {m['value']:.3f}, {rows[-1]['sqnr']:.1f} dB",
+              flush=True)
+    if peers:
+        rows += _nncf_rows(key, art.file("float_onnx"), feeds, flt, metric, label, rng, out)
+    return rows
+
+
+def _pooled_sqnr(ref: list[np.ndarray], test: list[np.ndarray], sqnr_db) -> float:
+    return sqnr_db(np.concatenate([r.ravel() for r in ref]),
+                   np.concatenate([t.ravel() for t in test]))
+
+
+def _run_onnx(path: str, feeds: list[dict]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return [s.run(None, f)[0] for f in feeds]
+
+
+def _nncf_rows(key, float_onnx, feeds, flt, metric, label, rng, out) -> list[dict]:
+    from peers import missing, nncf_quantize
+
+    from rexdeploy.fidelity import sqnr_db
+
+    why = missing(("nncf",))
+    if why:
+        print(f"[wild] NNCF skipped: {why}", flush=True)
+        return []
+    import openvino as ov
+
+    rows = []
+    gen = np.random.default_rng(0)
+    name = next(iter(feeds[0]))
+    shape = feeds[0][name].shape
+    random = [{name: gen.uniform(rng[1], rng[2], shape).astype(np.float32)} for _ in range(32)]
+    for what, data in (("real inputs", feeds), ("32 random inputs", random)):
+        d = os.path.join(out, f"wild_{key}_nncf_{what.split()[0]}")
+        os.makedirs(d, exist_ok=True)
+        try:
+            xml = nncf_quantize(float_onnx, d, data)
+            compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            test = [compiled(f)[compiled.outputs[0]] for f in feeds]
+        except Exception as exc:  # a peer failing is a result, not a crash of the benchmark
+            print(f"[wild] NNCF on {label} with {what}: failed: {str(exc).splitlines()[0]}")
+            continue
+        m = metric(flt, test)
+        rows.append({"model": label, "key": key, "config": f"NNCF W8A8, {what}", "n": len(feeds),
+                     "sqnr": _pooled_sqnr(flt, test, sqnr_db), **m})
+        print(f"[wild] {label} NNCF ({what}): {m['task']} {m['value']:.3f}", flush=True)
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------------
+HEADERS = ["model", "configuration", "inputs", "task metric vs float", "SQNR dB",
+           "int8 layers", "int8 MACs", "device check loss dB"]
+
+
+def _cells(r: dict) -> list[str]:
+    task = f"{r['task']} {r['value']:.3f}" + (f" ({r['detail']})" if r.get("detail") else "") + \
+        (f"; per position {r['per_position']:.3f}" if r.get("per_position") is not None else "")
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    return [r["model"], r["config"], str(r["n"]), task, f"{r['sqnr']:.1f}", pct(r.get("int8")),
+            pct(r.get("int8_macs")), "-" if r.get("check") is None else f"{r['check']:.2f}"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", choices=list(MODELS))
+    ap.add_argument("--peers", action="store_true", help="also NNCF with real and random data")
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "wild"))
+    ap.add_argument("--markdown")
+    args = ap.parse_args()
+    if not os.path.isdir(os.path.join(WILD, "models")):
+        raise SystemExit("no models: run .venv/bin/python tools/fetch_wild.py first")
+    from rich.console import Console
+    from common import print_table
+
+    from rexdeploy.devinfo import device_info
+
+    rows = []
+    for key in args.only or list(MODELS):
+        rows += run_model(key, args.out, args.peers)
+    console = Console(width=170)
+    info = device_info()
+    console.print(f"CPU: {info['cpu_model']}; load {info['loadavg']}")
+    print_table(console, "Models in the wild, data-free W8A8 against float (OpenVINO CPU and its "
+                "ONNX Runtime reference)", HEADERS, [_cells(r) for r in rows], args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
