@@ -95,19 +95,61 @@ def find_layers(model: ir.Model, dims: dict[str, int] | None = None
     layers: list[LayerInfo] = []
     skipped: list[SkippedLayer] = []
     shapes = _output_shapes(model, dims or {})
+    gates = squeeze_excite_layers(model)
     for node in model.graph:
         if node.domain not in ("", "ai.onnx"):
             continue
         skipped += _subgraph_layers(node)
         if node.op_type not in COMPUTE_OPS:
             continue
-        reason = _why_not(node)
+        reason = _why_not(node) or gates.get(node.name)
         if reason:
             skipped.append(SkippedLayer(node.name, node.op_type, reason,
                                         skipped_macs(node, shapes)))
             continue
         layers.append(_layer_info(node, shapes.get(node.outputs[0].name)))
     return layers, skipped
+
+
+# Ops a squeeze-and-excitation branch passes through between its global pooling and the Mul
+# that gates the feature map (activations, a hard sigmoid written as Add/Clip/Div by a constant)
+_SE_CHAIN = ("Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip",
+             "Mul", "Add", "Div", "Sub", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+SE_REASON = ("squeeze-and-excitation gate (a layer on a globally pooled tensor whose output "
+             "gates a feature map): int8 there errs most where the gate turns channels off, and "
+             "it does few multiply-adds; kept in float")
+
+
+def squeeze_excite_layers(model: ir.Model) -> dict[str, str]:
+    """node name -> SE_REASON for the compute layers of squeeze-and-excitation branches: from a
+    GlobalAveragePool (or a ReduceMean keeping dims) through single-consumer activations and
+    1x1 layers to a Mul whose other input is the feature map the branch was pooled from (or
+    an ancestor). PP-OCRv4's recogniser: 4 such layers, 1.7 dB with them int8, 13.3 float."""
+    out: dict[str, str] = {}
+    for node in model.graph:
+        if node.op_type not in ("GlobalAveragePool", "ReduceMean") or not node.outputs:
+            continue
+        if node.op_type == "ReduceMean" and not node.attributes.get_int("keepdims", 1):
+            continue
+        chain, value = [], node.outputs[0]
+        while True:
+            uses = list(value.uses())
+            if len(uses) != 1 or value.is_graph_output():
+                break
+            nxt, index = uses[0]
+            other = [v for i, v in enumerate(nxt.inputs) if i != index and v is not None]
+            if nxt.op_type == "Mul" and other and all(v.const_value is None for v in other):
+                if any(n.op_type in _COMPUTE for n in chain):  # the gate: a layer makes it
+                    out.update({n.name: SE_REASON for n in chain if n.op_type in _COMPUTE})
+                break
+            if nxt.op_type not in _SE_CHAIN or any(v.const_value is None and
+                                                  v.producer() is not None and
+                                                  v.producer().op_type != "Constant"
+                                                  for v in other):
+                break
+            chain.append(nxt)
+            value = nxt.outputs[0]
+    return out
 
 
 def _subgraph_layers(node: ir.Node) -> list[SkippedLayer]:

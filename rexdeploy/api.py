@@ -183,6 +183,11 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     _dims_note(config, log)
     with log.stage("analyze"):
         layers, skipped = find_layers(float_model, dict(config.dims))
+        equalized = _equalize(float_model, layers, stats, config, log)
+        if equalized:
+            layers, skipped = find_layers(float_model, dict(config.dims))
+            # the same function, its tensors as the Q/DQ model has them (per-layer compare)
+            ir.save(float_model, writer.path("float.onnx", "float_onnx"))
     if not layers:
         log.note("no Conv/Gemm/MatMul with constant weights: nothing to quantize")
     with log.stage("quantize", f"W{config.quant.weight_bits} K={config.quant.max_orders} "
@@ -190,6 +195,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         plan, range_notes, ensemble = _quantize(float_model, layers, skipped, stats, config,
                                                 loaded, log)
         isa_note = overflow_note(isa, config.quant, plan)
+        range_notes[:0] = [equalized] if equalized else []
         range_notes.append(isa_note)
         if config.quant.pair_limit is not None or isa.saturates:
             log.note(isa_note)
@@ -238,6 +244,30 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
             "outputs": [o.name for o in qdq.graph.outputs], "config": config,
             "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
+
+
+def _equalize(float_model, layers, stats: dict, config: BuildConfig, log: StageLog
+              ) -> str | None:
+    """Cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py), for
+    int8 activations with per-channel weight scales; the note saying what it did, None when
+    it changed nothing."""
+    q = config.quant
+    if q.equalize == "off" or q.activations != "int8" or q.granularity != "channel":
+        return None
+    from rexdeploy.passes.equalize import equalize_depthwise
+    from rexdeploy.quantize import use_stats
+
+    planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
+    done = equalize_depthwise(float_model, stats, q.range_sigma, planned,
+                              lambda s: use_stats(s, q.ranges))
+    if not done:
+        return None
+    worst = max(spread for _, spread in done)
+    note = (f"range equalization: {len(done)} depthwise convolution input(s) equalized through "
+            f"the layer before (channel ranges up to {worst:.0f}x the median before; exact in "
+            "float, the weight scales per channel absorb it)")
+    log.note(note)
+    return note
 
 
 def _dims_note(config: BuildConfig, log: StageLog) -> None:

@@ -259,6 +259,13 @@ def cli():
                    "those codes, whichever loses less. auto: where --int8-isa saturates; "
                    "nothing changes on VNNI/AMX CPUs. EfficientNet-Lite0 on AVX2: 6.7 dB "
                    "without, 23.3 dB with.")
+@click.option("--equalize", type=click.Choice(("auto", "off")), default="auto",
+              show_default=True,
+              help="Cross-layer range equalization of depthwise inputs: where a convolution "
+                   "(and a ReLU) makes a depthwise convolution's input whose channel ranges "
+                   "(from BatchNorm statistics) differ, scale each channel up to the largest "
+                   "there and down in the depthwise kernel: exact in float, free for weights "
+                   "with a scale per channel, and every channel gets the whole int8 range.")
 @click.option("--no-device-check", is_flag=True,
               help="Skip running the compiled model against its Q/DQ reference (ONNX "
                    "Runtime) on the build's synthetic inputs.")
@@ -312,6 +319,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
           ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, refine_inputs, tokenizer, device, int8_isa, overflow_fix,
+          equalize,
           no_device_check, device_tolerance, strict_device_check, opset, dla_core,
           float_precision, centering, dims, dim_ranges, require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
@@ -367,7 +375,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         calib_preprocess=preprocess if calib else None,
                         calib_tokenizer=tokenizer, sensitivity=sensitivity,
                         mixed_precision=mixed_precision, int8_isa=int8_isa,
-                        overflow_fix=overflow_fix)
+                        overflow_fix=overflow_fix, equalize=equalize)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

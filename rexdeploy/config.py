@@ -102,6 +102,10 @@ class QuantConfig:
     # (calib_free.saturation): auto limits weight-code pairs where the target's int8 ISA
     # (BuildConfig.int8_isa) saturates, on / off always / never
     overflow_fix: str = "auto"
+    # cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py):
+    # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
+    # differ by 1.5x or more; off: never
+    equalize: str = "auto"
     # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
     # at build time and is replaced by the name (the plan records it); a name builds for
     # another CPU (a cross-build)
@@ -174,6 +178,8 @@ class QuantConfig:
             raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
+        if self.equalize not in ("auto", "off"):
+            raise UserError(f"--equalize {self.equalize}: use auto or off")
         if self.overflow_fix not in OVERFLOW_FIXES:
             raise UserError(f"--overflow-fix {self.overflow_fix}: use one of "
                             f"{', '.join(OVERFLOW_FIXES)}")

@@ -58,9 +58,9 @@ def use_stats(s: TensorStats | None, mode: str) -> bool:
         return True
     # auto: LayerNorm moments miss outliers; an input's moments pushed through convolutions
     # with no BatchNorm to re-anchor them (a folded-BatchNorm export, a model without
-    # BatchNorm) lose the pixels' correlations: EfficientNet-Lite0 from torch.onnx.export 12.3 dB with them,
-    # 22.6 dB observed on natural synthetic images (docs/benchmarks.md, "Ranges without
-    # BatchNorm")
+    # BatchNorm) lose the pixels' correlations: EfficientNet-Lite0 from torch.onnx.export
+    # 12.3 dB with them, 22.5 dB observed on natural synthetic images (docs/benchmarks.md,
+    # "Ranges without BatchNorm")
     return "ln" not in s.roots and not (s.through_conv and "bn" not in s.roots)
 
 

@@ -103,7 +103,8 @@ def run(w, shape, group=1, fc=False):
     # u8 activations of 255 everywhere, int8 weight codes w, scales 1: exact sums are integers
     out_ch = w.shape[1] if fc else w.shape[0]
     inits = [nh.from_array(np.array(1.0, np.float32), "xs"), h.make_tensor("xz", T.UINT8, [], [0]),
-             nh.from_array(w.astype(np.int8), "wq"), nh.from_array(np.ones(out_ch, np.float32), "ws"),
+             nh.from_array(w.astype(np.int8), "wq"),
+             nh.from_array(np.ones(out_ch, np.float32), "ws"),
              nh.from_array(np.zeros(out_ch, np.int8), "wz")]
     nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
              h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),

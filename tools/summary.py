@@ -53,7 +53,8 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
         out = check["outputs"].get(fid.get("output"), {})
         verdict = "within" if check["agrees"] else "[bold red]NOT within[/]"
         table.add_row("device vs reference",
-                      f"{verdict} {check['tolerance_db']:g} dB: OpenVINO {out.get('device_db', 0):.1f}"
+                      f"{verdict} {check['tolerance_db']:g} dB: OpenVINO "
+                      f"{out.get('device_db', 0):.1f}"
                       f" dB, its Q/DQ ONNX in ONNX Runtime {out.get('reference_db', 0):.1f} dB "
                       "against float on the same photos")
     for v in prof:
