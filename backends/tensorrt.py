@@ -227,8 +227,25 @@ def build_script(spec: TrtBuildSpec, reason: str) -> str:
 # This script runs trtexec (TensorRT 10.x or 11.x, picked from `trtexec --version`).
 {notes}{dla_note}set -euo pipefail
 cd "$(dirname "$0")"
-TRTEXEC=${{TRTEXEC:-trtexec}}
-major=$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9]*\\)[0-9][0-9][0-9][0-9].*/\\1/p' | head -n1)
+# trtexec: $TRTEXEC, else on PATH, else JetPack's /usr/src/tensorrt/bin
+JETPACK_BIN=${{JETPACK_TENSORRT_BIN:-/usr/src/tensorrt/bin}}
+if [ -z "${{TRTEXEC:-}}" ]; then
+    if command -v trtexec >/dev/null 2>&1; then
+        TRTEXEC=$(command -v trtexec)
+    elif [ -x "$JETPACK_BIN/trtexec" ]; then
+        TRTEXEC=$JETPACK_BIN/trtexec
+    else
+        echo "error: trtexec not found on PATH nor in $JETPACK_BIN (JetPack's place); install TensorRT or set TRTEXEC=/path/to/trtexec" >&2
+        exit 1
+    fi
+elif [ ! -x "$TRTEXEC" ]; then
+    echo "error: TRTEXEC=$TRTEXEC is not an executable file" >&2
+    exit 1
+fi
+# the version as trtexec prints it: v100300 (10.3.0) or v8601 (8.6.1)
+ver=$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\).*/\\1/p' | head -n1)
+major=""
+if [ "${{#ver}}" -ge 6 ]; then major=${{ver:0:${{#ver}}-4}}; elif [ "${{#ver}}" -ge 4 ]; then major=${{ver:0:1}}; fi
 trt10() {{
     {q(trtexec_command(spec, 10)).replace("trtexec ", '"$TRTEXEC" ', 1)}
 }}
@@ -238,7 +255,9 @@ trt11() {{
 case "${{major:-}}" in
     10) trt10 ;;
     11) trt11 ;;
-    *) echo "cannot tell the TensorRT version from '$TRTEXEC --version' (got '${{major:-}}')" >&2
+    "") echo "error: cannot tell the TensorRT version from '$TRTEXEC --version' (it printed no 'TensorRT vNNNN')" >&2
+        exit 1 ;;
+    *) echo "error: TensorRT $major.x is not supported: this build needs TensorRT 10.x or 11.x (JetPack 6 or 7 on a Jetson; JetPack 5 ships TensorRT 8.5)" >&2
        exit 1 ;;
 esac
 echo "engine written: $(pwd)/{spec.engine} (the manifest does not list it: prefer --from-deferred)"

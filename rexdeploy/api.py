@@ -44,12 +44,16 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     "resize=256,crop=224,mean=127,std=128".
     """
     import backends
+    from rexdeploy.extras import require_build
 
+    require_build("building from a model")
     config = config or BuildConfig()
     specs = tuple(s if isinstance(s, InputSpec) else None for s in inputs)
     if any(s is None for s in specs):
         specs = parse_input_specs([str(s) for s in inputs])
     config = replace(config, target=target or config.target, inputs=specs or config.inputs)
+    if config.target == "trt" and config.device == "CPU":  # the CLI's default: TensorRT is GPU
+        config = replace(config, device="GPU")
     config.validate()
     _check_input_sizes(config.inputs)
     backend = backends.get(config.target)
@@ -84,12 +88,14 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
         artifact = writer.commit(manifest)
     summary = stages["report"]["summary"]
     if artifact.manifest.get("engine") == "deferred":
-        log.note(f"no TensorRT engine was built: {stages['result'].info.get('reason')}. The "
-                 f"artifact holds the checked Q/DQ ONNX and build_engine.sh: finish it on the "
-                 f"device with `rexdeploy build --from-deferred {artifact.path}`")
-    log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
-             f"{summary['skipped_layers']} kept float, runtime int8 coverage "
-             f"{summary['int8_coverage']:.0%}")
+        log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
+                 f"{summary['skipped_layers']} kept float; [yellow]deferred: TensorRT is not "
+                 f"installed here, no engine was built; finish on the device with `rexdeploy "
+                 f"build --from-deferred {artifact.path}`[/] (or its build_engine.sh)")
+    else:
+        log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
+                 f"{summary['skipped_layers']} kept float, runtime int8 coverage "
+                 f"{summary['int8_coverage']:.0%}")
     say(stages["report"].get("device_check"), log)
     return artifact
 
@@ -220,7 +226,11 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
             ir.save(qdq, writer.path("intermediates/20_qdq.onnx"))
     from backends.base import BuildOptions
 
-    with log.stage("compile", f"{config.target} on {config.device}"):
+    defers = not backend.available()[0]  # TensorRT where tensorrt does not import
+    stage = ("defer", "TensorRT does not import here: the checked Q/DQ ONNX and build_engine.sh "
+                      "for the device") if defers else \
+        ("compile", f"{config.target} on {config.device}")
+    with log.stage(*stage):
         result = backend.build(writer.path("model.onnx"), writer.tmp,
                                BuildOptions(device=config.device,
                                             parallel_branches=max(
@@ -880,6 +890,9 @@ def _runs_on_device(art: Artifact, backend: str | None) -> bool:
 
 def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | None,
                log: StageLog, on_device: bool = False) -> dict:
+    from rexdeploy.extras import require_build
+
+    require_build("compare --per-layer")
     from rexdeploy.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
 
     device = None
@@ -902,6 +915,9 @@ def _integer_ranges(art: Artifact) -> dict:
     """Token ids in [0, vocab), masks all 1 (as the build drew them), read from float.onnx."""
     if all(s.get("dtype", "float32").startswith("float") for s in art.manifest["inputs"]):
         return {}
+    from rexdeploy.extras import require_build
+
+    require_build("compare --synthetic on a model with integer inputs (token ids)")
     import onnx_ir as ir
 
     from rexdeploy.observe import integer_input_ranges
@@ -914,7 +930,11 @@ def _reference_runner(art: Artifact, reference: str):
     if reference not in ("auto", "torch", "onnx"):
         raise UserError(f"--reference {reference}: use auto, torch or onnx")
     source = art.manifest.get("source", {})
-    if reference in ("auto", "torch"):
+    from rexdeploy.extras import has_build, require_build
+
+    if reference == "torch":
+        require_build("--reference torch")
+    if reference in ("auto", "torch") and has_build():  # a device-side install: float.onnx
         from rexdeploy.torch_runner import TorchRunner, source_available
 
         if source_available(source):

