@@ -176,13 +176,6 @@ def worst_case_sum(codes: torch.Tensor, rule: PairLimit, activation_max: int = 2
                    -int(neg.min()) if neg.numel() else 0)) * activation_max
 
 
-def bits_kept(scale: torch.Tensor, safe: torch.Tensor) -> float:
-    """The mean effective bits a channel gave up to its coarser safe scale (log2 of the
-    factor), for the report: 0 where no channel moved."""
-    ratio = (safe.to(torch.float64) / scale.to(torch.float64).clamp_min(1e-300)).reshape(-1)
-    return float(torch.log2(ratio.clamp_min(1.0)).mean()) if ratio.numel() else 0.0
-
-
 def _check(rule: PairLimit, ndim: int) -> None:
     if rule.in_axis % ndim == rule.out_axis % ndim:
         raise ValueError("the pairing axis must differ from the output-channel axis")
