@@ -2,11 +2,13 @@
 
     find_layers(model) -> (layers: list[LayerInfo], skipped: list[SkippedLayer])
 
-A quantizable layer is a Conv with a constant weight, a Gemm (transA=0) with a constant B, or a
-MatMul whose second input is a constant 2-D matrix. Weight arrays are float32 in the ONNX layout;
-`out_axis` / `in_axis` say where the output / input channels sit in that layout:
+A quantizable layer is a Conv with a constant weight, an ungrouped ConvTranspose with a constant
+weight, a Gemm (transA=0) with a constant B, or a MatMul whose second input is a constant 2-D
+matrix. Weight arrays are float32 in the ONNX layout; `out_axis` / `in_axis` say where the
+output / input channels sit in that layout:
 
     Conv   [Cout, Cin/g, k...]   out_axis 0, in_axis 1
+    ConvTranspose [Cin, Cout, k...] out_axis 1, in_axis 0 (group 1 only)
     Gemm   transB=1: [Cout, Cin] out_axis 0, in_axis 1;  transB=0: [Cin, Cout] out_axis 1, in_axis 0
     MatMul [Cin, Cout]           out_axis 1, in_axis 0
 
@@ -25,7 +27,7 @@ from rexdeploy.constants import const_array as _const
 from calib_free.plan import SkippedLayer
 from rexdeploy.passes.qdq_nodes import FLOAT_DTYPES, value_dtype
 
-_COMPUTE = ("Conv", "Gemm", "MatMul")
+_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +63,9 @@ class LayerInfo:
     @property
     def outputs(self) -> int:
         """Output elements at batch 1 (0 when the MACs are unknown)."""
+        if self.op == "ConvTranspose":  # MACs = inputs x Cout x kernel; outputs = inputs x strides
+            return self.inputs // max(self.in_channels, 1) * self.out_channels * \
+                int(np.prod(self.strides or (1,)))
         per_output = int(np.prod(self.weight_array.shape[1:])) if self.op == "Conv" \
             else self.in_channels
         return self.macs // per_output if per_output else 0
@@ -69,6 +74,9 @@ class LayerInfo:
     def inputs(self) -> int:
         """Input elements it reads at batch 1, from its output size and strides (same-padded
         convolutions; 0 when the MACs are unknown)."""
+        if self.op == "ConvTranspose":
+            per_input = self.out_channels * int(np.prod(self.kernel_shape or (1,)))
+            return self.macs // per_input if per_input else 0
         return self.outputs // max(self.out_channels, 1) * self.in_channels * \
             int(np.prod(self.strides or (1,)))
 
@@ -82,7 +90,7 @@ class LayerInfo:
 
 # Every op that does multiply-accumulate work: each is either quantized or listed as kept float
 # with its reason and multiply-adds (coverage by count and by MACs never leaves one out).
-COMPUTE_OPS = _COMPUTE + ("ConvTranspose", "LSTM", "GRU", "RNN", "Einsum")
+COMPUTE_OPS = _COMPUTE + ("LSTM", "GRU", "RNN", "Einsum")
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
@@ -107,7 +115,7 @@ def find_layers(model: ir.Model, dims: dict[str, int] | None = None
             skipped.append(SkippedLayer(node.name, node.op_type, reason,
                                         skipped_macs(node, shapes)))
             continue
-        layers.append(_layer_info(node, shapes.get(node.outputs[0].name)))
+        layers.append(_layer_info(node, shapes))
     return layers, skipped
 
 
@@ -241,8 +249,9 @@ def _why_not(node: ir.Node) -> str | None:
     if op in _RECURRENT_GATES:
         return (f"recurrent layers ({op}) are not quantized yet: OpenVINO and TensorRT run "
                 "them in float; kept in float")
-    if op == "ConvTranspose":
-        return "ConvTranspose is not supported yet; kept in float"
+    if op == "ConvTranspose" and node.attributes.get_int("group", 1) != 1:
+        return ("grouped ConvTranspose is not quantized (its weight's per-channel axis holds "
+                "Cout/groups channels, not one per output channel); kept in float")
     if op == "Einsum":
         return "Einsum is not quantized; kept in float"
     if op == "Gemm" and node.attributes.get_int("transA", 0):
@@ -273,14 +282,17 @@ def _why_not(node: ir.Node) -> str | None:
     if op == "MatMul" and array.ndim != 2:
         return (f"weight has rank {array.ndim}; only 2-D MatMul weights are quantized; "
                 "kept in float")
-    if op == "Conv" and len(node.inputs) > 2 and node.inputs[2] is not None \
+    if op.startswith("Conv") and array.ndim < 3:
+        return f"weight has rank {array.ndim}; kept in float"
+    if op.startswith("Conv") and len(node.inputs) > 2 and node.inputs[2] is not None \
             and _const(node.inputs[2]) is None:
         return "bias is not a constant; kept in float"
     return None
 
 
-def _layer_info(node: ir.Node, out_shape: tuple | None) -> LayerInfo:
+def _layer_info(node: ir.Node, shapes: dict[str, tuple]) -> LayerInfo:
     op = node.op_type
+    out_shape = shapes.get(node.outputs[0].name)
     weight = node.inputs[1]
     array = _const(weight).astype(np.float32)
     groups = node.attributes.get_int("group", 1) if op == "Conv" else 1
@@ -292,10 +304,11 @@ def _layer_info(node: ir.Node, out_shape: tuple | None) -> LayerInfo:
         out_axis, in_axis = 1, 0
     cout = array.shape[out_axis]
     cin = array.shape[in_axis] * groups
-    kernel = tuple(int(k) for k in array.shape[2:]) if op == "Conv" else ()
+    kernel = tuple(int(k) for k in array.shape[2:]) if op.startswith("Conv") else ()
     bias, bias_array, bias_node = None, None, None
     output = node.outputs[0].name
-    if op in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2] is not None:
+    if op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 \
+            and node.inputs[2] is not None:
         bias_array = _per_channel(_const(node.inputs[2]), cout)
         if op == "Gemm" and bias_array is not None:
             bias_array = bias_array * node.attributes.get_float("beta", 1.0)
@@ -306,9 +319,13 @@ def _layer_info(node: ir.Node, out_shape: tuple | None) -> LayerInfo:
             add, index = match
             bias, bias_node, output = add.inputs[index].name, add.name, add.outputs[0].name
             bias_array = _per_channel(_const(add.inputs[index]), cout)
-    macs = _macs(out_shape, cout, int(np.prod(array.shape[1:])) if op == "Conv" else cin)
-    strides = tuple(node.attributes.get_ints("strides", [1] * len(kernel))) if op == "Conv" \
-        else ()
+    if op == "ConvTranspose":  # every input element meets Cout x kernel weights
+        x = shapes.get(node.inputs[0].name) or _shape(node.inputs[0])
+        macs = _macs(x, cin, cout * int(np.prod(kernel)))
+    else:
+        macs = _macs(out_shape, cout, int(np.prod(array.shape[1:])) if op == "Conv" else cin)
+    strides = tuple(node.attributes.get_ints("strides", [1] * len(kernel))) \
+        if op.startswith("Conv") else ()
     return LayerInfo(node.name, op, weight.name, array, bias, bias_array, node.inputs[0].name,
                      output, groups, out_axis, in_axis, cout, cin, macs, kernel, bias_node,
                      strides)

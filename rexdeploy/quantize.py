@@ -246,7 +246,7 @@ def pair_limit(layer: LayerInfo, config: QuantConfig):
     if config.pair_limit is None or config.activations != "int8" or config.weight_bits < 8 \
             or config.operator != "uniform" or config.granularity == "block":
         return None
-    if layer.op == "Conv" and layer.weight_array.shape[1] < 2:
+    if layer.weight_array.shape[layer.in_axis] < 2:  # e.g. depthwise: no pair to add
         return None
     from calib_free.saturation import PairLimit
 
@@ -519,10 +519,12 @@ def _bias_shift(layer: LayerInfo, delta: "torch.Tensor", mean_in: np.ndarray) ->
 
     from calib_free.bias_correction import expected_output_shift
 
-    if layer.op != "Conv" and layer.out_axis == 1:
-        delta = delta.T  # [Cin, Cout] -> [Cout, Cin]
+    if layer.out_axis == 1:
+        delta = delta.transpose(0, 1)  # [Cin, Cout, ...] -> [Cout, Cin, ...]
     shift = expected_output_shift(delta.double(), torch.from_numpy(mean_in).double(),
                                   groups=layer.groups if layer.op == "Conv" else 1)
+    if layer.op == "ConvTranspose":  # an output position meets kernel / strides taps on average
+        shift = shift / float(np.prod(layer.strides or (1,)))
     return shift.numpy().astype(np.float32)
 
 

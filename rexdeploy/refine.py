@@ -110,7 +110,10 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
 def _eligible(lp: LayerPlan, info, method: str, act=None) -> bool:
     """FlexRound: every Conv (1-D/2-D) and Linear; ERQ: Linear layers (Gemm, MatMul, and 1x1
     convolutions without groups, which are a Linear per pixel). A migrated (smoothed) input
-    must be a Linear's (the factor scales its last axis)."""
+    must be a Linear's (the factor scales its last axis). A ConvTranspose keeps its data-free
+    rounding (no im2col form for it here)."""
+    if info.op == "ConvTranspose":
+        return False
     if act is not None and act.smooth is not None and \
             (info.op == "Conv" or np.asarray(act.smooth).size != info.in_channels):
         return False

@@ -13,6 +13,8 @@ math itself lives in calib_free.moments.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +114,7 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
     elif op == "Pad" and first is not None:
         result = TensorStats(first.mean, first.var, min(first.lo, 0.0), max(first.hi, 0.0),
                              first.roots, first.through_conv)
-    elif op in ("Conv", "Gemm", "MatMul") and first is not None:
+    elif op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and first is not None:
         result = _linear(node, first, sigma)
     elif op in ("Add", "Sub"):
         result = _add(node, inputs, sigma, subtract=op == "Sub")
@@ -160,6 +162,13 @@ def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
         groups = node.attributes.get_int("group", 1)
         cin = weight.shape[1] * groups
         fn = lambda w, b, m, v: conv_moments(w, b, m, v, groups=groups)  # noqa: E731
+    elif node.op_type == "ConvTranspose":
+        if node.attributes.get_int("group", 1) != 1 or weight.ndim < 3:
+            return None
+        weight = np.swapaxes(weight, 0, 1)  # [Cin, Cout, k...] -> [Cout, Cin, k...]
+        cin = weight.shape[1]
+        fn = functools.partial(_transposed_moments, strides=node.attributes.get_ints(
+            "strides", [1] * (weight.ndim - 2)))
     else:
         if node.op_type == "MatMul" or not node.attributes.get_int("transB", 0):
             weight = weight.T  # -> [Cout, Cin]
@@ -173,7 +182,19 @@ def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
     t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
     m, v = fn(t(weight), t(bias.ravel()) if bias is not None else None, t(mean), t(var))
     return _from_moments(m.numpy(), v.numpy(), sigma, s.roots,
-                         through_conv=s.through_conv or node.op_type == "Conv")
+                         through_conv=s.through_conv or node.op_type.startswith("Conv"))
+
+
+def _transposed_moments(w, b, mean, var, strides):
+    """A ConvTranspose's output moments ([Cout, Cin, k...] weight): an output position meets
+    kernel / strides taps on average, so the Conv's sums over the whole kernel are scaled by
+    1 / prod(strides) (exact for kernel = stride, the usual upsampling)."""
+    from calib_free.moments import conv_moments
+
+    m, v = conv_moments(w, None, mean, var)
+    taps = float(np.prod(strides))
+    m, v = m / taps, v / taps
+    return (m + b.reshape(-1) if b is not None else m), v
 
 
 def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,

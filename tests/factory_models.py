@@ -45,12 +45,12 @@ class DataDependent(nn.Module):
 
 
 class WithConvTranspose(nn.Module):
-    """Conv -> ConvTranspose (no int8 lowering yet: kept in float and listed) -> Conv."""
+    """Conv -> grouped ConvTranspose (not quantized: kept in float and listed) -> Conv."""
 
     def __init__(self):
         super().__init__()
         self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
         self.head = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):

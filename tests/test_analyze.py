@@ -101,12 +101,55 @@ def test_attention_matmuls_of_two_activations_are_skipped():
         [("MatMul", "both inputs are activations; kept in float")] * 2
 
 
-def test_conv_transpose_is_skipped():
+def test_conv_transpose_is_a_layer_with_its_own_axes_and_macs():
     module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2))
     layers, skipped = find_layers(export(module, torch.randn(1, 3, 8, 8)))
+    assert [l.op for l in layers] == ["Conv", "ConvTranspose"] and not skipped
+    up = layers[1]
+    # weight [Cin, Cout, k, k]: output channels on axis 1, input channels on axis 0
+    assert (up.out_axis, up.in_axis, up.in_channels, up.out_channels) == (1, 0, 8, 4)
+    assert up.kernel_shape == (2, 2) and up.strides == (2, 2) and up.bias_array.shape == (4,)
+    # 8 x 6 x 6 inputs, each meeting 4 x 2 x 2 weights; 4 x 12 x 12 outputs
+    assert up.macs == 8 * 36 * 16 and up.inputs == 8 * 36 and up.outputs == 4 * 144
+
+
+def test_grouped_conv_transpose_is_listed():
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2, groups=2))
+    layers, skipped = find_layers(export(module, torch.randn(1, 3, 8, 8)))
     assert [l.op for l in layers] == ["Conv"]
-    assert [(s.op, s.reason) for s in skipped] == \
-        [("ConvTranspose", "ConvTranspose is not supported yet; kept in float")]
+    assert [s.op for s in skipped] == ["ConvTranspose"]
+    assert "grouped ConvTranspose" in skipped[0].reason and skipped[0].macs == 8 * 36 * 2 * 4
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(2, 2, 0), (4, 2, 1), (3, 1, 1)])
+def test_conv_transpose_bias_shift_and_moments_match_torch(kernel, stride, pad):
+    """The data-free bias correction and the propagated moments of a ConvTranspose equal what
+    torch measures at interior positions (an output meets kernel / stride taps per axis)."""
+    from rexdeploy.quantize import _bias_shift
+    from rexdeploy.stats import _transposed_moments
+
+    torch.manual_seed(0)
+    up = nn.ConvTranspose2d(6, 5, kernel, stride, pad).double().eval()
+    layers, _ = find_layers(export(nn.Sequential(up.float()), torch.randn(1, 6, 10, 10)))
+    info = layers[0]
+    delta = torch.randn(6, 5, kernel, kernel, dtype=torch.float64) * 0.01
+    mean = torch.rand(6, dtype=torch.float64) + 0.5
+    x = mean.reshape(1, 6, 1, 1) + torch.randn(64, 6, 20, 20, dtype=torch.float64)
+    y = torch.nn.functional.conv_transpose2d(x, delta, stride=stride, padding=pad)
+    inner = y[:, :, kernel:-kernel, kernel:-kernel]
+    measured = inner.mean(dim=(0, 2, 3)).numpy()
+    shift = _bias_shift(info, delta, mean.numpy())
+    assert np.allclose(shift, measured, rtol=0.05, atol=2e-4), (shift, measured)
+
+    w = torch.from_numpy(info.weight_array).double().transpose(0, 1)  # [Cout, Cin, k, k]
+    z = torch.randn(64, 6, 20, 20, dtype=torch.float64) * 2.0
+    out = torch.nn.functional.conv_transpose2d(z, torch.from_numpy(info.weight_array).double(),
+                                               stride=stride, padding=pad)
+    inner = out[:, :, kernel:-kernel, kernel:-kernel]
+    m, v = _transposed_moments(w, None, torch.zeros(6, dtype=torch.float64),
+                               torch.full((6,), 4.0, dtype=torch.float64), (stride, stride))
+    assert np.allclose(m.numpy(), 0.0)
+    assert np.allclose(v.numpy(), inner.var(dim=(0, 2, 3)).numpy(), rtol=0.1)
 
 
 def _model(nodes, inputs, outputs, inits) -> ir.Model:

@@ -467,7 +467,7 @@ CASES: list[Case] = [
     Case("data-dependent-control-flow", "forward branches on a tensor value (traced)",
          _factory("data_dependent", _factory_weights("data_dependent"), "--input",
                   "x:1x3x16x16"), r"forward depends on tensor values"),
-    Case("unsupported-operator", "a ConvTranspose (no int8 lowering yet): kept in float, "
+    Case("unsupported-operator", "a grouped ConvTranspose (not quantized): kept in float, "
                                  "listed, the build succeeds",
          _factory("with_conv_transpose", _factory_weights("with_conv_transpose"), "--input",
                   "x:1x3x16x16"), r"kept in float\W+/up/ConvTranspose \(ConvTranspose\)",

@@ -4,8 +4,8 @@ multiply-adds, the build log holds no traceback, and the ranges say where they c
 
 from __future__ import annotations
 
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -133,6 +133,67 @@ def test_a_float_gru_is_listed_and_counted_by_multiply_adds(tmp_path, kind):
     assert s["runtime_compute_layers"] > s["runtime_int8_layers"] == 3
     assert any(r["type"] in ("RNNSeq", "GRUSequence") and not r["int8"]
                for r in report["runtime_layers"])
+
+
+# -- upsampling ------------------------------------------------------------------------------------
+class Decoder(nn.Module):
+    """A segmentation-style decoder: strided Conv-BN-ReLU down, ConvTranspose-BN-ReLU up (kernel
+    = stride, and kernel 4 / stride 2 whose taps overlap), a 1x1 head."""
+
+    def __init__(self, groups: int = 1):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(32, 16, 2, 2, groups=groups),
+                                nn.BatchNorm2d(16), nn.ReLU(),
+                                nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                nn.Conv2d(8, 2, 1))
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        return self.up(self.down(x))
+
+
+@pytest.mark.parametrize("target", ["openvino", "trt"])
+def test_conv_transpose_is_quantized_and_runs_int8(tmp_path, target):
+    torch.manual_seed(0)
+    art = rexdeploy.build(Decoder().eval(), ["x:1x3x32x32"], target=target, quiet=True,
+                          output=str(tmp_path / f"decoder.{target}"),
+                          config=BuildConfig(quant=QuantConfig(input_ranges=(("x", -1.0, 1.0),))))
+    report = art.report()
+    rows = {r["name"]: r for r in report["layers"]}
+    up = [r for r in rows.values() if r["op"] == "ConvTranspose"]
+    assert len(up) == 2 and not report["skipped"]
+    # every input element meets Cout x kernel weights: 32 x 8 x 8 inputs x 16 x 2 x 2, and
+    # 16 x 16 x 16 inputs x 8 x 4 x 4
+    assert sorted(r["macs"] for r in up) == [32 * 64 * 16 * 4, 16 * 256 * 8 * 16]
+    if target == "trt":  # the Q/DQ ONNX passes TensorRT's rules (the build checks them too)
+        from rexdeploy.trt_rules import check_trt_rules
+
+        check = check_trt_rules(str(Path(art.path) / "model.onnx"))
+        assert check.ok and not check.warnings, check.to_dict()
+        return
+    assert all(r["runs_int8"] for r in up), up
+    assert report["summary"]["int8_coverage_macs"] == 1.0
+    check = report["device_check"]
+    assert check["agrees"] and check["outputs"]["output"]["reference_db"] > 28, check
+    result = rexdeploy.compare(art.path, synthetic=4, quiet=True)
+    assert result["sqnr_db"] > 28
+
+
+def test_grouped_conv_transpose_is_listed_float(tmp_path):
+    torch.manual_seed(0)
+    art = rexdeploy.build(Decoder(groups=2).eval(), ["x:1x3x32x32"], quiet=True,
+                          output=str(tmp_path / "grouped.openvino"))
+    skipped = art.report()["skipped"]
+    assert [r["op"] for r in skipped] == ["ConvTranspose"], skipped
+    assert "grouped ConvTranspose" in skipped[0]["reason"] and skipped[0]["macs"] > 0
 
 
 # -- ranges without BatchNorm ---------------------------------------------------------------------

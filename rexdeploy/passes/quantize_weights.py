@@ -188,6 +188,12 @@ def _out_axis(node: ir.Node) -> int:
     return 1
 
 
+def _output_channel_axis(node: ir.Node, rank: int) -> int:
+    """Where a layer's output channels sit in its output: 1 for a convolution (NCHW), the last
+    axis for Gemm/MatMul."""
+    return 1 if node.op_type in ("Conv", "ConvTranspose") else rank - 1
+
+
 def _compact(node: ir.Node, order: WeightOrder) -> WeightOrder | None:
     """`order` restricted to its kept channels, or None when it stays dense (it covers every
     channel, or the layer is a grouped Conv that is not depthwise, or its rank is unknown)."""
@@ -300,7 +306,7 @@ def _compact_inputs(graph: ir.Graph, node: ir.Node, x: ir.Value, attrs: list, ch
     """(branch output shape, branch input, attributes, extra nodes) for a compact order: a
     depthwise Conv reads only its kept input channels (Gather) and has `group` = kept."""
     out = node.outputs[0]
-    axis = 1 if node.op_type == "Conv" else len(out.shape) - 1
+    axis = _output_channel_axis(node, len(out.shape))
     dims = list(out.shape)
     dims[axis] = len(channels)
     extra = []
@@ -325,7 +331,7 @@ def _gather_add(graph: ir.Graph, node: ir.Node, total: ir.Value, part: ir.Value,
     """result = total + Gather(Concat(part, 0), map): `map` sends each kept channel to its
     column of `part` and every other channel to an all-zero column."""
     rank = len(node.outputs[0].shape)
-    axis = 1 if node.op_type == "Conv" else rank - 1
+    axis = _output_channel_axis(node, rank)
     count = node.outputs[0].shape[axis]
     mapping = np.full(count, len(channels), np.int64)
     mapping[np.asarray(channels, np.int64)] = np.arange(len(channels))
@@ -360,7 +366,7 @@ def _scatter_add(graph: ir.Graph, node: ir.Node, total: ir.Value, part: ir.Value
                  result: ir.Value, channels, names: UniqueNames, prefix: str) -> list[ir.Node]:
     """result = total with `part` added into `channels` along the channel axis."""
     rank = len(node.outputs[0].shape)
-    axis = 1 if node.op_type == "Conv" else rank - 1
+    axis = _output_channel_axis(node, rank)
     index_shape = [1] * rank
     index_shape[axis] = len(channels)
     idx = add_initializer(graph, names, f"{prefix}/index",
@@ -392,7 +398,7 @@ def add_to_bias(graph: ir.Graph, node: ir.Node, layer: str, delta: np.ndarray,
     correction) and CenterActivationsPass (the centring shift)."""
     dtype = numpy_dtype(value_dtype(node.inputs[_WEIGHT_INPUT]))
     delta = np.asarray(delta, np.float64).ravel()
-    if node.op_type in ("Conv", "Gemm"):
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         if node.op_type == "Gemm":
             delta = delta / node.attributes.get_float("beta", 1.0)
         bias = node.inputs[_BIAS_INPUT] if len(node.inputs) > _BIAS_INPUT else None
@@ -460,9 +466,7 @@ def layer_output(node: ir.Node) -> ir.Value:
 
 
 def _out_channels(node: ir.Node, weight: np.ndarray) -> int:
-    if node.op_type == "Conv" or (node.op_type == "Gemm" and node.attributes.get_int("transB", 0)):
-        return weight.shape[0]
-    return weight.shape[-1]
+    return weight.shape[_out_axis(node)]
 
 
 def _weight_dq_problem(weight: ir.Value | None) -> str | None:
