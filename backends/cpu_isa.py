@@ -143,7 +143,7 @@ def capped_precision(precision: str | None) -> str | None:
     if not cap or cap == "all":
         return precision
     isa = host_isa()
-    if isa is None or "avx512_bf16" in ISA_FLAGS[isa] or precision in ("f32",):
+    if isa is None or "avx512_bf16" in ISA_FLAGS[isa] or precision == "f32":
         return precision
     return "f32"
 

@@ -26,8 +26,7 @@ from rexdeploy.errors import UserError
 # FullyConnectedCompressed, FullyConnectedQuantizedLegacy, ...) match by prefix.
 COMPUTE_TYPES = ("Convolution", "GroupConvolution", "Deconvolution", "GroupDeconvolution",
                  "FullyConnected", "MatMul", "LSTMSequence", "GRUSequence", "RNNSequence",
-                 "AUGRUSequence", "LSTMCell", "GRUCell", "RNNCell", "AUGRUCell", "RNNSeq",
-                 "RNNCell")
+                 "AUGRUSequence", "LSTMCell", "GRUCell", "RNNCell", "AUGRUCell", "RNNSeq")
 PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16", "default": None}
 MODES = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 # Name decorations OpenVINO adds to a node it splits or renames (e.g. Conv + bias Add).

@@ -75,8 +75,14 @@ def pair_sums(codes: torch.Tensor, rule: PairLimit) -> tuple[torch.Tensor, torch
 
 def overflowing_pairs(codes: torch.Tensor, rule: PairLimit) -> int:
     """How many pairs of `codes` could saturate a pre-VNNI int8 kernel."""
-    pos, neg = pair_sums(codes, rule)
-    return int(((pos > rule.limit) | (neg < -rule.limit)).sum())
+    over_p, over_n = _over(to_pairs(codes.to(torch.int32), rule), rule.limit)
+    return int((over_p | over_n).sum())
+
+
+def _over(p: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive sum over the limit, negative sum under -limit) of every pair of pair-shaped
+    codes p [C, P, 2, taps]: [C, P, taps] masks."""
+    return p.clamp_min(0).sum(2) > limit, p.clamp_max(0).sum(2) < -limit
 
 
 def _project(t: torch.Tensor, c: torch.Tensor, limit: int, q: int) -> torch.Tensor:
@@ -84,8 +90,7 @@ def _project(t: torch.Tensor, c: torch.Tensor, limit: int, q: int) -> torch.Tens
     integer pair with sum exactly +-limit nearest to t (w / scale). The continuous optimum
     moves both codes by the same amount, (a + b - limit) / 2. Two codes of at most q <= limit
     in magnitude only overflow with the same sign, so each side is one case."""
-    over_p = c.clamp_min(0).sum(2) > limit  # [C, P, taps]
-    over_n = c.clamp_max(0).sum(2) < -limit
+    over_p, over_n = _over(c, limit)
     if not bool(over_p.any() or over_n.any()):
         return c
     a, b = t[:, :, 0], t[:, :, 1]
@@ -119,9 +124,8 @@ def safe_scale(w: torch.Tensor, scale: torch.Tensor, q: int, rule: PairLimit,
     wp = to_pairs(w.detach().to(torch.float32), rule)
     base = scale.to(torch.float32).reshape(-1, 1, 1, 1)
     if scale.ndim == 1:  # only channels with a pair over the limit can gain from a search
-        codes = torch.clamp(torch.round(wp / base), -q, q)
-        pos, neg = codes.clamp_min(0).sum(2), codes.clamp_max(0).sum(2)
-        over = ((pos > rule.limit) | (neg < -rule.limit)).flatten(1).any(1)
+        over_p, over_n = _over(torch.clamp(torch.round(wp / base), -q, q), rule.limit)
+        over = (over_p | over_n).flatten(1).any(1)
         if not bool(over.any()):
             return scale.to(torch.float32)
         idx = over.nonzero().squeeze(1)

@@ -103,22 +103,12 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
 def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: list[dict],
                   float_model, loaded, log: StageLog, result) -> dict:
     """The device check (rexdeploy/device_check.py) on the build's synthetic inputs."""
-    from rexdeploy.device_check import at_build
-    from rexdeploy.sensitivity import sensitivity_samples
-
-    def samples():
-        q = config.quant
-        return sensitivity_samples(
-            _synthetic_samples(float_model, config, loaded, log),
-            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
-            count=DEVICE_CHECK_SAMPLES)
+    from rexdeploy.device_check import SAMPLES, at_build
 
     return at_build(config, isa, writer.tmp, members,
-                    os.path.relpath(writer.path("float.onnx"), writer.tmp), samples, log,
+                    os.path.relpath(writer.path("float.onnx"), writer.tmp),
+                    lambda: _natural_samples(float_model, config, loaded, log, SAMPLES), log,
                     deferred=result.info.get("engine") == "deferred")
-
-
-DEVICE_CHECK_SAMPLES = 8  # the build's synthetic inputs the device check runs
 
 
 def _import_heavy() -> None:
@@ -707,18 +697,29 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
     input gets RANGE_IMAGES natural images (1/f noise, natural colour, on the pixel grid:
     rexdeploy.sensitivity's), whose spatial correlations white noise lacks; other inputs and
     modes the build's synthetic ones."""
-    from rexdeploy.sensitivity import image_inputs, sensitivity_samples
+    from rexdeploy.sensitivity import image_inputs
 
     q = config.quant
     base = _synthetic_samples(float_model, config, loaded, log)
     if q.ranges != "auto" or not image_inputs(base):
         return base, f"{len(base)} synthetic inputs", False
     more = replace(config, quant=replace(q, synthetic_samples=RANGE_IMAGES))
-    samples, what = sensitivity_samples(
-        _synthetic_samples(float_model, more, loaded, log),
-        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
-        count=RANGE_IMAGES)
+    samples, what = _natural_samples(float_model, more, loaded, log, RANGE_IMAGES)
     return samples, f"{len(samples)} {what}", True
+
+
+def _natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, count: int
+                     ) -> tuple[list[dict], str]:
+    """`count` inputs for the build's checks and ranges, and what they are: an image input as
+    natural synthetic images (rexdeploy.sensitivity.sensitivity_samples), others the build's
+    synthetic inputs."""
+    from rexdeploy.sensitivity import sensitivity_samples
+
+    q = config.quant
+    return sensitivity_samples(
+        _synthetic_samples(float_model, config, loaded, log),
+        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+        count=count)
 
 
 def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:
@@ -911,6 +912,8 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
                         threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None
                         else threshold_db, top=top or DEFAULT_TOP, device=device,
                         device_tolerance_db=art.manifest["config"].get("device_tolerance", 1.0))
+
+
 def _integer_ranges(art: Artifact) -> dict:
     """Token ids in [0, vocab), masks all 1 (as the build drew them), read from float.onnx."""
     if all(s.get("dtype", "float32").startswith("float") for s in art.manifest["inputs"]):

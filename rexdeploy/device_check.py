@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 DEFAULT_TOLERANCE_DB = 1.0
+SAMPLES = 8  # the synthetic inputs a build's (or a finished engine's) check runs
 
 
 @dataclass(frozen=True)
@@ -69,30 +70,28 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
 
 def measure(spec: CheckSpec, samples: list[dict]) -> dict:
     """Per float output: reference_db, device_db, loss_db and device_vs_reference_db (module
-    docstring), in this process."""
-    from rexdeploy.fidelity import device_loss_db, sqnr_db
+    docstring, rexdeploy.fidelity.device_vs_reference), in this process; an integer output
+    gets the fraction of its elements the device matches exactly."""
+    from rexdeploy.fidelity import device_vs_reference, sqnr_db
 
     runs = {"float": [], "reference": [], "device": []}
     with _float_runner(spec) as f, _runner(spec, "reference") as r, _runner(spec, None) as d:
         for feeds in samples:
             for key, runner in (("float", f), ("reference", r), ("device", d)):
                 runs[key].append(runner.infer(feeds))
+    ref, dev, flt = ({name: np.stack([np.asarray(o[name]) for o in runs[key]])
+                      for name in runs[key][0]} for key in ("reference", "device", "float"))
+    rows = device_vs_reference({n: a for n, a in flt.items()
+                                if n in ref and a.shape == ref[n].shape}, dev, ref)["outputs"]
     out = {}
-    for name in runs["reference"][0]:
-        ref = np.stack([np.asarray(o[name]) for o in runs["reference"]])
-        dev = np.stack([np.asarray(o[name]) for o in runs["device"]])
-        if not np.issubdtype(ref.dtype, np.floating):
-            out[name] = {"exact_match": float(np.mean(ref == dev))}
-            continue
-        flt = np.stack([np.asarray(o[name]) for o in runs["float"]]) if all(
-            name in o for o in runs["float"]) else None
-        row = {"device_vs_reference_db": _db(sqnr_db(ref, dev))}
-        if flt is not None and flt.shape == ref.shape:
-            row["reference_db"] = _db(sqnr_db(flt, ref))
-            row["device_db"] = _db(sqnr_db(flt, dev))
-            row["loss_db"] = round(device_loss_db(row["reference_db"], row["device_db"],
-                                                  row["device_vs_reference_db"]), 3)
-        out[name] = row
+    for name in ref:
+        if not np.issubdtype(ref[name].dtype, np.floating):
+            out[name] = {"exact_match": float(np.mean(ref[name] == dev[name]))}
+        elif name in rows:
+            out[name] = {k: round(v, 3) if k == "loss_db" else _db(v)
+                         for k, v in rows[name].items()}
+        else:  # no float output of that shape to compare with
+            out[name] = {"device_vs_reference_db": _db(sqnr_db(ref[name], dev[name]))}
     return out
 
 
@@ -167,7 +166,7 @@ def _child(tmp: str) -> None:
         json.dump(result, f)
 
 
-def likely_cause(result: dict, isa: dict | None, pair_limit: int | None, target: str) -> str:
+def likely_cause(isa: dict | None, pair_limit: int | None, target: str) -> str:
     """One line on why a device disagrees with its reference, and what to do."""
     if isa and isa.get("saturates") and pair_limit is None:
         return (f"int8 saturation: the target's int8 instruction set ({isa['name']}) adds pairs "
@@ -224,20 +223,26 @@ def at_build(config, isa, root: str, members: list[dict], float_onnx: str, sampl
         return check(spec, feeds, what, env=env, tolerance_db=config.device_tolerance)
 
 
+def put(report: dict, result: dict, target: str, isa: dict | None = None,
+        pair_limit: int | None = None) -> None:
+    """The device check into report.json and its summary (which the manifest copies); a
+    disagreement gets its likely cause."""
+    if not result.get("skipped") and not result.get("agrees", True):
+        result["likely_cause"] = likely_cause(isa, pair_limit, target)
+    report["device_check"] = result
+    report["summary"]["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped")
+                                         if k in result}
+
+
 def record(report: dict, plan, isa, config, result: dict) -> None:
-    """The ISA, the overflow fix and the device check into report.json (and its summary, which
-    the manifest copies); a disagreement gets its likely cause."""
+    """The ISA, the overflow fix and the device check into report.json (and its summary)."""
     from rexdeploy.report import overflow_summary
 
-    if not result.get("skipped") and not result.get("agrees", True):
-        result["likely_cause"] = likely_cause(result, isa.to_dict(), config.quant.pair_limit,
-                                              config.target)
-    report["device_check"] = result
     s = report["summary"]
     s["int8_isa"] = isa.to_dict()
     s["overflow_fix"] = {"mode": config.quant.overflow_fix, "pair_limit": config.quant.pair_limit,
                          **overflow_summary(plan)}
-    s["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped") if k in result}
+    put(report, result, config.target, isa.to_dict(), config.quant.pair_limit)
 
 
 def overflow_note(isa, q, plan) -> str:

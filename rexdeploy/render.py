@@ -51,9 +51,10 @@ def _target_rows(table: Table, s: dict, check: dict | None) -> None:
     """The int8 instruction set, what --overflow-fix did, and the device check's verdict."""
     isa = s.get("int8_isa")
     if isa:
+        from backends.cpu_isa import Int8Isa
+
         fix = s.get("overflow_fix") or {}
-        how = "pre-VNNI: pairs saturate in int16" if isa["saturates"] else "int32 accumulation"
-        text = f"{isa['name']} ({how}; {isa['source']})"
+        text = Int8Isa(**isa).describe()
         if fix.get("pair_limit"):
             text += (f"; overflow fix: pairs <= {fix['pair_limit']} in {fix['layers']} layers, "
                      f"{fix['channels_rescaled']} channels rescaled")

@@ -18,7 +18,7 @@ import shutil
 
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
 from rexdeploy.config import BuildConfig
-from rexdeploy.device_check import say, strict
+from rexdeploy.device_check import put, say, strict
 from rexdeploy.errors import UserError
 
 
@@ -68,10 +68,7 @@ def finish_deferred(path: str, log) -> Artifact:
                          "kernel": l.kernel, "int8": l.is_int8, "original": list(l.original_names),
                          **({"member": name} if name else {})} for l in layers]
         report = _engine_report(art.report(), runtime, built)
-        report["device_check"] = _check_engines(art, writer.tmp, models, members, log)
-        report["summary"]["device_check"] = {k: report["device_check"][k] for k in
-                                             ("agrees", "loss_db", "skipped")
-                                             if k in report["device_check"]}
+        put(report, _check_engines(art, writer.tmp, models, members, log), "trt")
         writer.write_json("report.json", report, "report")
         manifest = {k: v for k, v in art.manifest.items()
                     if k not in ("files", "schema_version", "manifest_sha256")}
@@ -87,9 +84,9 @@ def finish_deferred(path: str, log) -> Artifact:
 
 
 def _check_engines(art: Artifact, root: str, models: list, members: list | None, log) -> dict:
-    """The engine against its Q/DQ ONNX (ONNX Runtime) and float.onnx on 8 synthetic inputs in
-    the build's ranges (rexdeploy/device_check.py): the same check an OpenVINO build runs."""
-    from rexdeploy.device_check import CheckSpec, check, likely_cause
+    """The engine against its Q/DQ ONNX (ONNX Runtime) and float.onnx on SAMPLES synthetic inputs
+    in the build's ranges (rexdeploy/device_check.py): the same check an OpenVINO build runs."""
+    from rexdeploy.device_check import SAMPLES, CheckSpec, check
     from rexdeploy.inputs import synthetic_inputs
 
     cfg = art.manifest.get("config", {})
@@ -98,17 +95,14 @@ def _check_engines(art: Artifact, root: str, models: list, members: list | None,
     spec = CheckSpec(root, "trt", art.manifest.get("device", "GPU"),
                      tuple({"files": files, "weight": w} for (_, _, files), w in
                            zip(models, weights)), art.files["float_onnx"])
-    samples = synthetic_inputs(art.manifest["inputs"], 8, q.get("seed", 0),
+    samples = synthetic_inputs(art.manifest["inputs"], SAMPLES, q.get("seed", 0),
                                {n: (lo, hi) for n, lo, hi in q.get("input_ranges", [])},
                                {n: s for n, s in q.get("input_grid", [])},
                                {n: v for n, v in cfg.get("dims", [])})
-    with log.stage("device check", "TensorRT engine vs its Q/DQ ONNX (onnxruntime), 8 "
-                                   "synthetic inputs"):
-        result = check(spec, [f for _, f in samples], "synthetic inputs",
-                       tolerance_db=cfg.get("device_tolerance", 1.0))
-    if not result["agrees"]:
-        result["likely_cause"] = likely_cause(result, None, None, "trt")
-    return result
+    with log.stage("device check", f"TensorRT engine vs its Q/DQ ONNX (onnxruntime), "
+                                   f"{SAMPLES} synthetic inputs"):
+        return check(spec, [f for _, f in samples], "synthetic inputs",
+                     tolerance_db=cfg.get("device_tolerance", 1.0))
 
 
 def _engine_report(report: dict, runtime: list[dict], built: dict) -> dict:

@@ -21,15 +21,30 @@ _LOGGER = "onnx_ir.passes.common.shape_inference"
 SHAPE_NOTE = "rexdeploy.shape_inference_failure"  # model.meta key: why inference stopped as given
 
 
+class _Failures(logging.Handler):
+    """Counts the records onnx-ir logs (it logs only when inference stops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
 @contextlib.contextmanager
 def _quiet():
+    """onnx-ir's shape-inference logger silenced; yields a handler counting what it logged."""
     logger = logging.getLogger(_LOGGER)
     level, propagate = logger.level, logger.propagate
-    logger.setLevel(logging.CRITICAL + 1)
+    failures = _Failures()
+    logger.setLevel(logging.WARNING)
     logger.propagate = False
+    logger.addHandler(failures)
     try:
-        yield
+        yield failures
     finally:
+        logger.removeHandler(failures)
         logger.setLevel(level)
         logger.propagate = propagate
 
@@ -38,9 +53,9 @@ class QuietShapeInferencePass(ShapeInferencePass):
     """ShapeInferencePass that logs nothing (`inference_failure` says why it stops)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        with _quiet():
+        with _quiet() as failures:
             result = super().call(model)
-        if result.modified or inference_failure(model) is None:
+        if not failures.count:
             return result
         # a stored shape that contradicts inference stops it for the whole model (ddddocr's
         # common.onnx declares its output [1, seqlen]; it computes [seqlen, 1, classes]):
