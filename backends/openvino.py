@@ -1,7 +1,7 @@
 """OpenVINO backend: Q/DQ ONNX -> IR (model.xml/.bin), compiled on a device, with proof of what
 precision every Conv/MatMul really runs in.
 
-Facts this relies on (BACKENDS.md, measured with openvino 2026.4 on CPU):
+Facts this relies on (docs/backends.md, measured with openvino 2026.4 on CPU):
 - A Conv/MatMul runs an int8 kernel only when both its data and weight inputs carry Q/DQ; the
   compiled model's runtime graph says so per layer (rt_info `runtimePrecision`, `primitiveType`).
 - The CPU's default inference precision may be bf16: the build pins f32 so the reported
@@ -219,6 +219,114 @@ def _stable_names(model, onnx_names) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_rx{index}")
 
 
+def _name_recurrent(model, onnx_path: str) -> None:
+    """Name each LSTMSequence/GRUSequence after its ONNX node (the frontend names it from a
+    counter and the plugin keeps no original name for it), found through its weight input W:
+    the ONNX W tensor (an initializer or a DequantizeLinear's output) names a node behind it."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    by_weight = {n.input[1]: n.name for n in graph.node
+                 if n.op_type in ("LSTM", "GRU", "RNN") and n.name and len(n.input) > 1}
+    for node in model.get_ordered_ops():
+        kind = node.get_type_name()
+        if kind not in ("LSTMSequence", "GRUSequence", "RNNSequence"):
+            continue
+        stack, seen = [node.input_value(4 if kind == "LSTMSequence" else 3).get_node()], 0
+        while stack and seen < 16:
+            up = stack.pop()
+            seen += 1
+            names = {up.get_friendly_name()} | set().union(*(o.get_names() for o in up.outputs()))
+            found = next((by_weight[n] for n in names if n in by_weight), None)
+            if found:
+                node.set_friendly_name(found)
+                break
+            stack += [up.input_value(i).get_node() for i in range(up.get_input_size())]
+
+
+def fold_gate_reorder(model) -> int:
+    """Give each LSTMSequence/GRUSequence its int8 weights in the form the CPU plugin's int8 RNN
+    pass matches (i8 Constant -> Convert -> Multiply by a Constant scale); returns how many
+    weights were rewired.
+
+    The ONNX frontend reorders an LSTM's gates (ONNX iofc, OpenVINO fico) with Split -> Concat
+    after the weight's DequantizeLinear. The dequantization is kept from constant folding, so
+    the plugin would see a non-constant weight and refuse to compile; the reorder is applied
+    to the codes and to the scale instead."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rewired = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in ("LSTMSequence", "GRUSequence"):
+            continue
+        first = 4 if node.get_type_name() == "LSTMSequence" else 3  # W, R follow X, H[, C], lens
+        for port in (first, first + 1):
+            found = _reordered_codes(node.input_value(port))
+            if found is None:
+                continue
+            codes, scale = found
+            weight = ops.multiply(ops.convert(ops.constant(codes), ov.Type.f32),
+                                  ops.constant(scale))
+            node.input(port).replace_source_output(weight.output(0))
+            rewired += 1
+    return rewired
+
+
+def _reordered_codes(value):
+    """(int8 codes, float32 scale [..., 1]) behind Concat(Split(Multiply(Convert(i8 Constant),
+    scale Constant))) with the Split/Concat applied to both, or None for any other form."""
+    import numpy as np
+
+    concat = value.get_node()
+    if concat.get_type_name() != "Concat":
+        return None
+    parts = [concat.input_value(i) for i in range(concat.get_input_size())]
+    split = parts[0].get_node()
+    if split.get_type_name() != "Split" or any(p.get_node() is not split for p in parts):
+        return None
+    rank = len(concat.get_output_partial_shape(0))
+    axis = split.input_value(1).get_node()
+    if axis.get_type_name() != "Constant" or \
+            int(axis.get_data()) % rank != concat.get_axis() % rank:
+        return None
+    mul = split.input_value(0).get_node()
+    if mul.get_type_name() != "Multiply":
+        return None
+    convert, scale = (mul.input_value(i).get_node() for i in (0, 1))
+    while scale.get_type_name() == "Reshape":
+        scale = scale.input_value(0).get_node()
+    codes = convert.input_value(0).get_node() if convert.get_type_name() == "Convert" else None
+    if codes is None or codes.get_type_name() != "Constant" or \
+            codes.get_output_element_type(0).get_type_name() != "i8" or \
+            scale.get_type_name() != "Constant":
+        return None
+    codes = codes.get_data()
+    full = np.broadcast_to(scale.get_data().astype(np.float32).reshape(
+        _scale_shape(scale.get_data().shape, codes.shape)), codes.shape)
+    order = [p.get_index() for p in parts]
+    cut = concat.get_axis() % rank
+
+    def reorder(a):
+        pieces = np.split(a, split.get_output_size(), axis=cut)
+        return np.concatenate([pieces[k] for k in order], axis=cut)
+
+    codes, full = reorder(codes), reorder(full)
+    if not np.array_equal(full, np.broadcast_to(full[..., :1], full.shape)):
+        return None  # not one scale per row (this project's lowering never writes that)
+    return np.ascontiguousarray(codes), np.ascontiguousarray(full[..., :1])
+
+
+def _scale_shape(shape, codes_shape):
+    """A DequantizeLinear scale's shape made broadcastable to the codes: a per-row [G*H] scale
+    of a [1, G*H, I] weight goes on axis 1; anything else keeps its rank."""
+    if len(shape) == len(codes_shape):
+        return shape
+    if len(shape) == 1 and len(codes_shape) == 3:
+        return (1, shape[0], 1)
+    return (1,) * (len(codes_shape) - len(shape)) + tuple(shape)
+
+
 def _weight_only_properties(compiled, layers) -> dict:
     """The compressed FullyConnected's dynamic activation quantization group size as the
     compiled model really has it (0: off), when any layer reads compressed int4/int8 weights."""
@@ -270,6 +378,8 @@ class OpenVINOBackend:
         files = {"ir_xml": f"{options.model_name}.xml", "ir_bin": f"{options.model_name}.bin"}
         xml = os.path.join(out_dir, files["ir_xml"])
         node_names = onnx_node_names(onnx_path)
+        _name_recurrent(model, onnx_path)  # before the reorder replaces the weights' nodes
+        fold_gate_reorder(model)
         _stable_names(model, node_names)
         for key, value in options.runtime_options:  # read by compile_model from the IR
             model.set_rt_info(str(value), ["runtime_options", key])
@@ -381,8 +491,11 @@ class OpenVINORunner:
         self.request = self.compiled = self._tput = None
 
     def _model(self):
-        """The model read from disk, its inputs' first dim set to options.batch if given."""
+        """The model read from disk, its inputs' first dim set to options.batch if given; an
+        ONNX file gets its int8 recurrent weights in the form the build gives them."""
         model = _read(self.path)
+        if self.path.endswith(".onnx"):
+            fold_gate_reorder(model)
         batch = self.options.batch
         if batch:
             import openvino as ov

@@ -94,6 +94,22 @@ class ActivationPlan:
         return 2 ** (self.bits - (1 if self.signed else 0)) - 1
 
 
+@dataclass(frozen=True, eq=False)
+class RecurrentPlan:
+    """A quantized LSTM/GRU (calib_free.recurrent): int8 codes of its input weights W and
+    recurrent weights R with one scale per (direction, gate row) shared by both; its input X is
+    quantized by the plan's ActivationPlan for `input`."""
+
+    name: str                # ONNX node name
+    op: str                  # LSTM | GRU
+    input: str               # value name of X
+    weights: tuple[str, str]  # initializer names of W and R
+    w_codes: np.ndarray      # int8 [D, G*H, I]
+    r_codes: np.ndarray      # int8 [D, G*H, H]
+    scale: np.ndarray        # float32 [D, G*H]
+    metrics: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SkippedLayer:
     """A layer kept in float, and why (listed in the build report, never silent)."""
@@ -111,6 +127,7 @@ class QuantPlan:
     skipped: tuple[SkippedLayer, ...] = ()
     config: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
+    recurrent: tuple[RecurrentPlan, ...] = ()
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -146,7 +163,10 @@ class QuantPlan:
                             ({"smooth": True} if a.smooth is not None else {})
                             for a in self.activations],
             "skipped": [vars(s) | {} for s in self.skipped],
-        }
+        } | ({"recurrent": [{"name": r.name, "op": r.op, "input": r.input,
+                             "weights": list(r.weights), "shape_w": list(r.w_codes.shape),
+                             "shape_r": list(r.r_codes.shape), "metrics": r.metrics}
+                            for r in self.recurrent]} if self.recurrent else {})
 
     def save(self, directory: str) -> tuple[str, str]:
         """Write plan.json and plan.npz into `directory`; returns both paths."""
@@ -164,6 +184,8 @@ class QuantPlan:
         for i, act in enumerate(self.activations):
             if act.smooth is not None:
                 arrays[f"a{i}.smooth"] = np.asarray(act.smooth, np.float32)
+        for i, rec in enumerate(self.recurrent):
+            arrays |= {f"r{i}.w": rec.w_codes, f"r{i}.r": rec.r_codes, f"r{i}.scale": rec.scale}
         json_path = os.path.join(directory, "plan.json")
         npz_path = os.path.join(directory, "plan.npz")
         with open(json_path, "w") as f:
@@ -192,9 +214,13 @@ class QuantPlan:
         acts = tuple(ActivationPlan(**(a | {"smooth": arrays.get(f"a{i}.smooth")
                                             if a.get("smooth") else None}))
                      for i, a in enumerate(d["activations"]))
+        recurrent = tuple(
+            RecurrentPlan(r["name"], r["op"], r["input"], tuple(r["weights"]), arrays[f"r{i}.w"],
+                          arrays[f"r{i}.r"], arrays[f"r{i}.scale"], r.get("metrics", {}))
+            for i, r in enumerate(d.get("recurrent", [])))
         return cls(tuple(layers), acts,
                    tuple(SkippedLayer(**s) for s in d["skipped"]), d.get("config", {}),
-                   d["version"])
+                   d["version"], recurrent)
 
 
 def _save_npz_deterministic(path: str, arrays: dict[str, np.ndarray]) -> None:

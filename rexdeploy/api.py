@@ -542,7 +542,9 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
         # image model's (EfficientNet-Lite0 --ranges synthetic: 13.3 dB without, 1.4 dB with)
         q = replace(q, smooth="off")
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
-    missing = [t for t in tensors if not use_stats(stats.get(t), q.ranges)]
+    recurrent_x = _recurrent_inputs(float_model, config)  # ranged too, planned apart
+    missing = [t for t in dict.fromkeys(tensors + recurrent_x)
+               if not use_stats(stats.get(t), q.ranges)]
     means_missing = [layer.input for layer in layers if q.bias_correction
                      and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
     need = list(dict.fromkeys(missing + means_missing))
@@ -558,7 +560,7 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
 
         observed = observe(float_model, need, samples, natural=natural)
         notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
-                     f"{len(tensors) - len(missing)} from statistics")
+                     f"{len(set(tensors + recurrent_x)) - len(missing)} from statistics")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":
@@ -581,6 +583,8 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
         log.note(note)
     if q.refine != "none":
         plan = _refine(plan, float_model, layers, stats, observed, q, calib, log, notes)
+    if any(s.op in ("LSTM", "GRU", "RNN") for s in plan.skipped):
+        plan = _recurrent(plan, float_model, recurrent_x, stats, observed, config, log, notes)
     ensemble = None
     if q.ensemble:
         from rexdeploy.quantize import ensemble_plans
@@ -590,6 +594,45 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
             raise UserError("--ensemble: no layer has a second order to share among members",
                             "raise --budget or drop --ensemble")
     return plan, notes, ensemble
+
+
+def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
+    """The inputs X and the hidden-state outputs of the LSTM/GRU layers the target runs int8
+    (rexdeploy/recurrent.py): the tensors they need ranges of."""
+    if config.target != "openvino" or config.quant.activations != "int8" or \
+            config.quant.recurrent != "int8":
+        return []
+    from rexdeploy.recurrent import candidates, state_output
+
+    nodes = candidates(float_model)
+    return list(dict.fromkeys([n.inputs[0].name for n in nodes] +
+                              [v.name for v in map(state_output, nodes) if v is not None]))
+
+
+def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: BuildConfig,
+               log: StageLog, notes: list[str]):
+    """The plan with the int8 LSTM/GRU layers added (rexdeploy/recurrent.py)."""
+    from rexdeploy.quantize import use_stats
+    from rexdeploy.recurrent import add_to_plan
+
+    q = config.quant
+    ranges = {}
+    for x in inputs:  # X (statistics or observed) and the hidden states (observed)
+        s, o = stats.get(x), observed.get(x)
+        if use_stats(s, q.ranges):
+            ranges[x] = (s.bound, s.source)
+        elif o is not None:
+            ranges[x] = (o.bound, f"observed:{q.ranges}")
+    plan = add_to_plan(plan, float_model, ranges, q, config.target)
+    if plan.recurrent:
+        ops = ", ".join(sorted({r.op for r in plan.recurrent}))
+        note = (f"{len(plan.recurrent)} recurrent layer(s) ({ops}) int8: the input rescaled onto "
+                "the hidden state's grid (its observed peak, at most 1), which OpenVINO's "
+                "kernel also rounds the fed-back state to at every step; the ONNX Runtime "
+                "reference keeps that state float, so the device check measures it")
+        notes.append(note)
+        log.note(note)
+    return plan
 
 
 def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
@@ -870,6 +913,12 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                                                                          1.0))
     result["reference"] = ref_name
     result["backend"] = backend or art.target
+    check = result.get("device_check")
+    recurrent = sum(r["op"] in ("LSTM", "GRU") for r in art.report().get("layers", ()))
+    if check and not check.get("agrees", True) and recurrent:
+        from rexdeploy.device_check import likely_cause
+
+        check["likely_cause"] = likely_cause(None, None, art.target, recurrent)
     if art.manifest.get("engine") == "deferred" and result["backend"] == art.target:
         result["backend"] = f"reference (deferred {art.target} artifact: its Q/DQ ONNX in " \
                             "ONNX Runtime)"

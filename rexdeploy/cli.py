@@ -259,6 +259,13 @@ def cli():
                    "those codes, whichever loses less. auto: where --int8-isa saturates; "
                    "nothing changes on VNNI/AMX CPUs. EfficientNet-Lite0 on AVX2: 6.7 dB "
                    "without, 23.3 dB with.")
+@click.option("--recurrent", type=click.Choice(("float", "int8")), default="float",
+              show_default=True,
+              help="LSTM/GRU layers. float: kept float and listed. int8 (OpenVINO): weights "
+                   "and input int8 on OpenVINO's int8 RNN kernel, faster (ddddocr's "
+                   "recogniser: see docs/benchmarks.md) but that kernel also rounds the hidden "
+                   "state it feeds back to 8 bits, which the ONNX Runtime reference cannot "
+                   "model: the device check shows what it costs.")
 @click.option("--equalize", type=click.Choice(("auto", "off")), default="auto",
               show_default=True,
               help="Cross-layer range equalization of depthwise inputs: where a convolution "
@@ -319,7 +326,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
           ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, refine_inputs, tokenizer, device, int8_isa, overflow_fix,
-          equalize,
+          equalize, recurrent,
           no_device_check, device_tolerance, strict_device_check, opset, dla_core,
           float_precision, centering, dims, dim_ranges, require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
@@ -375,7 +382,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         calib_preprocess=preprocess if calib else None,
                         calib_tokenizer=tokenizer, sensitivity=sensitivity,
                         mixed_precision=mixed_precision, int8_isa=int8_isa,
-                        overflow_fix=overflow_fix, equalize=equalize)
+                        overflow_fix=overflow_fix, equalize=equalize,
+                        recurrent=recurrent)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

@@ -47,7 +47,7 @@ class QuantConfig:
     budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
     ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
     ensemble_partition: str = "contiguous"  # how layers are split among the members
-                                        # (measured best: docs/benchmarks.md, issue 3)
+                                        # (measured best: docs/benchmarks.md)
     sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
                                         # compact
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
@@ -106,6 +106,9 @@ class QuantConfig:
     # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
     # differ by 1.5x or more; off: never
     equalize: str = "auto"
+    # LSTM/GRU layers (rexdeploy/recurrent.py): float keeps them float (listed); int8 runs
+    # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
+    recurrent: str = "float"
     # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
     # at build time and is replaced by the name (the plan records it); a name builds for
     # another CPU (a cross-build)
@@ -180,6 +183,8 @@ class QuantConfig:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
         if self.equalize not in ("auto", "off"):
             raise UserError(f"--equalize {self.equalize}: use auto or off")
+        if self.recurrent not in ("float", "int8"):
+            raise UserError(f"--recurrent {self.recurrent}: use float or int8")
         if self.overflow_fix not in OVERFLOW_FIXES:
             raise UserError(f"--overflow-fix {self.overflow_fix}: use one of "
                             f"{', '.join(OVERFLOW_FIXES)}")
@@ -209,7 +214,7 @@ class QuantConfig:
                 raise UserError(f"input grid step {step} of {name}: must be a positive number")
 
     def _validate_weight_only(self) -> None:
-        """--operator power and --dynamic-quantization (issue 7)."""
+        """--operator power and --dynamic-quantization."""
         if self.operator not in OPERATORS:
             raise UserError(f"--operator {self.operator}: use one of {', '.join(OPERATORS)}")
         if self.operator == "power" and (self.sparsity is not None or self.budget is not None
@@ -240,7 +245,7 @@ class QuantConfig:
             parse_calib(self.calib)
 
     def _validate_mixed(self) -> None:
-        """--sensitivity and --mixed-precision (issue 6, item 5)."""
+        """--sensitivity and --mixed-precision."""
         if self.sensitivity not in SENSITIVITY_MODES:
             raise UserError(f"--sensitivity {self.sensitivity}: use auto, on or off")
         if self.mixed_precision not in MIXED_MODES:

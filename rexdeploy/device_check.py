@@ -166,14 +166,20 @@ def _child(tmp: str) -> None:
         json.dump(result, f)
 
 
-def likely_cause(isa: dict | None, pair_limit: int | None, target: str) -> str:
-    """One line on why a device disagrees with its reference, and what to do."""
+def likely_cause(isa: dict | None, pair_limit: int | None, target: str,
+                 recurrent: int = 0) -> str:
+    """One line on why a device disagrees with its reference, and what to do. recurrent: how
+    many LSTM/GRU layers run int8 (--recurrent int8)."""
     if isa and isa.get("saturates") and pair_limit is None:
         return (f"int8 saturation: the target's int8 instruction set ({isa['name']}) adds pairs "
                 "of products in a saturating int16 and --overflow-fix is off; rebuild with "
                 "--overflow-fix auto")
     where = f"`rexdeploy compare ART --per-layer --backend {target}` names the first layer " \
             "where the device departs from the reference"
+    if recurrent:
+        return (f"{recurrent} int8 recurrent layer(s) (--recurrent int8): OpenVINO's int8 RNN "
+                "kernel rounds the hidden state it feeds back to 8 bits at every step, which "
+                "the reference keeps float; --recurrent float (the default) keeps them float")
     if isa and isa.get("saturates"):
         return (f"the target's int8 kernels ({isa['name']}) may still saturate where the "
                 f"activation codes exceed their range; {where}")
@@ -228,7 +234,8 @@ def put(report: dict, result: dict, target: str, isa: dict | None = None,
     """The device check into report.json and its summary (which the manifest copies); a
     disagreement gets its likely cause."""
     if not result.get("skipped") and not result.get("agrees", True):
-        result["likely_cause"] = likely_cause(isa, pair_limit, target)
+        recurrent = sum(r["op"] in ("LSTM", "GRU") for r in report.get("layers", ()))
+        result["likely_cause"] = likely_cause(isa, pair_limit, target, recurrent)
     report["device_check"] = result
     report["summary"]["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped")
                                          if k in result}

@@ -499,10 +499,11 @@ def render_table(result: dict):
                             f"any perturbation may flip them): agreement on the others "
                             f"{m['top1_agreement_decisive']:.1%}")
     if check and not check["agrees"]:
+        why = check.get("likely_cause") or ("the runtime does not compute what the plan means; "
+                                            "--per-layer names the layer where it departs")
         captions.append(f"[bold red]the device loses {check['loss_db']:.1f} dB against its own "
                         f"Q/DQ reference (ONNX Runtime; tolerance {check['tolerance_db']:g} dB): "
-                        "the runtime does not compute what the plan means; --per-layer names "
-                        "the layer where it departs[/]")
+                        f"{why}[/]")
     elif check:
         captions.append(f"device within {check['tolerance_db']:g} dB of its Q/DQ reference "
                         f"(ONNX Runtime; loss {check['loss_db']:.2f} dB)")

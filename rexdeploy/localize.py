@@ -87,9 +87,26 @@ def quantized_layers(float_model, qdq_model) -> list[LayerTap]:
     qdq_values = _value_names(qdq_model.graph)
     float_values = _value_names(float_model.graph)
     layers, _ = find_layers(float_model)
-    return [LayerTap(layer.name, layer.op, layer.input, layer.output) for layer in layers
-            if layer.name in planned and {layer.input, layer.output} <= qdq_values
-            and {layer.input, layer.output} <= float_values]
+    taps = [LayerTap(layer.name, layer.op, layer.input, layer.output) for layer in layers
+            if layer.name in planned]
+    taps += _recurrent_taps(float_model, qdq_model)
+    order = {node.name: i for i, node in enumerate(float_model.graph)}
+    return sorted((t for t in taps if {t.input, t.output} <= qdq_values & float_values),
+                  key=lambda t: order.get(t.name, 0))
+
+
+def _recurrent_taps(float_model, qdq_model) -> list[LayerTap]:
+    """The int8 LSTM/GRU layers (their W read through a DequantizeLinear in `qdq_model`), their
+    output the hidden states (rexdeploy.recurrent.state_output)."""
+    from rexdeploy.recurrent import RECURRENT_OPS, state_output
+
+    quantized = {node.name for node in qdq_model.graph if node.op_type in RECURRENT_OPS
+                 and len(node.inputs) > 1 and node.inputs[1] is not None
+                 and (p := node.inputs[1].producer()) is not None
+                 and p.op_type == "DequantizeLinear"}
+    return [LayerTap(node.name, node.op_type, node.inputs[0].name, out.name)
+            for node in float_model.graph
+            if node.name in quantized and (out := state_output(node)) is not None]
 
 
 def _value_names(graph) -> set[str]:

@@ -1,13 +1,13 @@
-"""Lower a float ONNX model and its QuantPlan to a Q/DQ ONNX model (ALGORITHMS.md section 7).
+"""Lower a float ONNX model and its QuantPlan to a Q/DQ ONNX model (docs/algorithms.md section 7).
 
     lower(model, plan, int4_matmul=False) -> ir.Model     a new model; the input is not changed
     summarize(model) -> dict                              op counts and Q/DQ placement, for
                                                           golden tests and the build report
 
 Passes, in order: QuantizeWeightsPass (weights -> DequantizeLinear, orders as parallel branches),
-QuantizeActivationsPass (Q/DQ on layer inputs and residual skip inputs), then opset >= 21 and
-IR >= 10, ONNX shape inference and the ONNX checker. The lowering applies the plan and never
-re-decides it.
+QuantizeRecurrentPass (LSTM/GRU W and R -> DequantizeLinear), QuantizeActivationsPass (Q/DQ on
+layer inputs and residual skip inputs), then opset >= 21 and IR >= 10, ONNX shape inference and
+the ONNX checker. The lowering applies the plan and never re-decides it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from onnx_ir.passes.common import CheckerPass
 from calib_free.plan import QuantPlan
 from rexdeploy.passes.qdq_nodes import layer_of
 from rexdeploy.passes.quantize_activations import QuantizeActivationsPass
+from rexdeploy.passes.quantize_recurrent import QuantizeRecurrentPass
 from rexdeploy.passes.shapes import QuietShapeInferencePass as ShapeInferencePass
 from rexdeploy.passes.quantize_weights import QuantizeWeightsPass
 
@@ -52,6 +53,7 @@ def lower(model: ir.Model, plan: QuantPlan, *, int4_matmul: bool = False,
     for lowering_pass in (QuantizeWeightsPass(plan, int4_matmul=int4_matmul,
                                               int4_weight_only=int4_weight_only,
                                               sparse_form=sparse_form, table_dtype=table_dtype),
+                          QuantizeRecurrentPass(plan),
                           QuantizeActivationsPass(plan),
                           ShapeInferencePass(),
                           CheckerPass(full_check=False)):

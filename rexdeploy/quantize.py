@@ -580,6 +580,7 @@ def ensemble_plans(plan: QuantPlan, layers: list[LayerInfo], stats: dict[str, Te
     def member(keep: set[str]) -> QuantPlan:
         rows = tuple(lp if lp.name in keep else
                      truncate_layer(lp, infos[lp.name], 1, means[lp.name]) for lp in plan.layers)
-        return QuantPlan(rows, plan.activations, plan.skipped, dict(plan.config))
+        return QuantPlan(rows, plan.activations, plan.skipped, dict(plan.config),
+                         recurrent=plan.recurrent)
 
     return [member(set())] + [member(set(names)) for names in members], members

@@ -21,7 +21,8 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
         for l in result.layers]
     acts = {a.tensor: a for a in plan.activations}
     bias_nodes = {info.name: info.bias_node for info in layers}
-    assigned = _assign_runtime([lp.name for lp in plan.layers], bias_nodes, runtime)
+    assigned = _assign_runtime([lp.name for lp in plan.layers] +
+                               [rp.name for rp in plan.recurrent], bias_nodes, runtime)
     rows = []
     for lp in plan.layers:
         act = acts.get(lp.input)
@@ -36,9 +37,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "weight_error": lp.metrics.get("error"),
             "bias_corrected": lp.bias_shift is not None,
             "refine": lp.metrics.get("refine"),  # --refine: output error before/after, seconds
-            "activation": None if act is None else {
-                "tensor": act.tensor, "scale": act.scale, "range": act.range,
-                "dtype": "int8" if act.signed else "uint8", "source": act.source},
+            "activation": _activation_row(act),
             "runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
             "runs_int8": bool(ran) and all(r["int8"] for r in ran),
             "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
@@ -52,6 +51,9 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             rows[-1]["operator"] = "power"
             rows[-1]["exponents"] = lp.metrics.get("exponents")
             rows[-1]["computes_float"] = TABLE_FLOAT_REASON
+    unnamed = _unnamed_recurrent(runtime, assigned)
+    rows += [_recurrent_row(rp, acts.get(rp.input), assigned[rp.name] or unnamed)
+             for rp in plan.recurrent]
     table_layers = [r["name"] for r in rows if "computes_float" in r]
     if table_layers:
         notes = list(notes) + [f"{len(table_layers)} layers compute in float because their "
@@ -63,7 +65,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
     return {
         "version": REPORT_VERSION,
         "summary": {
-            "quantized_layers": len(plan.layers),
+            "quantized_layers": len(plan.layers) + len(plan.recurrent),
             "skipped_layers": len(plan.skipped),
             "activation_tensors": len(plan.activations),
             "runtime_compute_layers": len(runtime),
@@ -83,14 +85,40 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
         },
         "layers": rows,
         "skipped": skipped,
-        "activations": [{"tensor": a.tensor, "scale": a.scale, "range": a.range,
-                         "dtype": "int8" if a.signed else "uint8", "source": a.source}
-                        for a in plan.activations],
+        "activations": [_activation_row(a) for a in plan.activations],
         "runtime_layers": runtime,
         "graph": lowered,
         "notes": list(notes) + list(result.info.get("notes", [])),
         "backend": dict(result.info),
     }
+
+
+def _activation_row(act) -> dict | None:
+    return None if act is None else {
+        "tensor": act.tensor, "scale": act.scale, "range": act.range,
+        "dtype": "int8" if act.signed else "uint8", "source": act.source}
+
+
+def _unnamed_recurrent(runtime: list[dict], assigned: dict[str, list[dict]]) -> list[dict]:
+    """The runtime recurrent layers no planned layer claimed, when they all run one precision:
+    OpenVINO's CPU plugin splits a bidirectional LSTM/GRU into two layers it names from a
+    counter, keeping no original name, so which layer is which cannot be read; if they all run
+    int8 (or all do not), each int8 recurrent layer of the plan runs that way."""
+    claimed = {id(r) for rows in assigned.values() for r in rows}
+    left = [r for r in runtime if r["type"] in ("RNNSeq", "RNNCell") and id(r) not in claimed]
+    return left if len({r["int8"] for r in left}) == 1 else []
+
+
+def _recurrent_row(rp, act, ran: list[dict]) -> dict:
+    """An int8 LSTM/GRU (calib_free.recurrent) as a layer row."""
+    return {"name": rp.name, "op": rp.op, "orders": 1, "bits": [8],
+            "macs": rp.metrics.get("macs", 0), "kept_fraction": [], "bops": None,
+            "weight_error": {"sqnr_db": rp.metrics.get("weight_sqnr_db")},
+            "bias_corrected": False,
+            "activation": _activation_row(act),
+            "runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
+            "runs_int8": bool(ran) and all(r["int8"] for r in ran),
+            "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran)}
 
 
 def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],

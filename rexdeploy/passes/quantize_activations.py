@@ -8,7 +8,8 @@ Conv (TensorRT refuses that; the frontend fuses zero pads into the Conv, so one 
 a non-zero pad the plan should not have quantized).
 
 Only these consumers of a tensor T are re-wired to T's DQ output:
-  - the planned layers whose input is T (every order's branch);
+  - the planned layers whose input is T (every order's branch), and planned LSTM/GRU layers
+    whose X is T;
   - residual Adds: an Add with T on one side and a planned layer's output (its order node, the
     Add summing its orders, or a MatMul's bias Add) on the other side gets the DQ on the T side.
     That is TensorRT's rule: Q/DQ on the skip branch lets Conv+Add fuse in int8.
@@ -112,6 +113,9 @@ def _targets(graph: ir.Graph, value: ir.Value, act: ActivationPlan, plan: QuantP
     for lp in plan.layers:
         if lp.input == value.name:
             targets += [branch_input(node) for node in branches(graph, lp.name)]
+    recurrent = {rp.name for rp in plan.recurrent if rp.input == value.name}
+    targets += [(node, index) for node, index in value.uses()
+                if index == 0 and node.name in recurrent]
     if act.smooth is not None:
         return list(dict.fromkeys(targets))  # x / s is meant for the layers only
     for node, index in value.uses():

@@ -19,9 +19,12 @@ real inputs, by the model's task:
     ddd_rec   ddddocr's CNN + LSTM CTC recogniser, grey 64 x W with W dynamic (each line at its
               own width), built for width W=dynamic: string exact match
 
-plus the SQNR of the first output, int8 coverage by count and by multiply-adds, and the build's
-device check. `--peers`: NNCF's post-training quantization of the same float graph with the same
-real inputs and with 32 random ones, run by OpenVINO, beside each row.
+plus the SQNR of the first output, int8 coverage by count and by multiply-adds, the build's
+device check, and the latency against OpenVINO f32 on the float model (one request at a time,
+interleaved; the first input's shape). ddddocr's recogniser is also built with
+`--recurrent int8` (its LSTM on OpenVINO's int8 RNN kernel). `--peers`: NNCF's post-training
+quantization of the same float graph with the same real inputs and with 32 random ones, run by
+OpenVINO, beside each row.
 """
 
 from __future__ import annotations
@@ -190,19 +193,41 @@ MODELS = {  # key: (file, --input, input range, feeds, metric, label)
 
 
 # -- runs -----------------------------------------------------------------------------------------
+# extra configurations beside the default, for the models they apply to
+EXTRA = {"ddd_rec": [("--recurrent int8", {"recurrent": "int8"})]}
+
+
 def run_model(key: str, out: str, peers: bool) -> list[dict]:
+    file, spec, rng, feeds_fn, metric, label = MODELS[key]
+    feeds = feeds_fn()
+    rows, flt = [], None
+    for flag, quant in [("(default)", {})] + EXTRA.get(key, []):
+        built, flt = _rexdeploy_rows(key, out, feeds, flag, quant)
+        rows += built
+    if peers:
+        rows += _nncf_rows(key, flt_path(out, key), feeds, flt, metric, label, rng, out)
+    return rows
+
+
+def flt_path(out: str, key: str) -> str:
+    return os.path.join(out, f"wild_{key}.openvino", "float.onnx")
+
+
+def _rexdeploy_rows(key: str, out: str, feeds: list[dict], flag: str, quant: dict):
+    """The device and reference rows of one rexdeploy build, and the float outputs."""
     import rexdeploy
     from rexdeploy.api import artifact_runner
     from rexdeploy.config import BuildConfig, QuantConfig
     from rexdeploy.fidelity import sqnr_db
 
-    file, spec, rng, feeds_fn, metric, label = MODELS[key]
-    feeds = feeds_fn()
+    file, spec, rng, _, metric, label = MODELS[key]
     start = time.perf_counter()
     dims = (("W", 256),) if spec.endswith("xW") else ()  # a typical line's width
+    suffix = "" if not quant else "_" + "_".join(f"{k}{v}" for k, v in quant.items())
     art = rexdeploy.build(os.path.join(WILD, "models", file), [spec], force=True, quiet=True,
-                          output=os.path.join(out, f"wild_{key}.openvino"),
-                          config=BuildConfig(quant=QuantConfig(input_ranges=(rng,)), dims=dims))
+                          output=os.path.join(out, f"wild_{key}{suffix}.openvino"),
+                          config=BuildConfig(quant=QuantConfig(input_ranges=(rng,), **quant),
+                                             dims=dims))
     build_s = time.perf_counter() - start
     flt = _run_onnx(art.file("float_onnx"), feeds)
     outs = {}
@@ -210,19 +235,40 @@ def run_model(key: str, out: str, peers: bool) -> list[dict]:
         with artifact_runner(art, backend) as r:
             outs[name] = [next(iter(r.infer(f).values())) for f in feeds]
     s = art.manifest["summary"]
+    latency = latency_ratio(art, feeds[0])
     rows = []
     for name in ("device", "reference"):
         m = metric(flt, outs[name])
-        rows.append({"model": label, "key": key, "config": f"rexdeploy W8A8 (default), {name}",
+        rows.append({"model": label, "key": key, "config": f"rexdeploy W8A8 {flag}, {name}",
                      "n": len(feeds), "sqnr": _pooled_sqnr(flt, outs[name], sqnr_db), **m,
                      "int8": s["int8_coverage"], "int8_macs": s.get("int8_coverage_macs"),
                      "check": (art.report().get("device_check") or {}).get("loss_db"),
-                     "build_s": build_s})
-        print(f"[wild] {label} {name}: {m['task']} {m['value']:.3f}, {rows[-1]['sqnr']:.1f} dB",
-              flush=True)
-    if peers:
-        rows += _nncf_rows(key, art.file("float_onnx"), feeds, flt, metric, label, rng, out)
-    return rows
+                     "latency": latency if name == "device" else None, "build_s": build_s})
+        print(f"[wild] {label} {flag} {name}: {m['task']} {m['value']:.3f}, "
+              f"{rows[-1]['sqnr']:.1f} dB", flush=True)
+    return rows, flt
+
+
+def latency_ratio(art, feed: dict, rounds: int = 5, seconds: float = 0.5) -> float:
+    """Median latency of the compiled artifact over OpenVINO f32 on its float model, one
+    request at a time, the two interleaved round by round (batch 1, the first input)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    requests = [core.compile_model(path, "CPU", config).create_infer_request()
+                for path in (art.file("float_onnx"), art.file("ir_xml"))]
+    times: list[list[float]] = [[], []]
+    for r in requests:
+        r.infer(feed)
+    for _ in range(rounds):
+        for r, t in zip(requests, times):
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds:
+                r.infer(feed)
+                n += 1
+            t.append((time.perf_counter() - start) / n)
+    return float(np.median(times[1]) / np.median(times[0]))
 
 
 def _pooled_sqnr(ref: list[np.ndarray], test: list[np.ndarray], sqnr_db) -> float:
@@ -274,7 +320,7 @@ def _nncf_rows(key, float_onnx, feeds, flt, metric, label, rng, out) -> list[dic
 
 # -- report ---------------------------------------------------------------------------------------
 HEADERS = ["model", "configuration", "inputs", "task metric vs float", "SQNR dB",
-           "int8 layers", "int8 MACs", "device check loss dB"]
+           "int8 layers", "int8 MACs", "device check loss dB", "latency vs f32"]
 
 
 def _cells(r: dict) -> list[str]:
@@ -282,7 +328,8 @@ def _cells(r: dict) -> list[str]:
         (f"; per position {r['per_position']:.3f}" if r.get("per_position") is not None else "")
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     return [r["model"], r["config"], str(r["n"]), task, f"{r['sqnr']:.1f}", pct(r.get("int8")),
-            pct(r.get("int8_macs")), "-" if r.get("check") is None else f"{r['check']:.2f}"]
+            pct(r.get("int8_macs")), "-" if r.get("check") is None else f"{r['check']:.2f}",
+            "-" if r.get("latency") is None else f"{r['latency']:.2f}x"]
 
 
 def main() -> int:
