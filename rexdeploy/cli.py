@@ -440,7 +440,9 @@ def _parse_dim_range(text: str) -> tuple[str, int, int, int]:
 
 
 # -- compare -----------------------------------------------------------------------------------
-@cli.command()
+@cli.command(epilog="""\b
+Exit status: 0 done; 1 user error; 2 usage error; 3 a --min-sqnr / --min-cosine floor was
+missed (each output's figure against its floor is named on stderr).""")
 @click.argument("artifact", type=click.Path())
 @click.option("--inputs", type=click.Path(), help="Directory of images (needs a preprocess spec, "
               "recorded at build or given here) or of .npy/.npz files.")
@@ -490,21 +492,37 @@ def _parse_dim_range(text: str) -> tuple[str, int, int, int]:
                    "its axis AXIS (the sample axis not counted), e.g. output:2:5:6=classes for "
                    "a detector head [1, anchors, 6] whose last column is the class score. One "
                    "SQNR over a whole concatenated head can hide a collapsed part. Repeatable.")
+@click.option("--min-sqnr", "min_sqnr", multiple=True, metavar="[OUTPUT:]DB",
+              help="Fail (exit 3) when an output's SQNR against the float model is below DB; "
+                   "OUTPUT: one output or --output-slice label, else every output. Repeatable.")
+@click.option("--min-cosine", "min_cosine", multiple=True, metavar="[OUTPUT:]VALUE",
+              help="Fail (exit 3) when an output's mean cosine similarity to the float model "
+                   "is below VALUE (e.g. 0.99). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--save", type=click.Path(), help="Also write the metrics as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True)
 @user_errors
 def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, per_layer,
-            device_check, threshold_db, top, ten_crop, output_slices, as_json, save, quiet):
+            device_check, threshold_db, top, ten_crop, output_slices, min_sqnr, min_cosine,
+            as_json, save, quiet):
     """Fidelity of ARTIFACT against the float model: SQNR, cosine, top-1 agreement, KL; on a
-    device, also against its own Q/DQ reference (ONNX Runtime)."""
+    device, also against its own Q/DQ reference (ONNX Runtime). With --min-sqnr/--min-cosine,
+    a pass/fail gate for CI."""
     from rexdeploy import api
+    from rexdeploy.floors import check_floors, parse_floor
+
+    floors = tuple(parse_floor(t, "sqnr_db") for t in min_sqnr) + \
+        tuple(parse_floor(t, "cosine_mean") for t in min_cosine)
 
     result = api.compare(artifact, inputs, synthetic=synthetic, preprocess=preprocess,
                          reference=reference, backend=backend, limit=limit, quiet=quiet or as_json,
                          per_layer=per_layer, threshold_db=threshold_db, top=top,
                          ten_crop=ten_crop, device_check=device_check,
                          output_slices=output_slices)
+    findings = check_floors(result, floors)
+    if floors:
+        result["floors"] = [{"floor": str(f.floor), "output": f.output, "measured": f.measured,
+                             "passed": not f.missed} for f in findings]
     _save(save, result)
     if as_json:
         click.echo(json.dumps(result, indent=1, default=_json_default))
@@ -516,6 +534,19 @@ def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, 
             from rexdeploy.localize import render_per_layer
 
             _console().print(render_per_layer(result["per_layer"]))
+    _floor_gate(findings, quiet)
+
+
+def _floor_gate(findings, quiet: bool) -> None:
+    from rexdeploy.floors import EXIT_FLOOR
+
+    failed = [f for f in findings if f.missed]
+    for f in findings if not quiet else failed:
+        click.echo(("BELOW FLOOR " if f.missed else "ok ") + f.describe(), err=True)
+    if failed:
+        click.secho(f"fidelity gate failed: {len(failed)} of {len(findings)} figure(s) below "
+                    "their floor", fg="red", err=True)
+        sys.exit(EXIT_FLOOR)
 
 
 # -- profile -----------------------------------------------------------------------------------
