@@ -87,16 +87,19 @@ class TrtBuildSpec:
 
 def build_spec(onnx_path: str, out_dir: str, options: BuildOptions) -> TrtBuildSpec:
     """The spec for `onnx_path`: profiles from its dynamic input dims, aux streams from the
-    number of parallel branches (REx orders), DLA from the options."""
-    import onnx_ir as ir
+    number of parallel branches (REx orders), DLA from the options. Reads the ONNX with `onnx`
+    (the core install's, as on a Jetson: no onnx-ir there)."""
+    import onnx
 
-    model = ir.load(onnx_path)
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
     ranges = {name: (lo, opt, hi) for name, lo, opt, hi in options.dim_ranges}
     used, profiles = set(), []
-    for value in model.graph.inputs:
-        if value.is_initializer() or value.shape is None:
+    for value in graph.input:
+        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
             continue
-        dims = list(value.shape)
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in value.type.tensor_type.shape.dim]
         if all(isinstance(d, int) for d in dims):
             continue
         lo, opt, hi = [], [], []
@@ -104,7 +107,7 @@ def build_spec(onnx_path: str, out_dir: str, options: BuildOptions) -> TrtBuildS
             if isinstance(d, int):
                 lo.append(d), opt.append(d), hi.append(d)
                 continue
-            name = str(d.value) if getattr(d, "value", None) else str(d)
+            name = d
             r = ranges.get(name, DEFAULT_DIM_RANGE)
             used.add(name)
             lo.append(r[0]), opt.append(r[1]), hi.append(r[2])
@@ -113,8 +116,8 @@ def build_spec(onnx_path: str, out_dir: str, options: BuildOptions) -> TrtBuildS
     if unknown:
         raise UserError(f"--dim-range names {', '.join(sorted(unknown))}, not a dynamic dim of "
                         "the model's inputs")
-    int4 = any(n.op_type == "DequantizeLinear" and n.inputs[0].dtype == ir.DataType.INT4
-               for n in model.graph)
+    int4_tensors = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    int4 = any(n.op_type == "DequantizeLinear" and n.input[0] in int4_tensors for n in graph.node)
     aux = options.parallel_branches - 1 if options.parallel_branches > 1 else None
     notes = []
     if aux is not None:

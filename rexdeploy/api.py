@@ -780,8 +780,6 @@ def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) 
 
 
 def _zeroq_samples(config: BuildConfig, loaded, log: StageLog, ranges) -> list[dict]:
-    import torch
-
     from calib_free.synthetic import bn_matched_inputs
 
     if loaded.kind != "module" or len(config.inputs) != 1:

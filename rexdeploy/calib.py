@@ -189,7 +189,6 @@ def _bn_samples(n: int, config, loaded, log) -> list[dict]:
 
 
 def _token_samples(n: int, config, vocab: dict[str, int]) -> list[dict]:
-    import numpy as np
     import torch
 
     from calib_free.synthetic import random_token_lengths, random_tokens

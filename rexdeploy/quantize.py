@@ -8,6 +8,7 @@ and never re-decides it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -17,6 +18,9 @@ from rexdeploy.analyze import LayerInfo
 from rexdeploy.config import QuantConfig
 from rexdeploy.observe import Observed
 from rexdeploy.stats import TensorStats
+
+if TYPE_CHECKING:
+    import torch
 
 
 def activation_tensors(model: ir.Model, layers: list[LayerInfo]) -> list[str]:

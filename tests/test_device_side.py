@@ -94,6 +94,17 @@ def test_finish_deferred_says_tensorrt_is_missing_and_writes_nothing(fixtures, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+def test_the_engine_build_spec_reads_the_onnx_without_onnx_ir(fixtures):
+    """What --from-deferred hands TensorRT is worked out from the Q/DQ ONNX with the core
+    install's `onnx` (a Jetson has no onnx-ir)."""
+    from backends.base import BuildOptions
+    from backends.tensorrt import build_spec
+
+    spec = build_spec(os.path.join(fixtures["trt"], "model.onnx"), fixtures["trt"],
+                      BuildOptions(device="GPU"))
+    assert spec.onnx == "model.onnx" and spec.int4 is False and spec.dla_core is None
+
+
 @pytest.mark.skipif(not DEVICE_SIDE, reason="only in the device-side venv (tools/test.sh)")
 def test_building_from_a_model_needs_the_build_extra(fixtures, tmp_path):
     model = tmp_path / "m.onnx"

@@ -1,10 +1,8 @@
 """Per-layer localisation (`compare --per-layer`): a deliberately damaged layer is found."""
 
 import json
-import os
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -114,6 +112,7 @@ def test_rex_orders_and_matmul_layers_are_matched(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "mlp.pt"
     torch.jit.save(torch.jit.trace(tiny_mlp(), torch.randn(1, 4, 32)), str(path))
+    k1: dict[str, float] = {}  # order 1's per-layer SQNR, which order 2 must beat
     for orders in (1, 2):
         cfg = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(orders=orders))
         art = rexdeploy.build(str(path), ["x:1x4x32"], target="reference", config=cfg,
@@ -174,7 +173,7 @@ def test_bias_beyond_int32_is_flagged(cnn_artifact, tmp_path):
     assert flagged["/fc/Gemm"] is not None  # Gemm with an input Q/DQ and a bias is checked
     from rexdeploy.localize import summary_lines
 
-    assert f"1 layers have a bias beyond int32" in summary_lines(result)[-1]
+    assert "1 layers have a bias beyond int32" in summary_lines(result)[-1]
     assert f"{DAMAGED} (2 channels)" in summary_lines(result)[-1]
 
 

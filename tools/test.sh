@@ -11,12 +11,28 @@
 #     kernels (int8 pairs saturate in int16) on any x86 host, so a result that holds only with
 #     VNNI/AMX fails here too; skipped, saying why, where this CPU's own kernels are pre-VNNI
 #     already (lane 1 ran them) or it has no AVX2.
+# Before them, a lint step: ruff (syntax errors, undefined names, unused imports, and each
+# package's banned imports: calib_free/, backends/, rexdeploy/passes/, rexdeploy/frontend/
+# ruff.toml).
 # Arguments (e.g. a test file) go to lanes 1 and 3; lane 2 runs only without arguments.
+# `--quick` (first argument): the lint and lane 1 without the tests marked slow (those that
+# load a real pretrained model), for the edit-test loop; CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 bash tools/setup.sh
 PY=.venv/bin/python
 status=0
+
+echo "[test] lint: ruff check"
+.venv/bin/ruff check --quiet . || status=1
+
+if [ $quick -eq 1 ]; then
+    echo "[test] quick: lane 1 without the slow tests (CI runs all three lanes)"
+    $PY -m pytest -q -p no:cacheprovider -m "not slow" "$@" || status=1
+    exit $status
+fi
 
 echo "[test] lane 1: this CPU's own int8 kernels"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
