@@ -1,4 +1,4 @@
-"""Data-free bias correction, DFQ-style (ALGORITHMS.md section 3.1).
+"""Data-free bias correction, DFQ-style (docs/algorithms.md section 3.1).
 
 Quantizing a layer's weight W -> W_hat moves its expected output by (W_hat - W) @ E[x]. With E[x]
 from the statistics of the layer feeding it, subtracting that shift from the bias puts the

@@ -1,4 +1,4 @@
-"""Layer-partition ensemble of a REx expansion (ALGORITHMS.md section 2.2).
+"""Layer-partition ensemble of a REx expansion (docs/algorithms.md section 2.2).
 
 With A the order-1 kernels and B the higher-order residual kernels, split the expanded layers
 into M groups P_1..P_M. Members F_m = F(A + B restricted to P_m) and the base F_0 = F(A); the

@@ -1,4 +1,4 @@
-"""ERQ (ALGORITHMS.md section 5) for Linear layers: Aqer, then Wqer.
+"""ERQ (docs/algorithms.md section 5) for Linear layers: Aqer, then Wqer.
 
 Aqer (activation quantization error reduction): with A = [xq, 1] and the float outputs y,
 

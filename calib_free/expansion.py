@@ -1,4 +1,4 @@
-"""REx residual expansion (ALGORITHMS.md section 2): W ~ sum_k Q^-1(R_k), each order with its
+"""REx residual expansion (docs/algorithms.md section 2): W ~ sum_k Q^-1(R_k), each order with its
 own scales.
 
 R1 = Q(W), Rk = Q(W - sum_{j<k} Q^-1(Rj)). With round-to-nearest and max-abs scales,

@@ -1,4 +1,4 @@
-"""FlexRound (ALGORITHMS.md section 5): learned rounding by block reconstruction.
+"""FlexRound (docs/algorithms.md section 5): learned rounding by block reconstruction.
 
     W_hat = s1 * clamp(round(W / (s1 * exp(S2) * exp(s3) * exp(s4))), -qmax, qmax)
 

@@ -15,7 +15,7 @@ drop of the output NSR per bit-operation (output noise of independent layers add
     L's weights raised to 8 bits:    nsr_w[L] * (share now - share at 8 bits)   (layer-wide)
     T kept in float (no Q/DQ):       nsr_a[T]
 
-with the cost model of ALGORITHMS.md section 2.1, BOPs = M * b_w * b_a * (1 + sum of gammas):
+with the cost model of docs/algorithms.md section 2.1, BOPs = M * b_w * b_a * (1 + sum of gammas):
 raising L's weights costs M * b_a * (8 (1 + its gammas: orders end) - b_w (1 + its gammas));
 keeping T float costs, over the layers reading it, M * b_w * (32 - 8) * (1 + their gammas).
 A runtime's calib_free.sparse.CostModel adds its per-weight and per-output terms to each.

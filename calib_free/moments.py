@@ -1,4 +1,4 @@
-"""Gaussian moment propagation, per channel (ALGORITHMS.md section 3).
+"""Gaussian moment propagation, per channel (docs/algorithms.md section 3).
 
 A channel is modelled as N(mean_c, var_c), channels and positions independent. These primitives
 carry (mean, var) through clipping activations, Conv/Linear and Add, so activation ranges and the

@@ -1,4 +1,4 @@
-"""PowerQuant: the non-uniform power operator Q_a (ALGORITHMS.md section 4).
+"""PowerQuant: the non-uniform power operator Q_a (docs/algorithms.md section 4).
 
     Q_a(W)   = round(qmax * sign(W) * |W / clip|^a)        a in (0, 1]; a = 1 is uniform
     Q_a^-1   = sign(q) * clip * |q / qmax|^(1/a)

@@ -1,4 +1,5 @@
-"""Uniform symmetric quantizer Q (ALGORITHMS.md section 1): zero-point 0, codes in [-qmax, qmax].
+"""Uniform symmetric quantizer Q (docs/algorithms.md section 1): zero-point 0, codes in
+[-qmax, qmax].
 
 One set of primitives covers the three granularities, told apart by the scale's shape:
 - per tensor: scale shape [] (0-d);

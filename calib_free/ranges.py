@@ -1,4 +1,5 @@
-"""Activation range estimators (ALGORITHMS.md section 6): each returns a positive clip (real units).
+"""Activation range estimators (docs/algorithms.md section 6): each returns a positive clip
+(real units).
 
 From samples: max-abs, percentile of |x|, MSE-optimal clip for the integer grid. From moments
 (BatchNorm/LayerNorm statistics): max_c |mean_c| + n std_c, with n chosen by the MSE criterion for

@@ -1,4 +1,5 @@
-"""Layer reconstruction data and error (ALGORITHMS.md section 5): what the refinements minimise.
+"""Layer reconstruction data and error (docs/algorithms.md section 5): what the refinements
+minimise.
 
 A quantized Conv/Gemm/MatMul is a block here: y = x W^T + b in matrix form, where a Conv's input
 is unfolded into patches (im2col) and its G groups are a batch, so

@@ -1,4 +1,4 @@
-"""Data-free scale migration for Linear inputs (SmoothQuant-style; ALGORITHMS.md section 3).
+"""Data-free scale migration for Linear inputs (SmoothQuant-style; docs/algorithms.md section 3).
 
 A per-tensor int8 activation with a few outlier channels (MiniLM's LayerNorm and GELU outputs
 carry 10-15x channels) spends its 255 steps on those channels, and every other channel is left

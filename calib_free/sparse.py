@@ -1,4 +1,4 @@
-"""Group-sparse REx orders and the bit-operation budget (ALGORITHMS.md section 2.1).
+"""Group-sparse REx orders and the bit-operation budget (docs/algorithms.md section 2.1).
 
 An order k >= 2 need not cover every output channel (neuron). Which channels it covers is a
 nested choice (a channel gets order k only if it has order k - 1), made either uniformly per layer
@@ -147,7 +147,7 @@ class CostModel:
     each). A layer reading a float activation (b_a >= 16) also pays per_float_input per input
     element, once (the float tensor written and read, and its conversion for the readers that
     stay integer). BOPS, all
-    terms 0, is the plain bit-operation count of ALGORITHMS.md section 2.1. A runtime's own
+    terms 0, is the plain bit-operation count of docs/algorithms.md section 2.1. A runtime's own
     numbers are measured (rexdeploy/cost_models.py): a further order there also writes its
     output in float and adds it to the others, so per_extra_output > per_output. Sparse orders
     pay the per-element terms in proportion to the channels they keep, as they pay the MACs."""

@@ -1,4 +1,4 @@
-"""Synthetic inputs without data (ALGORITHMS.md section 3, items 2 and 3).
+"""Synthetic inputs without data (docs/algorithms.md section 3, items 2 and 3).
 
 Random Gaussian or uniform images, ZeroQ-style inputs whose BatchNorm batch statistics match the
 running statistics, and random token ids for token models. All deterministic given the seed.

@@ -6,7 +6,7 @@
     rexdeploy.compare(art.path, inputs="photos/")
     rexdeploy.profile(art.path)
 
-Stages (each a function with a typed input and output, see DESIGN.md): load -> export (float
+Stages (each a function with a typed input and output, see docs/design.md): load -> export (float
 ONNX, BN kept) -> statistics -> fold BN -> analyze -> quantize (QuantPlan) -> lower (Q/DQ ONNX) ->
 compile (backend) -> artifact.
 """

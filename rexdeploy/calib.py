@@ -1,4 +1,4 @@
-"""Calibration data for `--calib` (ALGORITHMS.md sections 3 and 5): synthetic or the user's.
+"""Calibration data for `--calib` (docs/algorithms.md sections 3 and 5): synthetic or the user's.
 
     --calib synthetic[:N]   data-free (default N = 32):
                             CNN given as an eager nn.Module with BatchNorm: images optimised so

@@ -1,6 +1,6 @@
 """What a `--budget` counts: bit-operations, or a runtime's measured time per layer.
 
-BOPs (M x b_w x b_a per layer, ALGORITHMS.md section 2.1) leave out what a runtime pays besides
+BOPs (M x b_w x b_a per layer, docs/algorithms.md section 2.1) leave out what a runtime pays besides
 the multiply-accumulates: reading the weights, writing the outputs and, for every further REx
 order, its float output and the sum of the orders. On OpenVINO's CPU plugin those dominate the
 layers with few MACs per output element: a depthwise convolution's second order costs about 4x

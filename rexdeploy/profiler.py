@@ -8,7 +8,7 @@
 - Throughput: the runner's own async path (OpenVINO: AsyncInferQueue under the THROUGHPUT hint),
   reported separately: throughput latency is not single-request latency.
 - Several variants are measured interleaved, round-robin over rounds, so a noisy machine (it is
-  shared; BACKENDS.md) hits all alike, and ratios are taken against the first variant.
+  shared; docs/backends.md) hits all alike, and ratios are taken against the first variant.
 - `--iterations N` instead of a duration: N timed sync inferences per variant, split over the
   rounds; the throughput phase then runs as long as that round's latency phase took.
 - Per layer (`layer_profile`): a separate runner with per-layer counters on (they slow every

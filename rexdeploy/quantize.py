@@ -425,7 +425,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
                   if config.budget is not None else {}),
                "error_order1": _rounded(weight_error(w, first)),
                "error": _rounded(weight_error(w, w_hat)),
-               # output noise-to-signal proxy (ALGORITHMS.md 2.1): order 1 and final
+               # output noise-to-signal proxy (docs/algorithms.md 2.1): order 1 and final
                "output_nsr_order1": float(f"{float((e.errors[0] / signal).mean()):.6g}"),
                "output_nsr": float(f"{float((final / signal).mean()):.6g}")}
     pairs = pair_limit(layer, config)

@@ -1,4 +1,4 @@
-"""Data-free activation statistics from the float graph (ALGORITHMS.md §3).
+"""Data-free activation statistics from the float graph (docs/algorithms.md §3).
 
 Every tensor gets per-channel Gaussian moments (mean, variance) and an extent [lo, hi] where they
 can be derived without data: BatchNormalization outputs are N(beta, gamma^2) per channel,
@@ -23,7 +23,7 @@ import onnx_ir as ir
 from rexdeploy.constants import const_array as _const
 
 # Where a tensor's statistics come from; "ln" is kept apart because LayerNorm statistics miss the
-# outlier channels of transformers (MiniLM W8A8 cosine 0.81-0.89, ALGORITHMS.md §3.3).
+# outlier channels of transformers (MiniLM W8A8 cosine 0.81-0.89, docs/algorithms.md §3.3).
 ROOTS = ("bn", "ln", "input", "assumed-input")
 _PASS_THROUGH = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
                  "GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool", "ReduceMean",

@@ -3,8 +3,9 @@
     check_trt_rules(model_or_path) -> TrtCheck      findings, each naming the node
     rexdeploy inspect --check trt model.onnx        the same from the command line
 
-Errors are what TensorRT's ONNX parser or builder refuses (BACKENDS.md, reference/anchors.md
-sections 1.2-1.3); warnings are what builds but does not run as int8 the way the graph suggests.
+Errors are what TensorRT's ONNX parser or builder refuses (docs/backends.md, from TensorRT's
+documentation and its ONNX parser's source); warnings are what builds but does not run as int8
+the way the graph suggests.
 
   opset            ai.onnx opset >= 13 (per-channel Q/DQ), >= 21 for INT4 / block_size
   operators        no QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger,

@@ -29,7 +29,7 @@ def _cuda() -> bool:
 
 _SKIPS = {
     "openvino": (lambda: _has("openvino"), "openvino is not installed"),
-    "tensorrt": (lambda: _has("tensorrt"), "tensorrt does not import here (see BACKENDS.md)"),
+    "tensorrt": (lambda: _has("tensorrt"), "tensorrt does not import here (see docs/backends.md)"),
     "gpu": (_cuda, "no CUDA GPU on this machine"),
     "jetson": (lambda: os.path.exists("/etc/nv_tegra_release"), "not a Jetson board"),
 }

@@ -24,8 +24,8 @@ from tiny_models import tiny_cnn, tiny_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# trtexec flags, from BACKENDS.md and reference/anchors.md sections 1.1, 1.7-1.10 (sampleOptions.cpp
-# @ 10.x / 11.1). Every flag rexdeploy writes must be in the set of its version.
+# trtexec flags, from TensorRT's sampleOptions.cpp @ 10.x / 11.1 (docs/backends.md). Every flag
+# rexdeploy writes must be in the set of its version.
 TRT10_FLAGS = {"--onnx", "--saveEngine", "--stronglyTyped", "--int8", "--fp16",
                "--timingCacheFile", "--profilingVerbosity", "--exportLayerInfo", "--skipInference",
                "--maxAuxStreams", "--minShapes", "--optShapes", "--maxShapes", "--useDLACore",

@@ -462,7 +462,8 @@ def check_golden(name: str, summary: dict) -> None:
 
 # -- TensorRT placement rules -------------------------------------------------------------------
 def tensorrt_violations(model: ir.Model) -> list[str]:
-    """BACKENDS.md's TensorRT Q/DQ rules, checked on a lowered graph; [] when it follows them."""
+    """TensorRT's Q/DQ rules (docs/backends.md), checked on a lowered graph; [] when it follows
+    them."""
     problems = []
     compute = ("Conv", "Gemm", "MatMul")
     for n in model.graph:

@@ -3,7 +3,7 @@ quantizer's contract.
 
 Parsers: any text gives a result or a UserError, never another exception (which the CLI would
 show as a traceback); what the parser writes back (`str(spec)`) parses to the same value.
-Quantizer (ALGORITHMS.md section 1): codes in [-qmax, qmax], zero-point 0 (the grid is
+Quantizer (docs/algorithms.md section 1): codes in [-qmax, qmax], zero-point 0 (the grid is
 symmetric: q(-w) = -q(w), q(0) = 0), and |dequantize(quantize(w)) - w| <= scale/2 for every w
 inside the clip range (also with clip search, which clips below max |w|).
 The example counts are small: these run in the default suite.

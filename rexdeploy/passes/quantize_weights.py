@@ -13,7 +13,7 @@ node's name and bias, summed by Add into the original output value:
     x -> Conv(DQ(codes2, s2))       -> y2 --Add--> y        (original name of y)
 
 The dequantized orders are never summed into one float weight: backends fold that into a float
-weight and run the layer in float (measured on OpenVINO, ALGORITHMS.md section 7).
+weight and run the layer in float (measured on OpenVINO, docs/algorithms.md section 7).
 
 A group-sparse order (`WeightOrder.channels`) is lowered in one of two forms (`sparse_form`):
 "dense" keeps the full weight with zero rows (same graph as a dense order); "compact" computes

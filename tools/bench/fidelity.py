@@ -73,7 +73,7 @@ CONFIGS += [("rexdeploy W8A8, REx budget 1.15, mixed activations",  # issue 2: f
             ("rexdeploy W8A8, REx budget 1.5", {"budget": 1.5}),  # room for a float input
             ("rexdeploy W8A8, REx budget 1.5, mixed activations",
              {"budget": 1.5, "mixed_precision": "activations"})]
-# the rows above count the budget in bit-operations, as they were measured (ALGORITHMS.md 2.1);
+# the rows above count the budget in bit-operations, as they were measured (docs/algorithms.md 2.1);
 # OpenVINO CPU builds now count it in the runtime's measured time model by default
 # (rexdeploy/cost_models.py, --budget-cost): the rows below
 CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for label, q in CONFIGS]

@@ -25,7 +25,7 @@ if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)
 
 INPUTS = ["input_ids:1x128:int64", "attention_mask:1x128:int64"]
-# The Linear layers whose inputs carry the 10-15x outlier channels (ALGORITHMS.md section 3):
+# The Linear layers whose inputs carry the 10-15x outlier channels (docs/algorithms.md section 3):
 # the FFN down-projections ("output") read the GELU output, the up-projections
 # ("intermediate") the LayerNorm output.
 FFN_OUT = tuple(f"/layers.{i}/output/MatMul" for i in range(6))
