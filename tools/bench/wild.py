@@ -271,6 +271,30 @@ def latency_ratio(art, feed: dict, rounds: int = 5, seconds: float = 0.5) -> flo
     return float(np.median(times[1]) / np.median(times[0]))
 
 
+def isolated(key: str, out: str, peers: bool) -> list[dict]:
+    """run_model in a child process, so that a runtime crash costs one model's rows, not the
+    run: OpenVINO 2026.4 segfaults running PP-OCRv4's recogniser (its float f32 model too)
+    under ONEDNN_MAX_CPU_ISA=AVX2; that model then gets one row saying so."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.json")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", key,
+                               "--out", out, "--rows-json", path] + (["--peers"] if peers else []),
+                              check=False)
+        if proc.returncode == 0 and os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    print(f"[wild] {MODELS[key][-1]}: the run crashed ({why})", flush=True)
+    return [{"model": MODELS[key][-1], "key": key, "config": "-", "n": 0,
+             "task": f"the run crashed ({why})" + (f" under ONEDNN_MAX_CPU_ISA={isa}" if isa
+                                                   else "")}]
+
+
 def _pooled_sqnr(ref: list[np.ndarray], test: list[np.ndarray], sqnr_db) -> float:
     return sqnr_db(np.concatenate([r.ravel() for r in ref]),
                    np.concatenate([t.ravel() for t in test]))
@@ -324,6 +348,8 @@ HEADERS = ["model", "configuration", "inputs", "task metric vs float", "SQNR dB"
 
 
 def _cells(r: dict) -> list[str]:
+    if r["n"] == 0:  # a crashed model (isolated)
+        return [r["model"], r["config"], "-", r["task"]] + ["-"] * (len(HEADERS) - 4)
     task = f"{r['task']} {r['value']:.3f}" + (f" ({r['detail']})" if r.get("detail") else "") + \
         (f"; per position {r['per_position']:.3f}" if r.get("per_position") is not None else "")
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
@@ -338,9 +364,17 @@ def main() -> int:
     ap.add_argument("--peers", action="store_true", help="also NNCF with real and random data")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "wild"))
     ap.add_argument("--markdown")
+    ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # a child's rows (see isolated)
     args = ap.parse_args()
     if not os.path.isdir(os.path.join(WILD, "models")):
         raise SystemExit("no models: run .venv/bin/python tools/fetch_wild.py first")
+    if args.rows_json:  # the child of `isolated`: one model, its rows as JSON
+        import json
+
+        rows = run_model(args.only[0], args.out, args.peers)
+        with open(args.rows_json, "w") as f:
+            json.dump(rows, f)
+        return 0
     from rich.console import Console
     from common import print_table
 
@@ -348,7 +382,7 @@ def main() -> int:
 
     rows = []
     for key in args.only or list(MODELS):
-        rows += run_model(key, args.out, args.peers)
+        rows += isolated(key, args.out, args.peers)
     console = Console(width=170)
     info = device_info()
     console.print(f"CPU: {info['cpu_model']}; load {info['loadavg']}")
