@@ -107,6 +107,29 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
     return QuantPlan(new_layers, plan.activations, plan.skipped, config_dict), summary
 
 
+def end_to_end_db(float_model, plans: list[QuantPlan], samples: list[dict]) -> list[float]:
+    """Each plan's network output SQNR (dB) against the float model on `samples`: the plan
+    lowered to its Q/DQ ONNX and run, with the float model, in ONNX Runtime (no graph
+    optimisation); per output pooled over the samples, then the mean over outputs."""
+    import onnx_ir as ir
+
+    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.localize import _run, _session
+    from rexdeploy.lower import lower
+
+    def outputs(model, what: str) -> dict[str, np.ndarray]:
+        session = _session(ir.to_proto(model).SerializeToString(), what)
+        runs = [_run(session, feeds) for feeds in samples]
+        return {name: np.concatenate([r[name].ravel() for r in runs]) for name in runs[0]}
+
+    ref = outputs(float_model, "the float model")
+    scores = []
+    for plan in plans:
+        test = outputs(lower(float_model, plan), "a candidate plan")
+        scores.append(float(np.mean([min(sqnr_db(ref[n], test[n]), 120.0) for n in ref])))
+    return scores
+
+
 def _eligible(lp: LayerPlan, info, method: str, act=None) -> bool:
     """FlexRound: every Conv (1-D/2-D) and Linear; ERQ: Linear layers (Gemm, MatMul, and 1x1
     convolutions without groups, which are a Linear per pixel). A migrated (smoothed) input

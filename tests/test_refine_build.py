@@ -256,3 +256,46 @@ def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
         n = int(mask.sum())
         assert ids.shape == (1, 64) and 4 <= n <= 64 and mask[0, :n].all()
         assert int(ids.max()) < 50 and not ids[0, n:].any()  # padding after the sentence
+
+
+# -- the end-to-end check: a refinement that loses is dropped ----------------------------------
+def test_a_refinement_is_judged_end_to_end_and_its_verdict_recorded(tmp_path):
+    torch.manual_seed(0)
+    art = _build(tiny_cnn(), CNN_IN, tmp_path / "k", weights="int4", refine="flexround",
+                 refine_iters=20)
+    verdict = _plan(art).config["refine_end_to_end"]
+    assert len(verdict["checks"]) == 2 and "held-out" in verdict["checks"][0]["inputs"]
+    assert "half amplitude" in verdict["checks"][1]["inputs"]
+    assert verdict["kept"] == all(c["refined_db"] >= c["plain_db"] for c in verdict["checks"])
+    assert _plan(art).config["refine"] == "flexround"
+
+
+def test_a_refinement_that_loses_end_to_end_falls_back_to_round_to_nearest(tmp_path,
+                                                                          monkeypatch):
+    """A refinement whose scales all came out 30 % too large (a stand-in for one that fits its
+    calibration data and nothing else): the build measures it losing and keeps the plain plan,
+    byte for byte."""
+    from dataclasses import replace
+
+    import rexdeploy.refine as refine
+
+    real = refine.refine_plan
+
+    def damaged(plan, *args, **kwargs):
+        refined, summary = real(plan, *args, **kwargs)
+        layers = tuple(replace(lp, orders=tuple(replace(o, scale=o.scale * np.float32(1.3))
+                                                for o in lp.orders)) for lp in refined.layers)
+        return replace(refined, layers=layers), summary
+
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    plain = _build(model, CNN_IN, tmp_path / "plain", weights="int4")
+    monkeypatch.setattr(refine, "refine_plan", damaged)
+    art = _build(model, CNN_IN, tmp_path / "r", weights="int4", refine="flexround",
+                 refine_iters=5)
+    verdict = _plan(art).config["refine_end_to_end"]
+    assert verdict["kept"] is False
+    assert all(c["refined_db"] < c["plain_db"] for c in verdict["checks"])
+    with open(plain.file("onnx"), "rb") as a, open(art.file("onnx"), "rb") as b:
+        assert a.read() == b.read()  # the round-to-nearest model, unchanged
+    assert any("keeps round-to-nearest" in n for n in art.report()["notes"])
