@@ -28,6 +28,14 @@ def get(name: str):
     return importlib.import_module(_REGISTRY[name]).BACKEND
 
 
+def rules(name: str):
+    """The target's TargetRules (backends.base): its module's `RULES`, imported now (a backend
+    module imports its runtime only when it builds or runs)."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown target {name!r}; available targets: {', '.join(_REGISTRY)}")
+    return importlib.import_module(_REGISTRY[name]).RULES
+
+
 def status() -> list[tuple[str, bool, str]]:
     """(name, available, reason or version) for every registered backend."""
     rows = []

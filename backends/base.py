@@ -83,6 +83,30 @@ class LayerTiming:
     time_ms: float
 
 
+@dataclass(frozen=True)
+class TargetRules:
+    """What a target asks of the build, declared by its backend (module attribute `RULES`, read
+    through `backends.rules(name)`): the pipeline asks these instead of testing the target's
+    name."""
+
+    default_device: str = "CPU"          # the device when the user names none
+    defers: bool = False                 # builds without its runtime, the engine left to the device
+    unavailable_hint: str | None = None  # the hint when the runtime is missing and it cannot defer
+    unsigned_activations: bool = True    # non-negative activations may be uint8 (else signed only)
+    centering: bool = False              # --centering applies (signed-only int8 activations)
+    float16_graph: bool = False          # the float parts are written as float16 by default
+    int4_weight_only: bool = False       # INT4 tensors only where a layer's input stays float
+    table_dtype: str = "float32"         # storage of PowerQuant lookup-table weights
+    engine_options: bool = False         # --dla-core, --dim-range, --require-engine apply
+    cpu_isa: bool = True                 # int8 runs on a CPU whose instruction set matters
+    cpu_cost_models: bool = False        # the measured CPU time models price a --budget
+    int8_recurrent: bool = False         # LSTM/GRU can run int8 (--recurrent int8)
+    recurrent_float_reason: str | None = None  # why its recurrent layers stay float, if always
+    device_check: bool = True            # its compiled model is checked against the reference
+    profile: str = "variants"            # variants (with float baselines) | engine (alone) | none
+    pins_cores: bool = False             # ensemble members each get their own cores
+
+
 @runtime_checkable
 class Runner(Protocol):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

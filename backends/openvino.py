@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions,
-                           check_feeds)
+                           TargetRules, check_feeds)
 from rexdeploy.errors import UserError
 
 # Runtime layer types that do the multiply-accumulate work; variants (GroupConvolution,
@@ -601,6 +601,9 @@ class OpenVINORunner:
 
 
 BACKEND = OpenVINOBackend()
+# uint8 activations, f32 float parts, CPU int8 kernels whose ISA matters and whose time was
+# measured (rexdeploy/cost_models.py), int8 LSTM/GRU, ensemble members pinned to their cores
+RULES = TargetRules(cpu_cost_models=True, int8_recurrent=True, pins_cores=True)
 
 
 def _probe_onnx() -> bytes:

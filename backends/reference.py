@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from backends.base import BuildOptions, BuildResult, LayerTiming, RunOptions, check_feeds
+from backends.base import (BuildOptions, BuildResult, LayerTiming, RunOptions, TargetRules,
+                           check_feeds)
 from rexdeploy.errors import UserError
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -144,3 +145,5 @@ class ReferenceRunner:
 
 
 BACKEND = ReferenceBackend()
+RULES = TargetRules(device_check=False,  # the reference is the device
+                    profile="none")      # ONNX Runtime is an oracle, not a deployment target

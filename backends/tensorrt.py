@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from backends.base import BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions
+from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions,
+                           TargetRules)
 from rexdeploy.errors import UserError
 
 ENGINE, TIMING_CACHE, LAYER_INFO = "model.engine", "timing.cache", "layers.json"
@@ -309,7 +310,6 @@ class TensorRTBackend:
     name = "trt"
     description = "TensorRT engine (strongly typed, 10.x/11.x) via Polygraphy; deferred build " \
                   "(ONNX + build_engine.sh) where tensorrt does not import"
-    defers = True  # builds without tensorrt, leaving the engine to the device
 
     def int8_isa(self, choice: str, device: str = "GPU"):
         """TensorRT's int8 layers (IMMA / DP4A) accumulate in int32: nothing saturates."""
@@ -448,3 +448,15 @@ def _layer_profiler(trt):
 
 
 BACKEND = TensorRTBackend()
+# a GPU engine from a strongly typed graph: signed int8 activations (centred), float16 float
+# parts, INT4 weight-only, engine options, the engine built on the device when tensorrt does
+# not import here; recurrent layers float; profiled alone (no float engine to compare with)
+RULES = TargetRules(
+    default_device="GPU", defers=True,
+    unavailable_hint="for trt, drop --require-engine to write a deferred artifact (Q/DQ ONNX + "
+                     "build_engine.sh) and build the engine on the device",
+    unsigned_activations=False, centering=True, float16_graph=True, int4_weight_only=True,
+    table_dtype="float16", engine_options=True, cpu_isa=False,
+    recurrent_float_reason="TensorRT has no int8 recurrent layer (it runs LSTM/GRU in float); "
+                           "kept in float",
+    profile="engine")

@@ -52,17 +52,16 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     if any(s is None for s in specs):
         specs = parse_input_specs([str(s) for s in inputs])
     config = replace(config, target=target or config.target, inputs=specs or config.inputs)
-    if config.target == "trt" and config.device == "CPU":  # the CLI's default: TensorRT is GPU
-        config = replace(config, device="GPU")
+    rules = backends.rules(config.target)
+    if config.device == "CPU":  # the CLI's default device; TensorRT's is the GPU
+        config = replace(config, device=rules.default_device)
     config.validate()
     _check_input_sizes(config.inputs)
     backend = backends.get(config.target)
     ok, why = backend.available()
-    if not ok and (config.require_engine or not getattr(backend, "defers", False)):
+    if not ok and (config.require_engine or not rules.defers):
         raise UserError(f"target {config.target} is unavailable here: {why}",
-                        "for trt, drop --require-engine to write a deferred artifact (Q/DQ ONNX "
-                        "+ build_engine.sh) and build the engine on the device"
-                        if config.target == "trt" else None)
+                        rules.unavailable_hint)
     isa = backend.int8_isa(config.quant.int8_isa, config.device)
     config = replace(config, quant=replace(config.quant, int8_isa=isa.name,
                                            int8_saturates=isa.saturates))
@@ -304,13 +303,15 @@ def _shape_note(float_model, log: StageLog) -> None:
 
 
 def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
+    import backends
     from rexdeploy.lower import lower
 
+    rules = backends.rules(config.target)
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
     form = sparse_form(backend, config)
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
-                int4_weight_only=config.target == "trt", sparse_form=form,
-                table_dtype="float16" if config.target == "trt" else "float32")
+                int4_weight_only=rules.int4_weight_only, sparse_form=form,
+                table_dtype=rules.table_dtype)
     if config.centering_mode != "off":
         from rexdeploy.passes.center_activations import CenterActivationsPass
 
@@ -568,7 +569,9 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
                      f"(pass --input-range NAME:LO,HI, e.g. input:-1,1 for images in [-1, 1])")
     for n in notes:
         log.note(n)
-    allow_unsigned = config.target != "trt"
+    import backends
+
+    allow_unsigned = backends.rules(config.target).unsigned_activations
     sensitivity = _sensitivity(float_model, layers, skipped, tensors, stats, observed, config,
                                loaded, calib, allow_unsigned, log, notes) \
         if q.uses_sensitivity else None
@@ -600,8 +603,10 @@ def _quantize(float_model, layers, skipped, stats, config: BuildConfig, loaded, 
 def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
     """The inputs X and the hidden-state outputs of the LSTM/GRU layers the target runs int8
     (rexdeploy/recurrent.py): the tensors they need ranges of."""
-    if config.target != "openvino" or config.quant.activations != "int8" or \
-            config.quant.recurrent != "int8":
+    import backends
+
+    if not backends.rules(config.target).int8_recurrent or \
+            config.quant.activations != "int8" or config.quant.recurrent != "int8":
         return []
     from rexdeploy.recurrent import candidates, state_output
 
@@ -613,6 +618,8 @@ def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
 def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: BuildConfig,
                log: StageLog, notes: list[str]):
     """The plan with the int8 LSTM/GRU layers added (rexdeploy/recurrent.py)."""
+    import backends
+
     from rexdeploy.quantize import use_stats
     from rexdeploy.recurrent import add_to_plan
 
@@ -624,7 +631,7 @@ def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: Bu
             ranges[x] = (s.bound, s.source)
         elif o is not None:
             ranges[x] = (o.bound, f"observed:{q.ranges}")
-    plan = add_to_plan(plan, float_model, ranges, q, config.target)
+    plan = add_to_plan(plan, float_model, ranges, q, backends.rules(config.target))
     if plan.recurrent:
         ops = ", ".join(sorted({r.op for r in plan.recurrent}))
         note = (f"{len(plan.recurrent)} recurrent layer(s) ({ops}) int8: the input rescaled onto "
@@ -1091,14 +1098,15 @@ def _ensemble_runner(art: Artifact, b, options):
     and (when every member can have a core of its own) cores reserved so members never share."""
     from dataclasses import replace as _replace
 
+    import backends
     from backends.ensemble import EnsembleRunner
 
     name = b.name
     members = art.manifest["ensemble"]["members"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = options.threads or max(1, (cores or 1) // len(members))
-    opts = _replace(options, threads=threads,
-                    reserve_cores=name == "openvino" and (cores or 1) >= len(members))
+    pin = backends.rules(name).pins_cores and (cores or 1) >= len(members)
+    opts = _replace(options, threads=threads, reserve_cores=pin)
     runners = []
     for m in members:
         files = dict(m["files"])
@@ -1123,13 +1131,14 @@ def profile(artifact: str | list[str], config=None, *, compare: bool = False,
     f32 pinned and with the device default precision. `config`: a profile_run.ProfileConfig;
     keyword `overrides` replace its fields (e.g. duration=1.0, rounds=2, device="GPU").
     `baselines` is the former name of `compare`. Returns the profile_schema document."""
+    import backends
     from rexdeploy.profile_run import ProfileConfig, run_profile
 
     config = replace(config or ProfileConfig(), **overrides)
     artifacts = [artifact] if isinstance(artifact, str) else list(artifact)
     if len(artifacts) == 1:
         art = load_artifact(artifacts[0])
-        if art.target == "trt":  # the engine alone (no float baselines on TensorRT yet)
+        if backends.rules(art.target).profile == "engine":  # alone: no float baselines
             return _profile_trt(art, config.duration, config.rounds, quiet)
     return run_profile(artifacts, config, compare=compare if baselines is None else baselines,
                        quiet=quiet)

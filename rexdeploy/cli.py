@@ -747,7 +747,7 @@ def backends_cmd():
     for col in ("target", "status", "details"):
         table.add_column(col)
     for name, ok, why in backends.status():
-        if not ok and getattr(backends.get(name), "defers", False):
+        if not ok and backends.rules(name).defers:
             table.add_row(name, "[yellow]deferred[/]", f"{why}; builds write the ONNX and "
                           "build_engine.sh for the device")
         else:

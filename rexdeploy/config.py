@@ -380,21 +380,24 @@ class BuildConfig:
                             f"{', '.join(FLOAT_PRECISIONS)}")
         if self.centering not in CENTERINGS:
             raise UserError(f"--centering {self.centering}: use one of {', '.join(CENTERINGS)}")
-        if self.target != "trt" and self.centering in ("all", "pointwise"):
+        import backends
+
+        rules = backends.rules(self.target)
+        if not rules.centering and self.centering in ("all", "pointwise"):
             raise UserError(f"--centering {self.centering} applies to --target trt only: "
                             "OpenVINO quantizes non-negative activations to uint8 already")
-        if self.target != "trt" and self.float_precision == "fp16":
+        if not rules.float16_graph and self.float_precision == "fp16":
             raise UserError("--float-precision fp16 applies to --target trt only: OpenVINO "
                             "picks the float precision when it compiles",
                             "for a weight-only build with f16 float parts use --activations fp16")
         if self.quant.activations == "fp16" and self.float_precision == "fp32":
             raise UserError("--activations fp16 with --float-precision fp32: the float parts "
                             "cannot be both", "drop --float-precision")
-        if self.target != "trt" and (self.dla_core is not None or self.dim_ranges
-                                     or self.require_engine):
+        if not rules.engine_options and (self.dla_core is not None or self.dim_ranges
+                                         or self.require_engine):
             raise UserError("--dla-core, --dim-range and --require-engine apply to --target trt "
                             "only")
-        if self.target == "trt" and self.quant.int8_isa not in ("auto", "gpu"):
+        if not rules.cpu_isa and self.quant.int8_isa not in ("auto", "gpu"):
             raise UserError(f"--int8-isa {self.quant.int8_isa} names a CPU instruction set; "
                             "--target trt runs int8 on the GPU (int32 accumulation)",
                             "drop --int8-isa")
@@ -419,14 +422,18 @@ class BuildConfig:
     def float_dtype(self) -> str:
         """"fp16" when the lowered graph is written in float16 (see float_precision)."""
         if self.float_precision == "auto":
-            return "fp16" if self.target == "trt" else "fp32"
+            import backends
+
+            return "fp16" if backends.rules(self.target).float16_graph else "fp32"
         return self.float_precision
 
     @property
     def centering_mode(self) -> str:
         """The centring actually applied: "all", "pointwise" or "off" (see centering)."""
         if self.centering == "auto":
-            return "all" if self.target == "trt" else "off"
+            import backends
+
+            return "all" if backends.rules(self.target).centering else "off"
         return self.centering
 
     def to_dict(self) -> dict:

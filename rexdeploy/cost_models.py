@@ -42,7 +42,9 @@ def for_target(target: str, device: str = "CPU", saturating_isa: bool = False
                ) -> CostModel | None:
     """The measured time model of a target and device (for OpenVINO CPU: the one of its int8
     instruction set's kind), None where there is none."""
-    if target == "openvino" and device.upper().startswith("CPU"):
+    import backends
+
+    if backends.rules(target).cpu_cost_models and device.upper().startswith("CPU"):
         return OPENVINO_CPU_AVX2 if saturating_isa else OPENVINO_CPU
     return None
 

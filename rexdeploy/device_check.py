@@ -216,7 +216,9 @@ def at_build(config, isa, root: str, members: list[dict], float_onnx: str, sampl
     if deferred:
         return {"skipped": "no engine here (deferred): finish on the device, where the engine "
                            "is checked"}
-    if config.target == "reference":
+    import backends
+
+    if not backends.rules(config.target).device_check:
         return {"skipped": "the reference is the device"}
     env, why = check_environment(isa)
     if env is None:

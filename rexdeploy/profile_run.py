@@ -68,8 +68,14 @@ def run_profile(artifacts: list[str], config: ProfileConfig, *, compare: bool = 
     if not artifacts:
         raise UserError("give at least one artifact to profile")
     arts = [load_artifact(a) for a in artifacts]
+    import backends
+
     for art in arts:
-        if art.target != "openvino":
+        kind = backends.rules(art.target).profile
+        if kind == "engine":
+            raise UserError(f"{art.path} is a {art.target} artifact: profile it on its own "
+                            "(no float baselines, no other artifacts beside it)")
+        if kind != "variants":
             raise UserError(f"profile supports openvino artifacts for now ({art.path}: "
                             f"{art.target})")
     variants = _variants(arts, config, compare)

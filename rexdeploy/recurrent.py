@@ -7,8 +7,9 @@
         state's range) and dropped from plan.skipped; every other recurrent layer stays listed
         float with its reason
 
-Only OpenVINO runs int8 recurrent layers (its CPU plugin turns an LSTMSequence/GRUSequence
-with dequantized X, W and R into oneDNN's int8 RNN); TensorRT runs them in float.
+Which targets run them int8 is their TargetRules' (backends): OpenVINO (its CPU plugin turns an
+LSTMSequence/GRUSequence with dequantized X, W and R into oneDNN's int8 RNN); TensorRT runs
+them in float.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from rexdeploy.constants import const_array
 
 RECURRENT_OPS = ("LSTM", "GRU")
 _DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
-TRT_REASON = "TensorRT has no int8 recurrent layer (it runs LSTM/GRU in float); kept in float"
 FLOAT_REASON = ("recurrent layers stay float by default (--recurrent int8 runs them on "
                 "OpenVINO's int8 RNN kernel, which also rounds the fed-back hidden state); "
                 "kept in float")
@@ -97,9 +97,10 @@ def state_output(node: ir.Node) -> ir.Value | None:
 
 
 def add_to_plan(plan: QuantPlan, model: ir.Model, ranges: dict[str, tuple[float, str]],
-                config, target: str) -> QuantPlan:
-    """`plan` with the recurrent candidates quantized (target "openvino", int8 activations,
-    not --exclude'd) and the reasons of the others in plan.skipped said for `target`.
+                config, rules) -> QuantPlan:
+    """`plan` with the recurrent candidates quantized (a target whose TargetRules allow int8
+    recurrent layers, --recurrent int8, int8 activations, not --exclude'd) and the reasons of
+    the others in plan.skipped said for the target (`rules`, backends.base.TargetRules).
     ranges: value name -> (bound, source) of the range found for it (observed or from
     statistics), for each candidate's X and its hidden-state output (state_output); a
     candidate whose X has none stays float."""
@@ -108,7 +109,7 @@ def add_to_plan(plan: QuantPlan, model: ir.Model, ranges: dict[str, tuple[float,
                                       state_clip, weight_sqnr)
 
     nodes = {node.name: node for node in model.graph if node.op_type in ("LSTM", "GRU", "RNN")}
-    quantize = target == "openvino" and config.activations == "int8" and \
+    quantize = rules.int8_recurrent and config.activations == "int8" and \
         config.recurrent == "int8"
     chosen = {node.name: node for node in candidates(model)
               if quantize and node.name not in set(config.exclude)
@@ -150,14 +151,14 @@ def add_to_plan(plan: QuantPlan, model: ir.Model, ranges: dict[str, tuple[float,
                  "state_clip": round(float(acts[x].range), 6),
                  "weight_sqnr_db": round(weight_sqnr(w, r, wq, rq, scale), 2)}))
         else:
-            skipped.append(replace(s, reason=_reason(node, target, config)))
+            skipped.append(replace(s, reason=_reason(node, rules, config)))
     return replace(plan, skipped=tuple(skipped), activations=tuple(acts.values()),
                    recurrent=tuple(recurrent))
 
 
-def _reason(node: ir.Node, target: str, config) -> str:
-    if node.op_type in RECURRENT_OPS and target == "trt":
-        return TRT_REASON
+def _reason(node: ir.Node, rules, config) -> str:
+    if node.op_type in RECURRENT_OPS and rules.recurrent_float_reason:
+        return rules.recurrent_float_reason
     if node.op_type in RECURRENT_OPS and config.recurrent == "float":
         return FLOAT_REASON
     if node.op_type in RECURRENT_OPS and config.activations != "int8":

@@ -27,7 +27,9 @@ def finish_deferred(path: str, log) -> Artifact:
     from rexdeploy.trt_rules import check_trt_rules
 
     art = load_artifact(path)
-    if art.target != "trt":
+    import backends
+
+    if not backends.rules(art.target).defers:
         raise UserError(f"{path} is a {art.target} artifact; --from-deferred finishes trt ones")
     if art.manifest.get("engine") != "deferred":
         raise UserError(f"{path} is not a deferred build (engine: {art.manifest.get('engine')})")
