@@ -168,7 +168,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
     _shape_note(float_model, log)
     config = _pixel_input(replace(config, inputs=specs), preprocess, log)
     # the budget allocator needs to know what a sparse order costs on this target
-    config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(backend, config)))
+    config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(config)))
     with log.stage("statistics", f"ranges: {config.quant.ranges}"):
         stats = _statistics(float_model, config)
         FoldBatchNormPass()(float_model)
@@ -205,7 +205,7 @@ def _run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: Stage
         return _build_ensemble(float_model, plan, ensemble, layers, range_notes, config, writer,
                                log, backend, loaded, specs, isa)
     with log.stage("lower", "Q/DQ ONNX"):
-        qdq = _lower(float_model, plan, config, backend, range_notes)
+        qdq = _lower(float_model, plan, config, range_notes)
         note = _dense_rows_note(plan) if config.quant.sparse_form == "dense" else None
         if note:
             range_notes.append(note)
@@ -302,13 +302,13 @@ def _shape_note(float_model, log: StageLog) -> None:
                 "shapes it has"))
 
 
-def _lower(float_model, plan, config: BuildConfig, backend, notes: list[str]):
+def _lower(float_model, plan, config: BuildConfig, notes: list[str]):
     import backends
     from rexdeploy.lower import lower
 
     rules = backends.rules(config.target)
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
-    form = sparse_form(backend, config)
+    form = sparse_form(config)
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
                 int4_weight_only=rules.int4_weight_only, sparse_form=form,
                 table_dtype=rules.table_dtype)
@@ -424,7 +424,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
         name = "base" if i == 0 else f"member{i}"
         rel = f"members/{name}"
         with log.stage("lower", f"{name}: Q/DQ ONNX"):
-            qdq = _lower(float_model, mplan, config, backend, notes)
+            qdq = _lower(float_model, mplan, config, notes)
             centred |= centred_tensors(qdq)
             ir.save(qdq, writer.path(f"{rel}/model.onnx", f"{name}_onnx"))
         with log.stage("compile", f"{name}: {config.target} on {config.device}"):
@@ -467,12 +467,14 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
                          "partition": config.quant.ensemble_partition, "members": entries}}
 
 
-def sparse_form(backend, config: BuildConfig) -> str:
+def sparse_form(config: BuildConfig) -> str:
     """How group-sparse orders are lowered for this target: the config's choice, else the
-    backend's measured preference (tools/bench/rex_latency.py), else dense zero rows."""
+    target's measured preference (TargetRules.sparse_form; tools/bench/rex_latency.py)."""
+    import backends
+
     if config.quant.sparse_form != "auto":
         return config.quant.sparse_form
-    return getattr(backend, "sparse_form", "dense")
+    return backends.rules(config.target).sparse_form
 
 
 def _load(model, config: BuildConfig, load_model):
