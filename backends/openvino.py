@@ -276,8 +276,6 @@ def fold_gate_reorder(model) -> int:
 def _reordered_codes(value):
     """(int8 codes, float32 scale [..., 1]) behind Concat(Split(Multiply(Convert(i8 Constant),
     scale Constant))) with the Split/Concat applied to both, or None for any other form."""
-    import numpy as np
-
     concat = value.get_node()
     if concat.get_type_name() != "Concat":
         return None

@@ -724,8 +724,9 @@ def _refine(plan, float_model, layers, stats, observed, config: BuildConfig, cal
     where it wins end to end: the refined and the round-to-nearest plans' network outputs are
     compared with the float model's (ONNX Runtime), on synthetic calibration data on held-out
     natural synthetic inputs and on the calibration inputs at half their amplitude, on the
-    user's data (--calib PATH) on that data; a refinement that loses on any is dropped. Its per-layer check passes layers whose errors add up worse, and it fits the
-    calibration inputs' scale: EfficientNet-Lite0 W4A8 refined on N(0, 1) inputs (the range
+    user's data (--calib PATH) on that data; a refinement that loses on any is dropped. Its
+    per-layer check passes layers whose errors add up worse, and it fits the calibration
+    inputs' scale: EfficientNet-Lite0 W4A8 refined on N(0, 1) inputs (the range
     assumed without --input-range) reads 23.9 dB on them against round-to-nearest's 1.0, and
     loses on inputs half as wide (1.2 vs 2.3 dB) as on the real photos (3.4 vs 4.9)."""
     from rexdeploy.quantize import _input_mean

@@ -37,7 +37,8 @@ def test_w_and_r_share_one_scale_per_gate_row():
 
 def test_lstm_input_and_forget_rows_of_a_unit_share_a_scale():
     rng = np.random.default_rng(0)
-    w = rng.normal(0, 1, (1, 16, 5)).astype(np.float32) * np.repeat([4, 1, 0.5, 2], 4)[None, :, None]
+    gates = np.repeat([4, 1, 0.5, 2], 4)[None, :, None]  # one size per gate block
+    w = rng.normal(0, 1, (1, 16, 5)).astype(np.float32) * gates
     r = np.zeros((1, 16, 4), np.float32)
     _, _, scale = shared_row_codes(w, r, tie=LSTM_SWAPPED_GATES)
     gates = scale.reshape(4, 4)  # ONNX order i, o, f, c
