@@ -109,6 +109,49 @@ class TargetRules:
     # dense zero rows, or compact (kept channels only); measured: tools/bench/rex_latency.py
 
 
+INACTIVE = "runner is not active: use it as `with backend.runner(...) as r`"
+
+
+class RunnerBase:
+    """What every runner shares, so that callers never probe for it: the
+    `with backend.runner(...) as r` lifecycle guard, the input check against the model's inputs
+    (`inputs` / `dtypes`, set when the runner is entered), `info` (what ran: backend, precision,
+    threads) and `throughput_info` (streams of the last `throughput` call), and defaults for
+    `sync_call` (one inference on fixed feeds, as a no-argument function) and `timings` (none).
+    A subclass says whether it is entered (`active`) and implements `__enter__`, `__exit__`,
+    `infer` (calling `check` first) and `throughput`."""
+
+    def __init__(self, path: str = "", options: RunOptions | None = None):
+        self.path, self.options = path, options or RunOptions()
+        self.inputs: dict = {}
+        self.dtypes: dict = {}
+        self.info: dict = {}
+        self.throughput_info: dict = {}
+
+    @property
+    def active(self) -> bool:
+        raise NotImplementedError
+
+    def check(self, feeds: dict[str, np.ndarray]) -> None:
+        """RuntimeError unless entered; UserError unless `feeds` fit the model's inputs."""
+        if not self.active:
+            raise RuntimeError(INACTIVE)
+        if self.inputs:
+            import os
+
+            check_feeds(feeds, self.inputs, os.path.basename(self.path) or "the model",
+                        self.dtypes or None)
+
+    def sync_call(self, feeds: dict[str, np.ndarray]):
+        """A no-argument function running one inference on `feeds`, for a timed loop; runtimes
+        that can bind the inputs once override it (OpenVINO)."""
+        self.check(feeds)
+        return lambda: self.infer(feeds)
+
+    def timings(self) -> list[LayerTiming]:
+        return []
+
+
 @runtime_checkable
 class Runner(Protocol):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -12,20 +12,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from backends.base import LayerTiming
+from backends.base import LayerTiming, RunnerBase
 
 
-class EnsembleRunner:
-    """A runner over member runners; combine weights as in the manifest."""
+class EnsembleRunner(RunnerBase):
+    """A runner over member runners; combine weights as in the manifest. Each member checks
+    the feeds against its own inputs."""
 
     def __init__(self, members: list, weights: list[float], names: list[str] | None = None):
         if len(members) != len(weights) or not members:
             raise ValueError("one weight per member, and at least one member")
+        super().__init__()
         self.members = members
         self.weights = [float(w) for w in weights]
         self.names = names or [f"member{i}" for i in range(len(members))]
         self._pool: ThreadPoolExecutor | None = None
-        self.info: dict = {}
+
+    @property
+    def active(self) -> bool:
+        return self._pool is not None
 
     def __enter__(self) -> "EnsembleRunner":
         entered = []
@@ -38,7 +43,7 @@ class EnsembleRunner:
             raise
         self._pool = ThreadPoolExecutor(max_workers=len(self.members),
                                         thread_name_prefix="rexdeploy-member")
-        infos = [getattr(m, "info", {}) for m in self.members]
+        infos = [m.info for m in self.members]
         self.info = dict(infos[0] if infos else {}, ensemble_members=len(self.members),
                          member_threads=[i.get("threads") for i in infos],
                          member_streams=[i.get("streams") for i in infos])
@@ -52,8 +57,7 @@ class EnsembleRunner:
             m.__exit__(*exc)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._pool is None:
-            raise RuntimeError("runner is not active: use it as `with runner as r`")
+        self.check(feeds)  # the lifecycle guard (no inputs of its own: the members check)
         futures = [self._pool.submit(m.infer, feeds) for m in self.members]
         outputs = [f.result() for f in futures]
         combined = {}

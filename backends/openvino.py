@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions,
-                           TargetRules, check_feeds)
+from backends.base import (INACTIVE, BuildOptions, BuildResult, LayerPrecision, LayerTiming,
+                           RunnerBase, RunOptions, TargetRules)
 from rexdeploy.errors import UserError
 
 # Runtime layer types that do the multiply-accumulate work; variants (GroupConvolution,
@@ -449,23 +449,22 @@ def compile_config(options: RunOptions, mode: str | None = None,
     return config
 
 
-class OpenVINORunner:
+class OpenVINORunner(RunnerBase):
     """Compiles on `__enter__`, releases on `__exit__`; one sync infer request for `infer`, an
     `AsyncInferQueue` on a THROUGHPUT-compiled twin for `throughput`."""
 
     def __init__(self, path: str, options: RunOptions):
-        self.path = path
-        self.options = options
+        super().__init__(path, options)
         self.config = compile_config(options)  # validate before any work
         self.compiled = None
         self.request = None
         self._tput = None
         self._precision_of: dict[str, str] = {}
-        self.inputs: dict = {}
-        self.dtypes: dict = {}
         self.outputs: list[str] = []
-        self.info: dict = {}
-        self.throughput_info: dict = {}  # streams/requests of the last `throughput` call
+
+    @property
+    def active(self) -> bool:
+        return self.request is not None
 
     def __enter__(self) -> "OpenVINORunner":
         _check_device(self.options.device)
@@ -524,16 +523,10 @@ class OpenVINORunner:
                 "threads": int(prop("INFERENCE_NUM_THREADS")),
                 "optimal_requests": int(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))}
 
-    def _active(self):
-        if self.request is None:
-            raise RuntimeError("runner is not active: use it as `with backend.runner(...) as r`")
-        return self.request
-
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One synchronous inference; outputs keyed by the model's output names (copies)."""
-        request = self._active()
-        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
-        result = request.infer(feeds)
+        self.check(feeds)
+        result = self.request.infer(feeds)
         # The request reuses its output buffers: copy before the next infer overwrites them.
         return {name: np.array(result[port], copy=True)
                 for name, port in zip(self.outputs, self.compiled.outputs)}
@@ -544,24 +537,25 @@ class OpenVINORunner:
         copies of `infer`. Valid until the next `infer` or `sync_call`."""
         import openvino as ov
 
-        request = self._active()
-        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        self.check(feeds)
         for name, value in feeds.items():
-            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
-        return request.infer
+            self.request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
+        return self.request.infer
 
     def timings(self) -> list[LayerTiming]:
         """Per-layer times of the last `infer` (needs RunOptions.perf_count): executed nodes
         only, in execution order."""
         if not self.options.perf_count:
             return []
+        if not self.active:
+            raise RuntimeError(INACTIVE)
         import openvino as ov
 
         executed = ov.ProfilingInfo.Status.EXECUTED
         return [LayerTiming(name=p.node_name, type=p.node_type, kernel=p.exec_type,
                             precision=self._precision_of.get(p.node_name, ""),
                             time_ms=p.real_time.total_seconds() * 1e3)
-                for p in self._active().profiling_info if p.status == executed]
+                for p in self.request.profiling_info if p.status == executed]
 
     def throughput(self, feeds: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
         """Inferences completed in about `seconds` with as many requests in flight as OpenVINO
@@ -569,8 +563,7 @@ class OpenVINORunner:
         (completed, elapsed seconds)."""
         import openvino as ov
 
-        self._active()
-        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        self.check(feeds)
         if self._tput is None:
             self._tput = self.compiled if self.options.mode == "throughput" else \
                 _compile(self._model(), self.options.device,

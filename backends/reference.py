@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from backends.base import (BuildOptions, BuildResult, LayerTiming, RunOptions, TargetRules,
-                           check_feeds)
+from backends.base import BuildOptions, BuildResult, RunnerBase, RunOptions, TargetRules
 from rexdeploy.errors import UserError
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -94,17 +93,17 @@ class ReferenceBackend:
         return ReferenceRunner(path, options)
 
 
-class ReferenceRunner:
+class ReferenceRunner(RunnerBase):
     """One ORT session, created on `__enter__`. Float parts run in f32 whatever the options say."""
 
     def __init__(self, path: str, options: RunOptions):
-        self.path = path
-        self.options = options
+        super().__init__(path, options)
         self.session = None
-        self.inputs: dict = {}
-        self.dtypes: dict = {}
         self.outputs: list[str] = []
-        self.info: dict = {}
+
+    @property
+    def active(self) -> bool:
+        return self.session is not None
 
     def __enter__(self) -> "ReferenceRunner":
         import onnxruntime as ort
@@ -125,14 +124,10 @@ class ReferenceRunner:
         self.session = None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.session is None:
-            raise RuntimeError("runner is not active: use it as `with backend.runner(...) as r`")
-        check_feeds(feeds, self.inputs, os.path.basename(self.path), self.dtypes)
+        self.check(feeds)
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
 
-    def timings(self) -> list[LayerTiming]:
-        """ORT writes its profile to a file only when profiling ends; not collected here."""
-        return []
+    # timings: none (ORT writes its profile to a file only when profiling ends)
 
     def throughput(self, feeds: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
         """Sync `run` in a loop (ORT parallelises inside one run): (completed, elapsed s)."""

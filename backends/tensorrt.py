@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunOptions,
-                           TargetRules)
+from backends.base import (BuildOptions, BuildResult, LayerPrecision, LayerTiming, RunnerBase,
+                           RunOptions, TargetRules)
 from rexdeploy.errors import UserError
 
 ENGINE, TIMING_CACHE, LAYER_INFO = "model.engine", "timing.cache", "layers.json"
@@ -386,14 +386,17 @@ def build_engine(spec: TrtBuildSpec, out_dir: str) -> tuple[tuple[LayerPrecision
         "build_seconds": round(seconds, 2), "aux_streams": getattr(engine, "num_aux_streams", None)}
 
 
-class TrtRunner:
+class TrtRunner(RunnerBase):
     """Polygraphy's TrtRunner over the saved engine; per-layer times from an IProfiler."""
 
     def __init__(self, path: str, options: RunOptions):
-        self.path, self.options = path, options
+        super().__init__(path, options)
         self.runner = None
         self.profiler = None
-        self.info: dict = {}
+
+    @property
+    def active(self) -> bool:
+        return self.runner is not None
 
     def __enter__(self) -> "TrtRunner":
         import tensorrt as trt
@@ -406,6 +409,11 @@ class TrtRunner:
             self.profiler = _layer_profiler(trt)
             self.runner.context.profiler = self.profiler
         self.info = {"backend": "trt", "tensorrt": trt.__version__}
+        # names and shapes for the input check (None: a dynamic dim); Polygraphy's dtypes are
+        # its own DataType, so dtypes are left to TensorRT
+        self.inputs = {name: None if meta.shape is None else
+                       tuple(d if isinstance(d, int) and d >= 0 else None for d in meta.shape)
+                       for name, meta in self.runner.get_input_metadata().items()}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -414,8 +422,7 @@ class TrtRunner:
             self.runner = None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.runner is None:
-            raise RuntimeError("runner is not active: use it as `with backend.runner(...) as r`")
+        self.check(feeds)
         return {k: np.asarray(v) for k, v in self.runner.infer(feeds).items()}
 
     def timings(self) -> list[LayerTiming]:

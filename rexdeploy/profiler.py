@@ -122,8 +122,7 @@ def measure_latency(runner, feeds: dict, warmup_ms: float = 200.0, duration_s: f
     "seconds" (timed wall time), "cpu_ms" (this process's CPU ms per inference),
     "foreign_cpu_share", "loadavg_before", "loadavg_after"}.
     """
-    sync_call = getattr(runner, "sync_call", None)
-    call = sync_call(feeds) if sync_call else (lambda: runner.infer(feeds))
+    call = runner.sync_call(feeds)
     start = _clock()
     while True:  # warm-up: at least one call, then until warmup_ms
         call()
@@ -253,8 +252,8 @@ def _latency_round(runner, feeds: dict, duration_s: float, r: int, rounds: int,
 
 
 def _runner_info(runner) -> dict:
-    info = dict(getattr(runner, "info", {}) or {})
-    tput = getattr(runner, "throughput_info", None)
+    info = dict(runner.info or {})
+    tput = runner.throughput_info
     if tput:
         info["throughput"] = dict(tput)
     return info

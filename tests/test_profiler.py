@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from backends.base import LayerTiming
+from backends.base import LayerTiming, RunnerBase
 from rexdeploy import profiler
 from rexdeploy.devinfo import device_info
 from rexdeploy.profiler import (ProfileSettings, latency_stats, layer_times, measure_latency,
@@ -40,10 +40,13 @@ class Clock:
         return self.now
 
 
-class FakeRunner:
+class FakeRunner(RunnerBase):
     """Advances the fake clock by its latency per infer; logs its activity into `log`."""
 
+    active = True
+
     def __init__(self, label, latency_ms, fps, clock, log, jitter_ms=0.0):
+        super().__init__()
         self.label, self.latency_s, self.fps = label, latency_ms / 1e3, fps
         self.clock, self.log, self.jitter_s = clock, log, jitter_ms / 1e3
         self.calls = 0
