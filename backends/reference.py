@@ -22,25 +22,13 @@ _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(floa
 
 
 def _session(path: str, threads: int | None):
-    import onnxruntime as ort
+    """The oracle's session: basic optimisations only (rexdeploy.ort_session), none for an f16
+    graph: ORT's CPU provider has few f16 kernels and casts around them, and at the basic level
+    its rewrites of f16 Q/DQ give wrong numbers (onnxruntime 1.32, EfficientNet-Lite0: -6 dB
+    against the same graph unoptimized)."""
+    from rexdeploy.ort_session import session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or 0)  # 0: ORT's choice (one per core)
-    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
-    # Basic optimizations only: the extended level rewrites weight-only DQ->MatMul into
-    # MatMulNBits (which quantizes activations on the fly) and its MatMul+Add fusion breaks on
-    # int8 Q/DQ (onnxruntime 1.32): the oracle must run the graph as written.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if _has_float16(path):
-        # ORT's CPU provider has few f16 kernels and casts around them; at the basic level its
-        # rewrites of f16 Q/DQ give wrong numbers (onnxruntime 1.32, EfficientNet-Lite0: -6 dB
-        # against the same graph unoptimized), so an f16 graph runs as written.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(path, options, providers=PROVIDERS)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-        raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[-1]}",
-                        "check the model with onnx.checker.check_model") from exc
+    return session(path, path, "none" if _has_float16(path) else "basic", threads)
 
 
 def _has_float16(path: str) -> bool:

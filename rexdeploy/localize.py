@@ -315,21 +315,12 @@ def _row(index: int, tap: LayerTap, acc: _Pooled, loc: _Pooled) -> dict:
 
 # -- ONNX plumbing -----------------------------------------------------------------------------
 def _session(model_bytes: bytes, what: str):
-    import onnxruntime as ort
+    """No graph optimisation (rexdeploy.ort_session, "none"): every Q/DQ and float Conv runs as
+    written, so a marked layer in the whole model and the same layer cut out alone compute the
+    same thing."""
+    from rexdeploy.ort_session import session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # No graph optimisation: every Q/DQ and float Conv runs as written, so a marked layer in
-    # the whole model and the same layer cut out alone compute the same thing. Already the basic
-    # level fuses DQ -> Conv -> ... -> Q into integer kernels with an int32 bias (onnxruntime
-    # 1.32) in the whole model but not in the cut-out layer, and the extended level's
-    # MatMul+Add fusion breaks on int8 Q/DQ.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise UserError(f"ONNX Runtime cannot load {what} with the layer outputs marked: "
-                        f"{str(exc).strip().splitlines()[-1]}") from exc
+    return session(model_bytes, f"{what} with the layer outputs marked", "none")
 
 
 def _run(session, feeds: dict) -> dict:

@@ -37,17 +37,13 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
             threads: int | None = None, natural: bool = False) -> dict[str, Observed]:
     """Min/max and per-channel means of the named float tensors over `samples` (natural: they
     are natural synthetic images, Observed.natural)."""
-    import onnxruntime as ort
+    from rexdeploy.ort_session import session as ort_session
 
     if not names or not samples:
         return {}
     proto = _with_outputs(model, names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(proto.SerializeToString(), "the float model with its tensors marked",
+                          threads=threads)
     acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
     for feeds in samples:
         outs = session.run(names, feeds)

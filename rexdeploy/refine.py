@@ -159,20 +159,17 @@ def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
 
     if not infos:
         return {}, {}
-    import onnxruntime as ort
+    from rexdeploy.ort_session import session as ort_session
 
     names = list(dict.fromkeys(info.input for info in infos))
     if not hasattr(model, "SerializeToString"):
         from rexdeploy.observe import _with_outputs
 
         model = _with_outputs(model, names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if picks is not None:  # a Q/DQ model: every Q/DQ runs as written (as rexdeploy.localize
-        # does; ORT's basic level already fuses Q/DQ into integer kernels, some of which fail)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    # a Q/DQ model (picks given): every Q/DQ runs as written (as rexdeploy.localize does; ORT's
+    # basic level already fuses Q/DQ into integer kernels, some of which fail)
+    session = ort_session(model.SerializeToString(), "the model with its layer inputs marked",
+                          "none" if picks is not None else "all")
     wanted = {i.name for i in session.get_inputs()}
     # one generator per layer: a layer's rows do not depend on which other layers are refined
     gens = {info.name: torch.Generator().manual_seed(seed + zlib.crc32(info.name.encode()))

@@ -49,7 +49,7 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
     activation tensors of `draft` (an order-1 QuantPlan of `float_model`) over the first
     `max_samples` of `samples` (feed dicts at batch 1). `layers` (LayerInfo) is only read for
     the weights."""
-    import onnxruntime as ort
+    from rexdeploy.ort_session import session as ort_session
     import onnx_ir as ir
 
     start = time.perf_counter()
@@ -60,10 +60,7 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
     overrides = _weight_overrides(draft, infos, inits) if weights else {}
     acts = _activation_switches(proto, draft) if activations else {}
     _expose(proto, list({n for o in overrides.values() for n in o}) + list(acts.values()), inits)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(proto.SerializeToString(), "the float model with its switches")
     outputs = [o.name for o in session.get_outputs()]
     ref = [_run(session, outputs, feeds, {}) for feeds in samples]
     jobs = [("w", name, extra) for name, extra in overrides.items()] + \

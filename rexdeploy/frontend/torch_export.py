@@ -189,11 +189,9 @@ def _check_trace(module, onnx_bytes: bytes, specs, caught) -> None:
              and any(k in str(w.message) for k in _RISKY_TRACE)]
     if not risky:
         return
-    import onnxruntime as ort
+    from rexdeploy.ort_session import session as ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_bytes, "the exported ONNX")
     base = example_tensors(specs)
     for probe in (lambda t: -t, lambda t: t * 0.5 + 1.0, lambda t: t * 4.0):
         inputs = [probe(t) if t.is_floating_point() else t for t in base]
