@@ -136,11 +136,6 @@ def runtime_layers(compiled, node_names: dict[str, str] | None = None
     return tuple(layers)
 
 
-def int8_coverage(layers: tuple[LayerPrecision, ...]) -> float:
-    """Fraction of compute layers running an int8 kernel (0.0 when there are none)."""
-    return sum(l.is_int8 for l in layers) / len(layers) if layers else 0.0
-
-
 def telemetry_off() -> None:
     """Keep OpenVINO from sending usage telemetry from this process.
 

@@ -94,15 +94,5 @@ def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig
     return out
 
 
-def summary(alloc: MixedAllocation) -> list[str]:
-    """One line per mixed choice, for the build log and the report's notes."""
-    lines = [f"{name}: weights int{r['from_bits']} -> int8 (output NSR {r['nsr_w']:.3g}, "
-             f"+{r['bops_delta'] / 1e6:.3g} MBOPs)" for name, r in alloc.raised_weights.items()]
-    lines += [f"{tensor}: activation kept float for {', '.join(r['layers'])} (output NSR "
-              f"{r['nsr_a']:.3g}, +{r['bops_delta'] / 1e6:.3g} MBOPs)"
-              for tensor, r in alloc.float_activations.items()]
-    return lines
-
-
 def _sig(v):
     return None if v is None else float(f"{v:.4g}")

@@ -31,7 +31,6 @@ import numpy as np
 
 from calib_free.plan import LayerPlan, QuantPlan, WeightOrder
 
-REFINE_METHODS = ("none", "flexround", "erq")
 MAX_ROWS = 4096  # calibration rows kept per layer (QR-reduced to D + 1 + O when more)
 
 

@@ -124,7 +124,3 @@ def dq_zero_point_is_zero(dq: ir.Node) -> bool:
     zp = const_array(dq.inputs[2])
     return zp is not None and not np.asarray(zp, np.int32).any()
 
-
-def producer_op(value: ir.Value | None) -> str | None:
-    node = value.producer() if value is not None else None
-    return None if node is None else node.op_type
