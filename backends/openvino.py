@@ -51,15 +51,13 @@ def is_compute(layer_type: str) -> bool:
     return layer_type.startswith(COMPUTE_TYPES)
 
 
-def onnx_node_names(onnx_path: str) -> dict[str, str]:
-    """Map every ONNX node name and output tensor name to its node name.
+def onnx_node_names(graph) -> dict[str, str]:
+    """Map every ONNX node name and output tensor name of `graph` (an onnx GraphProto) to its
+    node name.
 
     OpenVINO names a runtime layer after the ONNX node or, for a graph output, after the tensor,
     so both keys are needed to map a runtime layer back to the ONNX node.
     """
-    import onnx
-
-    graph = onnx.load(onnx_path, load_external_data=False).graph
     names: dict[str, str] = {}
     for node in graph.node:
         if node.name:
@@ -214,13 +212,11 @@ def _stable_names(model, onnx_names) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_rx{index}")
 
 
-def _name_recurrent(model, onnx_path: str) -> None:
-    """Name each LSTMSequence/GRUSequence after its ONNX node (the frontend names it from a
-    counter and the plugin keeps no original name for it), found through its weight input W:
-    the ONNX W tensor (an initializer or a DequantizeLinear's output) names a node behind it."""
-    import onnx
-
-    graph = onnx.load(onnx_path, load_external_data=False).graph
+def _name_recurrent(model, graph) -> None:
+    """Name each LSTMSequence/GRUSequence after its ONNX node in `graph` (the frontend names it
+    from a counter and the plugin keeps no original name for it), found through its weight
+    input W: the ONNX W tensor (an initializer or a DequantizeLinear's output) names a node
+    behind it."""
     by_weight = {n.input[1]: n.name for n in graph.node
                  if n.op_type in ("LSTM", "GRU", "RNN") and n.name and len(n.input) > 1}
     for node in model.get_ordered_ops():
@@ -370,8 +366,11 @@ class OpenVINOBackend:
                 from exc
         files = {"ir_xml": f"{options.model_name}.xml", "ir_bin": f"{options.model_name}.bin"}
         xml = os.path.join(out_dir, files["ir_xml"])
-        node_names = onnx_node_names(onnx_path)
-        _name_recurrent(model, onnx_path)  # before the reorder replaces the weights' nodes
+        import onnx
+
+        graph = onnx.load(onnx_path, load_external_data=False).graph  # read once, for names
+        node_names = onnx_node_names(graph)
+        _name_recurrent(model, graph)  # before the reorder replaces the weights' nodes
         fold_gate_reorder(model)
         _stable_names(model, node_names)
         for key, value in options.runtime_options:  # read by compile_model from the IR

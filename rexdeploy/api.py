@@ -968,11 +968,14 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     result["reference"] = ref_name
     result["backend"] = backend or art.target
     check = result.get("device_check")
-    recurrent = sum(r["op"] in ("LSTM", "GRU") for r in art.report().get("layers", ()))
-    if check and not check.get("agrees", True) and recurrent:
-        from rexdeploy.device_check import likely_cause
+    if check and not check.get("agrees", True):
+        from rexdeploy.report import recurrent_count
 
-        check["likely_cause"] = likely_cause(None, None, art.target, recurrent)
+        recurrent = recurrent_count(art.report())
+        if recurrent:
+            from rexdeploy.device_check import likely_cause
+
+            check["likely_cause"] = likely_cause(None, None, art.target, recurrent)
     if art.manifest.get("engine") == "deferred" and result["backend"] == art.target:
         result["backend"] = f"reference (deferred {art.target} artifact: its Q/DQ ONNX in " \
                             "ONNX Runtime)"

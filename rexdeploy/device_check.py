@@ -236,8 +236,9 @@ def put(report: dict, result: dict, target: str, isa: dict | None = None,
     """The device check into report.json and its summary (which the manifest copies); a
     disagreement gets its likely cause."""
     if not result.get("skipped") and not result.get("agrees", True):
-        recurrent = sum(r["op"] in ("LSTM", "GRU") for r in report.get("layers", ()))
-        result["likely_cause"] = likely_cause(isa, pair_limit, target, recurrent)
+        from rexdeploy.report import recurrent_count
+
+        result["likely_cause"] = likely_cause(isa, pair_limit, target, recurrent_count(report))
     report["device_check"] = result
     report["summary"]["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped")
                                          if k in result}

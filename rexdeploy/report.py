@@ -38,9 +38,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             "bias_corrected": lp.bias_shift is not None,
             "refine": lp.metrics.get("refine"),  # --refine: output error before/after, seconds
             "activation": _activation_row(act),
-            "runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
-            "runs_int8": bool(ran) and all(r["int8"] for r in ran),
-            "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran),
+            **_runtime_fields(ran),
         })
         for key in ("cost", "cost_order1",  # --budget in a runtime's time model
                     "overflow_fix",  # pair-limited codes for a pre-VNNI CPU (saturation.py)
@@ -99,6 +97,19 @@ def _activation_row(act) -> dict | None:
         "dtype": "int8" if act.signed else "uint8", "source": act.source}
 
 
+def _runtime_fields(ran: list[dict]) -> dict:
+    """What a planned layer's runtime layers run as: their precisions and kernels, and whether
+    all of them run int8 / read integer weights."""
+    return {"runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
+            "runs_int8": bool(ran) and all(r["int8"] for r in ran),
+            "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran)}
+
+
+def recurrent_count(report: dict) -> int:
+    """How many LSTM/GRU layers of a report run int8 (--recurrent int8)."""
+    return sum(r["op"] in ("LSTM", "GRU") for r in report.get("layers", ()))
+
+
 def _unnamed_recurrent(runtime: list[dict], assigned: dict[str, list[dict]]) -> list[dict]:
     """The runtime recurrent layers no planned layer claimed, when they all run one precision:
     OpenVINO's CPU plugin splits a bidirectional LSTM/GRU into two layers it names from a
@@ -115,10 +126,7 @@ def _recurrent_row(rp, act, ran: list[dict]) -> dict:
             "macs": rp.metrics.get("macs", 0), "kept_fraction": [], "bops": None,
             "weight_error": {"sqnr_db": rp.metrics.get("weight_sqnr_db")},
             "bias_corrected": False,
-            "activation": _activation_row(act),
-            "runtime": [{"precision": r["precision"], "kernel": r["kernel"]} for r in ran],
-            "runs_int8": bool(ran) and all(r["int8"] for r in ran),
-            "runs_low_bit": bool(ran) and all(r["precision"] in LOW_BIT for r in ran)}
+            "activation": _activation_row(act), **_runtime_fields(ran)}
 
 
 def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],
