@@ -105,6 +105,7 @@ class TargetRules:
     device_check: bool = True            # its compiled model is checked against the reference
     profile: str = "variants"            # variants (with float baselines) | engine (alone) | none
     pins_cores: bool = False             # ensemble members each get their own cores
+    channel_activations: bool = False    # per-channel int8 scales on depthwise convolution inputs
     sparse_form: str = "dense"           # how group-sparse REx orders are lowered by default:
     # dense zero rows, or compact (kept channels only); measured: tools/bench/rex_latency.py
 

@@ -129,4 +129,5 @@ class ReferenceRunner(RunnerBase):
 
 BACKEND = ReferenceBackend()
 RULES = TargetRules(device_check=False,  # the reference is the device
-                    profile="none")      # ONNX Runtime is an oracle, not a deployment target
+                    profile="none",      # ONNX Runtime is an oracle, not a deployment target
+                    channel_activations=True)  # per-axis QuantizeLinear runs here

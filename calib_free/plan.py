@@ -76,7 +76,8 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class ActivationPlan:
-    """Per-tensor symmetric activation quantization (zero-point 0)."""
+    """Symmetric activation quantization (zero-point 0): per tensor, or per channel on the inputs
+    of depthwise convolutions (`channel_scale`)."""
 
     tensor: str        # ONNX value name
     scale: float       # real units per code step
@@ -88,6 +89,10 @@ class ActivationPlan:
     # quantized: 1 / s, the migration factors s of calib_free.smooth, so the layer reads x / s;
     # the layers reading it carry s in their weights
     smooth: np.ndarray | None = field(default=None, compare=False)
+    # float32 [C] or None: one scale per channel (axis 1, NCHW) instead of `scale`, which is then
+    # their largest; only on tensors read by depthwise convolutions alone, where channel c feeds
+    # output channel c and the runtime folds the input's scale into that channel's weight scale
+    channel_scale: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def qmax(self) -> int:
@@ -159,8 +164,10 @@ class QuantPlan:
             "version": self.version,
             "config": self.config,
             "layers": layers,
-            "activations": [{k: v for k, v in vars(a).items() if k != "smooth"} |
-                            ({"smooth": True} if a.smooth is not None else {})
+            "activations": [{k: v for k, v in vars(a).items()
+                             if k not in ("smooth", "channel_scale")} |
+                            ({"smooth": True} if a.smooth is not None else {}) |
+                            ({"channel_scale": True} if a.channel_scale is not None else {})
                             for a in self.activations],
             "skipped": [vars(s) | {} for s in self.skipped],
         } | ({"recurrent": [{"name": r.name, "op": r.op, "input": r.input,
@@ -184,6 +191,8 @@ class QuantPlan:
         for i, act in enumerate(self.activations):
             if act.smooth is not None:
                 arrays[f"a{i}.smooth"] = np.asarray(act.smooth, np.float32)
+            if act.channel_scale is not None:
+                arrays[f"a{i}.channel_scale"] = np.asarray(act.channel_scale, np.float32)
         for i, rec in enumerate(self.recurrent):
             arrays |= {f"r{i}.w": rec.w_codes, f"r{i}.r": rec.r_codes, f"r{i}.scale": rec.scale}
         json_path = os.path.join(directory, "plan.json")
@@ -211,8 +220,8 @@ class QuantPlan:
                 for k, od in enumerate(ld["orders"]))
             layers.append(LayerPlan(ld["name"], ld["op"], ld["weight"], ld["input"], orders,
                                     arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {})))
-        acts = tuple(ActivationPlan(**(a | {"smooth": arrays.get(f"a{i}.smooth")
-                                            if a.get("smooth") else None}))
+        acts = tuple(ActivationPlan(**(a | {key: arrays.get(f"a{i}.{key}") if a.get(key) else None
+                                            for key in ("smooth", "channel_scale")}))
                      for i, a in enumerate(d["activations"]))
         recurrent = tuple(
             RecurrentPlan(r["name"], r["op"], r["input"], tuple(r["weights"]), arrays[f"r{i}.w"],

@@ -63,8 +63,12 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
         raise UserError(f"target {config.target} is unavailable here: {why}",
                         rules.unavailable_hint)
     isa = backend.int8_isa(config.quant.int8_isa, config.device)
+    scales = config.quant.activation_scales
+    if scales == "auto":
+        scales = "depthwise" if rules.channel_activations else "tensor"
     config = replace(config, quant=replace(config.quant, int8_isa=isa.name,
-                                           int8_saturates=isa.saturates))
+                                           int8_saturates=isa.saturates,
+                                           activation_scales=scales))
     if config.quant.budget is not None:  # what the budget counts on this target and device
         from rexdeploy.cost_models import resolve
 

@@ -273,6 +273,14 @@ def cli():
                    "(from BatchNorm statistics) differ, scale each channel up to the largest "
                    "there and down in the depthwise kernel: exact in float, free for weights "
                    "with a scale per channel, and every channel gets the whole int8 range.")
+@click.option("--activation-scales", type=click.Choice(("auto", "depthwise", "tensor")),
+              default="auto", show_default=True,
+              help="depthwise: one int8 scale per channel on the inputs of depthwise "
+                   "convolutions (each channel computes alone there, so its scale folds into "
+                   "the output channel's: still the int8 depthwise kernel), ranges per channel "
+                   "from the same data-free source; tensor: one scale per activation tensor "
+                   "everywhere. auto: depthwise on OpenVINO and the reference, tensor on "
+                   "TensorRT (per-tensor activations only).")
 @click.option("--no-device-check", is_flag=True,
               help="Skip running the compiled model against its Q/DQ reference (ONNX "
                    "Runtime) on the build's synthetic inputs.")
@@ -326,7 +334,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
           ensemble_partition, sparse_form, ranges, range_sigma,
           smooth, smooth_alpha, no_bias_correction, clip_search, exclude, preprocess, calib,
           refine, refine_iters, refine_inputs, tokenizer, device, int8_isa, overflow_fix,
-          equalize, recurrent,
+          equalize, activation_scales, recurrent,
           no_device_check, device_tolerance, strict_device_check, opset, dla_core,
           float_precision, centering, dims, dim_ranges, require_engine,
           from_deferred, trust_pickle, keep_intermediates, force, quiet, as_json):
@@ -383,7 +391,7 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
                         calib_tokenizer=tokenizer, sensitivity=sensitivity,
                         mixed_precision=mixed_precision, int8_isa=int8_isa,
                         overflow_fix=overflow_fix, equalize=equalize,
-                        recurrent=recurrent)
+                        activation_scales=activation_scales, recurrent=recurrent)
     config = BuildConfig(target=target, inputs=specs, quant=quant, opset=opset, device=device,
                          keep_intermediates=keep_intermediates, trust_pickle=trust_pickle,
                          factory_weights=state_dict, dla_core=dla_core,

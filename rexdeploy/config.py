@@ -34,6 +34,7 @@ MIXED_MODES = ("off", "weights", "activations", "all")
 SENSITIVITY_MODES = ("auto", "on", "off")
 REFINES = ("none", "flexround", "erq")
 OVERFLOW_FIXES = ("auto", "on", "off")
+ACTIVATION_SCALES = ("auto", "depthwise", "tensor")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class QuantConfig:
     # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
     # differ by 1.5x or more; off: never
     equalize: str = "auto"
+    # one int8 scale per channel on the inputs of depthwise convolutions ("depthwise"), or one
+    # per tensor everywhere ("tensor"); auto: depthwise where the target runs it
+    # (TargetRules.channel_activations), resolved at build time
+    activation_scales: str = "auto"
     # LSTM/GRU layers (rexdeploy/recurrent.py): float keeps them float (listed); int8 runs
     # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
     recurrent: str = "float"
@@ -185,6 +190,9 @@ class QuantConfig:
             raise UserError(f"--equalize {self.equalize}: use auto or off")
         if self.recurrent not in ("float", "int8"):
             raise UserError(f"--recurrent {self.recurrent}: use float or int8")
+        if self.activation_scales not in ACTIVATION_SCALES:
+            raise UserError(f"--activation-scales {self.activation_scales}: use one of "
+                            f"{', '.join(ACTIVATION_SCALES)}")
         if self.overflow_fix not in OVERFLOW_FIXES:
             raise UserError(f"--overflow-fix {self.overflow_fix}: use one of "
                             f"{', '.join(OVERFLOW_FIXES)}")
@@ -386,6 +394,9 @@ class BuildConfig:
         if not rules.centering and self.centering in ("all", "pointwise"):
             raise UserError(f"--centering {self.centering} applies to --target trt only: "
                             "OpenVINO quantizes non-negative activations to uint8 already")
+        if not rules.channel_activations and self.quant.activation_scales == "depthwise":
+            raise UserError(f"--activation-scales depthwise: --target {self.target} quantizes "
+                            "activations per tensor only", "drop --activation-scales")
         if not rules.float16_graph and self.float_precision == "fp16":
             raise UserError("--float-precision fp16 applies to --target trt only: OpenVINO "
                             "picks the float precision when it compiles",

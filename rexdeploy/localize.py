@@ -295,13 +295,15 @@ def _bias_overflow(qdq, taps: list[LayerTap]) -> dict[str, int]:
                 or x_dq.op_type != w_dq.op_type or node.input[2] not in inits:
             continue
         try:
-            x_scale = float(numpy_helper.to_array(inits[x_dq.input[1]]).reshape(-1)[0])
+            x_scale = numpy_helper.to_array(inits[x_dq.input[1]]).astype(np.float64).reshape(-1)
             w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
             bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(-1)
         except KeyError:
             continue
-        if w_scale.size not in (1, bias.size):
+        if w_scale.size not in (1, bias.size) or bias.size % x_scale.size:
             continue
+        # a per-channel input (depthwise): channel c feeds output channels c*m .. c*m + m - 1
+        x_scale = np.repeat(x_scale, bias.size // x_scale.size)
         found[name] = int(np.sum(np.abs(bias) / (x_scale * w_scale) > INT32_MAX))
     return found
 

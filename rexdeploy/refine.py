@@ -385,13 +385,18 @@ def _sig(v: float) -> float:
 
 
 def _fake_quant(x, act):
-    """The activation Q/DQ of the plan (per tensor, zero-point 0), or x when float."""
+    """The activation Q/DQ of the plan (per tensor or per channel, zero-point 0), or x when
+    float."""
     import torch
 
     if act is None:
         return x
     lo = -(act.qmax + 1) if act.signed else 0  # ONNX int8 saturates at -128
-    return torch.clamp(torch.round(x / act.scale), lo, act.qmax) * act.scale
+    scale = act.scale
+    if act.channel_scale is not None:  # per channel, axis 1
+        scale = torch.from_numpy(np.asarray(act.channel_scale, np.float32)).to(x.dtype)
+        scale = scale.reshape([1, -1] + [1] * (x.ndim - 2))
+    return torch.clamp(torch.round(x / scale), lo, act.qmax) * scale
 
 
 def _matrix(info, t):

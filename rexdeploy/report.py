@@ -94,7 +94,10 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
 def _activation_row(act) -> dict | None:
     return None if act is None else {
         "tensor": act.tensor, "scale": act.scale, "range": act.range,
-        "dtype": "int8" if act.signed else "uint8", "source": act.source}
+        "dtype": "int8" if act.signed else "uint8", "source": act.source} | (
+        {} if act.channel_scale is None else
+        {"per_channel": True, "channels": len(act.channel_scale),
+         "scale_min": float(min(act.channel_scale))})
 
 
 def _runtime_fields(ran: list[dict]) -> dict:

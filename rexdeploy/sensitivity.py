@@ -184,9 +184,12 @@ def _activation_switches(proto, draft) -> dict[str, str]:
             continue  # a residual skip input: no planned layer reads it
         p = f"_sens{i}_"
         zp_dtype = np.int8 if act.signed else np.uint8
+        scale = np.asarray(act.scale if act.channel_scale is None else act.channel_scale,
+                           np.float32)
+        axis = {} if act.channel_scale is None else {"axis": 1}
         proto.graph.initializer.extend([
-            numpy_helper.from_array(np.asarray(act.scale, np.float32), p + "scale"),
-            numpy_helper.from_array(np.zeros((), zp_dtype), p + "zp"),
+            numpy_helper.from_array(scale, p + "scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, zp_dtype), p + "zp"),
             numpy_helper.from_array(np.zeros((), np.float32), p + "switch")])
         x = act.tensor
         if act.smooth is not None:
@@ -195,9 +198,9 @@ def _activation_switches(proto, draft) -> dict[str, str]:
             new_nodes.append(helper.make_node("Mul", [x, p + "factor"], [p + "scaled"]))
             x = p + "scaled"
         new_nodes.append(helper.make_node("QuantizeLinear", [x, p + "scale", p + "zp"],
-                                          [p + "q"]))
+                                          [p + "q"], **axis))
         new_nodes.append(helper.make_node("DequantizeLinear", [p + "q", p + "scale", p + "zp"],
-                                          [p + "dq"]))
+                                          [p + "dq"], **axis))
         dq = p + "dq"
         if act.smooth is not None:
             new_nodes.append(helper.make_node("Div", [dq, p + "factor"], [p + "unscaled"]))

@@ -44,6 +44,21 @@ class TensorStats:
     # lost), so without a BatchNorm re-anchoring them they are a weak guess (use_stats passes
     # them over); through a Linear layer of independent features they hold
     through_conv: bool = False
+    # per-channel extent (lo_c, hi_c), float64 [C] each, where a Relu/Clip made the moments
+    # unfit for one: a clipped Gaussian's mean + sigma * std misses its tail (a channel of
+    # N(-3, 1) through a ReLU reaches about 1, its clipped moments say 0.05), so the extent is
+    # the pre-clip mean_c +- sigma * std_c, clipped; None: from the moments (channel_bounds)
+    extent: tuple[np.ndarray, np.ndarray] | None = None
+
+    def channel_bounds(self, sigma: float) -> np.ndarray:
+        """max(|lo_c|, |hi_c|) per channel, within the tensor's extent [lo, hi]."""
+        if self.extent is not None:
+            lo, hi = self.extent
+        else:
+            std = np.sqrt(np.maximum(self.var, 0.0))
+            lo, hi = self.mean - sigma * std, self.mean + sigma * std
+        lo, hi = np.clip(lo, self.lo, self.hi), np.clip(hi, self.lo, self.hi)
+        return np.maximum(np.abs(lo), np.abs(hi))
 
     @property
     def bound(self) -> float:
@@ -110,10 +125,10 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
         result = _reshaped(first, _channels(out))
     elif op in ("Relu", "Clip") and first is not None:
         lo, hi = (0.0, None) if op == "Relu" else _clip_bounds(node)
-        result = _clipped(first, lo, hi)
+        result = _clipped(first, lo, hi, sigma)
     elif op == "Pad" and first is not None:
         result = TensorStats(first.mean, first.var, min(first.lo, 0.0), max(first.hi, 0.0),
-                             first.roots, first.through_conv)
+                             first.roots, first.through_conv, first.extent)
     elif op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and first is not None:
         result = _linear(node, first, sigma)
     elif op in ("Add", "Sub"):
@@ -134,7 +149,8 @@ def _from_moments(mean: np.ndarray, var: np.ndarray, sigma: float,
                        float(np.max(mean + sigma * std)), roots, through_conv)
 
 
-def _clipped(s: TensorStats, lo: float | None, hi: float | None) -> TensorStats:
+def _clipped(s: TensorStats, lo: float | None, hi: float | None, sigma: float = 4.0
+             ) -> TensorStats:
     import torch
 
     from calib_free.moments import clipped_gaussian_moments
@@ -145,8 +161,16 @@ def _clipped(s: TensorStats, lo: float | None, hi: float | None) -> TensorStats:
     new_hi = s.hi if hi is None else max(min(s.hi, hi), lo if lo is not None else -np.inf)
     if lo is not None:
         new_hi = max(new_hi, lo)
+    if s.extent is not None:
+        c_lo, c_hi = s.extent
+    else:
+        std = np.sqrt(np.maximum(s.var, 0.0))
+        c_lo, c_hi = s.mean - sigma * std, s.mean + sigma * std
+    low = -np.inf if lo is None else lo
+    high = np.inf if hi is None else hi
+    extent = (np.clip(c_lo, low, high), np.clip(c_hi, low, high))
     return TensorStats(m.double().numpy(), v.double().numpy(), float(new_lo), float(new_hi),
-                       s.roots, s.through_conv)
+                       s.roots, s.through_conv, extent)
 
 
 def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
@@ -262,7 +286,8 @@ def _fit_channels(s: TensorStats, channels: int) -> tuple[np.ndarray, np.ndarray
 
 def _reshaped(s: TensorStats, channels: int) -> TensorStats:
     mean, var = _fit_channels(s, channels)
-    return TensorStats(mean, var, s.lo, s.hi, s.roots, s.through_conv)
+    extent = s.extent if s.mean.size == channels else None
+    return TensorStats(mean, var, s.lo, s.hi, s.roots, s.through_conv, extent)
 
 
 def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:

@@ -430,9 +430,11 @@ def test_depthwise_inputs_are_equalized_exactly_through_a_batchnormed_conv(tmp_p
     path = str(tmp_path / "dw.pt")
     torch.jit.save(torch.jit.trace(DepthwiseNet(), x), path)
     ranges = (("input", -1.0, 1.0),)
-    eq = _build(path, ["input:1x3x16x16"], tmp_path / "eq.openvino", input_ranges=ranges)
+    # per-tensor depthwise inputs: equalization alone (per-channel scales would do its work)
+    eq = _build(path, ["input:1x3x16x16"], tmp_path / "eq.openvino", input_ranges=ranges,
+                activation_scales="tensor")
     off = _build(path, ["input:1x3x16x16"], tmp_path / "off.openvino", input_ranges=ranges,
-                 equalize="off")
+                 equalize="off", activation_scales="tensor")
     assert any(n.startswith("range equalization: 1 depthwise") for n in eq.report()["notes"])
     assert not any("range equalization" in n for n in off.report()["notes"])
     # the float model the artifact keeps (equalized) computes what the original does
@@ -444,3 +446,84 @@ def test_depthwise_inputs_are_equalized_exactly_through_a_batchnormed_conv(tmp_p
     fe = rexdeploy.compare(eq.path, synthetic=8, quiet=True, reference="onnx")["sqnr_db"]
     fo = rexdeploy.compare(off.path, synthetic=8, quiet=True, reference="onnx")["sqnr_db"]
     assert fe > fo + 1, (fe, fo)  # measured: 34.2 against 33.0 dB
+
+
+class HardSwishDepthwiseNet(nn.Module):
+    """conv -> HardSwish -> depthwise conv -> 1x1 conv: the conv's output channels span two
+    orders of magnitude and HardSwish (not positive homogeneous) rules out equalization, as on
+    PP-OCRv4's detector."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 8, 1)
+        with torch.no_grad():
+            self.conv.weight.mul_(torch.logspace(-2, 1, 16).reshape(-1, 1, 1, 1))
+            self.conv.bias.mul_(torch.logspace(-2, 1, 16))
+            # the depthwise kernel brings the channels back to one range
+            self.dw.weight.div_(torch.logspace(-2, 1, 16).reshape(-1, 1, 1, 1))
+        self.eval()
+
+    def forward(self, x):
+        return self.pw(self.dw(self.act(self.conv(x))))
+
+
+def _dw_model(tmp_path) -> str:
+    path = str(tmp_path / "hsdw.pt")
+    torch.jit.save(torch.jit.trace(HardSwishDepthwiseNet(), torch.zeros(1, 3, 16, 16)), path)
+    return path
+
+
+@pytest.mark.parametrize("target", ["openvino", "reference"])
+def test_depthwise_inputs_get_a_scale_per_channel_and_run_int8(tmp_path, target):
+    path = _dw_model(tmp_path)
+    ranges = (("input", -1.0, 1.0),)
+    spec = ["input:1x3x16x16"]
+    ch = rexdeploy.build(path, spec, output=str(tmp_path / "ch"), quiet=True,
+                         config=BuildConfig(target=target,
+                                            quant=QuantConfig(input_ranges=ranges)))
+    pt = rexdeploy.build(path, spec, output=str(tmp_path / "pt"), quiet=True,
+                         config=BuildConfig(target=target, quant=QuantConfig(
+                             input_ranges=ranges, activation_scales="tensor")))
+    from calib_free.plan import QuantPlan
+
+    assert QuantPlan.load(ch.path).config["activation_scales"] == "depthwise"
+    assert QuantPlan.load(pt.path).config["activation_scales"] == "tensor"
+    rows = {r["tensor"]: r for r in ch.report()["activations"]}
+    per_channel = [r for r in rows.values() if r.get("per_channel")]
+    assert len(per_channel) == 1 and per_channel[0]["channels"] == 16
+    assert per_channel[0]["scale_min"] < per_channel[0]["scale"]
+    assert not any(r.get("per_channel") for r in pt.report()["activations"])
+    # the Q/DQ ONNX: one per-channel (axis 1) Q/DQ pair, read by the depthwise Conv alone
+    model = onnx.load(ch.file("onnx"))
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    per_axis = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                and any(a.name == "axis" for a in n.attribute)
+                and n.input[0] in {q.output[0] for q in model.graph.node
+                                   if q.op_type == "QuantizeLinear"}]
+    assert len(per_axis) == 1
+    readers = consumers[per_axis[0].output[0]]
+    assert [r.op_type for r in readers] == ["Conv"]
+    assert any(a.name == "group" and a.i == 16 for a in readers[0].attribute)
+    # every layer still runs int8 where it runs, and the per-channel scales pay off
+    layers = ch.report()["layers"]
+    if target == "openvino":
+        assert all(r["runs_int8"] for r in layers), [(r["name"], r["runtime"]) for r in layers]
+        check = ch.report()["device_check"]
+        assert check["loss_db"] < 0.5, check  # the device computes what the reference does
+    fc = rexdeploy.compare(ch.path, synthetic=8, quiet=True, reference="onnx")["sqnr_db"]
+    fp = rexdeploy.compare(pt.path, synthetic=8, quiet=True, reference="onnx")["sqnr_db"]
+    assert fc > fp + 3, (fc, fp)  # measured: 23.8 against 14.3 dB
+
+
+def test_per_channel_activations_are_refused_where_the_target_has_none(tmp_path):
+    with pytest.raises(rexdeploy.UserError, match="per tensor only"):
+        rexdeploy.build(_dw_model(tmp_path), ["input:1x3x16x16"], output=str(tmp_path / "t"),
+                        quiet=True, config=BuildConfig(target="trt", quant=QuantConfig(
+                            activation_scales="depthwise")))

@@ -28,7 +28,8 @@ same function up to quantization (exactly, for float inputs that do not saturate
 A tensor is left as it is, and the reason counted in `stats`, when anything is not as above:
 a consumer of its DQ that is neither a planned layer nor a residual Add whose other side is a
 layer output read by that Add alone, a weight that is not a constant, a producer that is not a
-Clip/ReLU on a layer output with a bias to fold into, a smoothed (scale-migrated) activation.
+Clip/ReLU on a layer output with a bias to fold into, a smoothed (scale-migrated) or per-channel
+activation.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         """The centring of `act`'s tensor, or why it stays as it is ("signed": not ReLU-like)."""
         if act.smooth is not None:
             return "scale-migrated activation"
+        if act.channel_scale is not None:
+            return "per-channel activation"
         clip = _nonneg_source(q.inputs[0])
         if clip is None:
             return "signed"

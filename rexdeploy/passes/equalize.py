@@ -172,8 +172,9 @@ def scaled_stats(stats, f: np.ndarray):
     channel moments scaled; its extent stays, the largest channel's, which f leaves at 1."""
     from rexdeploy.stats import TensorStats
 
+    extent = None if stats.extent is None else (stats.extent[0] * f, stats.extent[1] * f)
     return TensorStats(stats.mean * f, stats.var * f * f, stats.lo, stats.hi, stats.roots,
-                       stats.through_conv)
+                       stats.through_conv, extent)
 
 
 def equalize_depthwise(model: ir.Model, stats: dict, sigma: float, planned: set[str],

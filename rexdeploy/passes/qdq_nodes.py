@@ -87,10 +87,12 @@ def dequantize_node(name: str, x: ir.Value, scale: ir.Value, zero_point: ir.Valu
 
 
 def quantize_node(name: str, x: ir.Value, scale: ir.Value, zero_point: ir.Value,
-                  *, out_name: str | None = None) -> ir.Node:
-    """Per-tensor QuantizeLinear(x, scale, zero_point): output dtype is the zero point's."""
+                  *, out_name: str | None = None, axis: int | None = None) -> ir.Node:
+    """QuantizeLinear(x, scale, zero_point), per tensor or (`axis`) per channel: output dtype is
+    the zero point's."""
     out = ir.Value(name=out_name, shape=x.shape, type=ir.TensorType(zero_point.dtype))
-    return ir.Node("", "QuantizeLinear", [x, scale, zero_point], outputs=[out], name=name)
+    attrs = [ir.AttrInt64("axis", axis)] if axis is not None else []
+    return ir.Node("", "QuantizeLinear", [x, scale, zero_point], attrs, outputs=[out], name=name)
 
 
 def tag(node: ir.Node, layer: str, role: str) -> None:

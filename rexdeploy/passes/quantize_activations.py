@@ -1,4 +1,5 @@
-"""Insert per-tensor QuantizeLinear -> DequantizeLinear on the planned activation tensors.
+"""Insert QuantizeLinear -> DequantizeLinear on the planned activation tensors: per tensor, or per
+channel (axis 1) on the inputs of depthwise convolutions (`ActivationPlan.channel_scale`).
 
 Requires: every `ActivationPlan` names a non-constant value of the graph (graph input or node
 output), 8 bits, a positive finite scale; every planned layer reads its `input` at input 0.
@@ -18,6 +19,7 @@ Every other consumer, and a graph output T, keep the float tensor.
 A smoothed activation (`ActivationPlan.smooth`, calib_free.smooth) is multiplied by that
 per-channel factor (last axis) before its QuantizeLinear, and its DQ output feeds only the
 planned layers (whose weights carry the inverse factor); residual Adds keep the float tensor.
+So does a per-channel activation: its DQ output feeds only the depthwise layers planned on it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
             if not (math.isfinite(act.scale) and act.scale > 0):
                 raise ir.passes.PreconditionError(
                     f"activation {act.tensor!r}: scale {act.scale} is not positive and finite")
+            if act.channel_scale is not None:
+                cs = np.asarray(act.channel_scale)
+                if cs.ndim != 1 or not (np.isfinite(cs).all() and (cs > 0).all()):
+                    raise ir.passes.PreconditionError(
+                        f"activation {act.tensor!r}: channel scales are not a vector of positive "
+                        "finite numbers")
         for lp in self.plan.layers:
             for branch in branches(model.graph, lp.name):
                 node, _ = branch_input(branch)
@@ -116,8 +124,9 @@ def _targets(graph: ir.Graph, value: ir.Value, act: ActivationPlan, plan: QuantP
     recurrent = {rp.name for rp in plan.recurrent if rp.input == value.name}
     targets += [(node, index) for node, index in value.uses()
                 if index == 0 and node.name in recurrent]
-    if act.smooth is not None:
-        return list(dict.fromkeys(targets))  # x / s is meant for the layers only
+    if act.smooth is not None or act.channel_scale is not None:
+        # x / s, and per-channel codes, are meant for the planned layers only
+        return list(dict.fromkeys(targets))
     for node, index in value.uses():
         if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 \
                 or layer_of(node) is not None:  # an Add summing orders or adding a bias
@@ -151,10 +160,14 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
                 names: UniqueNames) -> ir.Value:
     """Q/DQ nodes right after `value`'s producer; returns the DQ output."""
     dtype = value.dtype if value.dtype in FLOAT_DTYPES else ir.DataType.FLOAT
+    per_channel = act.channel_scale is not None
     scale = add_initializer(graph, names, f"{value.name}/scale",
-                            np.array(act.scale, numpy_dtype(dtype)))
+                            np.asarray(act.channel_scale if per_channel else act.scale,
+                                       numpy_dtype(dtype)))
     zero = add_initializer(graph, names, f"{value.name}/zero_point",
-                           np.array(0, np.int8 if act.signed else np.uint8))
+                           np.zeros(np.shape(act.channel_scale) if per_channel else (),
+                                    np.int8 if act.signed else np.uint8))
+    axis = 1 if per_channel else None
     head = []
     source = value
     if act.smooth is not None:
@@ -166,10 +179,10 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
                       name=names.node(f"{value.name}/smooth"))
         head, source = [mul], out
     q = quantize_node(names.node(f"{value.name}/QuantizeLinear"), source, scale, zero,
-                      out_name=names.value(f"{value.name}/quantized"))
+                      out_name=names.value(f"{value.name}/quantized"), axis=axis)
     dq = dequantize_node(names.node(f"{value.name}/DequantizeLinear"), q.outputs[0], scale, zero,
-                         out_name=names.value(f"{value.name}/dequantized"), out_dtype=dtype,
-                         shape=value.shape)
+                         axis=axis, out_name=names.value(f"{value.name}/dequantized"),
+                         out_dtype=dtype, shape=value.shape)
     producer = value.producer()
     nodes = head + [q, dq]
     if producer is not None:

@@ -33,6 +33,7 @@ from rexdeploy.fidelity import NEAR_TIE as MARGIN  # noqa: E402 (top-1/top-2 pro
 # below which a photo is a coin toss; `rexdeploy compare` reports the same near ties)
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
+    ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),
     ("rexdeploy W8A8, no bias correction", {"bias_correction": False}),
     ("rexdeploy W8A8, ranges from Gaussian inputs", {"ranges": "synthetic"}),
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
