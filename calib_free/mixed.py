@@ -38,7 +38,7 @@ from calib_free.sparse import BOPS, CostModel, LayerCost
 # drop). 0.25 and 0.5 were tried on EfficientNet-Lite0 (docs/benchmarks.md): no better than 1
 # where the signal is measured on 1/f noise; 1 is the one the model above justifies.
 SENSITIVITY_POWER = 1.0
-FLOAT_BITS = 32  # a float activation in the BOPs model (rexdeploy.quantize.activation_bits)
+FLOAT_BITS = 32  # a float activation in the BOPs model (QuantConfig.activation_bits)
 RAISED_WEIGHT_BITS = 8
 
 
@@ -199,23 +199,50 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
     bops_delta of each raise in the result stays in BOPs."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
-    act_nsr = act_nsr or {}
-    st = _State(layers, cost_model)
-    base = sum(cost_model.order1(l.cost) for l in layers)
-    limit = budget * base * (1 + 1e-12)
-    spent = base
-    readers: dict[str, list[int]] = {}
+    greedy = _Greedy(layers, act_nsr or {}, cost_model)
+    base = greedy.spent
     for li, l in enumerate(layers):
-        if l.act is not None:
-            readers.setdefault(l.act, []).append(li)
+        if l.cost.macs <= 0:
+            continue
+        if l.cost.errors.shape[0] >= 2:
+            for c in [WHOLE] if whole_layers else range(l.cost.channels):
+                greedy.push(("order", li, c, 2))
+        if raise_weights and l.errors8 is not None and l.cost.bits_w < RAISED_WEIGHT_BITS:
+            greedy.push(("weights", li, 0, 0))
+    if float_activations:
+        for tensor in greedy.readers:
+            if tensor in greedy.act_nsr:
+                greedy.push(("act", tensor, 0, 0))
+    greedy.run(budget * base * (1 + 1e-12))
+    return greedy.result(base, budget)
 
-    def weight(li: int) -> float:
-        w = layers[li].nsr_w
+
+class _Greedy:
+    """The allocation's state and its heap of candidates (kind, key, channel, order): "order"
+    (layer index, channel or WHOLE, order k), "weights" (layer index), "act" (tensor), each
+    scored by expected output-NSR drop per unit of the cost model, re-scored when stale."""
+
+    def __init__(self, layers: list[MixedLayer], act_nsr: dict[str, float], cost_model):
+        self.layers, self.act_nsr, self.cost_model = layers, act_nsr, cost_model
+        self.st = _State(layers, cost_model)
+        self.spent = sum(cost_model.order1(l.cost) for l in layers)
+        self.readers: dict[str, list[int]] = {}
+        for li, l in enumerate(layers):
+            if l.act is not None:
+                self.readers.setdefault(l.act, []).append(li)
+        self.heap: list = []
+        self.tick = 0
+        self.why_w: dict[str, dict] = {}
+        self.why_a: dict[str, dict] = {}
+
+    def weight(self, li: int) -> float:
+        w = self.layers[li].nsr_w
         return 1.0 if w is None else max(w, 0.0) ** SENSITIVITY_POWER
 
-    def evaluate(cand) -> tuple[float, float] | None:
+    def evaluate(self, cand) -> tuple[float, float] | None:
         """(gain, cost) of a candidate in the current state; None when no longer possible."""
         kind, key, c, k = cand
+        st, layers = self.st, self.layers
         if kind == "order":
             li = key
             bw, ba = st.bits(li)
@@ -224,10 +251,11 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
                 if st.raised[li] or bool((st.order[li] != k - 1).any()):
                     return None
                 gain = sum(lc.gain(ch, k) for ch in range(lc.channels))
-                return weight(li) * gain, cost_model.extra_order(lc, bw, ba)
+                return self.weight(li) * gain, self.cost_model.extra_order(lc, bw, ba)
             if st.raised[li] or int(st.order[li][c]) != k - 1:
                 return None
-            return weight(li) * lc.gain(c, k), cost_model.extra_order(lc, bw, ba) / lc.channels
+            return (self.weight(li) * lc.gain(c, k),
+                    self.cost_model.extra_order(lc, bw, ba) / lc.channels)
         if kind == "weights":
             li = key
             if st.raised[li]:
@@ -235,11 +263,11 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
             before = st.layer_cost(li)
             share_now = st.share(li)
             st.raised[li] = True
-            gain = weight(li) * (share_now - st.share(li))
+            gain = self.weight(li) * (share_now - st.share(li))
             cost = st.layer_cost(li) - before
             st.raised[li] = False
             return gain, cost
-        lis = readers[key]  # kind == "act"
+        lis = self.readers[key]  # kind == "act"
         if any(st.float_act[li] for li in lis):
             return None
         before = sum(st.layer_cost(li) for li in lis)
@@ -248,49 +276,37 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
         cost = sum(st.layer_cost(li) for li in lis) - before
         for li in lis:
             st.float_act[li] = False
-        return act_nsr[key], cost
+        return self.act_nsr[key], cost
 
-    heap: list = []
-    tick = 0
-
-    def push(cand) -> None:
-        nonlocal tick
-        ev = evaluate(cand)
+    def push(self, cand) -> None:
+        ev = self.evaluate(cand)
         if ev is None or ev[0] <= 0:
             return
         gain, cost = ev
         score = float("inf") if cost <= 0 else gain / cost
-        heapq.heappush(heap, (-score, tick, cand))
-        tick += 1
+        heapq.heappush(self.heap, (-score, self.tick, cand))
+        self.tick += 1
 
-    for li, l in enumerate(layers):
-        if l.cost.macs <= 0:
-            continue
-        if l.cost.errors.shape[0] >= 2:
-            for c in [WHOLE] if whole_layers else range(l.cost.channels):
-                push(("order", li, c, 2))
-        if raise_weights and l.errors8 is not None and l.cost.bits_w < RAISED_WEIGHT_BITS:
-            push(("weights", li, 0, 0))
-    if float_activations:
-        for tensor in readers:
-            if tensor in act_nsr:
-                push(("act", tensor, 0, 0))
-    why_w: dict[str, dict] = {}
-    why_a: dict[str, dict] = {}
-    while heap:
-        neg, _, cand = heapq.heappop(heap)
-        ev = evaluate(cand)
-        if ev is None or ev[0] <= 0:
-            continue
-        gain, cost = ev
-        score = float("inf") if cost <= 0 else gain / cost
-        if score < -neg * (1 - 1e-9):
-            push(cand)  # stale: its layer changed since; compete again at the new score
-            continue
-        if spent + cost > limit:
-            continue
-        spent += cost
+    def run(self, limit: float) -> None:
+        """Buy the best-scoring candidate that still fits under `limit`, until none is left."""
+        while self.heap:
+            neg, _, cand = heapq.heappop(self.heap)
+            ev = self.evaluate(cand)
+            if ev is None or ev[0] <= 0:
+                continue
+            gain, cost = ev
+            score = float("inf") if cost <= 0 else gain / cost
+            if score < -neg * (1 - 1e-9):
+                self.push(cand)  # stale: its layer changed since; compete again at the new score
+                continue
+            if self.spent + cost > limit:
+                continue
+            self.spent += cost
+            self.apply(cand, gain, cost)
+
+    def apply(self, cand, gain: float, cost: float) -> None:
         kind, key, c, k = cand
+        st, layers = self.st, self.layers
         if kind == "order":
             if c == WHOLE:
                 st.kept[key][k - 2].extend(range(layers[key].cost.channels))
@@ -299,33 +315,37 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
                 st.kept[key][k - 2].append(c)
                 st.order[key][c] = k
             if k < layers[key].cost.errors.shape[0]:
-                push(("order", key, c, k + 1))
-            continue
+                self.push(("order", key, c, k + 1))
+            return
         if kind == "weights":
             st.raised[key] = True
-            why_w[layers[key].cost.name] = {
+            self.why_w[layers[key].cost.name] = {
                 "bits": RAISED_WEIGHT_BITS, "from_bits": layers[key].cost.bits_w,
                 "nsr_w": layers[key].nsr_w, "expected_nsr_drop": gain, "bops_delta": cost}
-            continue
-        for li in readers[key]:
+            return
+        for li in self.readers[key]:
             st.float_act[li] = True
-        why_a[key] = {"layers": [layers[li].cost.name for li in readers[key]],
-                      "nsr_a": act_nsr[key], "expected_nsr_drop": gain, "bops_delta": cost}
-    # the BOPs (whatever the cost model) each choice adds over the order-1 model, in the final
-    # state (a raise bought after some orders refunded them at the time; what it costs in the
-    # end is this)
-    index = {l.cost.name: li for li, l in enumerate(layers)}
-    for name, r in why_w.items():
-        c = layers[index[name]].cost
-        r["bops_delta"] = float(c.macs) * (RAISED_WEIGHT_BITS - c.bits_w) * c.bits_a
-    for tensor, r in why_a.items():
-        r["bops_delta"] = 0.0
-        for li in readers[tensor]:
-            now = st.layer_cost(li, BOPS)
-            r["bops_delta"] += now - now * layers[li].cost.bits_a / FLOAT_BITS
-    kept = {}
-    for li, l in enumerate(layers):
-        kept[l.cost.name] = [] if st.raised[li] else \
-            [torch.tensor(sorted(cs), dtype=torch.int64) for cs in st.kept[li]]
-    total = sum(st.layer_cost(li) for li in range(len(layers)))
-    return MixedAllocation(kept, why_w, why_a, base, total, budget)
+        self.why_a[key] = {"layers": [layers[li].cost.name for li in self.readers[key]],
+                           "nsr_a": self.act_nsr[key], "expected_nsr_drop": gain,
+                           "bops_delta": cost}
+
+    def result(self, base: float, budget: float) -> MixedAllocation:
+        st, layers = self.st, self.layers
+        # the BOPs (whatever the cost model) each choice adds over the order-1 model, in the
+        # final state (a raise bought after some orders refunded them at the time; what it
+        # costs in the end is this)
+        index = {l.cost.name: li for li, l in enumerate(layers)}
+        for name, r in self.why_w.items():
+            c = layers[index[name]].cost
+            r["bops_delta"] = float(c.macs) * (RAISED_WEIGHT_BITS - c.bits_w) * c.bits_a
+        for tensor, r in self.why_a.items():
+            r["bops_delta"] = 0.0
+            for li in self.readers[tensor]:
+                now = st.layer_cost(li, BOPS)
+                r["bops_delta"] += now - now * layers[li].cost.bits_a / FLOAT_BITS
+        kept = {}
+        for li, l in enumerate(layers):
+            kept[l.cost.name] = [] if st.raised[li] else \
+                [torch.tensor(sorted(cs), dtype=torch.int64) for cs in st.kept[li]]
+        total = sum(st.layer_cost(li) for li in range(len(layers)))
+        return MixedAllocation(kept, self.why_w, self.why_a, base, total, budget)

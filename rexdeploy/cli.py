@@ -354,13 +354,8 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
             raise click.UsageError("--from-deferred takes the artifact, not a MODEL")
         from rexdeploy import api
 
-        artifact = api.build_from_deferred(from_deferred, quiet=quiet)
-        if as_json:
-            click.echo(json.dumps({"path": artifact.path, **artifact.manifest["summary"]}))
-        elif not quiet:
-            from rexdeploy.render import build_table
-
-            _console().print(build_table(artifact))
+        _show_build(api.build_from_deferred(from_deferred, quiet=quiet), as_json, quiet,
+                    indent=None)
         return
     if not model:
         raise click.UsageError("missing argument MODEL")
@@ -404,10 +399,15 @@ def build(model, target, output, inputs, input_ranges, weights, state_dict, acti
     config.validate()
     from rexdeploy import api
 
-    artifact = api.build(model, specs, target=target, output=output, config=config, force=force,
-                         quiet=quiet, preprocess=preprocess)
+    _show_build(api.build(model, specs, target=target, output=output, config=config,
+                          force=force, quiet=quiet, preprocess=preprocess), as_json, quiet)
+
+
+def _show_build(artifact, as_json: bool, quiet: bool, indent: int | None = 1) -> None:
+    """The built artifact's summary: JSON, or its table unless quiet."""
     if as_json:
-        click.echo(json.dumps({"path": artifact.path, **artifact.manifest["summary"]}, indent=1))
+        click.echo(json.dumps({"path": artifact.path, **artifact.manifest["summary"]},
+                              indent=indent))
     elif not quiet:
         from rexdeploy.render import build_table
 

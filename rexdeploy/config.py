@@ -158,6 +158,11 @@ class QuantConfig:
         return WEIGHT_BITS[self.weights]
 
     @property
+    def activation_bits(self) -> int:
+        """Activation bits of the BOPs cost model (float activations count as 32)."""
+        return {"int8": 8, "fp16": 16}.get(self.activations, 32)
+
+    @property
     def budget_whole_layers(self) -> bool:
         """Whether --budget buys whole layers: where sparse orders are lowered as dense kernels
         with zero rows (--sparse-form dense; auto unresolved counts as dense, every backend's

@@ -28,15 +28,13 @@ def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str]
              ) -> tuple[MixedAllocation, dict]:
     """(allocation, layer -> its int8 expansion when raisable). expand8(layer_expansion) makes
     the order-1 int8 expansion of a layer."""
-    from rexdeploy.quantize import activation_bits
-
     measured = [v for v in sensitivity.weights.values()]
     fallback = sum(measured) / len(measured) if measured else None  # unmeasured layer: mean
     eights = {e.layer.name: expand8(e) for e in expansions} if raises_weights(config) else {}
     rows = []
     for e in expansions:
         name = e.layer.name
-        cost = e.layer.cost(e.errors, config.weight_bits, activation_bits(config))
+        cost = e.layer.cost(e.errors, config.weight_bits, config.activation_bits)
         rows.append(MixedLayer(cost, sensitivity.weights.get(name, fallback),
                                eights[name].errors[0] if name in eights else None,
                                e.layer.input if e.layer.input in act_tensors else None))
@@ -55,7 +53,6 @@ def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig
     `mixed` (what was raised, why, at what cost). `plans` already holds the raised layers at
     int8; layers: name -> LayerInfo."""
     from calib_free.sparse import layer_bops
-    from rexdeploy.quantize import activation_bits
 
     out = []
     for lp in plans:
@@ -63,12 +60,12 @@ def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig
         fractions = m.get("kept_fraction", [])
         bits_w = lp.orders[0].bits
         float_act = lp.input in alloc.float_activations
-        bits_a = FLOAT_BITS if float_act else activation_bits(config)
-        m["bops_order1"] = layer_bops(m["macs"], config.weight_bits, activation_bits(config), [])
+        bits_a = FLOAT_BITS if float_act else config.activation_bits
+        m["bops_order1"] = layer_bops(m["macs"], config.weight_bits, config.activation_bits, [])
         m["bops"] = layer_bops(m["macs"], bits_w, bits_a, fractions)
         m.update(cost_models.layer_metrics(layers[lp.name], config.budget_cost, bits_w, bits_a,
                                            fractions, (config.weight_bits,
-                                                       activation_bits(config))))
+                                                       config.activation_bits)))
         m["sensitivity"] = {"weights_nsr": _sig(sensitivity.weights.get(lp.name)),
                             "activation_nsr": _sig(sensitivity.activations.get(lp.input))}
         mixed = {}

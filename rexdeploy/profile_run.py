@@ -141,9 +141,9 @@ def _variants(arts, config: ProfileConfig, compare: bool) -> list[dict]:
 def _variant(label, kind, art, files, opts, feeds, ov) -> dict:
     def make(options):
         if kind == "artifact" and art.manifest.get("ensemble"):
-            from rexdeploy.api import _ensemble_runner  # members run concurrently, combined
+            from rexdeploy.runners import ensemble_runner  # members run concurrently, combined
 
-            return _ensemble_runner(art, ov, options)
+            return ensemble_runner(art, ov, options)
         return ov.runner(art.path, files, options)
 
     return {"label": label, "kind": kind, "artifact": art.path, "options": opts, "feeds": feeds,

@@ -136,11 +136,6 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                         if sensitivity is not None and config.budget is not None else {}))
 
 
-def activation_bits(config: QuantConfig) -> int:
-    """Activation bits of the BOPs cost model (float activations count as 32)."""
-    return {"int8": 8, "fp16": 16}.get(config.activations, 32)
-
-
 @dataclass(frozen=True, eq=False)
 class _Expansion:
     """One layer's dense expansion to the highest order, before channels are chosen."""
@@ -343,7 +338,7 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
         return {e.layer.name: uniform_channels(list(e.errors[:-1]), config.sparsity)
                 for e in expansions}
     if config.budget is not None:
-        costs = [e.layer.cost(e.errors, config.weight_bits, activation_bits(config))
+        costs = [e.layer.cost(e.errors, config.weight_bits, config.activation_bits)
                  for e in expansions]
         return allocate_budget(costs, config.budget, config.budget_whole_layers,
                                cost_models.get(config.budget_cost)).kept
@@ -421,12 +416,12 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
 
     metrics = {"macs": int(layer.macs), "orders": len(plan_orders),
                "kept_fraction": [round(f, 4) for f in fractions],
-               "bops": layer_bops(layer.macs, config.weight_bits, activation_bits(config),
+               "bops": layer_bops(layer.macs, config.weight_bits, config.activation_bits,
                                   fractions),
                "bops_order1": layer_bops(layer.macs, config.weight_bits,
-                                         activation_bits(config), []),
+                                         config.activation_bits, []),
                **(cost_models.layer_metrics(layer, config.budget_cost, config.weight_bits,
-                                            activation_bits(config), fractions)
+                                            config.activation_bits, fractions)
                   if config.budget is not None else {}),
                "error_order1": _rounded(weight_error(w, first)),
                "error": _rounded(weight_error(w, w_hat)),

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def export_onnx(loaded: LoadedModel, specs: tuple[InputSpec, ...] = (),
                 opset: int = 21) -> tuple[ir.Model, tuple[InputSpec, ...]]:
     """Float ONNX of `loaded` as an onnx_ir.Model, and the input specs it was built for."""
-    from rexdeploy.frontend import onnx_import, torch_export
+    import rexdeploy.frontend.onnx_import as onnx_import
+    import rexdeploy.frontend.torch_export as torch_export
     from rexdeploy.frontend.specs import match_declared, specs_for_module
     from rexdeploy.passes.cleanup import CleanupPass
 
@@ -44,7 +45,7 @@ def export_onnx(loaded: LoadedModel, specs: tuple[InputSpec, ...] = (),
     _apply_specs(model, specs)
     from rexdeploy.passes.shapes import SHAPE_NOTE, inference_failure
 
-    # the cleanup re-infers shapes that contradict the graph; the build says so (api._shape_note)
+    # the cleanup re-infers shapes that contradict the graph; the build says so (pipeline._shape_note)
     model.meta[SHAPE_NOTE] = inference_failure(model)
     CleanupPass()(model)
     _check_outputs(model)

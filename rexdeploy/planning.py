@@ -1,0 +1,370 @@
+"""The quantize stage of a build: activation statistics and ranges (BatchNorm moments, natural
+synthetic images, the user's --calib data), range equalization, sensitivity, the QuantPlan,
+its refinement and its recurrent layers. Input: the float graph (BN folded) and its layers;
+output: the frozen plan and the notes the build reports."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.errors import UserError
+from rexdeploy.progress import StageLog
+
+
+def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: StageLog
+              ) -> str | None:
+    """Cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py), for
+    int8 activations with per-channel weight scales; the note saying what it did, None when
+    it changed nothing."""
+    q = config.quant
+    if q.equalize == "off" or q.activations != "int8" or q.granularity != "channel":
+        return None
+    from rexdeploy.passes.equalize import equalize_depthwise
+    from rexdeploy.quantize import use_stats
+
+    planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
+    done = equalize_depthwise(float_model, stats, q.range_sigma, planned,
+                              lambda s: use_stats(s, q.ranges))
+    if not done:
+        return None
+    worst = max(spread for _, spread in done)
+    note = (f"range equalization: {len(done)} depthwise convolution input(s) equalized through "
+            f"the layer before (channel ranges up to {worst:.0f}x the median before; exact in "
+            "float, the weight scales per channel absorb it)")
+    log.note(note)
+    return note
+
+
+def range_statistics(float_model, config: BuildConfig) -> dict:
+    from rexdeploy.stats import propagate_stats
+
+    ranges = {name: (lo, hi) for name, lo, hi in config.quant.input_ranges}
+    known = {v.name for v in float_model.graph.inputs}
+    for name in ranges:
+        if name not in known:
+            raise UserError(f"--input-range names {name!r}, which is not a model input "
+                            f"(inputs: {', '.join(sorted(known))})",
+                            "name one of the model's inputs, e.g. --input-range "
+                            f"{sorted(known)[0]}:-1,1")
+    return propagate_stats(float_model, ranges, config.quant.range_sigma)
+
+
+def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
+                      log: StageLog):
+    from rexdeploy.quantize import activation_tensors, make_plan, observed_means, use_stats
+
+    q = config.quant
+    calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
+    if calib is not None and calib.user:
+        q = replace(q, ranges="calib")  # ranges observed on the user's data
+    if q.smooth == "auto" and q.ranges != "calib" and \
+            any(s.dtype.startswith("float") and len(s.shape) >= 4 for s in config.inputs):
+        # Migration follows the per-channel maxima it observes on the synthetic inputs: random
+        # token sentences show a token model's channel pattern, Gaussian images do not show an
+        # image model's (EfficientNet-Lite0 --ranges synthetic: 13.3 dB without, 1.4 dB with)
+        q = replace(q, smooth="off")
+    tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
+    recurrent_x = _recurrent_inputs(float_model, config)  # ranged too, planned apart
+    missing = [t for t in dict.fromkeys(tensors + recurrent_x)
+               if not use_stats(stats.get(t), q.ranges)]
+    means_missing = [layer.input for layer in layers if q.bias_correction
+                     and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
+    need = list(dict.fromkeys(missing + means_missing))
+    observed = {}
+    notes = []
+    if need:
+        natural = False
+        if calib is not None and calib.user:
+            samples, what = calib.samples, calib.source
+        else:
+            samples, what, natural = _range_samples(float_model, config, loaded, log)
+        from rexdeploy.observe import observe
+
+        observed = observe(float_model, need, samples, natural=natural)
+        notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
+                     f"{len(set(tensors + recurrent_x)) - len(missing)} from statistics")
+    assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
+               and s.name not in {n for n, _, _ in q.input_ranges}]
+    if assumed and q.activations == "int8":
+        notes.append(f"input value range not given for {', '.join(assumed)}: assumed N(0, 1) "
+                     f"(pass --input-range NAME:LO,HI, e.g. input:-1,1 for images in [-1, 1])")
+    for n in notes:
+        log.note(n)
+    import backends
+
+    allow_unsigned = backends.rules(config.target).unsigned_activations
+    sensitivity = _sensitivity(float_model, layers, skipped, tensors, stats, observed, config,
+                               loaded, calib, allow_unsigned, log, notes) \
+        if q.uses_sensitivity else None
+    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity)
+    if sensitivity is not None:
+        notes.extend(_mixed_notes(plan, q, log))
+    smoothed = [a.tensor for a in plan.activations if a.smooth is not None]
+    if smoothed:
+        note = (f"scale migration (--smooth {q.smooth}, alpha {q.smooth_alpha}) on "
+                f"{len(smoothed)} MatMul/Gemm input(s) with outlier channels")
+        notes.append(note)
+        log.note(note)
+    if q.refine != "none":
+        plan = _refine(plan, float_model, layers, stats, observed, config, calib, loaded, log,
+                       notes)
+    if any(s.op in ("LSTM", "GRU", "RNN") for s in plan.skipped):
+        plan = _recurrent(plan, float_model, recurrent_x, stats, observed, config, log, notes)
+    ensemble = None
+    if q.ensemble:
+        from rexdeploy.quantize import ensemble_plans
+
+        ensemble = ensemble_plans(plan, layers, stats, observed, q)
+        if not any(ensemble[1]):
+            raise UserError("--ensemble: no layer has a second order to share among members",
+                            "raise --budget or drop --ensemble")
+    return plan, notes, ensemble
+
+
+def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
+    """The inputs X and the hidden-state outputs of the LSTM/GRU layers the target runs int8
+    (rexdeploy/recurrent.py): the tensors they need ranges of."""
+    import backends
+
+    if not backends.rules(config.target).int8_recurrent or \
+            config.quant.activations != "int8" or config.quant.recurrent != "int8":
+        return []
+    from rexdeploy.recurrent import candidates, state_output
+
+    nodes = candidates(float_model)
+    return list(dict.fromkeys([n.inputs[0].name for n in nodes] +
+                              [v.name for v in map(state_output, nodes) if v is not None]))
+
+
+def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: BuildConfig,
+               log: StageLog, notes: list[str]):
+    """The plan with the int8 LSTM/GRU layers added (rexdeploy/recurrent.py)."""
+    import backends
+
+    from rexdeploy.quantize import use_stats
+    from rexdeploy.recurrent import add_to_plan
+
+    q = config.quant
+    ranges = {}
+    for x in inputs:  # X (statistics or observed) and the hidden states (observed)
+        s, o = stats.get(x), observed.get(x)
+        if use_stats(s, q.ranges):
+            ranges[x] = (s.bound, s.source)
+        elif o is not None:
+            ranges[x] = (o.bound, f"observed:{q.ranges}")
+    plan = add_to_plan(plan, float_model, ranges, q, backends.rules(config.target))
+    if plan.recurrent:
+        ops = ", ".join(sorted({r.op for r in plan.recurrent}))
+        note = (f"{len(plan.recurrent)} recurrent layer(s) ({ops}) int8: the input rescaled onto "
+                "the hidden state's grid (its observed peak, at most 1), which OpenVINO's "
+                "kernel also rounds the fed-back state to at every step; the ONNX Runtime "
+                "reference keeps that state float, so the device check measures it")
+        notes.append(note)
+        log.note(note)
+    return plan
+
+
+def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
+                 loaded, calib, allow_unsigned, log: StageLog, notes: list[str]):
+    """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
+    (rexdeploy/sensitivity.py), on the build's synthetic inputs (the user's --calib data when
+    given)."""
+    from rexdeploy.quantize import make_plan
+    from rexdeploy.sensitivity import measure_sensitivity
+
+    q = config.quant
+    draft = make_plan(layers, skipped, tensors, stats, observed,
+                      replace(q, orders=1, budget=None, mixed_precision="off"), allow_unsigned)
+    if calib is not None and calib.user:
+        samples, what = calib.samples, f"calibration inputs ({calib.source})"
+    elif q.ranges == "zeroq":
+        samples, what = _synthetic_samples(float_model, config, loaded, log), \
+            "BatchNorm-matched images"
+    else:
+        from rexdeploy.sensitivity import sensitivity_samples
+
+        samples, what = sensitivity_samples(
+            _synthetic_samples(float_model, config, loaded, log),
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid))
+    from rexdeploy.mixed import raises_activations
+
+    sens = measure_sensitivity(float_model, layers, draft, samples, log,
+                               activations=raises_activations(q))
+    worst = ", ".join(f"{name} ({'weights' if kind == 'weights' else 'input'}, NSR {v:.2g})"
+                      for kind, name, v in sens.ranking()[:3])
+    note = (f"sensitivity of {len(sens.weights)} layers"
+            + (f" and {len(sens.activations)} activations" if sens.activations else "") +
+            f" measured on {sens.samples} {what} in {sens.seconds:.1f} s; worst: {worst}")
+    notes.append(note)
+    log.note(note)
+    return sens
+
+
+def _mixed_notes(plan, q: QuantConfig, log: StageLog) -> list[str]:
+    """One line per mixed-precision choice (also in each layer's report row, `mixed`)."""
+    lines, seen = [], set()
+    for lp in plan.layers:
+        for what, choice in lp.metrics.get("mixed", {}).items():
+            if what == "activation" and choice["tensor"] in seen:
+                continue  # one tensor read by several layers: said once
+            seen.add(choice.get("tensor"))
+            line = f"mixed precision: {lp.name} {what} -> " + \
+                (f"int{choice['bits']}" if what == "weights" else choice["precision"]) + \
+                f" (+{choice['bops_delta'] / 1e6:.3g} MBOPs): {choice['why']}"
+            lines.append(line)
+    if q.mixed_precision != "off" and not lines:
+        lines.append(f"mixed precision ({q.mixed_precision}): no raise was worth its BOPs under "
+                     f"--budget {q.budget:g}; the budget went to REx orders")
+    for line in lines:
+        log.note(line)
+    return lines
+
+
+def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):
+    """The --calib samples (synthetic by default under --refine), or None without either."""
+    from rexdeploy.calib import calibration_data, parse_calib
+
+    q = config.quant
+    spec = parse_calib(q.calib or ("synthetic" if q.refine != "none" else None))
+    if spec is None:
+        return None
+    if spec.kind == "synthetic" and q.refine == "none":
+        log.note("--calib synthetic without --refine changes nothing: the activation ranges "
+                 "stay data-free")
+        return None
+    with log.stage("calibration data", q.calib or "synthetic"):
+        return calibration_data(spec, float_model, config, loaded, log, q.calib_preprocess,
+                                q.calib_tokenizer)
+
+
+def _refine(plan, float_model, layers, stats, observed, config: BuildConfig, calib, loaded,
+            log: StageLog, notes: list[str]):
+    """--refine: FlexRound or ERQ on the calibration data (rexdeploy/refine.py), kept only
+    where it wins end to end: the refined and the round-to-nearest plans' network outputs are
+    compared with the float model's (ONNX Runtime), on synthetic calibration data on held-out
+    natural synthetic inputs and on the calibration inputs at half their amplitude, on the
+    user's data (--calib PATH) on that data; a refinement that loses on any is dropped. Its
+    per-layer check passes layers whose errors add up worse, and it fits the calibration
+    inputs' scale: EfficientNet-Lite0 W4A8 refined on N(0, 1) inputs (the range
+    assumed without --input-range) reads 23.9 dB on them against round-to-nearest's 1.0, and
+    loses on inputs half as wide (1.2 vs 2.3 dB) as on the real photos (3.4 vs 4.9)."""
+    from rexdeploy.quantize import _input_mean
+    from rexdeploy.refine import end_to_end_db, refine_plan
+
+    q = config.quant
+    means = {layer.name: _input_mean(stats.get(layer.input), observed.get(layer.input), q,
+                                     layer.in_channels) for layer in layers}
+    with log.stage("refine", f"{q.refine} on {calib.source}"):
+        refined, summary = refine_plan(plan, layers, float_model, calib.samples, q, means, log,
+                                       calib.source)
+    held_out = replace(config, quant=replace(
+        q, seed=q.seed + HOLD_OUT_SEED, synthetic_samples=max(q.synthetic_samples, HOLD_OUT),
+        ranges="synthetic" if q.ranges == "zeroq" else q.ranges))
+    with log.stage("refine check", "end to end, refined vs round-to-nearest"):
+        if calib.user:  # the user's own data is the distribution that matters
+            checks = [(f"the {len(calib.samples)} calibration samples ({calib.source})",
+                       calib.samples)]
+        else:
+            natural, what = natural_samples(float_model, held_out, loaded, log, HOLD_OUT)
+            checks = [(f"{len(natural)} held-out {what}", natural),
+                      (f"the {len(calib.samples[:HOLD_OUT])} first calibration inputs at half "
+                       "amplitude", _half_amplitude(calib.samples[:HOLD_OUT]))]
+        scores = [end_to_end_db(float_model, [plan, refined], s) for _, s in checks]
+    kept = all(refined_db >= plain_db for plain_db, refined_db in scores)
+    verdict = {"kept": kept, "checks": [
+        {"inputs": name, "plain_db": round(p, 2), "refined_db": round(r, 2)}
+        for (name, _), (p, r) in zip(checks, scores)]}
+    note = (f"{q.refine}: {summary['improved']} of {summary['layers']} layers improved on "
+            f"{calib.source} in {summary['seconds']:.1f} s")
+    if summary["skipped"]:
+        note += f"; {summary['skipped']} layers not eligible kept round-to-nearest"
+    note += "; end to end against the float model, round-to-nearest -> refined: " + "; ".join(
+        f"{p:.2f} -> {r:.2f} dB on {name}" for (name, _), (p, r) in zip(checks, scores))
+    if not kept:
+        note += f". {q.refine} loses there, so the build keeps round-to-nearest"
+    notes.append(note)
+    log.note(note)
+    # the plan records the refinement asked for and its verdict either way
+    asked = {k: refined.config[k] for k in ("refine", "calib", "refine_inputs")
+             if k in refined.config}
+    chosen = refined if kept else plan
+    return replace(chosen, config=dict(chosen.config, **asked, refine_end_to_end=verdict))
+
+
+def _half_amplitude(samples: list[dict]) -> list[dict]:
+    """The samples with every float input halved (token ids and other integer inputs kept)."""
+    import numpy as np
+
+    return [{k: (v * np.asarray(0.5, v.dtype) if np.issubdtype(v.dtype, np.floating) else v)
+             for k, v in s.items()} for s in samples]
+
+
+RANGE_IMAGES = 64  # natural synthetic images the auto ranges observe where statistics do not
+# reach (EfficientNet-Lite0 from torch.onnx.export: 8 of them 18.6 dB, 32 21.2, 64 22.6, 128 22.0,
+# 256 22.3; docs/benchmarks.md, "Ranges without BatchNorm")
+# held-out inputs the refinement is judged on: their own seed, never the calibration's
+HOLD_OUT, HOLD_OUT_SEED = 16, 7919
+
+
+def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
+                   ) -> tuple[list[dict], str, bool]:
+    """The synthetic inputs the activation ranges are observed on where statistics do not
+    reach, what they are, and whether they are natural images. Under --ranges auto an image
+    input gets RANGE_IMAGES natural images (1/f noise, natural colour, on the pixel grid:
+    rexdeploy.sensitivity's), whose spatial correlations white noise lacks; other inputs and
+    modes the build's synthetic ones."""
+    from rexdeploy.sensitivity import image_inputs
+
+    q = config.quant
+    base = _synthetic_samples(float_model, config, loaded, log)
+    if q.ranges != "auto" or not image_inputs(base):
+        return base, f"{len(base)} synthetic inputs", False
+    more = replace(config, quant=replace(q, synthetic_samples=RANGE_IMAGES))
+    samples, what = natural_samples(float_model, more, loaded, log, RANGE_IMAGES)
+    return samples, f"{len(samples)} {what}", True
+
+
+def natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, count: int
+                     ) -> tuple[list[dict], str]:
+    """`count` inputs for the build's checks and ranges, and what they are: an image input as
+    natural synthetic images (rexdeploy.sensitivity.sensitivity_samples), others the build's
+    synthetic inputs."""
+    from rexdeploy.sensitivity import sensitivity_samples
+
+    q = config.quant
+    return sensitivity_samples(
+        _synthetic_samples(float_model, config, loaded, log),
+        {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+        count=count)
+
+
+def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:
+    from rexdeploy.inputs import synthetic_inputs
+    from rexdeploy.observe import integer_input_ranges
+
+    q = config.quant
+    ranges = {name: (lo, hi) for name, lo, hi in q.input_ranges}
+    ranges.update(integer_input_ranges(float_model))
+    specs = [s.to_dict() for s in config.inputs]
+    if q.ranges == "zeroq":
+        return _zeroq_samples(config, loaded, log, ranges)
+    return [feeds for _, feeds in synthetic_inputs(specs, q.synthetic_samples, q.seed, ranges,
+                                                   dict(q.input_grid), dict(config.dims))]
+
+
+def _zeroq_samples(config: BuildConfig, loaded, log: StageLog, ranges) -> list[dict]:
+    from calib_free.synthetic import bn_matched_inputs
+
+    if loaded.kind != "module" or len(config.inputs) != 1:
+        raise UserError("--ranges zeroq needs an eager PyTorch model (package.module:factory or "
+                        "a Python nn.Module; TorchScript hides its BatchNorm layers) with one "
+                        "image input", "use --ranges auto (BatchNorm statistics) instead")
+    spec = config.inputs[0]
+    q = config.quant
+    try:
+        x = bn_matched_inputs(loaded.obj, spec.concrete_shape(), n=q.synthetic_samples,
+                              steps=q.zeroq_steps, seed=q.seed, bounded=ranges.get(spec.name))
+    except ValueError as exc:
+        raise UserError(f"--ranges zeroq: {exc}", "use --ranges auto instead") from None
+    return [{spec.name: x[i:i + 1].numpy().astype("float32")} for i in range(x.shape[0])]
