@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py
 
 
 def _has(module: str) -> bool:

@@ -23,7 +23,6 @@ def build(directory: str) -> dict[str, str]:
     import torch
     from PIL import Image
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import rexdeploy
     from rexdeploy.config import BuildConfig, QuantConfig
     from tiny_models import tiny_cnn

@@ -35,9 +35,6 @@ from typing import Callable
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
 
 pytestmark = pytest.mark.openvino
 

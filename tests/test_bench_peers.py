@@ -2,7 +2,6 @@
 skips, and real peers (ONNX Runtime, NNCF where installed) on a tiny model run by OpenVINO."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,6 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench"
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
 
 import graph_bops  # noqa: E402
 import pareto  # noqa: E402

@@ -32,7 +32,6 @@ def fixtures(tmp_path_factory) -> dict[str, str]:
     if DEVICE_SIDE:
         pytest.fail("REXDEPLOY_DEVICE_SIDE=1 needs REXDEPLOY_DEVICE_FIXTURES (tools/test.sh "
                     "builds them with tests/device_fixtures.py)")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import device_fixtures
 
     return device_fixtures.build(str(tmp_path_factory.mktemp("device")))

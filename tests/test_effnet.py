@@ -8,7 +8,6 @@ tools/bench/fidelity.py).
 
 import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ import pytest
 import rexdeploy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 pytestmark = [pytest.mark.slow, pytest.mark.openvino]
 
 
@@ -112,7 +110,6 @@ def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_pat
     spec = importlib.util.find_spec("foolbox")
     if spec is None:
         pytest.skip("foolbox (labelled photos) not installed")
-    sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
     import sensitivity_inputs
 
     data = os.path.join(spec.submodule_search_locations[0], "data")

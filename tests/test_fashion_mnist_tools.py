@@ -2,13 +2,11 @@
 
 import gzip
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fetch_fashion_mnist as fm  # noqa: E402
 
 

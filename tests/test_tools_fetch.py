@@ -18,7 +18,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
-sys.path.insert(0, str(TOOLS))
 
 import examples  # noqa: E402
 

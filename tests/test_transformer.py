@@ -6,7 +6,6 @@ int4 with REx orders, and the embedding metrics of compare on a labelled .npz.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 pytestmark = pytest.mark.openvino
 
 L, VOCAB = 16, 100
