@@ -321,7 +321,7 @@ class TensorRTBackend:
         return tensorrt_status()
 
     def build(self, onnx_path: str, out_dir: str, options: BuildOptions) -> BuildResult:
-        from rexdeploy.trt_rules import check_trt_rules
+        from backends.trt_rules import check_trt_rules
 
         check = check_trt_rules(onnx_path)
         if check.errors:

@@ -106,7 +106,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
 
 def build_from_deferred(artifact: str, *, quiet: bool = False) -> Artifact:
     """Finish a deferred TensorRT artifact on the device: build the engine, update it in place."""
-    from rexdeploy.trt_deferred import finish_deferred
+    from backends.trt_deferred import finish_deferred
 
     return finish_deferred(artifact, StageLog(quiet=quiet))
 

@@ -716,7 +716,7 @@ def inspect(artifact, layers, verify, as_json, check):
 def _check_trt(path: str, as_json: bool) -> None:
     import os
 
-    from rexdeploy.trt_rules import check_trt_rules
+    from backends.trt_rules import check_trt_rules
 
     if os.path.isdir(path):
         path = api_artifact_onnx(path)

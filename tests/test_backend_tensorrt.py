@@ -345,7 +345,7 @@ def test_from_deferred_builds_one_engine_per_ensemble_member(cnn_file, tmp_path,
         return (LayerPrecision("/stem/Conv", "Convolution", "i8", "", ("/stem/Conv",)),), {
             "tensorrt": "stand-in", "strongly_typed": True}
 
-    import rexdeploy.trt_deferred as deferred_mod
+    import backends.trt_deferred as deferred_mod
 
     monkeypatch.setattr(trt_backend, "tensorrt_status", lambda: (True, "stand-in"))
     monkeypatch.setattr(trt_backend, "build_engine", fake_build)
@@ -438,7 +438,7 @@ def test_finished_engines_are_checked_against_their_qdq_onnx(deferred, monkeypat
     "engine" runner is ONNX Runtime on the Q/DQ ONNX itself (a runner that agrees exactly): what
     is tested is the wiring (specs, members, samples, the record), not TensorRT."""
     import backends
-    import rexdeploy.trt_deferred as deferred_mod
+    import backends.trt_deferred as deferred_mod
     from rexdeploy.progress import StageLog
 
     real_get = backends.get

@@ -104,6 +104,17 @@ def test_the_engine_build_spec_reads_the_onnx_without_onnx_ir(fixtures):
     assert spec.onnx == "model.onnx" and spec.int4 is False and spec.dla_core is None
 
 
+def test_the_tensorrt_rules_check_runs_without_onnx_ir(fixtures):
+    """Finishing a deferred artifact checks its Q/DQ ONNX against TensorRT's rules first, on
+    the device (a Jetson has no onnx-ir), and `inspect --check trt` does the same."""
+    from backends.trt_rules import check_trt_rules
+
+    check = check_trt_rules(os.path.join(fixtures["trt"], "model.onnx"))
+    assert check.ok, check.to_dict()
+    proc = rexdeploy("inspect", "--check", "trt", os.path.join(fixtures["trt"], "model.onnx"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.skipif(not DEVICE_SIDE, reason="only in the device-side venv (tools/test.sh)")
 def test_building_from_a_model_needs_the_build_extra(fixtures, tmp_path):
     model = tmp_path / "m.onnx"

@@ -15,7 +15,7 @@ import pytest
 
 from rexdeploy.lower import lower
 from rexdeploy.passes.center_activations import CenterActivationsPass
-from rexdeploy.trt_rules import check_trt_rules
+from backends.trt_rules import check_trt_rules
 from test_lower import CNN_INPUT, export, make_plan, random_inputs
 from tiny_models import tiny_cnn
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rexdeploy.trt_rules import check_trt_rules
+from backends.trt_rules import check_trt_rules
 from test_lower import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs)
 from tiny_models import tiny_cnn, tiny_mlp
 from rexdeploy.lower import lower

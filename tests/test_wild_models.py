@@ -174,7 +174,7 @@ def test_conv_transpose_is_quantized_and_runs_int8(tmp_path, target):
     # 16 x 16 x 16 inputs x 8 x 4 x 4
     assert sorted(r["macs"] for r in up) == [32 * 64 * 16 * 4, 16 * 256 * 8 * 16]
     if target == "trt":  # the Q/DQ ONNX passes TensorRT's rules (the build checks them too)
-        from rexdeploy.trt_rules import check_trt_rules
+        from backends.trt_rules import check_trt_rules
 
         check = check_trt_rules(str(Path(art.path) / "model.onnx"))
         assert check.ok and not check.warnings, check.to_dict()

@@ -1,4 +1,5 @@
-"""TensorRT's Q/DQ rules checked on an ONNX graph (pure ONNX: runs without TensorRT).
+"""TensorRT's Q/DQ rules checked on an ONNX graph (pure ONNX: runs without TensorRT, and on a
+device's core install, which has onnx and numpy but neither torch nor onnx-ir).
 
     check_trt_rules(model_or_path) -> TrtCheck      findings, each naming the node
     rexdeploy inspect --check trt model.onnx        the same from the command line
@@ -30,6 +31,8 @@ the way the graph suggests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 REJECTED = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -71,20 +74,119 @@ class TrtCheck:
 
 def check_trt_rules(model) -> TrtCheck:
     """Check an ONNX model (path, onnx.ModelProto or onnx_ir.Model) against TensorRT's rules."""
-    import onnx_ir as ir
+    import onnx
 
     if isinstance(model, str):
-        model = ir.load(model)
-    elif not isinstance(model, ir.Model):
-        model = ir.from_proto(model)
+        model = onnx.load(model)
+    elif not isinstance(model, onnx.ModelProto):  # an onnx_ir.Model, made where onnx-ir is
+        model = model_proto(model)
+    graph = _Graph(model.graph)
     out: list[Finding] = []
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    opsets = {o.domain: o.version for o in model.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx"))
     if opset is not None and opset < MIN_OPSET:
         out.append(Finding("error", "opset", "model", f"opset {opset}: per-channel Q/DQ needs "
                                                       f"opset >= {MIN_OPSET}"))
-    for node in model.graph:
+    for node in graph.nodes:
         out += _node_findings(node, opset)
     return TrtCheck(tuple(out))
+
+
+def model_proto(model):
+    """The ModelProto of an onnx_ir.Model (given one, onnx-ir is installed: the build side)."""
+    if getattr(type(model), "__module__", "").split(".")[0] != "onnx_ir":
+        raise TypeError(f"check_trt_rules takes a path, an onnx.ModelProto or an onnx_ir.Model, "
+                        f"not {type(model).__name__}")
+    import onnx_ir  # noqa: TID251 (only reached with an onnx_ir model in hand)
+
+    return onnx_ir.to_proto(model)
+
+
+# -- a read-only view of an ONNX graph: each value knows its producer, users, dtype, rank and
+# constant (what the rules need of onnx-ir, which a device's core install does not have) --------
+INT4_TYPES = (22, 21)  # onnx.TensorProto.INT4, UINT4
+UINT4 = 21
+
+
+class _Attributes:
+    def __init__(self, proto):
+        self._ints = {a.name: a.i for a in proto.attribute}
+
+    def get_int(self, name: str, default: int) -> int:
+        return int(self._ints.get(name, default))
+
+
+class _Value:
+    def __init__(self, name: str, graph: "_Graph"):
+        self.name, self._graph = name, graph
+
+    def producer(self):
+        return self._graph.producers.get(self.name)
+
+    def uses(self) -> list:
+        return self._graph.users.get(self.name, [])
+
+    @property
+    def dtype(self) -> int | None:
+        return self._graph.dtypes.get(self.name)
+
+    @property
+    def rank(self) -> int | None:
+        return self._graph.ranks.get(self.name)
+
+    def const(self) -> np.ndarray | None:
+        return self._graph.constants.get(self.name)
+
+
+class _Node:
+    def __init__(self, proto, graph: "_Graph"):
+        self.op_type, self.name = proto.op_type, proto.name or proto.output[0]
+        self.attributes = _Attributes(proto)
+        self.inputs = [graph.value(n) if n else None for n in proto.input]
+        self.outputs = [graph.value(n) for n in proto.output]
+
+
+class _Graph:
+    def __init__(self, proto):
+        from onnx import numpy_helper
+
+        self.values: dict[str, _Value] = {}
+        self.constants = {t.name: numpy_helper.to_array(t) for t in proto.initializer}
+        self.dtypes = {t.name: t.data_type for t in proto.initializer}
+        self.ranks = {t.name: len(t.dims) for t in proto.initializer}
+        for info in list(proto.input) + list(proto.value_info) + list(proto.output):
+            t = info.type.tensor_type
+            self.dtypes.setdefault(info.name, t.elem_type)
+            if t.HasField("shape"):
+                self.ranks.setdefault(info.name, len(t.shape.dim))
+        self.producers: dict[str, _Node] = {}
+        self.users: dict[str, list] = {}
+        self.nodes = [_Node(n, self) for n in proto.node]
+        for node, raw in zip(self.nodes, proto.node):
+            for out in raw.output:
+                self.producers[out] = node
+            for i, name in enumerate(raw.input):
+                if name:
+                    self.users.setdefault(name, []).append((node, i))
+            if raw.op_type == "Constant" and raw.attribute and raw.attribute[0].name == "value":
+                tensor = raw.attribute[0].t
+                self.constants[raw.output[0]] = numpy_helper.to_array(tensor)
+                self.dtypes[raw.output[0]] = tensor.data_type
+                self.ranks[raw.output[0]] = len(tensor.dims)
+        for raw in proto.node:  # a QuantizeLinear makes its zero point's type (uint8 without)
+            if raw.op_type == "QuantizeLinear" and raw.output[0] not in self.dtypes:
+                zp = raw.input[2] if len(raw.input) > 2 and raw.input[2] else None
+                self.dtypes[raw.output[0]] = self.dtypes.get(zp, 2) if zp else 2
+
+    def value(self, name: str) -> _Value:
+        if name not in self.values:
+            self.values[name] = _Value(name, self)
+        return self.values[name]
+
+
+def const_array(value: _Value | None) -> np.ndarray | None:
+    """The array of a constant value (initializer or Constant node), else None."""
+    return None if value is None else value.const()
 
 
 def _node_findings(node, opset) -> list[Finding]:
@@ -101,11 +203,6 @@ def _node_findings(node, opset) -> list[Finding]:
 
 
 def _qdq_findings(node, opset) -> list[Finding]:
-    import numpy as np
-    import onnx_ir as ir
-
-    from rexdeploy.constants import const_array
-
     out = []
     name = node.name
     zp = node.inputs[2] if len(node.inputs) > 2 else None
@@ -124,7 +221,7 @@ def _qdq_findings(node, opset) -> list[Finding]:
     codes = data.dtype if node.op_type == "DequantizeLinear" else \
         (zp.dtype if zp is not None else None)
     weight = _is_weight(node)
-    int4 = codes in (ir.DataType.INT4, ir.DataType.UINT4)
+    int4 = codes in INT4_TYPES
     if (int4 or block) and opset is not None and opset < MIN_OPSET_INT4:
         out.append(Finding("error", "opset", name, f"INT4/block_size Q/DQ needs opset >= "
                                                    f"{MIN_OPSET_INT4} (model: {opset})"))
@@ -145,8 +242,6 @@ def _qdq_findings(node, opset) -> list[Finding]:
 def _is_weight(node) -> bool:
     """A Q/DQ of a constant: DQ(codes), Q(float weight), or DQ(Q(float weight)) as fake-quant
     exporters write it (TensorRT folds the Q at build time)."""
-    from rexdeploy.constants import const_array
-
     src = node.inputs[0]
     if node.op_type == "DequantizeLinear":
         q = src.producer() if src is not None else None
@@ -156,16 +251,14 @@ def _is_weight(node) -> bool:
 
 
 def _int4_findings(node, data, block, weight, codes) -> list[Finding]:
-    import onnx_ir as ir
-
     problems = []
-    if codes == ir.DataType.UINT4:
+    if codes == UINT4:
         problems.append("UINT4 codes (use signed INT4 with zero point 0)")
     if not weight:
         problems.append("INT4 on an activation (TensorRT's INT4 is weight-only)")
-    shape = data.shape
-    if shape is not None and shape.rank() != 2:
-        problems.append(f"a {shape.rank()}-D weight (INT4 only on 2-D MatMul/Gemm weights; "
+    rank = data.rank
+    if rank is not None and rank != 2:
+        problems.append(f"a {rank}-D weight (INT4 only on 2-D MatMul/Gemm weights; "
                         "no INT4 convolution)")
     if not block:
         problems.append("no block_size (INT4 weights are block-quantized: build with "
@@ -179,7 +272,7 @@ def _int4_findings(node, data, block, weight, codes) -> list[Finding]:
 def _axis_findings(dq) -> list[Finding]:
     out = []
     axis = dq.attributes.get_int("axis", 1)
-    rank = dq.inputs[0].shape.rank() if dq.inputs[0].shape is not None else None
+    rank = dq.inputs[0].rank
     if rank is not None and axis < 0:
         axis += rank
     for user, index in dq.outputs[0].uses():
@@ -216,9 +309,7 @@ def _compute_findings(node) -> list[Finding]:
                                "this Conv; fuse the pad into the Conv or keep it float"))
     if weight is not None and weight.op_type == "DequantizeLinear" and \
             (act is None or act.op_type != "DequantizeLinear"):
-        import onnx_ir as ir
-
-        if weight.inputs[0].dtype not in (ir.DataType.INT4, ir.DataType.UINT4):
+        if weight.inputs[0].dtype not in INT4_TYPES:
             out.append(Finding("warning", "weight-only", node.name, "int8 weights with a float "
                                "activation: TensorRT runs this layer in float"))
     return out
@@ -250,8 +341,6 @@ def _layer(value, depth: int = 0):
 
 
 def _is_const(value) -> bool:
-    from rexdeploy.constants import const_array
-
     return value is not None and const_array(value) is not None
 
 

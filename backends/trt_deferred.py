@@ -24,7 +24,7 @@ from rexdeploy.errors import UserError
 
 def finish_deferred(path: str, log) -> Artifact:
     from backends.tensorrt import SPEC, TrtBuildSpec, build_engine, tensorrt_status
-    from rexdeploy.trt_rules import check_trt_rules
+    from backends.trt_rules import check_trt_rules
 
     art = load_artifact(path)
     import backends
