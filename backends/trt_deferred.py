@@ -5,7 +5,7 @@ trt_build.json (the build spec), or one of each per member under members/<name>/
 ensemble (--ensemble M: one engine per member, run concurrently, each runner on its own CUDA
 stream). Here, where TensorRT imports, the engine is built from exactly
 that spec, the engine inspector's per-layer precision goes into report.json, the engine is
-checked against its Q/DQ ONNX in ONNX Runtime (rexdeploy/device_check.py: the check every
+checked against its Q/DQ ONNX in ONNX Runtime (rexdeploy/evaluate/device_check.py: the check every
 OpenVINO build runs), and the artifact is rewritten atomically (a copy built next to it, renamed
 into place) with `engine: built`.
 """
@@ -18,7 +18,7 @@ import shutil
 
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
 from rexdeploy.config import BuildConfig
-from rexdeploy.device_check import put, say, strict
+from rexdeploy.evaluate.device_check import put, say, strict
 from rexdeploy.errors import UserError
 
 
@@ -87,8 +87,8 @@ def finish_deferred(path: str, log) -> Artifact:
 
 def _check_engines(art: Artifact, root: str, models: list, members: list | None, log) -> dict:
     """The engine against its Q/DQ ONNX (ONNX Runtime) and float.onnx on SAMPLES synthetic inputs
-    in the build's ranges (rexdeploy/device_check.py): the same check an OpenVINO build runs."""
-    from rexdeploy.device_check import SAMPLES, CheckSpec, check
+    in the build's ranges (rexdeploy/evaluate/device_check.py): the same check an OpenVINO build runs."""
+    from rexdeploy.evaluate.device_check import SAMPLES, CheckSpec, check
     from rexdeploy.inputs import synthetic_inputs
 
     cfg = art.manifest.get("config", {})

@@ -3,7 +3,7 @@
 The plain budget allocator (calib_free.sparse.allocate_budget) scores a channel's order k by the
 share of its layer's own order-1 weight error it removes, so every layer counts alike. Here each
 layer also carries what its quantization costs the network output, measured without data
-(rexdeploy/sensitivity.py): the output noise-to-signal ratio when only that layer is quantized,
+(rexdeploy/planning/sensitivity.py): the output noise-to-signal ratio when only that layer is quantized,
 
     nsr_w[L] = ||f(x; W_L -> Q(W_L)) - f(x)||^2 / ||f(x)||^2      (order-1 weights of L only)
     nsr_a[T] = ||f(x; T -> Q(T)) - f(x)||^2 / ||f(x)||^2          (activation tensor T only)

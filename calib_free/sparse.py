@@ -148,7 +148,7 @@ class CostModel:
     element, once (the float tensor written and read, and its conversion for the readers that
     stay integer). BOPS, all
     terms 0, is the plain bit-operation count of docs/algorithms.md section 2.1. A runtime's own
-    numbers are measured (rexdeploy/cost_models.py): a further order there also writes its
+    numbers are measured (rexdeploy/planning/cost_models.py): a further order there also writes its
     output in float and adds it to the others, so per_extra_output > per_output. Sparse orders
     pay the per-element terms in proportion to the channels they keep, as they pay the MACs."""
 

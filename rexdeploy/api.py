@@ -18,11 +18,11 @@ from dataclasses import replace
 
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
 from rexdeploy.config import BuildConfig, QuantConfig
-from rexdeploy.device_check import say, strict
+from rexdeploy.evaluate.device_check import say, strict
 from rexdeploy.errors import UserError
 from rexdeploy.inputspec import InputSpec, parse_input_specs
 from rexdeploy.progress import StageLog
-from rexdeploy.comparing import compare
+from rexdeploy.evaluate.compare import compare
 from rexdeploy.pipeline import (build_manifest, check_input_sizes, import_heavy, model_name,
                                 run_pipeline)
 from rexdeploy.runners import artifact_runner, ensemble_runner
@@ -71,7 +71,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
                                            int8_saturates=isa.saturates,
                                            activation_scales=scales))
     if config.quant.budget is not None:  # what the budget counts on this target and device
-        from rexdeploy.cost_models import resolve
+        from rexdeploy.planning.cost_models import resolve
 
         config = replace(config, quant=replace(config.quant, budget_cost=resolve(
             config.quant.budget_cost, config.target, config.device, isa.saturates)))
@@ -120,7 +120,7 @@ def profile(artifact: str | list[str], config=None, *, compare: bool = False,
     keyword `overrides` replace its fields (e.g. duration=1.0, rounds=2, device="GPU").
     `baselines` is the former name of `compare`. Returns the profile_schema document."""
     import backends
-    from rexdeploy.profile_run import ProfileConfig, run_profile
+    from rexdeploy.profiling.run import ProfileConfig, run_profile
 
     config = replace(config or ProfileConfig(), **overrides)
     artifacts = [artifact] if isinstance(artifact, str) else list(artifact)
@@ -139,7 +139,7 @@ def _profile_trt(art: Artifact, duration: float, rounds: int, quiet: bool) -> di
     from backends.base import RunOptions
     from rexdeploy.devinfo import device_info
     from rexdeploy.inputs import synthetic_inputs
-    from rexdeploy.profiler import profile_variants
+    from rexdeploy.profiling.timing import profile_variants
 
     trt = backends.get("trt")
     feeds = synthetic_inputs(art.manifest["inputs"], 1, 0)[0][1]

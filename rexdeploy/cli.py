@@ -517,7 +517,7 @@ def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, 
     device, also against its own Q/DQ reference (ONNX Runtime). With --min-sqnr/--min-cosine,
     a pass/fail gate for CI."""
     from rexdeploy import api
-    from rexdeploy.floors import check_floors, parse_floor
+    from rexdeploy.evaluate.floors import check_floors, parse_floor
 
     floors = tuple(parse_floor(t, "sqnr_db") for t in min_sqnr) + \
         tuple(parse_floor(t, "cosine_mean") for t in min_cosine)
@@ -535,18 +535,18 @@ def compare(artifact, inputs, synthetic, preprocess, reference, backend, limit, 
     if as_json:
         click.echo(json.dumps(result, indent=1, default=_json_default))
     else:
-        from rexdeploy.fidelity import render_table
+        from rexdeploy.evaluate.fidelity import render_table
 
         _console().print(render_table(result))
         if "per_layer" in result:
-            from rexdeploy.localize import render_per_layer
+            from rexdeploy.evaluate.localize import render_per_layer
 
             _console().print(render_per_layer(result["per_layer"]))
     _floor_gate(findings, quiet)
 
 
 def _floor_gate(findings, quiet: bool) -> None:
-    from rexdeploy.floors import EXIT_FLOOR
+    from rexdeploy.evaluate.floors import EXIT_FLOOR
 
     failed = [f for f in findings if f.missed]
     for f in findings if not quiet else failed:
@@ -621,9 +621,9 @@ def profile(artifacts, device, batch, warmup, duration, iterations, rounds, stre
     """Latency (sync, 1 request), async throughput and per-layer times of each ARTIFACT,
     interleaved in one run; with --compare also the float model, with ratios."""
     from rexdeploy import api
-    from rexdeploy.profile_run import ProfileConfig
-    from rexdeploy.profile_schema import load_profile, save_profile
-    from rexdeploy.regression import parse_bound
+    from rexdeploy.profiling.run import ProfileConfig
+    from rexdeploy.profiling.schema import load_profile, save_profile
+    from rexdeploy.evaluate.regression import parse_bound
 
     if duration is not None and iterations is not None:
         raise click.UsageError("give --duration or --iterations, not both")
@@ -639,13 +639,13 @@ def profile(artifacts, device, batch, warmup, duration, iterations, rounds, stre
     for path in filter(None, (save, None if to_stdout else json_path)):
         save_profile(doc, path)
     if plot:
-        from rexdeploy.profile_plot import plot_profile
+        from rexdeploy.profiling.plot import plot_profile
 
         plot_profile(doc, plot)
     if to_stdout:
         click.echo(json.dumps(doc, indent=1, default=_json_default))
     elif markdown:
-        from rexdeploy.profile_render import markdown_tables
+        from rexdeploy.profiling.render import markdown_tables
 
         click.echo(markdown_tables(doc, top))
     elif not quiet:
@@ -655,8 +655,8 @@ def profile(artifacts, device, batch, warmup, duration, iterations, rounds, stre
 
 
 def _print_profile(doc: dict, top: int) -> None:
-    from rexdeploy.profile_render import device_line, render_layer_table
-    from rexdeploy.profiler import render_profile_table
+    from rexdeploy.profiling.render import device_line, render_layer_table
+    from rexdeploy.profiling.timing import render_profile_table
 
     console = _console()
     for v in doc["variants"]:
@@ -667,7 +667,7 @@ def _print_profile(doc: dict, top: int) -> None:
 
 
 def _gate(doc: dict, base_doc: dict, bound: float, baseline: str, quiet: bool) -> None:
-    from rexdeploy.regression import EXIT_REGRESSION, check_regression
+    from rexdeploy.evaluate.regression import EXIT_REGRESSION, check_regression
 
     findings = check_regression(doc, base_doc, bound)
     failed = [f for f in findings if f.regressed]

@@ -19,7 +19,7 @@ ACTIVATIONS = ("int8", "none", "fp16")
 FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
 CENTERINGS = ("auto", "all", "pointwise", "off")
 OPERATORS = ("uniform", "power")
-REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/refine_sequential.py)
+REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/planning/refine_sequential.py)
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
@@ -54,7 +54,7 @@ class QuantConfig:
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
                                         # model where there is one, else bops) | bops | time |
                                         # FILE.json; resolved at build time to a
-                                        # rexdeploy.cost_models name or the file's absolute path
+                                        # rexdeploy.planning.cost_models name or the file's absolute path
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
@@ -85,7 +85,7 @@ class QuantConfig:
     dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
                                         # of its dynamic activation quantization (0 = off,
                                         # None = the runtime's default)
-    # calibration-based refinement (rexdeploy/calib.py, rexdeploy/refine.py): --calib
+    # calibration-based refinement (rexdeploy/planning/calib_data.py, rexdeploy/planning/refine.py): --calib
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
     refine: str = "none"                # none | flexround | erq
@@ -93,7 +93,7 @@ class QuantConfig:
     refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
-    # auto mixed precision (rexdeploy/sensitivity.py, rexdeploy/mixed.py, calib_free/mixed.py):
+    # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py, calib_free/mixed.py):
     # measure each layer's data-free output sensitivity and let --budget use it (weigh the
     # order allocation; --mixed-precision also buys int8 weights / float activations)
     sensitivity: str = "auto"           # auto (on with --mixed-precision, and with a --budget
@@ -111,7 +111,7 @@ class QuantConfig:
     # per tensor everywhere ("tensor"); auto: depthwise where the target runs it
     # (TargetRules.channel_activations), resolved at build time
     activation_scales: str = "auto"
-    # LSTM/GRU layers (rexdeploy/recurrent.py): float keeps them float (listed); int8 runs
+    # LSTM/GRU layers (rexdeploy/planning/recurrent.py): float keeps them float (listed); int8 runs
     # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
     recurrent: str = "float"
     # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
@@ -253,7 +253,7 @@ class QuantConfig:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
                             "drop it for the default 100")
         if self.calib is not None:
-            from rexdeploy.calib import parse_calib
+            from rexdeploy.planning.calib_data import parse_calib
 
             parse_calib(self.calib)
 

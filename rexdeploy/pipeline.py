@@ -1,5 +1,5 @@
 """The build pipeline behind rexdeploy.build: load -> export (float ONNX, BN kept) -> statistics
--> fold BN -> analyze -> quantize (rexdeploy.planning) -> lower (Q/DQ ONNX) -> compile (backend)
+-> fold BN -> analyze -> quantize (rexdeploy.planning.stage) -> lower (Q/DQ ONNX) -> compile (backend)
 -> device check -> report and manifest, each stage timed and logged (docs/design.md)."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from dataclasses import replace
 from rexdeploy import __version__
 from rexdeploy.artifact import ArtifactWriter
 from rexdeploy.config import BuildConfig
-from rexdeploy.device_check import overflow_note, record
+from rexdeploy.evaluate.device_check import overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
-from rexdeploy.planning import (equalize_ranges, natural_samples, plan_quantization,
+from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
                                 range_statistics)
 
 
 def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: list[dict],
                   float_model, loaded, log: StageLog, result) -> dict:
-    """The device check (rexdeploy/device_check.py) on the build's synthetic inputs."""
-    from rexdeploy.device_check import SAMPLES, at_build
+    """The device check (rexdeploy/evaluate/device_check.py) on the build's synthetic inputs."""
+    from rexdeploy.evaluate.device_check import SAMPLES, at_build
 
     return at_build(config, isa, writer.tmp, members,
                     os.path.relpath(writer.path("float.onnx"), writer.tmp),
@@ -116,7 +116,7 @@ def _analyze(float_model, stats: dict, config: BuildConfig, writer: ArtifactWrit
     rewrites float.onnx); returns (layers, skipped, equalization note or None)."""
     import onnx_ir as ir
 
-    from rexdeploy.analyze import find_layers
+    from rexdeploy.planning.analyze import find_layers
 
     with log.stage("analyze"):
         layers, skipped = find_layers(float_model, dict(config.dims))

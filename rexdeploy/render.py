@@ -62,7 +62,7 @@ def _target_rows(table: Table, s: dict, check: dict | None) -> None:
             text = f"[yellow]{text}; overflow fix off[/]"
         table.add_row("int8 ISA", text)
     if check:
-        from rexdeploy.device_check import summary_line
+        from rexdeploy.evaluate.device_check import summary_line
 
         bad = not check.get("skipped") and not check.get("agrees", True)
         line = summary_line(check)

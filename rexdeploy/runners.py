@@ -25,7 +25,7 @@ def integer_ranges(art: Artifact) -> dict:
     require_build("compare --synthetic on a model with integer inputs (token ids)")
     import onnx_ir as ir
 
-    from rexdeploy.observe import integer_input_ranges
+    from rexdeploy.planning.observe import integer_input_ranges
 
     return integer_input_ranges(ir.load(art.file("float_onnx")))
 
@@ -40,7 +40,7 @@ def reference_runner(art: Artifact, reference: str):
     if reference == "torch":
         require_build("--reference torch")
     if reference in ("auto", "torch") and has_build():  # a device-side install: float.onnx
-        from rexdeploy.torch_runner import TorchRunner, source_available
+        from rexdeploy.evaluate.torch_runner import TorchRunner, source_available
 
         if source_available(source):
             return TorchRunner(source, art.manifest), f"torch ({source['kind']})"

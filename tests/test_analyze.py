@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from rexdeploy.analyze import find_layers
+from rexdeploy.planning.analyze import find_layers
 from tiny_models import tiny_cnn, tiny_mlp
 
 
@@ -125,8 +125,8 @@ def test_grouped_conv_transpose_is_listed():
 def test_conv_transpose_bias_shift_and_moments_match_torch(kernel, stride, pad):
     """The data-free bias correction and the propagated moments of a ConvTranspose equal what
     torch measures at interior positions (an output meets kernel / stride taps per axis)."""
-    from rexdeploy.quantize import _bias_shift
-    from rexdeploy.stats import _transposed_moments
+    from rexdeploy.planning.quantize import _bias_shift
+    from rexdeploy.planning.stats import _transposed_moments
 
     torch.manual_seed(0)
     up = nn.ConvTranspose2d(6, 5, kernel, stride, pad).double().eval()

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import backends
 from backends.base import BuildOptions, RunOptions
-from rexdeploy.fidelity import sqnr_db
+from rexdeploy.evaluate.fidelity import sqnr_db
 from rexdeploy.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +126,7 @@ def run_all(runner, samples):
 def test_lazy_imports():
     """Importing the backends and the compare/profile modules pulls in no runtime."""
     code = ("import sys, backends, backends.openvino, backends.reference, rexdeploy.inputs, "
-            "rexdeploy.fidelity, rexdeploy.profiler, rexdeploy.devinfo; "
+            "rexdeploy.evaluate.fidelity, rexdeploy.profiling.timing, rexdeploy.devinfo; "
             "heavy = [m for m in ('openvino', 'onnxruntime', 'torch', 'onnx') "
             "if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")

@@ -168,7 +168,7 @@ def _x(n=6):
 
 def _run(tmp_path, monkeypatch, peer_list):
     from common import openvino_logits
-    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.evaluate.fidelity import sqnr_db
 
     float_onnx = _conv_model(tmp_path / "float.onnx")
     xs = _x()[:, 0]  # [6, 4, 8, 8]: openvino_logits runs it row by row at batch 1

@@ -86,7 +86,7 @@ def test_time_model_raises_low_bit_weights_for_their_bytes():
 
 
 def test_resolve():
-    from rexdeploy.cost_models import OPENVINO_CPU, resolve
+    from rexdeploy.planning.cost_models import OPENVINO_CPU, resolve
     from rexdeploy.errors import UserError
 
     assert resolve("auto", "openvino") == OPENVINO_CPU.name == "openvino-cpu"
@@ -106,7 +106,7 @@ def test_resolve():
 def test_layer_sizes_from_the_graph():
     import onnx_ir as ir
 
-    from rexdeploy.analyze import find_layers
+    from rexdeploy.planning.analyze import find_layers
     from rexdeploy.frontend import LoadedModel, export_onnx
     from rexdeploy.inputspec import parse_input_specs
 
@@ -209,7 +209,7 @@ def test_cost_model_file(tmp_path, budget_builds):
     checked when read, recorded with its coefficients in plan.json; bad files refused."""
     import rexdeploy
     from rexdeploy.config import BuildConfig, QuantConfig
-    from rexdeploy.cost_models import load, resolve
+    from rexdeploy.planning.cost_models import load, resolve
     from rexdeploy.errors import UserError
     from tiny_models import tiny_cnn
 
@@ -243,7 +243,7 @@ def test_the_fitting_tool_writes_what_build_reads(tmp_path):
     import importlib.util
     import os
 
-    from rexdeploy.cost_models import load
+    from rexdeploy.planning.cost_models import load
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from rexdeploy.fidelity import (METRICS, compare_outputs, cosine, kl_divergence, max_abs_error,
+from rexdeploy.evaluate.fidelity import (METRICS, compare_outputs, cosine, kl_divergence, max_abs_error,
                                render_table, run_compare, sqnr_db, top1_accuracy,
                                top1_agreement)
 from rexdeploy.errors import UserError
@@ -66,7 +66,7 @@ def test_kl_divergence(rng):
 
 
 def test_agreement_interval():
-    from rexdeploy.fidelity import agreement_interval
+    from rexdeploy.evaluate.fidelity import agreement_interval
 
     assert agreement_interval(0.96, 50) == pytest.approx((0.8654, 0.9890), abs=1e-4)
     assert agreement_interval(0.96, 500) == pytest.approx((0.9390, 0.9739), abs=1e-4)
@@ -75,7 +75,7 @@ def test_agreement_interval():
 
 
 def test_near_ties_and_agreement_on_the_decisive_samples():
-    from rexdeploy.fidelity import near_ties, output_metrics
+    from rexdeploy.evaluate.fidelity import near_ties, output_metrics
 
     # probabilities: a clear winner, a near tie (0.51 / 0.49), an exact tie, and a 3-way spread
     probs = np.array([[0.9, 0.05, 0.05], [0.51, 0.49, 0.0], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]])
@@ -184,7 +184,7 @@ def test_render_table(rng):
 
 
 def test_embeddings_get_neighbour_metrics_not_top1(rng):
-    from rexdeploy.fidelity import is_embedding, nn_agreement, nn_label_accuracy, output_metrics
+    from rexdeploy.evaluate.fidelity import is_embedding, nn_agreement, nn_label_accuracy, output_metrics
 
     emb = rng.standard_normal((20, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

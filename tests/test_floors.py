@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from rexdeploy.cli import cli
 from rexdeploy.errors import UserError
-from rexdeploy.floors import EXIT_FLOOR, Floor, check_floors, parse_floor
+from rexdeploy.evaluate.floors import EXIT_FLOOR, Floor, check_floors, parse_floor
 
 RESULT = {"outputs": {"input:0/logits": {"sqnr_db": 24.0, "cosine_mean": 0.995},
                       "boxes": {"sqnr_db": 31.0, "cosine_mean": float("nan")}}}

@@ -7,7 +7,7 @@ from rich.console import Console
 
 import rexdeploy
 from rexdeploy.errors import UserError
-from rexdeploy.fidelity import render_table, run_compare
+from rexdeploy.evaluate.fidelity import render_table, run_compare
 from rexdeploy.inputs import load_inputs, load_labels
 from tiny_models import tiny_cnn
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import rexdeploy
 from rexdeploy.artifact import sha256_file
 from rexdeploy.inputs import synthetic_inputs
-from rexdeploy.localize import localize, quantized_layers, summarize_layers
+from rexdeploy.evaluate.localize import localize, quantized_layers, summarize_layers
 from tiny_models import tiny_cnn, tiny_mlp
 
 DAMAGED = "/block/body/1/0/Conv"  # the depthwise conv in the middle of the residual block
@@ -171,7 +171,7 @@ def test_bias_beyond_int32_is_flagged(cnn_artifact, tmp_path):
     assert flagged[DAMAGED] == 2
     assert all(v == 0 for k, v in flagged.items() if k != DAMAGED and v is not None)
     assert flagged["/fc/Gemm"] is not None  # Gemm with an input Q/DQ and a bias is checked
-    from rexdeploy.localize import summary_lines
+    from rexdeploy.evaluate.localize import summary_lines
 
     assert "1 layers have a bias beyond int32" in summary_lines(result)[-1]
     assert f"{DAMAGED} (2 channels)" in summary_lines(result)[-1]

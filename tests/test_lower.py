@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto
 
 from calib_free.plan import ActivationPlan, LayerPlan, QuantPlan, WeightOrder
-from rexdeploy.analyze import LayerInfo, find_layers
+from rexdeploy.planning.analyze import LayerInfo, find_layers
 from rexdeploy.lower import lower, summarize
 from rexdeploy.passes.qdq_nodes import branches, const_array, dq_zero_point_is_zero, layer_of
 from tiny_models import tiny_cnn, tiny_mlp

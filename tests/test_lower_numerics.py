@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from calib_free.plan import ActivationPlan, QuantPlan
-from rexdeploy.analyze import find_layers
+from rexdeploy.planning.analyze import find_layers
 from rexdeploy.lower import lower
 from test_lower import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs, run_ort,
                         sqnr_db)

@@ -39,7 +39,7 @@ def pair_limited(plan, model: ir.Model):
 
     from calib_free.saturation import PairLimit, limit_pairs
     from conftest import int8_saturates
-    from rexdeploy.analyze import find_layers
+    from rexdeploy.planning.analyze import find_layers
 
     if not int8_saturates():
         return plan

@@ -142,7 +142,7 @@ def test_pink_noise_colour_images_have_natural_colour_statistics():
 
 
 def test_sensitivity_samples_replace_images_only():
-    from rexdeploy.sensitivity import SAMPLES, sensitivity_samples
+    from rexdeploy.planning.sensitivity import SAMPLES, sensitivity_samples
 
     samples = [{"img": np.zeros((1, 3, 32, 32), np.float32), "ids": np.ones((1, 8), np.int64)}
                for _ in range(6)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rexdeploy
-from rexdeploy.profile_schema import load_profile
+from rexdeploy.profiling.schema import load_profile
 from tiny_models import tiny_cnn
 
 pytestmark = pytest.mark.openvino
@@ -42,8 +42,8 @@ def test_layer_table_covers_every_executed_node(artifact):
 
     import backends
     from backends.base import RunOptions
-    from rexdeploy.profile_render import render_layer_table
-    from rexdeploy.profiler import layer_profile
+    from rexdeploy.profiling.render import render_layer_table
+    from rexdeploy.profiling.timing import layer_profile
 
     class Recorder:
         def __init__(self, runner):

@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from rexdeploy import devinfo, profiler
+from rexdeploy import devinfo
+from rexdeploy.profiling import timing as profiler
 from rexdeploy.errors import UserError
-from rexdeploy.profile_schema import (LATENCY_KEYS, SCHEMA, SCHEMA_VERSION, load_profile,
+from rexdeploy.profiling.schema import (LATENCY_KEYS, SCHEMA, SCHEMA_VERSION, load_profile,
                                       save_profile, to_document, validate)
-from rexdeploy.regression import check_regression, pair_variants, parse_bound
+from rexdeploy.evaluate.regression import check_regression, pair_variants, parse_bound
 from test_profiler import Clock, FakeRunner
 
 
@@ -140,7 +141,7 @@ def test_gate_pairs_a_relabelled_artifact_and_refuses_strangers(doc):
 
 # -- markdown and plot -------------------------------------------------------------------------
 def test_markdown_tables(doc):
-    from rexdeploy.profile_render import markdown_tables
+    from rexdeploy.profiling.render import markdown_tables
 
     text = markdown_tables(doc, top=1)
     assert text.startswith("| variant |")
@@ -152,7 +153,7 @@ def test_markdown_tables(doc):
 
 def test_plot_written_and_non_empty(doc, tmp_path):
     pytest.importorskip("matplotlib")
-    from rexdeploy.profile_plot import plot_profile
+    from rexdeploy.profiling.plot import plot_profile
 
     path = tmp_path / "plots" / "profile.png"
     plot_profile(doc, str(path))
@@ -161,7 +162,7 @@ def test_plot_written_and_non_empty(doc, tmp_path):
 
 
 def test_plot_without_matplotlib_is_a_clear_error(doc, tmp_path, monkeypatch):
-    from rexdeploy.profile_plot import plot_profile
+    from rexdeploy.profiling.plot import plot_profile
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(UserError, match="needs matplotlib") as err:

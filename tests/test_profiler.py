@@ -8,9 +8,9 @@ import pytest
 from rich.console import Console
 
 from backends.base import LayerTiming, RunnerBase
-from rexdeploy import profiler
+from rexdeploy.profiling import timing as profiler
 from rexdeploy.devinfo import device_info
-from rexdeploy.profiler import (ProfileSettings, latency_stats, layer_times, measure_latency,
+from rexdeploy.profiling.timing import (ProfileSettings, latency_stats, layer_times, measure_latency,
                                 measure_throughput, profile_variants, render_profile_table)
 
 
@@ -248,7 +248,7 @@ def test_per_variant_feeds(clock):
 
 
 def test_layer_profile_sums_and_wall(clock):
-    from rexdeploy.profiler import layer_profile
+    from rexdeploy.profiling.timing import layer_profile
 
     p = layer_profile(FakeRunner("a", 4.0, 10, clock, []), {}, iterations=4, warmup=1)
     assert [r["name"] for r in p["rows"]] == ["conv", "fc"]

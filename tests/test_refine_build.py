@@ -12,7 +12,7 @@ from torch import nn
 
 import rexdeploy
 from calib_free.synthetic import bn_matched_inputs, random_token_lengths
-from rexdeploy.calib import parse_calib
+from rexdeploy.planning.calib_data import parse_calib
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 from tiny_models import tiny_cnn, tiny_mlp
@@ -236,7 +236,7 @@ class _TinyEncoder(nn.Module):
 
 
 def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
-    from rexdeploy.calib import CalibSpec, calibration_data
+    from rexdeploy.planning.calib_data import CalibSpec, calibration_data
 
     art = _build(_TinyEncoder().eval(), ["input_ids:1x64:int64", "attention_mask:1x64:int64"],
                  tmp_path / "tok", refine="erq", calib="synthetic:6")
@@ -277,7 +277,7 @@ def test_a_refinement_that_loses_end_to_end_falls_back_to_round_to_nearest(tmp_p
     byte for byte."""
     from dataclasses import replace
 
-    import rexdeploy.refine as refine
+    import rexdeploy.planning.refine as refine
 
     real = refine.refine_plan
 

@@ -1,4 +1,4 @@
-"""Sequential reconstruction (--refine-inputs quantized, rexdeploy/refine_sequential.py), the
+"""Sequential reconstruction (--refine-inputs quantized, rexdeploy/planning/refine_sequential.py), the
 row reduction it relies on, and --refine combined with scale migration. Tiny models, reference
 (ONNX Runtime) target."""
 
@@ -54,8 +54,8 @@ def _sequential_layer_errors(art, rtn_art, samples):
     the refined quantized model gives the layer (its upstream layers are final when it is
     refined, and nothing downstream changes its input), computed here from scratch. A migrated
     input enters as x * f with the weights W / f."""
-    from rexdeploy.analyze import find_layers
-    from rexdeploy.refine import _capture, _capture_quantized, _fake_quant, _matrix
+    from rexdeploy.planning.analyze import find_layers
+    from rexdeploy.planning.refine import _capture, _capture_quantized, _fake_quant, _matrix
 
     plan, rtn = QuantPlan.load(art.path), QuantPlan.load(rtn_art.path)
     model = ir.load(art.file("float_onnx"))

@@ -384,8 +384,8 @@ def test_truncating_orders_keeps_a_refined_bias_shift(cnn, cnn_inputs):  # noqa:
     (it used to be replaced by the data-free correction)."""
     from dataclasses import replace as dc_replace
 
-    from rexdeploy.analyze import find_layers
-    from rexdeploy.quantize import _bias_shift, truncate_layer
+    from rexdeploy.planning.analyze import find_layers
+    from rexdeploy.planning.quantize import _bias_shift, truncate_layer
 
     plan = make_plan(cnn, cnn_inputs, orders=2, bits=4)
     infos = {info.name: info for info in find_layers(cnn)[0]}

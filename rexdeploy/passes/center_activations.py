@@ -158,7 +158,7 @@ class CenterActivationsPass(ir.passes.InPlacePass):
         for node in (p.q, p.dq):
             node.replace_input_with(1, scale)
         # what the Q now reads, and whose outputs moved, for tools that compare tensors with
-        # the float model's (rexdeploy.localize): value_new = value_original + shift
+        # the float model's (rexdeploy.evaluate.localize): value_new = value_original + shift
         p.q.metadata_props[INPUT_SHIFT_KEY] = repr(-p.c)
         node, layer = p.producer
         add_to_bias(graph, node, layer, np.full(_out_channels(node), -p.c), names)

@@ -170,7 +170,7 @@ def channel_ranges(stats, sigma: float) -> np.ndarray:
 def scaled_stats(stats, f: np.ndarray):
     """The statistics of a tensor whose channel c was multiplied by f_c (<= R / r_c): per
     channel moments scaled; its extent stays, the largest channel's, which f leaves at 1."""
-    from rexdeploy.stats import TensorStats
+    from rexdeploy.planning.stats import TensorStats
 
     extent = None if stats.extent is None else (stats.extent[0] * f, stats.extent[1] * f)
     return TensorStats(stats.mean * f, stats.var * f * f, stats.lo, stats.hi, stats.roots,

@@ -47,7 +47,7 @@ import numpy as np
 import onnx_ir as ir
 
 from calib_free.plan import LayerPlan, QuantPlan, WeightOrder
-from rexdeploy.analyze import matmul_bias
+from rexdeploy.planning.analyze import matmul_bias
 from rexdeploy.passes.qdq_nodes import (
     FLOAT_DTYPES, UniqueNames, add_initializer, branches, const_array, dq_zero_point_is_zero,
     dequantize_node, layer_of, numpy_dtype, tag, value_dtype)

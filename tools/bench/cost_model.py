@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit and check the time model a `--budget` counts on OpenVINO CPU (rexdeploy/cost_models.py).
+"""Fit and check the time model a `--budget` counts on OpenVINO CPU (rexdeploy/planning/cost_models.py).
 
     .venv/bin/python tools/bench/cost_model.py [--rounds 7] [-n 40] [--budgets 1.1 1.25 1.5]
                                                [--write FILE.json]
@@ -70,7 +70,7 @@ def main() -> int:
 
     import rexdeploy
     from backends.openvino import int8_isa
-    from rexdeploy.cost_models import for_target
+    from rexdeploy.planning.cost_models import for_target
 
     isa = int8_isa("auto")
     OPENVINO_CPU = for_target("openvino", "CPU", isa.saturates)  # the model of this ISA's kind
@@ -129,7 +129,7 @@ def main() -> int:
         per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
         print(f"float input of {dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
     else:
-        print("no depthwise convolution: per_float_input kept from rexdeploy/cost_models.py")
+        print("no depthwise convolution: per_float_input kept from rexdeploy/planning/cost_models.py")
     for label, pred, meas in (("order 1", X @ [a, b, c], own1),
                               ("further order", X @ [a2, b2, c2], own2)):
         rel = np.abs(pred - meas) / np.maximum(meas, 1e-6)
@@ -140,7 +140,7 @@ def main() -> int:
               f"{rel_bops.max():.0%})")
     fitted = {"per_weight": b / a, "per_output": c / a, "per_extra_output": (c2 + e) / a,
               "per_float_input": per_float_input}
-    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/cost_models.py |")
+    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/planning/cost_models.py |")
     print("|---|---|---|")
     for key, val in fitted.items():
         print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
@@ -193,7 +193,7 @@ def _feeds(art) -> dict:
 
 
 def _write(path: str, fitted: dict) -> None:
-    """The fitted coefficients as a cost model file (rexdeploy.cost_models.load reads it)."""
+    """The fitted coefficients as a cost model file (rexdeploy.planning.cost_models.load reads it)."""
     import json
     import platform
 
@@ -218,21 +218,21 @@ def _float_layers(art) -> dict:
     """name -> LayerInfo of the build's float ONNX (sizes: MACs, weights, outputs, inputs)."""
     import onnx_ir as ir
 
-    from rexdeploy.analyze import find_layers
+    from rexdeploy.planning.analyze import find_layers
 
     return {l.name: l for l in find_layers(ir.load(art.file("float_onnx")))[0]}
 
 
 def _model_of(art):
     """The code's time model for the artifact's int8 ISA."""
-    from rexdeploy.cost_models import for_target
+    from rexdeploy.planning.cost_models import for_target
 
     return for_target("openvino", "CPU", art.manifest["summary"]["int8_isa"]["saturates"])
 
 
 def _planned_time(art, layers: dict) -> float:
     """What the time model says of a build planned in BOPs (its layers' orders and inputs)."""
-    from rexdeploy.cost_models import layer_metrics
+    from rexdeploy.planning.cost_models import layer_metrics
 
     OPENVINO_CPU = _model_of(art)
     cost = base = 0.0

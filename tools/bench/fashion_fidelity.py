@@ -109,7 +109,7 @@ def _issue6(console, args, rows, float_onnx, x, y, ref) -> list[str]:
 
 
 def _metrics(label: str, ref: np.ndarray, test: np.ndarray, y: np.ndarray) -> dict:
-    from rexdeploy.fidelity import kl_divergence, sqnr_db, top1_accuracy
+    from rexdeploy.evaluate.fidelity import kl_divergence, sqnr_db, top1_accuracy
 
     acc_ref, acc = top1_accuracy(ref, y), top1_accuracy(test, y)
     return {"label": label, "acc": acc, "drop": 100 * (acc_ref - acc),

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
-from rexdeploy.fidelity import NEAR_TIE as MARGIN  # noqa: E402 (top-1/top-2 probability gap
+from rexdeploy.evaluate.fidelity import NEAR_TIE as MARGIN  # noqa: E402 (top-1/top-2 probability gap
 # below which a photo is a coin toss; `rexdeploy compare` reports the same near ties)
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
@@ -76,7 +76,7 @@ CONFIGS += [("rexdeploy W8A8, REx budget 1.15, mixed activations",  # issue 2: f
              {"budget": 1.5, "mixed_precision": "activations"})]
 # the rows above count the budget in bit-operations, as they were measured (docs/algorithms.md 2.1);
 # OpenVINO CPU builds now count it in the runtime's measured time model by default
-# (rexdeploy/cost_models.py, --budget-cost): the rows below
+# (rexdeploy/planning/cost_models.py, --budget-cost): the rows below
 CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for label, q in CONFIGS]
 CONFIGS += [(f"rexdeploy W8A8, REx budget {_b}, mixed activations, time budget",
              {"budget": _b, "mixed_precision": "activations", "budget_cost": "time"})
@@ -130,7 +130,7 @@ def main() -> int:
 
     import rexdeploy
     from rexdeploy.config import BuildConfig, QuantConfig
-    from rexdeploy.fidelity import near_ties
+    from rexdeploy.evaluate.fidelity import near_ties
 
     console = Console(width=160)
     model_path = examples.ensure_example_model()
@@ -286,7 +286,7 @@ def _artifact_logits(art, x: np.ndarray) -> np.ndarray:
 
 
 def _metrics(label, ref, test, labelled, y, decisive) -> dict:
-    from rexdeploy.fidelity import kl_divergence, sqnr_db
+    from rexdeploy.evaluate.fidelity import kl_divergence, sqnr_db
 
     agree = ref.argmax(1) == test.argmax(1)
     return {"label": label, "agree": agree.mean(), "agree_lab": agree[labelled].mean(),
@@ -297,7 +297,7 @@ def _metrics(label, ref, test, labelled, y, decisive) -> dict:
 
 
 def _ten_crop(ref: np.ndarray, test: np.ndarray) -> dict:
-    from rexdeploy.fidelity import agreement_interval
+    from rexdeploy.evaluate.fidelity import agreement_interval
 
     rate = float((ref.argmax(1) == test.argmax(1)).mean())
     return {"agree10": rate, "agree10_ci": agreement_interval(rate, len(ref))}

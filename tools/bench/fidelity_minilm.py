@@ -72,7 +72,7 @@ TARGETS = {  # label prefix -> (mean cosine target, where it comes from)
 }
 
 # these rows count the budget in bit-operations, as they were measured (the OpenVINO CPU time
-# model, the default since, is fitted on a convolutional network: rexdeploy/cost_models.py)
+# model, the default since, is fitted on a convolutional network: rexdeploy/planning/cost_models.py)
 CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for label, q in CONFIGS]
 
 
@@ -265,7 +265,7 @@ def _openvino_embeddings(directory: str, files: dict, ids, mask, precision: str 
 
 
 def _metrics(label: str, ref: np.ndarray, test: np.ndarray, labels: np.ndarray) -> dict:
-    from rexdeploy.fidelity import cosine, nn_agreement, nn_label_accuracy, sqnr_db
+    from rexdeploy.evaluate.fidelity import cosine, nn_agreement, nn_label_accuracy, sqnr_db
 
     cos = cosine(ref, test)
     return {"label": label, "n": len(ref), "cos_mean": float(cos.mean()),

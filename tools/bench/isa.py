@@ -209,7 +209,7 @@ def _outputs(model: str, art, data: dict, backend: str | None) -> np.ndarray:
 
 def _row(model: str, label: str, isa: dict, data: dict, dev: np.ndarray,
          ref: np.ndarray) -> dict:
-    from rexdeploy.fidelity import cosine, sqnr_db
+    from rexdeploy.evaluate.fidelity import cosine, sqnr_db
 
     flt = data["ref"]
     row = {"model": model, "label": label, "isa": isa["name"], "saturates": isa["saturates"],
@@ -236,7 +236,7 @@ def _nncf_rows(data: dict, isa: dict, out: str) -> list[dict]:
     from common import openvino_logits
     from peers import missing, nncf_quantize
 
-    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.evaluate.fidelity import sqnr_db
 
     why = missing(("nncf",))
     if why:

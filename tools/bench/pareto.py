@@ -58,8 +58,8 @@ def runner_factory(row: dict):
 def attach_latency(console, rows: list[dict], feeds: dict, duration_s: float,
                    rounds: int) -> None:
     """row["latency_ms"]: median sync batch-1 latency on OpenVINO CPU (f32 pinned for float
-    parts), every artifact of the model in one interleaved pass (rexdeploy.profiler)."""
-    from rexdeploy.profiler import profile_variants
+    parts), every artifact of the model in one interleaved pass (rexdeploy.profiling.timing)."""
+    from rexdeploy.profiling.timing import profile_variants
 
     todo = [(r["label"], runner_factory(r)) for r in rows if runner_factory(r) is not None]
     if not todo or duration_s <= 0:

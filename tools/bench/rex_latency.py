@@ -53,7 +53,7 @@ def main() -> int:
     from rexdeploy.api import artifact_runner
     from rexdeploy.config import BuildConfig, QuantConfig
     from rexdeploy.devinfo import device_info
-    from rexdeploy.profiler import profile_variants
+    from rexdeploy.profiling.timing import profile_variants
 
     console = Console(width=160)
     model = examples.ensure_example_model()

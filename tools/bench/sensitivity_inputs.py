@@ -5,7 +5,7 @@
 
 For every activation tensor an EfficientNet-Lite0 int8 artifact quantizes (default: the one
 the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-signal ratio when
-only that tensor is quantized at its planned scale (rexdeploy/sensitivity.py's measurement), on:
+only that tensor is quantized at its planned scale (rexdeploy/planning/sensitivity.py's measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
   - 1/f noise with independent channels (calib_free.mixed.pink_noise_images, colour=False), the
     sensitivity's images before colour;
@@ -72,14 +72,14 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     """{kind: {tensor: output NSR with only that tensor quantized}} for the kinds "photos 1st
     half", "photos 2nd half", "1/f independent", "1/f colour" (n images each), over the
     artifact's planned activation tensors but the model input (or `tensors`):
-    rexdeploy.sensitivity's own measurement, on the artifact's float.onnx and plan."""
+    rexdeploy.planning.sensitivity's own measurement, on the artifact's float.onnx and plan."""
     import onnx_ir as ir
 
     from calib_free.mixed import pink_noise_images
     from calib_free.plan import QuantPlan
     from rexdeploy.api import load_artifact
     from rexdeploy.inputs import load_inputs, on_grid
-    from rexdeploy.sensitivity import measure_sensitivity
+    from rexdeploy.planning.sensitivity import measure_sensitivity
 
     art = load_artifact(artifact)
     spec = art.manifest["inputs"][0]

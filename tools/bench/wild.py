@@ -218,7 +218,7 @@ def _rexdeploy_rows(key: str, out: str, feeds: list[dict], flag: str, quant: dic
     import rexdeploy
     from rexdeploy.api import artifact_runner
     from rexdeploy.config import BuildConfig, QuantConfig
-    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.evaluate.fidelity import sqnr_db
 
     file, spec, rng, _, metric, label = MODELS[key]
     start = time.perf_counter()
@@ -312,7 +312,7 @@ def _run_onnx(path: str, feeds: list[dict]) -> list[np.ndarray]:
 def _nncf_rows(key, float_onnx, feeds, flt, metric, label, rng, out) -> list[dict]:
     from peers import missing, nncf_quantize
 
-    from rexdeploy.fidelity import sqnr_db
+    from rexdeploy.evaluate.fidelity import sqnr_db
 
     why = missing(("nncf",))
     if why:

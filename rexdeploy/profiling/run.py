@@ -60,8 +60,8 @@ def run_profile(artifacts: list[str], config: ProfileConfig, *, compare: bool = 
     profile_schema document."""
     from rexdeploy.artifact import load_artifact
     from rexdeploy.devinfo import device_info
-    from rexdeploy.profile_schema import to_document
-    from rexdeploy.profiler import ProfileSettings, profile_variants
+    from rexdeploy.profiling.schema import to_document
+    from rexdeploy.profiling.timing import ProfileSettings, profile_variants
     from rexdeploy.progress import StageLog
 
     config.validate()
@@ -205,7 +205,7 @@ def profile_dims(art, config: ProfileConfig) -> dict[str, int]:
 
 
 def _layers(v: dict, iterations: int) -> dict:
-    from rexdeploy.profiler import layer_profile
+    from rexdeploy.profiling.timing import layer_profile
 
     with v["layer_factory"]() as runner:
         return layer_profile(runner, v["feeds"], iterations)

@@ -10,7 +10,7 @@ the quantized rows. calib_free then sees tensors only: the float weights, the pl
 matrix form, and the rows. A block is one layer, reconstructed against the float layer's
 output for the float model's input. Its own input is, by default (--refine-inputs quantized),
 what the quantized model refined so far gives it (sequential reconstruction,
-rexdeploy/refine_sequential.py: the same row positions, taken from the lowered Q/DQ model);
+rexdeploy/planning/refine_sequential.py: the same row positions, taken from the lowered Q/DQ model);
 with --refine-inputs float, the float model's input (every layer independently). A migrated
 input (--smooth) enters as x * f with the weights W / f, as the lowered model computes it.
 
@@ -54,7 +54,7 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
     layers: the LayerInfo list; means: layer name -> the input mean [Cin] the plan's bias
     correction used (or None, before any scale migration).
     config.refine_inputs: "quantized" (sequential: each layer on the inputs the quantized model,
-    refined so far, gives it; rexdeploy.refine_sequential) or "float" (each layer on the float
+    refined so far, gives it; rexdeploy.planning.refine_sequential) or "float" (each layer on the float
     model's inputs, independently).
     """
     method = config.refine
@@ -71,7 +71,7 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
         if method == "flexround" else len(targets)
     by_name = {lp.name: lp for lp in targets}
     if sequential and targets:
-        from rexdeploy.refine_sequential import levels
+        from rexdeploy.planning.refine_sequential import levels
 
         groups = levels(float_model, list(by_name), {lp.name: lp.input for lp in targets})
     else:
@@ -112,8 +112,8 @@ def end_to_end_db(float_model, plans: list[QuantPlan], samples: list[dict]) -> l
     optimisation); per output pooled over the samples, then the mean over outputs."""
     import onnx_ir as ir
 
-    from rexdeploy.fidelity import sqnr_db
-    from rexdeploy.localize import _run, _session
+    from rexdeploy.evaluate.fidelity import sqnr_db
+    from rexdeploy.evaluate.localize import _run, _session
     from rexdeploy.lower import lower
 
     def outputs(model, what: str) -> dict[str, np.ndarray]:
@@ -162,10 +162,10 @@ def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
 
     names = list(dict.fromkeys(info.input for info in infos))
     if not hasattr(model, "SerializeToString"):
-        from rexdeploy.observe import _with_outputs
+        from rexdeploy.planning.observe import _with_outputs
 
         model = _with_outputs(model, names)
-    # a Q/DQ model (picks given): every Q/DQ runs as written (as rexdeploy.localize does; ORT's
+    # a Q/DQ model (picks given): every Q/DQ runs as written (as rexdeploy.evaluate.localize does; ORT's
     # basic level already fuses Q/DQ into integer kernels, some of which fail)
     session = ort_session(model.SerializeToString(), "the model with its layer inputs marked",
                           "none" if picks is not None else "all")
@@ -201,7 +201,7 @@ def _capture_quantized(float_model, plan: QuantPlan, infos: list, nodes: dict,
     """layer name -> rows of its input in the Q/DQ model of `plan` (before the layer's own
     activation quantization), at the positions `picks` took from the float model. A layer that
     reads a graph input is missing (its input is the float one)."""
-    from rexdeploy.refine_sequential import quantized_model
+    from rexdeploy.planning.refine_sequential import quantized_model
 
     graph_inputs = {v.name for v in float_model.graph.inputs}
     inner = [info for info in infos if info.input not in graph_inputs]

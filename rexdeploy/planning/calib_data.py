@@ -145,7 +145,7 @@ def _token_feeds(specs: list[dict], ids_name: str, ids, mask) -> dict:
 
 
 def _synthetic(n: int, float_model, config, loaded, log) -> CalibData:
-    from rexdeploy.observe import integer_input_ranges
+    from rexdeploy.planning.observe import integer_input_ranges
 
     q = config.quant
     tokens = integer_input_ranges(float_model)
@@ -176,7 +176,7 @@ def _has_batchnorm(loaded) -> bool:
 
 def _bn_samples(n: int, config, loaded, log) -> list[dict]:
     from calib_free.synthetic import bn_matched_inputs
-    from rexdeploy.refine import progress_bar
+    from rexdeploy.planning.refine import progress_bar
 
     q = config.quant
     spec = config.inputs[0]

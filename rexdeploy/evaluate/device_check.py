@@ -9,7 +9,7 @@ Runtime) on its own synthetic inputs and records, per output:
     reference_db           SQNR of the reference against the float model
     device_db              SQNR of the device against the float model
     device_vs_reference_db SQNR of the device against the reference
-    loss_db                what the device loses against its reference (rexdeploy.fidelity.
+    loss_db                what the device loses against its reference (rexdeploy.evaluate.fidelity.
                            device_loss_db: the smaller of reference_db - device_db and what its
                            departure would cost if independent of the plan's error)
 
@@ -70,9 +70,9 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
 
 def measure(spec: CheckSpec, samples: list[dict]) -> dict:
     """Per float output: reference_db, device_db, loss_db and device_vs_reference_db (module
-    docstring, rexdeploy.fidelity.device_vs_reference), in this process; an integer output
+    docstring, rexdeploy.evaluate.fidelity.device_vs_reference), in this process; an integer output
     gets the fraction of its elements the device matches exactly."""
-    from rexdeploy.fidelity import device_vs_reference, sqnr_db
+    from rexdeploy.evaluate.fidelity import device_vs_reference, sqnr_db
 
     runs = {"float": [], "reference": [], "device": []}
     with _float_runner(spec) as f, _runner(spec, "reference") as r, _runner(spec, None) as d:
@@ -134,7 +134,7 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
             json.dump(asdict(spec), f)
         np.savez(os.path.join(tmp, "samples.npz"),
                  **{f"{i}/{name}": x for i, s in enumerate(samples) for name, x in s.items()})
-        proc = subprocess.run([sys.executable, "-m", "rexdeploy.device_check", tmp],
+        proc = subprocess.run([sys.executable, "-m", "rexdeploy.evaluate.device_check", tmp],
                               env={**os.environ, **env}, capture_output=True, text=True,
                               timeout=1800)
         if proc.returncode != 0:

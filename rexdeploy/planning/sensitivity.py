@@ -66,7 +66,7 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
     jobs = [("w", name, extra) for name, extra in overrides.items()] + \
         [("a", tensor, {switch: np.ones((), np.float32)}) for tensor, switch in acts.items()]
     weights, activations = {}, {}
-    from rexdeploy.refine import progress_bar
+    from rexdeploy.planning.refine import progress_bar
 
     bar = progress_bar(log, "sensitivity", len(jobs)) if log is not None else None
     with (bar if bar is not None else _null()) as advance:

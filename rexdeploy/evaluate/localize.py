@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rexdeploy.errors import UserError
-from rexdeploy.fidelity import _fmt
+from rexdeploy.evaluate.fidelity import _fmt
 
 DEFAULT_THRESHOLD_DB = 20.0
 DEFAULT_TOP = 5
@@ -52,7 +52,7 @@ class _Pooled:
         self.cosines: list[float] = []
 
     def add(self, ref: np.ndarray, test: np.ndarray) -> None:
-        from rexdeploy.fidelity import cosine
+        from rexdeploy.evaluate.fidelity import cosine
 
         r, t = np.asarray(ref, np.float64), np.asarray(test, np.float64)
         if r.shape != t.shape:
@@ -80,7 +80,7 @@ class _Pooled:
 def quantized_layers(float_model, qdq_model) -> list[LayerTap]:
     """The planned layers of `qdq_model` (tagged by the lowering), in the float graph's
     topological order, whose input and output tensors exist in both models (onnx_ir models)."""
-    from rexdeploy.analyze import find_layers
+    from rexdeploy.planning.analyze import find_layers
     from rexdeploy.passes.qdq_nodes import layer_of
 
     planned = {tag[0] for node in qdq_model.graph if (tag := layer_of(node))}
@@ -97,8 +97,8 @@ def quantized_layers(float_model, qdq_model) -> list[LayerTap]:
 
 def _recurrent_taps(float_model, qdq_model) -> list[LayerTap]:
     """The int8 LSTM/GRU layers (their W read through a DequantizeLinear in `qdq_model`), their
-    output the hidden states (rexdeploy.recurrent.state_output)."""
-    from rexdeploy.recurrent import RECURRENT_OPS, state_output
+    output the hidden states (rexdeploy.planning.recurrent.state_output)."""
+    from rexdeploy.planning.recurrent import RECURRENT_OPS, state_output
 
     quantized = {node.name for node in qdq_model.graph if node.op_type in RECURRENT_OPS
                  and len(node.inputs) > 1 and node.inputs[1] is not None
@@ -133,7 +133,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     with `infer`) of the target device: the same marked Q/DQ model then also runs there, and each
     row gains device_sqnr_db (the device's layer output vs the float model's) and
     device_vs_reference_db (vs ONNX Runtime's); "first_device_loss" is the first row where the
-    device loses more than `device_tolerance_db` against ONNX Runtime (rexdeploy.fidelity.
+    device loses more than `device_tolerance_db` against ONNX Runtime (rexdeploy.evaluate.fidelity.
     device_loss_db): where the runtime departs from what the plan means.
     """
     import onnx_ir as ir
@@ -204,8 +204,8 @@ def _accumulate(taps, ref: dict, test: dict, acc: dict, loc: dict, locals_: dict
 
 def _device_loses(row: dict, tolerance_db: float) -> bool:
     """Whether the device loses more than tolerance_db against ONNX Runtime at this layer
-    (rexdeploy.fidelity.device_loss_db)."""
-    from rexdeploy.fidelity import device_loss_db
+    (rexdeploy.evaluate.fidelity.device_loss_db)."""
+    from rexdeploy.evaluate.fidelity import device_loss_db
 
     if row["sqnr_db"] is None or row.get("device_vs_reference_db") is None:
         return False

@@ -246,7 +246,7 @@ def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
 def _why_not(node: ir.Node) -> str | None:
     """Why `node` (Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
     op = node.op_type
-    if op in _RECURRENT_GATES:  # rexdeploy/recurrent.py decides, and words the reason
+    if op in _RECURRENT_GATES:  # rexdeploy/planning/recurrent.py decides, and words the reason
         return f"recurrent layer ({op}); kept in float"
     if op == "ConvTranspose" and node.attributes.get_int("group", 1) != 1:
         return ("grouped ConvTranspose is not quantized (its weight's per-channel axis holds "

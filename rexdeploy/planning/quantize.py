@@ -14,10 +14,10 @@ import numpy as np
 import onnx_ir as ir
 
 from calib_free.plan import ActivationPlan, LayerPlan, QuantPlan, SkippedLayer, WeightOrder
-from rexdeploy.analyze import LayerInfo
+from rexdeploy.planning.analyze import LayerInfo
 from rexdeploy.config import QuantConfig
-from rexdeploy.observe import Observed
-from rexdeploy.stats import TensorStats
+from rexdeploy.planning.observe import Observed
+from rexdeploy.planning.stats import TensorStats
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +72,9 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
               stats: dict[str, TensorStats], observed: dict[str, Observed],
               config: QuantConfig, allow_unsigned: bool, sensitivity=None) -> QuantPlan:
     """The frozen plan for `layers` (BN already folded) and activation `tensors`.
-    sensitivity (rexdeploy.sensitivity.Sensitivity): steers the --budget allocation and the
-    --mixed-precision raises (rexdeploy.mixed); None: the plain allocation."""
-    from rexdeploy.cost_models import describe as describe_cost
+    sensitivity (rexdeploy.planning.sensitivity.Sensitivity): steers the --budget allocation and the
+    --mixed-precision raises (rexdeploy.planning.mixed); None: the plain allocation."""
+    from rexdeploy.planning.cost_models import describe as describe_cost
 
     excluded = set(config.exclude)
     kept = [layer for layer in layers if layer.name not in excluded]
@@ -96,8 +96,8 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                     activations.append(act)
     expansions = [_expand(layer, stats, observed, config, smooth.get(layer.input))
                   for layer in kept]
-    if sensitivity is not None and config.budget is not None:  # rexdeploy/mixed.py
-        from rexdeploy import mixed
+    if sensitivity is not None and config.budget is not None:  # rexdeploy/planning/mixed.py
+        from rexdeploy.planning import mixed
 
         cfg8 = replace(config, weights="int8", orders=1, budget=None)
         alloc, eights = mixed.allocate(
@@ -330,7 +330,7 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
     with the largest error, or the greedy --budget allocation (whole layers where the sparse
     orders run as dense zero-row kernels). Missing key: dense."""
     from calib_free.sparse import allocate_budget, uniform_channels
-    from rexdeploy import cost_models
+    from rexdeploy.planning import cost_models
 
     if config.max_orders < 2:
         return {}
@@ -405,7 +405,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     first = torch.from_numpy(plan_orders[0].dequantize())
     fractions = [o_.kept_fraction(layer.out_channels) for o_ in plan_orders[1:]]
     from calib_free.sparse import layer_bops
-    from rexdeploy import cost_models
+    from rexdeploy.planning import cost_models
 
     final = e.errors[0].clone()  # each channel's error proxy at its highest order
     for k, o_ in enumerate(plan_orders[1:], 1):

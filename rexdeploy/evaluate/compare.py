@@ -26,13 +26,13 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     corners, each mirrored; rexdeploy.inputs.preprocess_views): ten times the decisions, so the
     top-1 agreement's interval narrows about threefold. `limit` still counts images.
 
-    per_layer: also localise the error layer by layer (rexdeploy.localize: float.onnx vs
+    per_layer: also localise the error layer by layer (rexdeploy.evaluate.localize: float.onnx vs
     model.onnx in ONNX Runtime, every quantized layer's output marked) under "per_layer";
     threshold_db (default 20) marks a layer bad, top (default 5) worst layers are listed.
 
     output_slices: "NAME:AXIS:START:END[=LABEL]" parts of outputs compared on their own (a
     detector's head concatenating boxes, objectness and class scores: one SQNR hides a class
-    score that collapsed), rexdeploy.fidelity.OutputSlice.
+    score that collapsed), rexdeploy.evaluate.fidelity.OutputSlice.
 
     device_check: where the artifact runs on its device (not ONNX Runtime), also run its Q/DQ
     ONNX in ONNX Runtime (the reference) and report, per output, the reference's fidelity and
@@ -40,7 +40,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
     the device, and the first layer where the device loses against ONNX Runtime is named.
     """
     art = load_artifact(artifact)
-    from rexdeploy.fidelity import run_compare
+    from rexdeploy.evaluate.fidelity import run_compare
 
     log = StageLog(quiet=quiet)
     if inputs and synthetic:
@@ -54,7 +54,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                         "build the exact expansion (--orders 2, no --ensemble) to localise")
     with log.stage("inputs", inputs or f"{synthetic or 16} synthetic"):
         samples, labels = _samples(art, inputs, synthetic, preprocess, limit, ten_crop)
-    from rexdeploy.fidelity import parse_output_slice
+    from rexdeploy.evaluate.fidelity import parse_output_slice
 
     slices = tuple(parse_output_slice(t) for t in output_slices)
     ref_runner, ref_name = reference_runner(art, reference)
@@ -108,7 +108,7 @@ def _describe(result: dict, art: Artifact, reference: str, backend: str | None, 
 
         recurrent = recurrent_count(art.report())
         if recurrent:
-            from rexdeploy.device_check import likely_cause
+            from rexdeploy.evaluate.device_check import likely_cause
 
             check["likely_cause"] = likely_cause(None, None, art.target, recurrent)
     if art.manifest.get("engine") == "deferred" and result["backend"] == art.target:
@@ -123,7 +123,7 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
     from rexdeploy.extras import require_build
 
     require_build("compare --per-layer")
-    from rexdeploy.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
+    from rexdeploy.evaluate.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
 
     device = None
     if on_device:

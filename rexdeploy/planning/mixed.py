@@ -1,6 +1,6 @@
 """`--sensitivity` / `--mixed-precision`: the budget allocation steered by measured sensitivity.
 
-Glue between the plan's dense expansions (rexdeploy.quantize) and calib_free.mixed: builds the
+Glue between the plan's dense expansions (rexdeploy.planning.quantize) and calib_free.mixed: builds the
 allocator's view of each layer (its error proxy, its measured output NSR, its 8-bit error proxy
 when its weights may be raised), runs the greedy, and turns the result into LayerPlans: raised
 layers re-expanded at int8 (order 1), float-kept activations dropped from the plan, and every
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from calib_free.mixed import FLOAT_BITS, MixedAllocation, MixedLayer, allocate_mixed
-from rexdeploy import cost_models
+from rexdeploy.planning import cost_models
 from rexdeploy.config import QuantConfig
 
 

@@ -21,7 +21,7 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
     if q.equalize == "off" or q.activations != "int8" or q.granularity != "channel":
         return None
     from rexdeploy.passes.equalize import equalize_depthwise
-    from rexdeploy.quantize import use_stats
+    from rexdeploy.planning.quantize import use_stats
 
     planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
     done = equalize_depthwise(float_model, stats, q.range_sigma, planned,
@@ -37,7 +37,7 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
 
 
 def range_statistics(float_model, config: BuildConfig) -> dict:
-    from rexdeploy.stats import propagate_stats
+    from rexdeploy.planning.stats import propagate_stats
 
     ranges = {name: (lo, hi) for name, lo, hi in config.quant.input_ranges}
     known = {v.name for v in float_model.graph.inputs}
@@ -52,7 +52,7 @@ def range_statistics(float_model, config: BuildConfig) -> dict:
 
 def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
                       log: StageLog):
-    from rexdeploy.quantize import activation_tensors, make_plan, observed_means, use_stats
+    from rexdeploy.planning.quantize import activation_tensors, make_plan, observed_means, use_stats
 
     q = config.quant
     calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
@@ -79,7 +79,7 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
             samples, what = calib.samples, calib.source
         else:
             samples, what, natural = _range_samples(float_model, config, loaded, log)
-        from rexdeploy.observe import observe
+        from rexdeploy.planning.observe import observe
 
         observed = observe(float_model, need, samples, natural=natural)
         notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
@@ -113,7 +113,7 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
         plan = _recurrent(plan, float_model, recurrent_x, stats, observed, config, log, notes)
     ensemble = None
     if q.ensemble:
-        from rexdeploy.quantize import ensemble_plans
+        from rexdeploy.planning.quantize import ensemble_plans
 
         ensemble = ensemble_plans(plan, layers, stats, observed, q)
         if not any(ensemble[1]):
@@ -124,13 +124,13 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
 
 def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
     """The inputs X and the hidden-state outputs of the LSTM/GRU layers the target runs int8
-    (rexdeploy/recurrent.py): the tensors they need ranges of."""
+    (rexdeploy/planning/recurrent.py): the tensors they need ranges of."""
     import backends
 
     if not backends.rules(config.target).int8_recurrent or \
             config.quant.activations != "int8" or config.quant.recurrent != "int8":
         return []
-    from rexdeploy.recurrent import candidates, state_output
+    from rexdeploy.planning.recurrent import candidates, state_output
 
     nodes = candidates(float_model)
     return list(dict.fromkeys([n.inputs[0].name for n in nodes] +
@@ -139,11 +139,11 @@ def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
 
 def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: BuildConfig,
                log: StageLog, notes: list[str]):
-    """The plan with the int8 LSTM/GRU layers added (rexdeploy/recurrent.py)."""
+    """The plan with the int8 LSTM/GRU layers added (rexdeploy/planning/recurrent.py)."""
     import backends
 
-    from rexdeploy.quantize import use_stats
-    from rexdeploy.recurrent import add_to_plan
+    from rexdeploy.planning.quantize import use_stats
+    from rexdeploy.planning.recurrent import add_to_plan
 
     q = config.quant
     ranges = {}
@@ -168,10 +168,10 @@ def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: Bu
 def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
                  loaded, calib, allow_unsigned, log: StageLog, notes: list[str]):
     """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
-    (rexdeploy/sensitivity.py), on the build's synthetic inputs (the user's --calib data when
+    (rexdeploy/planning/sensitivity.py), on the build's synthetic inputs (the user's --calib data when
     given)."""
-    from rexdeploy.quantize import make_plan
-    from rexdeploy.sensitivity import measure_sensitivity
+    from rexdeploy.planning.quantize import make_plan
+    from rexdeploy.planning.sensitivity import measure_sensitivity
 
     q = config.quant
     draft = make_plan(layers, skipped, tensors, stats, observed,
@@ -182,12 +182,12 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
         samples, what = _synthetic_samples(float_model, config, loaded, log), \
             "BatchNorm-matched images"
     else:
-        from rexdeploy.sensitivity import sensitivity_samples
+        from rexdeploy.planning.sensitivity import sensitivity_samples
 
         samples, what = sensitivity_samples(
             _synthetic_samples(float_model, config, loaded, log),
             {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid))
-    from rexdeploy.mixed import raises_activations
+    from rexdeploy.planning.mixed import raises_activations
 
     sens = measure_sensitivity(float_model, layers, draft, samples, log,
                                activations=raises_activations(q))
@@ -223,7 +223,7 @@ def _mixed_notes(plan, q: QuantConfig, log: StageLog) -> list[str]:
 
 def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):
     """The --calib samples (synthetic by default under --refine), or None without either."""
-    from rexdeploy.calib import calibration_data, parse_calib
+    from rexdeploy.planning.calib_data import calibration_data, parse_calib
 
     q = config.quant
     spec = parse_calib(q.calib or ("synthetic" if q.refine != "none" else None))
@@ -240,7 +240,7 @@ def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):
 
 def _refine(plan, float_model, layers, stats, observed, config: BuildConfig, calib, loaded,
             log: StageLog, notes: list[str]):
-    """--refine: FlexRound or ERQ on the calibration data (rexdeploy/refine.py), kept only
+    """--refine: FlexRound or ERQ on the calibration data (rexdeploy/planning/refine.py), kept only
     where it wins end to end: the refined and the round-to-nearest plans' network outputs are
     compared with the float model's (ONNX Runtime), on synthetic calibration data on held-out
     natural synthetic inputs and on the calibration inputs at half their amplitude, on the
@@ -249,8 +249,8 @@ def _refine(plan, float_model, layers, stats, observed, config: BuildConfig, cal
     inputs' scale: EfficientNet-Lite0 W4A8 refined on N(0, 1) inputs (the range
     assumed without --input-range) reads 23.9 dB on them against round-to-nearest's 1.0, and
     loses on inputs half as wide (1.2 vs 2.3 dB) as on the real photos (3.4 vs 4.9)."""
-    from rexdeploy.quantize import _input_mean
-    from rexdeploy.refine import end_to_end_db, refine_plan
+    from rexdeploy.planning.quantize import _input_mean
+    from rexdeploy.planning.refine import end_to_end_db, refine_plan
 
     q = config.quant
     means = {layer.name: _input_mean(stats.get(layer.input), observed.get(layer.input), q,
@@ -312,9 +312,9 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
     """The synthetic inputs the activation ranges are observed on where statistics do not
     reach, what they are, and whether they are natural images. Under --ranges auto an image
     input gets RANGE_IMAGES natural images (1/f noise, natural colour, on the pixel grid:
-    rexdeploy.sensitivity's), whose spatial correlations white noise lacks; other inputs and
+    rexdeploy.planning.sensitivity's), whose spatial correlations white noise lacks; other inputs and
     modes the build's synthetic ones."""
-    from rexdeploy.sensitivity import image_inputs
+    from rexdeploy.planning.sensitivity import image_inputs
 
     q = config.quant
     base = _synthetic_samples(float_model, config, loaded, log)
@@ -328,9 +328,9 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
 def natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, count: int
                      ) -> tuple[list[dict], str]:
     """`count` inputs for the build's checks and ranges, and what they are: an image input as
-    natural synthetic images (rexdeploy.sensitivity.sensitivity_samples), others the build's
+    natural synthetic images (rexdeploy.planning.sensitivity.sensitivity_samples), others the build's
     synthetic inputs."""
-    from rexdeploy.sensitivity import sensitivity_samples
+    from rexdeploy.planning.sensitivity import sensitivity_samples
 
     q = config.quant
     return sensitivity_samples(
@@ -341,7 +341,7 @@ def natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, cou
 
 def _synthetic_samples(float_model, config: BuildConfig, loaded, log: StageLog) -> list[dict]:
     from rexdeploy.inputs import synthetic_inputs
-    from rexdeploy.observe import integer_input_ranges
+    from rexdeploy.planning.observe import integer_input_ranges
 
     q = config.quant
     ranges = {name: (lo, hi) for name, lo, hi in q.input_ranges}
