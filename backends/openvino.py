@@ -587,7 +587,8 @@ class OpenVINORunner(RunnerBase):
 
 BACKEND = OpenVINOBackend()
 # uint8 activations, f32 float parts, CPU int8 kernels whose ISA matters and whose time was
-# measured (rexdeploy/planning/cost_models.py), int8 LSTM/GRU, ensemble members pinned to their cores
+# measured (rexdeploy/planning/cost_models.py), int8 LSTM/GRU, ensemble members pinned to their
+# cores
 # channel_activations: a per-channel FakeQuantize before a GroupConvolution runs OpenVINO's int8
 # depthwise kernel (its scale folds into the output's dequantization), measured natively and
 # under ONEDNN_MAX_CPU_ISA=AVX2 (docs/algorithms.md section 3.0)

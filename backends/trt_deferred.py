@@ -87,7 +87,8 @@ def finish_deferred(path: str, log) -> Artifact:
 
 def _check_engines(art: Artifact, root: str, models: list, members: list | None, log) -> dict:
     """The engine against its Q/DQ ONNX (ONNX Runtime) and float.onnx on SAMPLES synthetic inputs
-    in the build's ranges (rexdeploy/evaluate/device_check.py): the same check an OpenVINO build runs."""
+    in the build's ranges (rexdeploy/evaluate/device_check.py): the same check an OpenVINO build
+    runs."""
     from rexdeploy.evaluate.device_check import SAMPLES, CheckSpec, check
     from rexdeploy.inputs import synthetic_inputs
 

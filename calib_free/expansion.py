@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from calib_free.metrics import power_db
 from calib_free.quantizer import dequantize, quantize_weight
 from calib_free.saturation import PairLimit
 
@@ -99,9 +100,5 @@ def weight_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
     err = w - w_hat.detach().double()
     signal, noise = float(w.square().sum()), float(err.square().sum())
     rel = math.sqrt(noise / signal) if signal > 0 else (0.0 if noise == 0 else math.inf)
-    if noise == 0:
-        sqnr = math.inf
-    else:
-        sqnr = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     return {"rel_l2": rel, "max_abs": float(err.abs().max()) if err.numel() else 0.0,
-            "sqnr_db": sqnr}
+            "sqnr_db": power_db(signal, noise)}

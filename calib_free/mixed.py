@@ -3,7 +3,8 @@
 The plain budget allocator (calib_free.sparse.allocate_budget) scores a channel's order k by the
 share of its layer's own order-1 weight error it removes, so every layer counts alike. Here each
 layer also carries what its quantization costs the network output, measured without data
-(rexdeploy/planning/sensitivity.py): the output noise-to-signal ratio when only that layer is quantized,
+(rexdeploy/planning/sensitivity.py): the output noise-to-signal ratio when only that layer is
+quantized,
 
     nsr_w[L] = ||f(x; W_L -> Q(W_L)) - f(x)||^2 / ||f(x)||^2      (order-1 weights of L only)
     nsr_a[T] = ||f(x; T -> Q(T)) - f(x)||^2 / ||f(x)||^2          (activation tensor T only)
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from calib_free.metrics import noise_ratio
 from calib_free.sparse import BOPS, CostModel, LayerCost
 
 # A layer's order gains are weighted by nsr_w ** SENSITIVITY_POWER (0: every layer alike, as
@@ -46,7 +48,7 @@ def output_nsr(ref: list[torch.Tensor], test: list[torch.Tensor]) -> float:
     """Noise-to-signal energy ratio of `test` against `ref` (lists of matching tensors)."""
     noise = sum(float((t.double() - r.double()).square().sum()) for r, t in zip(ref, test))
     signal = sum(float(r.double().square().sum()) for r in ref)
-    return noise / max(signal, 1e-30)
+    return noise_ratio(signal, noise)
 
 
 # Natural-image colour (used for 3-channel images): ImageNet's RGB pixel covariance, its

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calib_free.metrics import power_db
 from calib_free.quantizer import qmax
 
 # |h| < 1: an LSTM's h = o * tanh(c) and a GRU's h (a convex mix of tanh outputs) never leave it
@@ -121,5 +122,4 @@ def weight_sqnr(w: np.ndarray, r: np.ndarray, wq: np.ndarray, rq: np.ndarray,
     """SQNR in dB of the dequantized W and R together against the float ones."""
     ref = np.concatenate([w.ravel(), r.ravel()]).astype(np.float64)
     got = np.concatenate([dequantize(wq, scale).ravel(), dequantize(rq, scale).ravel()])
-    noise = float(((ref - got) ** 2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise))
+    return power_db((ref ** 2).sum(), ((ref - got) ** 2).sum())

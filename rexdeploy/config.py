@@ -54,7 +54,8 @@ class QuantConfig:
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
                                         # model where there is one, else bops) | bops | time |
                                         # FILE.json; resolved at build time to a
-                                        # rexdeploy.planning.cost_models name or the file's absolute path
+                                        # rexdeploy.planning.cost_models name or the file's
+                                        # absolute path
     granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
@@ -85,7 +86,8 @@ class QuantConfig:
     dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
                                         # of its dynamic activation quantization (0 = off,
                                         # None = the runtime's default)
-    # calibration-based refinement (rexdeploy/planning/calib_data.py, rexdeploy/planning/refine.py): --calib
+    # calibration-based refinement (rexdeploy/planning/calib_data.py,
+    # rexdeploy/planning/refine.py): --calib
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
     refine: str = "none"                # none | flexround | erq
@@ -93,7 +95,8 @@ class QuantConfig:
     refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
-    # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py, calib_free/mixed.py):
+    # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py,
+    # calib_free/mixed.py):
     # measure each layer's data-free output sensitivity and let --budget use it (weigh the
     # order allocation; --mixed-precision also buys int8 weights / float activations)
     sensitivity: str = "auto"           # auto (on with --mixed-precision, and with a --budget

@@ -44,3 +44,26 @@ def session(model: bytes | str, what: str, optimization: str = "all",
         raise UserError(f"ONNX Runtime cannot load {what}: "
                         f"{str(exc).strip().splitlines()[-1]}",
                         "check the model with onnx.checker.check_model") from exc
+
+
+def with_outputs(model, names: list[str], types: dict | None = None, copy: bool = True):
+    """`model` (onnx.ModelProto) with the tensors `names` appended to its graph outputs, so a
+    session returns them too; typed from `types` (name -> onnx element type) where given, else
+    left for ONNX Runtime to infer. copy=False extends `model` itself."""
+    import onnx
+    from onnx import helper
+
+    tapped = model
+    if copy:
+        tapped = onnx.ModelProto()
+        tapped.CopyFrom(model)
+    have = {o.name for o in tapped.graph.output}
+    for name in dict.fromkeys(names):
+        if name in have:
+            continue
+        if types is None:
+            tapped.graph.output.add(name=name)
+        else:
+            tapped.graph.output.append(helper.make_tensor_value_info(
+                name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return tapped

@@ -1,5 +1,6 @@
 """The build pipeline behind rexdeploy.build: load -> export (float ONNX, BN kept) -> statistics
--> fold BN -> analyze -> quantize (rexdeploy.planning.stage) -> lower (Q/DQ ONNX) -> compile (backend)
+-> fold BN -> analyze -> quantize (rexdeploy.planning.stage) -> lower (Q/DQ ONNX) -> compile
+(backend)
 -> device check -> report and manifest, each stage timed and logged (docs/design.md)."""
 
 from __future__ import annotations

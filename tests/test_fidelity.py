@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from rexdeploy.evaluate.fidelity import (METRICS, compare_outputs, cosine, kl_divergence, max_abs_error,
+from rexdeploy.evaluate.fidelity import (METRICS, compare_outputs, cosine, kl_divergence,
+                                         max_abs_error,
                                render_table, run_compare, sqnr_db, top1_accuracy,
                                top1_agreement)
 from rexdeploy.errors import UserError
@@ -184,7 +185,8 @@ def test_render_table(rng):
 
 
 def test_embeddings_get_neighbour_metrics_not_top1(rng):
-    from rexdeploy.evaluate.fidelity import is_embedding, nn_agreement, nn_label_accuracy, output_metrics
+    from rexdeploy.evaluate.fidelity import (is_embedding, nn_agreement, nn_label_accuracy,
+                                             output_metrics)
 
     emb = rng.standard_normal((20, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

@@ -10,7 +10,8 @@ from rich.console import Console
 from backends.base import LayerTiming, RunnerBase
 from rexdeploy.profiling import timing as profiler
 from rexdeploy.devinfo import device_info
-from rexdeploy.profiling.timing import (ProfileSettings, latency_stats, layer_times, measure_latency,
+from rexdeploy.profiling.timing import (ProfileSettings, latency_stats, layer_times,
+                                        measure_latency,
                                 measure_throughput, profile_variants, render_profile_table)
 
 

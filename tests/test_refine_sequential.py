@@ -1,4 +1,5 @@
-"""Sequential reconstruction (--refine-inputs quantized, rexdeploy/planning/refine_sequential.py), the
+"""Sequential reconstruction (--refine-inputs quantized, rexdeploy/planning/refine_sequential.py),
+the
 row reduction it relies on, and --refine combined with scale migration. Tiny models, reference
 (ONNX Runtime) target."""
 

@@ -103,7 +103,8 @@ def test_channel_bounds_after_a_clip_cover_each_channels_observed_values(cnn):
         bounds = s.channel_bounds(4.0)
         assert bounds.shape == o.channel_absmax.shape and (bounds <= 6.0).all()
         # one channel's estimate is rougher than the tensor's (the build gives it a margin
-        # of 3, rexdeploy.planning.quantize.CHANNEL_MARGIN). Measured: observed maxima up to 2.1x the
+        # of 3, rexdeploy.planning.quantize.CHANNEL_MARGIN). Measured: observed maxima up to 2.1x
+        # the
         # bounds; up to 3.7x the clipped moments' mean + 4 std
         assert (o.channel_absmax <= bounds * 2.5 + 1e-6).all(), name
         std = np.sqrt(s.var)

@@ -29,14 +29,10 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
     inf when equal; -inf when the reference is all zeros and the test is not.
     """
+    from calib_free.metrics import power_db
+
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
-    noise = float(np.sum((test - ref) ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+    return power_db(np.sum(ref ** 2), np.sum((test - ref) ** 2))
 
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ Metrics are streamed (pooled sums per layer), so no activation is kept beyond on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,13 +61,9 @@ class _Pooled:
         self.cosines.append(float(cosine(r.reshape(1, -1), t.reshape(1, -1))[0]))
 
     def sqnr_db(self) -> float | None:
-        if not self.cosines:
-            return None
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+        from calib_free.metrics import power_db
+
+        return power_db(self.signal, self.noise) if self.cosines else None
 
     def cosine_mean(self) -> float | None:
         return float(np.mean(self.cosines)) if self.cosines else None
@@ -350,19 +345,10 @@ def _elem_types(model) -> dict[str, int]:
 
 
 def _with_outputs(model, names: list[str]) -> bytes:
-    """`model` (ModelProto) with `names` appended to its graph outputs, serialised."""
-    import onnx
-    from onnx import helper
+    """`model` (ModelProto) with `names` appended to its graph outputs, typed, serialised."""
+    from rexdeploy.ort_session import with_outputs
 
-    types = _elem_types(model)
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(model)
-    have = {o.name for o in tapped.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in have:
-            tapped.graph.output.append(helper.make_tensor_value_info(
-                name, types.get(name, onnx.TensorProto.FLOAT), None))
-    return tapped.SerializeToString()
+    return with_outputs(model, names, _elem_types(model)).SerializeToString()
 
 
 def _local_sessions(qdq, taps: list[LayerTap], float_model) -> dict:

@@ -45,7 +45,8 @@ def export_onnx(loaded: LoadedModel, specs: tuple[InputSpec, ...] = (),
     _apply_specs(model, specs)
     from rexdeploy.passes.shapes import SHAPE_NOTE, inference_failure
 
-    # the cleanup re-infers shapes that contradict the graph; the build says so (pipeline._shape_note)
+    # the cleanup re-infers shapes that contradict the graph; the build says so
+    # (pipeline._shape_note)
     model.meta[SHAPE_NOTE] = inference_failure(model)
     CleanupPass()(model)
     _check_outputs(model)

@@ -1,6 +1,7 @@
 """`--sensitivity` / `--mixed-precision`: the budget allocation steered by measured sensitivity.
 
-Glue between the plan's dense expansions (rexdeploy.planning.quantize) and calib_free.mixed: builds the
+Glue between the plan's dense expansions (rexdeploy.planning.quantize) and calib_free.mixed: builds
+the
 allocator's view of each layer (its error proxy, its measured output NSR, its 8-bit error proxy
 when its weights may be raised), runs the greedy, and turns the result into LayerPlans: raised
 layers re-expanded at int8 (order 1), float-kept activations dropped from the plan, and every

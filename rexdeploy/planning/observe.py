@@ -38,10 +38,11 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     """Min/max and per-channel means of the named float tensors over `samples` (natural: they
     are natural synthetic images, Observed.natural)."""
     from rexdeploy.ort_session import session as ort_session
+    from rexdeploy.ort_session import with_outputs
 
     if not names or not samples:
         return {}
-    proto = _with_outputs(model, names)
+    proto = with_outputs(ir.to_proto(model), names, copy=False)
     session = ort_session(proto.SerializeToString(), "the float model with its tensors marked",
                           threads=threads)
     acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
@@ -79,15 +80,6 @@ def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
                     ranges[value.name] = (0, table.shape[0])
         ranges.setdefault(value.name, (0, 2))
     return ranges
-
-
-def _with_outputs(model: ir.Model, names: list[str]):
-    proto = ir.to_proto(model)
-    existing = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in existing:
-            proto.graph.output.add(name=name)
-    return proto
 
 
 def _other_axes(x: np.ndarray) -> tuple[int, ...] | None:

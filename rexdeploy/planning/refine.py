@@ -54,7 +54,8 @@ def refine_plan(plan: QuantPlan, layers, float_model, samples: list[dict], confi
     layers: the LayerInfo list; means: layer name -> the input mean [Cin] the plan's bias
     correction used (or None, before any scale migration).
     config.refine_inputs: "quantized" (sequential: each layer on the inputs the quantized model,
-    refined so far, gives it; rexdeploy.planning.refine_sequential) or "float" (each layer on the float
+    refined so far, gives it; rexdeploy.planning.refine_sequential) or "float" (each layer on the
+    float
     model's inputs, independently).
     """
     method = config.refine
@@ -162,10 +163,13 @@ def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
 
     names = list(dict.fromkeys(info.input for info in infos))
     if not hasattr(model, "SerializeToString"):
-        from rexdeploy.planning.observe import _with_outputs
+        import onnx_ir as ir
 
-        model = _with_outputs(model, names)
-    # a Q/DQ model (picks given): every Q/DQ runs as written (as rexdeploy.evaluate.localize does; ORT's
+        from rexdeploy.ort_session import with_outputs
+
+        model = with_outputs(ir.to_proto(model), names, copy=False)
+    # a Q/DQ model (picks given): every Q/DQ runs as written (as rexdeploy.evaluate.localize does;
+    # ORT's
     # basic level already fuses Q/DQ into integer kernels, some of which fail)
     session = ort_session(model.SerializeToString(), "the model with its layer inputs marked",
                           "none" if picks is not None else "all")

@@ -168,7 +168,8 @@ def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: Bu
 def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
                  loaded, calib, allow_unsigned, log: StageLog, notes: list[str]):
     """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
-    (rexdeploy/planning/sensitivity.py), on the build's synthetic inputs (the user's --calib data when
+    (rexdeploy/planning/sensitivity.py), on the build's synthetic inputs (the user's --calib data
+    when
     given)."""
     from rexdeploy.planning.quantize import make_plan
     from rexdeploy.planning.sensitivity import measure_sensitivity
@@ -312,7 +313,8 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
     """The synthetic inputs the activation ranges are observed on where statistics do not
     reach, what they are, and whether they are natural images. Under --ranges auto an image
     input gets RANGE_IMAGES natural images (1/f noise, natural colour, on the pixel grid:
-    rexdeploy.planning.sensitivity's), whose spatial correlations white noise lacks; other inputs and
+    rexdeploy.planning.sensitivity's), whose spatial correlations white noise lacks; other inputs
+    and
     modes the build's synthetic ones."""
     from rexdeploy.planning.sensitivity import image_inputs
 
@@ -328,7 +330,8 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
 def natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, count: int
                      ) -> tuple[list[dict], str]:
     """`count` inputs for the build's checks and ranges, and what they are: an image input as
-    natural synthetic images (rexdeploy.planning.sensitivity.sensitivity_samples), others the build's
+    natural synthetic images (rexdeploy.planning.sensitivity.sensitivity_samples), others the
+    build's
     synthetic inputs."""
     from rexdeploy.planning.sensitivity import sensitivity_samples
 

@@ -112,7 +112,8 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
         return
     if op == "LayerNormalization":
         scale = _const(node.inputs[1])
-        bias = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        bias = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None \
+            else None
         if scale is not None:
             bias = np.zeros_like(scale) if bias is None else bias
             stats[out.name] = _from_moments(bias.ravel(), scale.ravel() ** 2, sigma,

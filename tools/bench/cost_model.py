@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Fit and check the time model a `--budget` counts on OpenVINO CPU (rexdeploy/planning/cost_models.py).
+"""Fit and check the time model a `--budget` counts on OpenVINO CPU
+(rexdeploy/planning/cost_models.py).
 
     .venv/bin/python tools/bench/cost_model.py [--rounds 7] [-n 40] [--budgets 1.1 1.25 1.5]
                                                [--write FILE.json]
@@ -129,7 +130,8 @@ def main() -> int:
         per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
         print(f"float input of {dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
     else:
-        print("no depthwise convolution: per_float_input kept from rexdeploy/planning/cost_models.py")
+        print("no depthwise convolution: per_float_input kept from "
+              "rexdeploy/planning/cost_models.py")
     for label, pred, meas in (("order 1", X @ [a, b, c], own1),
                               ("further order", X @ [a2, b2, c2], own2)):
         rel = np.abs(pred - meas) / np.maximum(meas, 1e-6)
@@ -193,7 +195,8 @@ def _feeds(art) -> dict:
 
 
 def _write(path: str, fitted: dict) -> None:
-    """The fitted coefficients as a cost model file (rexdeploy.planning.cost_models.load reads it)."""
+    """The fitted coefficients as a cost model file (rexdeploy.planning.cost_models.load reads
+    it)."""
     import json
     import platform
 

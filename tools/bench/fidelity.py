@@ -29,8 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
-from rexdeploy.evaluate.fidelity import NEAR_TIE as MARGIN  # noqa: E402 (top-1/top-2 probability gap
-# below which a photo is a coin toss; `rexdeploy compare` reports the same near ties)
+# NEAR_TIE: the top-1/top-2 probability gap below which a photo is a coin toss; `rexdeploy
+# compare` reports the same near ties
+from rexdeploy.evaluate.fidelity import NEAR_TIE as MARGIN  # noqa: E402
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
     ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),

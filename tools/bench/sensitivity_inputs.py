@@ -5,7 +5,8 @@
 
 For every activation tensor an EfficientNet-Lite0 int8 artifact quantizes (default: the one
 the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-signal ratio when
-only that tensor is quantized at its planned scale (rexdeploy/planning/sensitivity.py's measurement), on:
+only that tensor is quantized at its planned scale (rexdeploy/planning/sensitivity.py's
+measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
   - 1/f noise with independent channels (calib_free.mixed.pink_noise_images, colour=False), the
     sensitivity's images before colour;
