@@ -1,4 +1,4 @@
-"""Artifacts for the device-side tests (tests/test_device_side.py), built where the build extra
+"""Artifacts for the device-side tests (tests/test_backends/test_device_side.py), built where the build extra
 is installed: an OpenVINO build and a deferred TensorRT build of a small CNN, and a folder of
 images, all under one directory.
 

@@ -87,7 +87,7 @@ setup() {
 }
 
 engine_tests() {
-    "$PY" -m pytest -q -p no:cacheprovider -m tensorrt tests/test_backend_tensorrt.py
+    "$PY" -m pytest -q -p no:cacheprovider -m tensorrt tests/test_backends/test_backend_tensorrt.py
 }
 
 finish() {

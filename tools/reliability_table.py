@@ -1,4 +1,4 @@
-"""Run the bad-input matrix (tests/test_bad_inputs.py) and write what the user sees into
+"""Run the bad-input matrix (tests/test_cli/test_bad_inputs.py) and write what the user sees into
 docs/reliability.md, between its `matrix:begin` / `matrix:end` markers.
 
     .venv/bin/python tools/reliability_table.py            # rewrite the table in the doc

@@ -4,7 +4,7 @@
 # Three lanes:
 #  1. the whole suite on this CPU's own int8 kernels;
 #  2. the device side: a fresh Python 3.10 venv (.venv-device; JetPack 6's Python) with only the
-#     core install (no torch, no onnx-ir) runs tests/test_device_side.py on artifacts lane 1's
+#     core install (no torch, no onnx-ir) runs tests/test_backends/test_device_side.py on artifacts lane 1's
 #     venv builds (tests/device_fixtures.py): inspect, profile, compare, finishing a deferred
 #     TensorRT build;
 #  3. the whole suite again under ONEDNN_MAX_CPU_ISA=AVX2, which makes OpenVINO run its pre-VNNI
@@ -64,7 +64,7 @@ if [ $# -eq 0 ]; then
     trap 'rm -rf "$fixtures"' EXIT
     $PY tests/device_fixtures.py "$fixtures" >/dev/null
     REXDEPLOY_DEVICE_SIDE=1 REXDEPLOY_DEVICE_FIXTURES="$fixtures" \
-        .venv-device/bin/python -m pytest -q -p no:cacheprovider tests/test_device_side.py \
+        .venv-device/bin/python -m pytest -q -p no:cacheprovider tests/test_backends/test_device_side.py \
         || status=1
 else
     echo "[test] lane 2 (device side) runs without arguments only"

@@ -15,7 +15,7 @@ from backends.base import BuildOptions, RunOptions
 from rexdeploy.evaluate.fidelity import sqnr_db
 from rexdeploy.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QDQ_COMPUTE = ("conv1", "dwconv", "conv2", "fc")  # the ONNX nodes that must run int8
 
 

@@ -14,7 +14,7 @@ import rexdeploy
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.openvino
 
 L, VOCAB = 16, 100

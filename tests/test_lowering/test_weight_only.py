@@ -19,7 +19,7 @@ from calib_free.plan import QuantPlan
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INPUT = ["x:1x8x128"]
 
 

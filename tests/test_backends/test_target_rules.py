@@ -12,7 +12,7 @@ import backends
 from backends.base import TargetRules
 from rexdeploy.errors import UserError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 # "reference" stays a name: it is the oracle every artifact can be run on (--backend
 # reference), a role rather than a deployment target with rules
 NAME_TEST = re.compile(r"""(target|name)\s*[!=]=\s*["'](trt|openvino)["']""")

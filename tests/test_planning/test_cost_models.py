@@ -247,7 +247,7 @@ def test_the_fitting_tool_writes_what_build_reads(tmp_path):
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(
-        "cost_model_tool", os.path.join(here, "..", "tools", "bench", "cost_model.py"))
+        "cost_model_tool", os.path.join(here, "..", "..", "tools", "bench", "cost_model.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     path = str(tmp_path / "fitted.json")

@@ -8,7 +8,7 @@ are explained one by one in docs/tensorrt.md; a change on either side fails this
 from __future__ import annotations
 
 import dataclasses
-import logging
+import importlib.util
 
 import onnx_ir as ir
 import pytest
@@ -17,10 +17,13 @@ from rexdeploy.lower import lower
 from rexdeploy.passes.center_activations import CenterActivationsPass
 from backends.trt_rules import check_trt_rules
 from test_lower import CNN_INPUT, export, make_plan, random_inputs
+import peers
 from tiny_models import tiny_cnn
 
-quantization = pytest.importorskip("modelopt.onnx.quantization",
-                                   reason="nvidia-modelopt (core, --no-deps) is not installed")
+# never imported here: importing ModelOpt's ONNX quantization patches ONNX Runtime's quantizer
+# classes for the whole process (the peer benchmark's quantize_static then fails)
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("modelopt") is None,
+                                reason="nvidia-modelopt (core, --no-deps) is not installed")
 
 
 def placement(model: ir.Model) -> set[tuple[str, str, int, str]]:
@@ -54,12 +57,11 @@ def test_placement_matches_modelopt_except_the_documented_differences(tmp_path):
     centring = CenterActivationsPass(plan)  # as a trt build does: no Q/DQ moves
     centring(ours)
     assert centring.stats["centred"] >= 3
-    src, dst = str(tmp_path / "float.onnx"), str(tmp_path / "modelopt.onnx")
+    src = str(tmp_path / "float.onnx")
     ir.save(model, src)
-    logging.getLogger("modelopt").setLevel(logging.WARNING)
-    quantization.quantize(src, quantize_mode="int8", calibration_method="max", output_path=dst,
-                          calibration_eps=["cpu"], high_precision_dtype="fp32")
-    theirs = ir.load(dst)
+    # in a child process, as the peer benchmark runs it: ModelOpt patches ONNX Runtime's
+    # quantizer classes in the process that runs it, and later quantize_static calls then fail
+    theirs = ir.load(peers.modelopt_quantize(src, str(tmp_path), None, method="max"))
     a, b = placement(ours), placement(theirs)
     convs = {n.name for n in model.graph if n.op_type == "Conv"}
     assert {(op, n, i, k) for op, n, i, k in a & b if op == "Conv"} == \

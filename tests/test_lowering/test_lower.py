@@ -27,7 +27,7 @@ from rexdeploy.lower import lower, summarize
 from rexdeploy.passes.qdq_nodes import branches, const_array, dq_zero_point_is_zero, layer_of
 from tiny_models import tiny_cnn, tiny_mlp
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden")
 CNN_INPUT, MLP_INPUT = (1, 3, 32, 32), (1, 8, 32)
 
 

@@ -15,7 +15,7 @@ from rexdeploy.errors import UserError
 from tiny_models import tiny_cnn, tiny_mlp
 
 pytestmark = pytest.mark.openvino
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

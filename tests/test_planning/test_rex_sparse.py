@@ -22,7 +22,7 @@ from rexdeploy.lower import lower, summarize
 from test_lower import (check_golden, cnn, cnn_inputs, make_plan, mlp,  # noqa: F401
                         mlp_inputs, run_ort, sqnr_db)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EFFNET = os.path.join(ROOT, ".cache", "models", "efficientnet_lite0.pt")
 
 

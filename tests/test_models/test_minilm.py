@@ -13,7 +13,7 @@ import pytest
 import rexdeploy
 from rexdeploy.config import BuildConfig, QuantConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, ".cache", "models", "minilm.pt")
 TOKENS = os.path.join(ROOT, ".cache", "fortunes", "tokens.npz")
 INPUTS = ["input_ids:1x128:int64", "attention_mask:1x128:int64"]

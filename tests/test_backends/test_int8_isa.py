@@ -16,7 +16,7 @@ import pytest
 
 from backends import cpu_isa
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = cpu_isa.cpu_flags()
 HAS_AVX2 = cpu_isa.supported("avx2", FLAGS)
 VNNI = next((isa for isa in ("avx512_core_vnni", "avx2_vnni") if cpu_isa.supported(isa, FLAGS)),

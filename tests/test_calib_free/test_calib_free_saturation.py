@@ -1,7 +1,7 @@
 """calib_free.saturation: pair-limited int8 codes (what a pre-VNNI int8 kernel computes exactly).
 
 The math alone, on random weights; that OpenVINO's kernels pair the way the module assumes is
-proved on the runtime in tests/test_int8_isa.py."""
+proved on the runtime in tests/test_backends/test_int8_isa.py."""
 
 import math
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench"
+BENCH = Path(__file__).resolve().parent.parent.parent / "tools" / "bench"
 
 import graph_bops  # noqa: E402
 import pareto  # noqa: E402

@@ -19,7 +19,7 @@ import sys
 import pytest
 
 DEVICE_SIDE = os.environ.get("REXDEPLOY_DEVICE_SIDE") == "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.openvino
 
 

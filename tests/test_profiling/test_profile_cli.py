@@ -16,7 +16,7 @@ from rexdeploy.profiling.schema import load_profile
 from tiny_models import tiny_cnn
 
 pytestmark = pytest.mark.openvino
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--duration", "0.1", "--rounds", "1", "--warmup", "10"]
 
 

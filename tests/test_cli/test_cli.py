@@ -8,7 +8,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "openvino", "onnxruntime", "onnx", "onnx_ir", "tensorrt", "numpy")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(*args, **kw):

@@ -22,7 +22,7 @@ from backends.tensorrt import (Profile, TrtBuildSpec, build_spec, layers_from_in
 from rexdeploy.errors import UserError
 from tiny_models import tiny_cnn, tiny_mlp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # trtexec flags, from TensorRT's sampleOptions.cpp @ 10.x / 11.1 (docs/backends.md). Every flag
 # rexdeploy writes must be in the set of its version.
