@@ -87,10 +87,10 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     import_heavy()
     with ArtifactWriter(output, force=force) as writer:
         stages = run_pipeline(model, config, writer, log, backend, preprocess, isa)
-        manifest = build_manifest(stages["config"], stages, preprocess)
-        strict(config, stages["report"].get("device_check") or {})
+        manifest = build_manifest(stages, preprocess)
+        strict(config, stages.report.get("device_check") or {})
         artifact = writer.commit(manifest)
-    summary = stages["report"]["summary"]
+    summary = stages.report["summary"]
     if artifact.manifest.get("engine") == "deferred":
         log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
                  f"{summary['skipped_layers']} kept float; [yellow]deferred: TensorRT is not "
@@ -100,7 +100,7 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
         log.info(f"[bold]{artifact.path}[/]: {summary['quantized_layers']} layers quantized, "
                  f"{summary['skipped_layers']} kept float, runtime int8 coverage "
                  f"{summary['int8_coverage']:.0%}")
-    say(stages["report"].get("device_check"), log)
+    say(stages.report.get("device_check"), log)
     return artifact
 
 

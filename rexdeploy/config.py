@@ -21,6 +21,9 @@ CENTERINGS = ("auto", "all", "pointwise", "off")
 OPERATORS = ("uniform", "power")
 REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/planning/refine_sequential.py)
 RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
+# what a build records when the user's --calib data gave the ranges: never a --ranges choice,
+# but a valid value of a resolved config (the manifest's config validates as it was built)
+CALIB_RANGES = "calib"
 GRANULARITIES = ("channel", "tensor", "block")
 PARTITIONS = ("balanced", "contiguous", "bops")
 SPARSE_FORMS = ("auto", "dense", "compact", "gather")
@@ -213,7 +216,11 @@ class QuantConfig:
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise UserError(f"--smooth-alpha {self.smooth_alpha}: must be in [0, 1]",
                             "drop it for the default 0.7")
-        if self.ranges not in RANGE_SOURCES:
+        if self.ranges == CALIB_RANGES:
+            if not self.calib or self.calib.startswith("synthetic"):
+                raise UserError(f"ranges {CALIB_RANGES!r} come from --calib DATA (your samples): "
+                                "give the data, or a --ranges source")
+        elif self.ranges not in RANGE_SOURCES:
             raise UserError(f"--ranges {self.ranges}: use one of {', '.join(RANGE_SOURCES)}")
         if not 0.5 <= self.range_sigma <= 20:
             raise UserError(f"--range-sigma {self.range_sigma}: expected 0.5..20",

@@ -1,13 +1,13 @@
 """The build pipeline behind rexdeploy.build: load -> export (float ONNX, BN kept) -> statistics
 -> fold BN -> analyze -> quantize (rexdeploy.planning.stage) -> lower (Q/DQ ONNX) -> compile
-(backend)
--> device check -> report and manifest, each stage timed and logged (docs/design.md)."""
+(backend) -> device check -> report and manifest, each stage timed and logged (docs/design.md).
+What the stages hand to the manifest and the summary is one frozen BuildStages."""
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from rexdeploy import __version__
 from rexdeploy.artifact import ArtifactWriter
@@ -16,7 +16,26 @@ from rexdeploy.evaluate.device_check import overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
-                                range_statistics)
+                                      range_statistics)
+
+
+@dataclass(frozen=True)
+class BuildStages:
+    """What a build's stages produced, for the manifest and the summary: the loaded model, the
+    input specs and resolved config it was built with, the plan, the backend's result, the
+    report, the graph's output names, the seconds (wall and CPU) per stage, and for an
+    ensemble how its members combine."""
+
+    loaded: object                  # rexdeploy.frontend.LoadedModel
+    specs: tuple
+    config: BuildConfig
+    plan: object                    # calib_free.plan.QuantPlan
+    result: object                  # backends.base.BuildResult
+    report: dict
+    outputs: tuple[str, ...]
+    seconds: dict = field(default_factory=dict)
+    cpu_seconds: dict = field(default_factory=dict)
+    ensemble: dict | None = None
 
 
 def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: list[dict],
@@ -71,7 +90,7 @@ def _available_memory() -> int | None:
 
 
 def run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
-                 backend, preprocess: str | None, isa) -> dict:
+                 backend, preprocess: str | None, isa) -> BuildStages:
     """Every stage of a build into `writer`; returns what the manifest and the summary need."""
     loaded, float_model, specs, config, stats = _front(model, config, writer, log, preprocess)
     layers, skipped, equalized = _analyze(float_model, stats, config, writer, log)
@@ -155,7 +174,7 @@ def _plan(float_model, layers, skipped, stats: dict, config: BuildConfig, loaded
 
 
 def _compile(float_model, plan, layers, notes: list[str], config: BuildConfig,
-             writer: ArtifactWriter, log: StageLog, backend, loaded, specs, isa) -> dict:
+             writer: ArtifactWriter, log: StageLog, backend, loaded, specs, isa) -> BuildStages:
     """lower (model.onnx) -> compile (or defer) -> report with the device check."""
     import onnx_ir as ir
 
@@ -196,9 +215,9 @@ def _compile(float_model, plan, layers, notes: list[str], config: BuildConfig,
         config, isa, writer, [{"files": files, "weight": 1.0}], float_model, loaded, log,
         result))
     writer.write_json("report.json", report, "report")
-    return {"loaded": loaded, "specs": specs, "plan": plan, "result": result, "report": report,
-            "outputs": [o.name for o in qdq.graph.outputs], "config": config,
-            "seconds": log.seconds, "cpu_seconds": log.cpu_seconds}
+    return BuildStages(loaded, specs, config, plan, result, report,
+                       tuple(o.name for o in qdq.graph.outputs), dict(log.seconds),
+                       dict(log.cpu_seconds))
 
 
 def _dims_note(config: BuildConfig, log: StageLog) -> None:
@@ -338,7 +357,8 @@ def runtime_options(config: BuildConfig) -> tuple[tuple[str, str], ...]:
 
 
 def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildConfig,
-                    writer: ArtifactWriter, log: StageLog, backend, loaded, specs, isa) -> dict:
+                    writer: ArtifactWriter, log: StageLog, backend, loaded, specs,
+                    isa) -> BuildStages:
     """Lower and compile the base and each member as a complete model under members/<name>/;
     the manifest's `ensemble` entry holds the files and the combine weights."""
     import onnx_ir as ir
@@ -392,11 +412,11 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
         config, isa, writer, [{"files": e["files"], "weight": e["weight"]} for e in entries],
         float_model, loaded, log, results[0]))
     writer.write_json("report.json", report, "report")
-    return {"loaded": loaded, "specs": specs, "plan": plan, "result": merged, "report": report,
-            "outputs": [o.name for o in float_model.graph.outputs],
-            "config": replace(config, inputs=specs), "seconds": log.seconds,
-            "ensemble": {"rule": "output = sum over members of weight * member output",
-                         "partition": config.quant.ensemble_partition, "members": entries}}
+    return BuildStages(loaded, specs, replace(config, inputs=specs), plan, merged, report,
+                       tuple(o.name for o in float_model.graph.outputs), dict(log.seconds),
+                       dict(log.cpu_seconds),  # an ensemble's CPU times too (they were lost)
+                       {"rule": "output = sum over members of weight * member output",
+                        "partition": config.quant.ensemble_partition, "members": entries})
 
 
 def sparse_form(config: BuildConfig) -> str:
@@ -449,9 +469,8 @@ def _pixel_input(config: BuildConfig, preprocess: str | None, log: StageLog) -> 
     return replace(config, quant=q)
 
 
-def build_manifest(config: BuildConfig, stages: dict, preprocess: str | None) -> dict:
-    loaded = stages["loaded"]
-    result = stages["result"]
+def build_manifest(stages: BuildStages, preprocess: str | None) -> dict:
+    loaded, result, config = stages.loaded, stages.result, stages.config
     return {
         "rexdeploy_version": __version__,
         "target": config.target,
@@ -459,17 +478,17 @@ def build_manifest(config: BuildConfig, stages: dict, preprocess: str | None) ->
         "config": config.to_dict(),
         "source": {"path": os.path.abspath(loaded.path) if os.path.exists(str(loaded.path))
                    else loaded.path, "kind": loaded.kind, "sha256": loaded.sha256},
-        "inputs": [s.to_dict() for s in stages["specs"]],
-        "outputs": stages["outputs"],
+        "inputs": [s.to_dict() for s in stages.specs],
+        "outputs": list(stages.outputs),
         "preprocess": preprocess,
         "members": [],
-        "ensemble": stages.get("ensemble"),
+        "ensemble": stages.ensemble,
         "versions": _versions(),
         "backend": result.info,
         "engine": result.info.get("engine"),  # trt: "built" or "deferred"
-        "summary": stages["report"]["summary"],
-        "stage_seconds": dict(stages["seconds"]),  # here, not in a hashed file: reproducible
-        "stage_cpu_seconds": dict(stages.get("cpu_seconds", {})),  # process CPU time
+        "summary": stages.report["summary"],
+        "stage_seconds": dict(stages.seconds),  # here, not in a hashed file: reproducible
+        "stage_cpu_seconds": dict(stages.cpu_seconds),  # process CPU time
     }
 
 

@@ -23,7 +23,7 @@ input channels) and adds them into the right channels with ScatterElements(reduc
     x -> Conv(DQ(codes2[kept], s2[kept])) -> y2 [N, k, H, W] --+
     y1 -------------------------------------------------------ScatterElements(axis=1, add)-> y
 
-Which form is faster depends on the runtime (tools/bench/sparse_orders.py measures it); a
+Which form is faster depends on the runtime (tools/bench/rex_latency.py measures it); a
 grouped, non-depthwise Conv always takes the dense form.
 
 A lookup-table order (PowerQuant: `WeightOrder.table`) has no integer kernel anywhere, and

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.config import CALIB_RANGES, BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 
@@ -57,8 +57,8 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     q = config.quant
     calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
     if calib is not None and calib.user:
-        q = replace(q, ranges="calib")  # ranges observed on the user's data
-    if q.smooth == "auto" and q.ranges != "calib" and \
+        q = replace(q, ranges=CALIB_RANGES)  # ranges observed on the user's data
+    if q.smooth == "auto" and q.ranges != CALIB_RANGES and \
             any(s.dtype.startswith("float") and len(s.shape) >= 4 for s in config.inputs):
         # Migration follows the per-channel maxima it observes on the synthetic inputs: random
         # token sentences show a token model's channel pattern, Gaussian images do not show an

@@ -299,3 +299,16 @@ def test_a_refinement_that_loses_end_to_end_falls_back_to_round_to_nearest(tmp_p
     with open(plain.file("onnx"), "rb") as a, open(art.file("onnx"), "rb") as b:
         assert a.read() == b.read()  # the round-to-nearest model, unchanged
     assert any("keeps round-to-nearest" in n for n in art.report()["notes"])
+
+
+def test_calib_ranges_are_a_valid_resolved_value_only_with_user_data(tmp_path):
+    """A build whose ranges came from the user's --calib data records ranges "calib"; that
+    resolved config validates, and without user data the value is refused, never a silent
+    fallback."""
+    from rexdeploy.config import CALIB_RANGES, QuantConfig
+    from rexdeploy.errors import UserError
+
+    QuantConfig(ranges=CALIB_RANGES, calib=str(tmp_path)).validate()
+    for calib in (None, "synthetic:8"):
+        with pytest.raises(UserError, match="come from --calib DATA"):
+            QuantConfig(ranges=CALIB_RANGES, calib=calib).validate()

@@ -354,6 +354,9 @@ def test_ensemble_artifact_compares_and_profiles(cnn_file, tmp_path):
     ens = _build(cnn_file, tmp_path, weights="int4", ensemble=2)
     report = ens.report()
     assert [e["name"] for e in report["ensemble"]] == ["base", "member1", "member2"]
+    # an ensemble's manifest keeps each stage's CPU time too (it recorded none before)
+    assert ens.manifest["stage_cpu_seconds"].keys() == ens.manifest["stage_seconds"].keys()
+    assert ens.manifest["stage_cpu_seconds"]["compile"] > 0
     for e in report["ensemble"]:
         assert e["runtime_int8_layers"] >= 0.8 * e["runtime_compute_layers"]
     sq = {name: rexdeploy.compare(a.path, synthetic=6, quiet=True)["sqnr_db"]
