@@ -26,8 +26,8 @@ STATE_BOUND = 1.0
 # ONNX LSTM gate blocks (i, o, f, c): OpenVINO's CPU plugin (2025/2026 releases) hands oneDNN
 # the weight scales in its own gate order (f, i, c, o) while oneDNN reads them as (i, f, c, o),
 # so gates i and f swap scales. A bit-exact numpy emulation of the kernel matches OpenVINO only
-# with that swap (tests/test_planning/test_recurrent.py). Giving the i and f rows of each hidden unit one
-# scale makes the swap harmless.
+# with that swap (tests/test_planning/test_recurrent.py). Giving the i and f rows of each hidden
+# unit one scale makes the swap harmless.
 LSTM_SWAPPED_GATES = (0, 2)
 
 

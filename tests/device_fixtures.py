@@ -1,6 +1,6 @@
-"""Artifacts for the device-side tests (tests/test_backends/test_device_side.py), built where the build extra
-is installed: an OpenVINO build and a deferred TensorRT build of a small CNN, and a folder of
-images, all under one directory.
+"""Artifacts for the device-side tests (tests/test_backends/test_device_side.py), built where the
+build extra is installed: an OpenVINO build and a deferred TensorRT build of a small CNN, and a
+folder of images, all under one directory.
 
     .venv/bin/python tests/device_fixtures.py DIR     # what tools/test.sh does before the
                                                       # device-side lane (Python 3.10, no torch)

@@ -25,7 +25,7 @@ def broken():
     raise RuntimeError("cannot build the model today")
 
 
-# -- models for the bad-input matrix (tests/test_cli/test_bad_inputs.py) ---------------------------------
+# -- models for the bad-input matrix (tests/test_cli/test_bad_inputs.py) ---------------------------
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 

@@ -32,7 +32,8 @@ def mlp():
 def pair_limited(plan, model: ir.Model):
     """`plan` with every int8 weight order's codes kept within the pair limit where this run's
     int8 kernels saturate (a pre-VNNI ISA: calib_free.saturation), unchanged elsewhere: these
-    tests check the lowering against ONNX Runtime, not the saturation (tests/test_backends/test_int8_isa.py)."""
+    tests check the lowering against ONNX Runtime, not the saturation
+    (tests/test_backends/test_int8_isa.py)."""
     from dataclasses import replace
 
     import torch

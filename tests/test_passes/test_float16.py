@@ -147,7 +147,8 @@ def cnn_builds(cnn_file, tmp_path_factory):
     arts = {}
     for precision in ("auto", "fp32"):
         # centring off: this compares the float16 pass alone (with centring, the f16 graph
-        # meets f16's own floor near 40 dB on this model: tests/test_passes/test_center_activations.py)
+        # meets f16's own floor near 40 dB on this model:
+        # tests/test_passes/test_center_activations.py)
         config = rexdeploy.BuildConfig(target="trt", float_precision=precision,
                                        centering="off")
         arts[precision] = rexdeploy.build(cnn_file, ["input:1x3x32x32"], output=str(
