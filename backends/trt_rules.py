@@ -173,10 +173,9 @@ class _Graph:
                 self.constants[raw.output[0]] = numpy_helper.to_array(tensor)
                 self.dtypes[raw.output[0]] = tensor.data_type
                 self.ranks[raw.output[0]] = len(tensor.dims)
-        for raw in proto.node:  # a QuantizeLinear makes its zero point's type (uint8 without)
-            if raw.op_type == "QuantizeLinear" and raw.output[0] not in self.dtypes:
-                zp = raw.input[2] if len(raw.input) > 2 and raw.input[2] else None
-                self.dtypes[raw.output[0]] = self.dtypes.get(zp, 2) if zp else 2
+            if raw.op_type == "QuantizeLinear":  # makes its zero point's type (uint8 without)
+                zp = raw.input[2] if len(raw.input) > 2 else None
+                self.dtypes.setdefault(raw.output[0], self.dtypes.get(zp, 2))
 
     def value(self, name: str) -> _Value:
         if name not in self.values:

@@ -98,6 +98,12 @@ class ActivationPlan:
     def qmax(self) -> int:
         return 2 ** (self.bits - (1 if self.signed else 0)) - 1
 
+    @property
+    def qdq_scale(self) -> np.ndarray:
+        """The scale the Q/DQ pair uses: [C] per channel (axis 1), or a scalar (its dtype as
+        stored: the caller casts to the graph's float type)."""
+        return np.asarray(self.scale if self.channel_scale is None else self.channel_scale)
+
 
 @dataclass(frozen=True, eq=False)
 class RecurrentPlan:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calib_free.metrics import power_db
 from rexdeploy.errors import UserError
 
 METRICS = ("sqnr_db", "cosine_mean", "cosine_min", "top1_agreement", "top1_agreement_ci",
@@ -29,8 +30,6 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
     inf when equal; -inf when the reference is all zeros and the test is not.
     """
-    from calib_free.metrics import power_db
-
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
     return power_db(np.sum(ref ** 2), np.sum((test - ref) ** 2))
 

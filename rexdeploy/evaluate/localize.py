@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calib_free.metrics import power_db
 from rexdeploy.errors import UserError
 from rexdeploy.evaluate.fidelity import _fmt
 
@@ -61,8 +62,6 @@ class _Pooled:
         self.cosines.append(float(cosine(r.reshape(1, -1), t.reshape(1, -1))[0]))
 
     def sqnr_db(self) -> float | None:
-        from calib_free.metrics import power_db
-
         return power_db(self.signal, self.noise) if self.cosines else None
 
     def cosine_mean(self) -> float | None:

@@ -160,14 +160,12 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
                 names: UniqueNames) -> ir.Value:
     """Q/DQ nodes right after `value`'s producer; returns the DQ output."""
     dtype = value.dtype if value.dtype in FLOAT_DTYPES else ir.DataType.FLOAT
-    per_channel = act.channel_scale is not None
+    qdq_scale = act.qdq_scale
     scale = add_initializer(graph, names, f"{value.name}/scale",
-                            np.asarray(act.channel_scale if per_channel else act.scale,
-                                       numpy_dtype(dtype)))
+                            qdq_scale.astype(numpy_dtype(dtype)))
     zero = add_initializer(graph, names, f"{value.name}/zero_point",
-                           np.zeros(np.shape(act.channel_scale) if per_channel else (),
-                                    np.int8 if act.signed else np.uint8))
-    axis = 1 if per_channel else None
+                           np.zeros(qdq_scale.shape, np.int8 if act.signed else np.uint8))
+    axis = 1 if qdq_scale.ndim else None
     head = []
     source = value
     if act.smooth is not None:

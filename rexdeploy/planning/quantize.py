@@ -542,11 +542,8 @@ def channel_scales(act: ActivationPlan, channels: int, s: TensorStats | None,
         return act
     if act.range < CHANNEL_SPREAD * float(np.median(bounds)):
         return act  # channels alike: little to gain, a channel's clipping to lose
-    from calib_free.ranges import scale_from_clip
-
     bounds = np.clip(bounds * CHANNEL_MARGIN, act.range * CHANNEL_FLOOR, act.range)
-    scales = np.array([scale_from_clip(float(b), act.bits, act.signed) for b in bounds],
-                      np.float32)
+    scales = (bounds / act.qmax).astype(np.float32)  # calib_free.ranges.scale_from_clip
     return replace(act, channel_scale=scales, scale=float(scales.max()))
 
 

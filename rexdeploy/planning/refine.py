@@ -398,8 +398,7 @@ def _fake_quant(x, act):
     lo = -(act.qmax + 1) if act.signed else 0  # ONNX int8 saturates at -128
     scale = act.scale
     if act.channel_scale is not None:  # per channel, axis 1
-        scale = torch.from_numpy(np.asarray(act.channel_scale, np.float32)).to(x.dtype)
-        scale = scale.reshape([1, -1] + [1] * (x.ndim - 2))
+        scale = torch.from_numpy(act.qdq_scale).to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
     return torch.clamp(torch.round(x / scale), lo, act.qmax) * scale
 
 

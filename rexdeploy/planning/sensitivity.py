@@ -184,8 +184,7 @@ def _activation_switches(proto, draft) -> dict[str, str]:
             continue  # a residual skip input: no planned layer reads it
         p = f"_sens{i}_"
         zp_dtype = np.int8 if act.signed else np.uint8
-        scale = np.asarray(act.scale if act.channel_scale is None else act.channel_scale,
-                           np.float32)
+        scale = act.qdq_scale.astype(np.float32)
         axis = {} if act.channel_scale is None else {"axis": 1}
         proto.graph.initializer.extend([
             numpy_helper.from_array(scale, p + "scale"),

@@ -503,10 +503,9 @@ def test_depthwise_inputs_get_a_scale_per_channel_and_run_int8(tmp_path, target)
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    quantized = {q.output[0] for q in model.graph.node if q.op_type == "QuantizeLinear"}
     per_axis = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
-                and any(a.name == "axis" for a in n.attribute)
-                and n.input[0] in {q.output[0] for q in model.graph.node
-                                   if q.op_type == "QuantizeLinear"}]
+                and any(a.name == "axis" for a in n.attribute) and n.input[0] in quantized]
     assert len(per_axis) == 1
     readers = consumers[per_axis[0].output[0]]
     assert [r.op_type for r in readers] == ["Conv"]
