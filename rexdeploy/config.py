@@ -9,66 +9,110 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from rexdeploy.errors import UserError
 from rexdeploy.inputspec import InputSpec
 
 CONFIG_VERSION = 1
+# Every choice a field takes is its Literal type; the tuples the CLI offers are read from them
+# (typing.get_args), and validate() checks every Literal-typed field the same way (check_choices).
+Weights = Literal["int8", "int6", "int5", "int4", "int3", "int2"]
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
-ACTIVATIONS = ("int8", "none", "fp16")
-FLOAT_PRECISIONS = ("auto", "fp16", "fp32")
-CENTERINGS = ("auto", "all", "pointwise", "off")
-OPERATORS = ("uniform", "power")
-REFINE_INPUTS = ("quantized", "float")  # --refine-inputs (rexdeploy/planning/refine_sequential.py)
-RANGE_SOURCES = ("auto", "stats", "synthetic", "zeroq")
+Activations = Literal["int8", "none", "fp16"]
+FloatPrecision = Literal["auto", "fp16", "fp32"]
+Centering = Literal["auto", "all", "pointwise", "off"]
+Operator = Literal["uniform", "power"]
+RefineInputs = Literal["quantized", "float"]  # rexdeploy/planning/refine_sequential.py
+RangeSource = Literal["auto", "stats", "synthetic", "zeroq"]  # --ranges
 # what a build records when the user's --calib data gave the ranges: never a --ranges choice,
 # but a valid value of a resolved config (the manifest's config validates as it was built)
 CALIB_RANGES = "calib"
-GRANULARITIES = ("channel", "tensor", "block")
-PARTITIONS = ("balanced", "contiguous", "bops")
-SPARSE_FORMS = ("auto", "dense", "compact", "gather")
-BUDGET_COST_CHOICES = ("auto", "bops", "time")  # --budget-cost (or a FILE.json)
+Ranges = Literal[RangeSource, "calib"]
+Granularity = Literal["channel", "tensor", "block"]
+Partition = Literal["balanced", "contiguous", "bops"]
+SparseForm = Literal["auto", "dense", "compact", "gather"]
+BudgetCostChoice = Literal["auto", "bops", "time"]  # --budget-cost (or a FILE.json)
+SmoothMode = Literal["auto", "all", "off"]
+Rounding = Literal["auto", "nearest", "dc"]
+MixedMode = Literal["off", "weights", "activations", "all"]
+SensitivityMode = Literal["auto", "on", "off"]
+Refine = Literal["none", "flexround", "erq"]
+OverflowFix = Literal["auto", "on", "off"]
+ActivationScales = Literal["auto", "depthwise", "tensor"]
+Equalize = Literal["auto", "off"]
+Recurrent = Literal["float", "int8"]
+
+ACTIVATIONS = get_args(Activations)
+FLOAT_PRECISIONS = get_args(FloatPrecision)
+CENTERINGS = get_args(Centering)
+OPERATORS = get_args(Operator)
+REFINE_INPUTS = get_args(RefineInputs)
+RANGE_SOURCES = get_args(RangeSource)
+GRANULARITIES = get_args(Granularity)
+PARTITIONS = get_args(Partition)
+SPARSE_FORMS = get_args(SparseForm)
+BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
 # names (cost_models.py)
-SMOOTH_MODES = ("auto", "all", "off")
-ROUNDINGS = ("auto", "nearest", "dc")
+SMOOTH_MODES = get_args(SmoothMode)
+ROUNDINGS = get_args(Rounding)
 MAX_ENSEMBLE = 8
-MIXED_MODES = ("off", "weights", "activations", "all")
-SENSITIVITY_MODES = ("auto", "on", "off")
-REFINES = ("none", "flexround", "erq")
-OVERFLOW_FIXES = ("auto", "on", "off")
-ACTIVATION_SCALES = ("auto", "depthwise", "tensor")
+MIXED_MODES = get_args(MixedMode)
+SENSITIVITY_MODES = get_args(SensitivityMode)
+REFINES = get_args(Refine)
+OVERFLOW_FIXES = get_args(OverflowFix)
+ACTIVATION_SCALES = get_args(ActivationScales)
+EQUALIZE_MODES = get_args(Equalize)
+RECURRENT_MODES = get_args(Recurrent)
+# a hint beside the "use one of" error, where the choices alone do not say enough
+_CHOICE_HINTS = {"refine_inputs": "quantized (default): each layer on the inputs the quantized "
+                                  "model gives it; float: on the float model's inputs"}
+
+
+def check_choices(config) -> None:
+    """Every Literal-typed field of the dataclass `config` holds one of its choices; else one
+    UserError naming the flag (--field-name) and the choices."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            flag = f.name if f.name == "granularity" else "--" + f.name.replace("_", "-")
+            offered = [c for c in choices if c != CALIB_RANGES]  # never a --ranges choice
+            raise UserError(f"{flag} {value}: use one of {', '.join(offered)}",
+                            _CHOICE_HINTS.get(f.name))
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """What to quantize and how. Defaults are the data-free W8A8 recipe."""
 
-    weights: str = "int8"
-    activations: str = "int8"
+    weights: Weights = "int8"
+    activations: Activations = "int8"
     orders: int = 1                     # REx expansion order K (1 = plain rounding)
     sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
     budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
     ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
-    ensemble_partition: str = "contiguous"  # how layers are split among the members
+    ensemble_partition: Partition = "contiguous"  # how layers are split among the members
                                         # (measured best: docs/benchmarks.md)
-    sparse_form: str = "auto"           # lowering of sparse orders: auto (the target's), dense,
+    sparse_form: SparseForm = "auto"           # lowering of sparse orders: auto (the target's), dense,
                                         # compact
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
                                         # model where there is one, else bops) | bops | time |
                                         # FILE.json; resolved at build time to a
                                         # rexdeploy.planning.cost_models name or the file's
                                         # absolute path
-    granularity: str = "channel"        # weight scales: per output channel, per tensor, per block
+    granularity: Granularity = "channel"        # weight scales: per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
-    rounding: str = "auto"              # nearest, or dc: each conv kernel keeps its code sum
+    rounding: Rounding = "auto"              # nearest, or dc: each conv kernel keeps its code sum
                                         # (calib_free.quantizer.preserve_sums); auto: dc for
                                         # the uniform operator, nearest for power
-    ranges: str = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
+    ranges: Ranges = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
-    smooth: str = "auto"                # scale migration (calib_free.smooth) on MatMul/Gemm
+    smooth: SmoothMode = "auto"                # scale migration (calib_free.smooth) on MatMul/Gemm
                                         # inputs with synthetic ranges: auto (outlier-heavy
                                         # ones), all, off
     smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
@@ -84,7 +128,7 @@ class QuantConfig:
     input_grid: tuple[tuple[str, float], ...] = ()
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
-    operator: str = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
+    operator: Operator = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
                                         # operator (a lookup table per layer; runs in float)
     dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
                                         # of its dynamic activation quantization (0 = off,
@@ -93,33 +137,33 @@ class QuantConfig:
     # rexdeploy/planning/refine.py): --calib
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
-    refine: str = "none"                # none | flexround | erq
+    refine: Refine = "none"                # none | flexround | erq
     refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
-    refine_inputs: str = "quantized"    # quantized (sequential) | float (refine_sequential.py)
+    refine_inputs: RefineInputs = "quantized"    # quantized (sequential) | float (refine_sequential.py)
     calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
     # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py,
     # calib_free/mixed.py):
     # measure each layer's data-free output sensitivity and let --budget use it (weigh the
     # order allocation; --mixed-precision also buys int8 weights / float activations)
-    sensitivity: str = "auto"           # auto (on with --mixed-precision, and with a --budget
+    sensitivity: SensitivityMode = "auto"           # auto (on with --mixed-precision, and with a --budget
                                         # that buys whole layers) | on | off
-    mixed_precision: str = "off"        # off | weights | activations | all
+    mixed_precision: MixedMode = "off"        # off | weights | activations | all
     # int8 kernels without VNNI add pairs of products in a saturating int16
     # (calib_free.saturation): auto limits weight-code pairs where the target's int8 ISA
     # (BuildConfig.int8_isa) saturates, on / off always / never
-    overflow_fix: str = "auto"
+    overflow_fix: OverflowFix = "auto"
     # cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py):
     # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
     # differ by 1.5x or more; off: never
-    equalize: str = "auto"
+    equalize: Equalize = "auto"
     # one int8 scale per channel on the inputs of depthwise convolutions ("depthwise"), or one
     # per tensor everywhere ("tensor"); auto: depthwise where the target runs it
     # (TargetRules.channel_activations), resolved at build time
-    activation_scales: str = "auto"
+    activation_scales: ActivationScales = "auto"
     # LSTM/GRU layers (rexdeploy/planning/recurrent.py): float keeps them float (listed); int8 runs
     # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
-    recurrent: str = "float"
+    recurrent: Recurrent = "float"
     # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
     # at build time and is replaced by the name (the plan records it); a name builds for
     # another CPU (a cross-build)
@@ -181,47 +225,25 @@ class QuantConfig:
         return max(self.orders, 2) if (self.budget is not None or self.ensemble) else self.orders
 
     def validate(self) -> None:
-        if self.weights not in WEIGHT_BITS:
-            raise UserError(f"--weights {self.weights} is not supported; use one of "
-                            f"{', '.join(WEIGHT_BITS)}")
-        if self.activations not in ACTIVATIONS:
-            raise UserError(f"--activations {self.activations} is not supported; use one of "
-                            f"{', '.join(ACTIVATIONS)}")
+        check_choices(self)
         if not 1 <= self.orders <= 4:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
         self._validate_expansion()
         self._validate_weight_only()
         self._validate_refine()
         self._validate_mixed()
-        if self.granularity not in GRANULARITIES:
-            raise UserError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
         if self.granularity == "block" and not self.block_size:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
-        if self.equalize not in ("auto", "off"):
-            raise UserError(f"--equalize {self.equalize}: use auto or off")
-        if self.recurrent not in ("float", "int8"):
-            raise UserError(f"--recurrent {self.recurrent}: use float or int8")
-        if self.activation_scales not in ACTIVATION_SCALES:
-            raise UserError(f"--activation-scales {self.activation_scales}: use one of "
-                            f"{', '.join(ACTIVATION_SCALES)}")
-        if self.overflow_fix not in OVERFLOW_FIXES:
-            raise UserError(f"--overflow-fix {self.overflow_fix}: use one of "
-                            f"{', '.join(OVERFLOW_FIXES)}")
         from backends.cpu_isa import RESOLVED, check_choice
 
         if self.int8_isa not in RESOLVED:  # a resolved config names what was detected
             check_choice(self.int8_isa)
-        if self.smooth not in SMOOTH_MODES:
-            raise UserError(f"--smooth {self.smooth}: use one of {', '.join(SMOOTH_MODES)}")
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise UserError(f"--smooth-alpha {self.smooth_alpha}: must be in [0, 1]",
                             "drop it for the default 0.7")
-        if self.ranges == CALIB_RANGES:
-            if not self.calib or self.calib.startswith("synthetic"):
-                raise UserError(f"ranges {CALIB_RANGES!r} come from --calib DATA (your samples): "
-                                "give the data, or a --ranges source")
-        elif self.ranges not in RANGE_SOURCES:
-            raise UserError(f"--ranges {self.ranges}: use one of {', '.join(RANGE_SOURCES)}")
+        if self.ranges == CALIB_RANGES and (not self.calib or self.calib.startswith("synthetic")):
+            raise UserError(f"ranges {CALIB_RANGES!r} come from --calib DATA (your samples): "
+                            "give the data, or a --ranges source")
         if not 0.5 <= self.range_sigma <= 20:
             raise UserError(f"--range-sigma {self.range_sigma}: expected 0.5..20",
                             "drop it for the default 4")
@@ -238,8 +260,6 @@ class QuantConfig:
 
     def _validate_weight_only(self) -> None:
         """--operator power and --dynamic-quantization."""
-        if self.operator not in OPERATORS:
-            raise UserError(f"--operator {self.operator}: use one of {', '.join(OPERATORS)}")
         if self.operator == "power" and (self.sparsity is not None or self.budget is not None
                                          or self.ensemble):
             raise UserError("--operator power expands every channel: it cannot be combined "
@@ -253,12 +273,6 @@ class QuantConfig:
                             "(e.g. 32, 64, 128) or 0 to turn it off")
 
     def _validate_refine(self) -> None:
-        if self.refine not in REFINES:
-            raise UserError(f"--refine {self.refine}: use none, flexround or erq")
-        if self.refine_inputs not in REFINE_INPUTS:
-            raise UserError(f"--refine-inputs {self.refine_inputs}: use quantized or float",
-                            "quantized (default): each layer on the inputs the quantized model "
-                            "gives it; float: on the float model's inputs")
         if not 1 <= self.refine_iters <= 100000:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
                             "drop it for the default 100")
@@ -269,11 +283,6 @@ class QuantConfig:
 
     def _validate_mixed(self) -> None:
         """--sensitivity and --mixed-precision."""
-        if self.sensitivity not in SENSITIVITY_MODES:
-            raise UserError(f"--sensitivity {self.sensitivity}: use auto, on or off")
-        if self.mixed_precision not in MIXED_MODES:
-            raise UserError(f"--mixed-precision {self.mixed_precision}: use one of "
-                            f"{', '.join(MIXED_MODES)}")
         mixed = self.mixed_precision != "off"
         if mixed and self.sensitivity == "off":
             raise UserError("--mixed-precision chooses by the measured sensitivity; it cannot "
@@ -334,11 +343,6 @@ class QuantConfig:
                 raise UserError("--smooth all cannot be combined with --ensemble yet (members "
                                 "share order 1; migration is off in ensembles)",
                                 "drop --smooth all")
-            if self.ensemble_partition not in PARTITIONS:
-                raise UserError(f"--ensemble-partition {self.ensemble_partition}: use one of "
-                                f"{', '.join(PARTITIONS)}")
-        if self.rounding not in ROUNDINGS:
-            raise UserError(f"--rounding {self.rounding}: use one of {', '.join(ROUNDINGS)}")
         if self.rounding == "dc" and self.operator != "uniform":
             raise UserError("--rounding dc applies to the uniform quantizer only",
                             "drop --rounding or --operator power")
@@ -348,9 +352,6 @@ class QuantConfig:
         if self.budget_cost != "auto" and self.budget is None:
             raise UserError(f"--budget-cost {self.budget_cost} says what a --budget counts, and "
                             "no --budget was given", "add --budget X, e.g. --budget 1.1")
-        if self.sparse_form not in SPARSE_FORMS:
-            raise UserError(f"--sparse-form {self.sparse_form}: use one of "
-                            f"{', '.join(SPARSE_FORMS)}")
         if (self.sparsity is not None or self.budget is not None) and \
                 self.granularity == "tensor":
             raise UserError("group-sparse orders need per-channel (or per-block) weight scales, "
@@ -374,11 +375,11 @@ class BuildConfig:
     dla_core: int | None = None
     # precision of what is not quantized: "auto" is fp16 for trt (written into the graph, which
     # strongly typed TensorRT follows; ModelOpt's default too), fp32 for the other targets
-    float_precision: str = "auto"
+    float_precision: FloatPrecision = "auto"
     # trt: centre non-negative activations (rexdeploy.passes.center_activations) so signed int8
     # uses all 8 bits: "all" (auto for trt), "pointwise" (no extra node: not before padded
     # Convs), "off"
-    centering: str = "auto"
+    centering: Centering = "auto"
     dim_ranges: tuple[tuple[str, int, int, int], ...] = ()
     require_engine: bool = False
     # after compiling, run the compiled model and the Q/DQ ONNX (ONNX Runtime) on the build's
@@ -398,11 +399,7 @@ class BuildConfig:
                             "drop --opset (21 is the default) or give 21 or newer; older ONNX "
                             "models are upgraded automatically")
         self.quant.validate()
-        if self.float_precision not in FLOAT_PRECISIONS:
-            raise UserError(f"--float-precision {self.float_precision}: use one of "
-                            f"{', '.join(FLOAT_PRECISIONS)}")
-        if self.centering not in CENTERINGS:
-            raise UserError(f"--centering {self.centering}: use one of {', '.join(CENTERINGS)}")
+        check_choices(self)
         import backends
 
         rules = backends.rules(self.target)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from calib_free.quantizer import broadcast_scale, dequantize, qmax, quantize, quantize_weight
-from rexdeploy.cli import _parse_range
+from rexdeploy.cli.common import parse_range
 from rexdeploy.errors import UserError
 from rexdeploy.inputs import Preprocess, parse_preprocess
 from rexdeploy.inputspec import DTYPES, MAX_ELEMENTS, InputSpec, parse_input_spec, \
@@ -95,7 +95,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 @given(st.text(max_size=30))
 def test_input_range_any_text_parses_or_is_a_user_error(text):
     try:
-        name, lo, hi = _parse_range(text)
+        name, lo, hi = parse_range(text)
     except UserError as e:
         assert "--input-range" in e.message and e.hint
         return
@@ -105,7 +105,7 @@ def test_input_range_any_text_parses_or_is_a_user_error(text):
 @FAST
 @given(names, finite, finite)
 def test_input_range_round_trips(name, lo, hi):
-    assert _parse_range(f"{name}:{lo!r},{hi!r}") == (name, lo, hi)
+    assert parse_range(f"{name}:{lo!r},{hi!r}") == (name, lo, hi)
 
 
 @FAST
@@ -113,7 +113,7 @@ def test_input_range_round_trips(name, lo, hi):
 def test_input_range_refuses_non_finite_bounds(name, bad, other):
     for text in (f"{name}:{bad},{other!r}", f"{name}:{other!r},{bad}"):
         with pytest.raises(UserError, match="finite"):
-            _parse_range(text)
+            parse_range(text)
 
 
 # -- --preprocess ------------------------------------------------------------------------------
