@@ -93,3 +93,34 @@ def overflow_cnn(seed: int = 0) -> nn.Module:
     for block in (model[1], model[2]):
         block[0].weight.data.abs_()
     return randomize_bn(model, seed)
+
+
+def bn_stats_cnn(realizable: bool, seed: int = 0) -> nn.Sequential:
+    """Conv-BN-ReLU x2 on [N, 3, 16, 16] with random BN running statistics, for the data-free
+    (BatchNorm-matched) inputs: tests/test_calib_free/test_calib_free_synthetic.py and
+    tests/test_planning/test_refine_build.py.
+
+    realizable: the statistics are those of a random input distribution (per-channel mean and std
+    drawn at random), as a trained network's are. Otherwise they are drawn independently per
+    channel, and 8 channel means after a 3-input conv cannot all be met: the loss has a floor.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU())
+    for bn in (m[1], m[4]):
+        bn.weight.data.uniform_(0.5, 1.5, generator=g)
+        bn.bias.data.normal_(0, 0.5, generator=g)
+        bn.running_mean.normal_(0, 0.5, generator=g)
+        bn.running_var.uniform_(0.3, 2.0, generator=g)
+        bn.momentum = None  # cumulative average when realizable stats are recorded below
+    if realizable:
+        mean = torch.rand(1, 3, 1, 1, generator=g) * 2 - 1
+        std = torch.rand(1, 3, 1, 1, generator=g) * 1.5 + 0.3
+        for bn in (m[1], m[4]):
+            bn.reset_running_stats()
+        m.train()
+        with torch.no_grad():
+            for _ in range(10):
+                m(mean + std * torch.randn(16, 3, 16, 16, generator=g))
+    return m.eval()

@@ -369,11 +369,11 @@ def test_inspect_check_trt_cli(deferred, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "inspect", "--check", "trt",
                          deferred.file("onnx")], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0 and "0 errors" in ok.stdout
-    from test_trt_rules import _conv_graph
+    from trt_rules_helpers import conv_graph
     import onnx
 
     bad = tmp_path / "bad.onnx"
-    onnx.save(_conv_graph(zp=2), str(bad))
+    onnx.save(conv_graph(zp=2), str(bad))
     r = subprocess.run([sys.executable, "-m", "rexdeploy.cli", "inspect", "--check", "trt",
                         str(bad), "--json"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1

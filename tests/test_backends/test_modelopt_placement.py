@@ -16,7 +16,7 @@ import pytest
 from rexdeploy.lower import lower
 from rexdeploy.passes.center_activations import CenterActivationsPass
 from backends.trt_rules import check_trt_rules
-from test_lower import CNN_INPUT, export, make_plan, random_inputs
+from lowering_helpers import CNN_INPUT, export, make_plan, random_inputs
 import peers
 from tiny_models import tiny_cnn
 

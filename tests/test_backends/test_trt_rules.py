@@ -6,53 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from backends.trt_rules import check_trt_rules
-from test_lower import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs)
+from lowering_helpers import CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs
 from tiny_models import tiny_cnn, tiny_mlp
+from trt_rules_helpers import conv_graph, onnx_model, tensor
 from rexdeploy.lower import lower
-
-F = TensorProto.FLOAT
-
-
-def _model(nodes, inits, inputs=(("x", [1, 4, 8, 8]),), opset=21):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, F, s)
-                                           for n, s in inputs],
-                              [helper.make_tensor_value_info("y", F, None)], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 10
-    return m
-
-
-def _t(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
-def _conv_graph(*, zp=0, act_scale=None, w_axis=0, w_scale=None, skip_qdq=True, opset=21,
-                pad=False, extra_nodes=(), weight_dtype=np.int8):
-    """x -> Q/DQ -> Conv(DQ(w)) -> Add(skip = x through its own Q/DQ)."""
-    w = np.ones((4, 4, 1, 1), weight_dtype)
-    inits = [_t("a_s", act_scale if act_scale is not None else np.float32(0.1)),
-             _t("a_z", np.int8(zp)), _t("w", w),
-             _t("w_s", w_scale if w_scale is not None else np.full(4, 0.01, np.float32)),
-             _t("pads", np.zeros(8, np.int64))]
-    nodes = []
-    src = "x"
-    if pad:
-        nodes.append(helper.make_node("Pad", ["x", "pads"], ["xp"], name="pad"))
-        src = "xp"
-    nodes += [
-        helper.make_node("QuantizeLinear", [src, "a_s", "a_z"], ["xq"], name="q"),
-        helper.make_node("DequantizeLinear", ["xq", "a_s", "a_z"], ["xd"], name="dq"),
-        helper.make_node("DequantizeLinear", ["w", "w_s"], ["wd"], name="w_dq", axis=w_axis),
-        helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv"),
-    ]
-    if skip_qdq:
-        nodes.append(helper.make_node("Add", ["c", "xd"], ["y"], name="add"))
-    else:
-        nodes.append(helper.make_node("Add", ["c", "x"], ["y"], name="add"))
-    return _model(nodes + list(extra_nodes), inits, opset=opset)
 
 
 def _rules(model, level="error"):
@@ -62,21 +22,21 @@ def _rules(model, level="error"):
 
 
 def test_clean_graph_passes():
-    check = check_trt_rules(_conv_graph())
+    check = check_trt_rules(conv_graph())
     assert check.ok and check.findings == (), [str(f) for f in check.findings]
 
 
 def test_nonzero_zero_point():
-    assert _rules(_conv_graph(zp=3)) == [("zero-point", "q"), ("zero-point", "dq")]
+    assert _rules(conv_graph(zp=3)) == [("zero-point", "q"), ("zero-point", "dq")]
 
 
 def test_weight_scale_on_the_wrong_axis():
-    m = _conv_graph(w_axis=1)
+    m = conv_graph(w_axis=1)
     assert _rules(m) == [("weight-axis", "w_dq")]
 
 
 def test_per_channel_activation_scale():
-    m = _conv_graph(act_scale=np.full(4, 0.1, np.float32))
+    m = conv_graph(act_scale=np.full(4, 0.1, np.float32))
     # ONNX needs an axis for a 1-D scale: set it so only the TensorRT rule fails
     for n in m.graph.node:
         if n.name in ("q", "dq"):
@@ -86,7 +46,7 @@ def test_per_channel_activation_scale():
 
 
 def test_skip_branch_without_qdq_warns():
-    m = _conv_graph(skip_qdq=False)
+    m = conv_graph(skip_qdq=False)
     assert _rules(m) == []
     assert _rules(m, "warning") == [("residual", "add")]
 
@@ -94,8 +54,9 @@ def test_skip_branch_without_qdq_warns():
 def test_float_skip_of_a_matmul_residual_is_not_flagged():
     """Transformer residual streams: the Add after an int8 MatMul runs in float with its
     LayerNorm on TensorRT (ModelOpt's residual-add rule is convolution-only too)."""
-    inits = [_t("a_s", np.float32(0.1)), _t("a_z", np.int8(0)), _t("w", np.ones((8, 8), np.int8)),
-             _t("w_s", np.full(8, 0.01, np.float32)), _t("b", np.zeros(8, np.float32))]
+    inits = [tensor("a_s", np.float32(0.1)), tensor("a_z", np.int8(0)),
+             tensor("w", np.ones((8, 8), np.int8)), tensor("w_s", np.full(8, 0.01, np.float32)),
+             tensor("b", np.zeros(8, np.float32))]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["xq"], name="q"),
         helper.make_node("DequantizeLinear", ["xq", "a_s", "a_z"], ["xd"], name="dq"),
@@ -104,26 +65,26 @@ def test_float_skip_of_a_matmul_residual_is_not_flagged():
         helper.make_node("Add", ["mm", "b"], ["mb"], name="bias"),
         helper.make_node("Add", ["mb", "x"], ["y"], name="add"),
     ]
-    m = _model(nodes, inits, inputs=(("x", [1, 4, 8]),))
+    m = onnx_model(nodes, inits, inputs=(("x", [1, 4, 8]),))
     assert _rules(m) == [] and _rules(m, "warning") == []
 
 
 def test_opset_too_low():
-    assert ("opset", "model") in _rules(_conv_graph(opset=12))
+    assert ("opset", "model") in _rules(conv_graph(opset=12))
 
 
 def test_qdq_between_pad_and_conv():
-    assert _rules(_conv_graph(pad=True)) == [("pad-qdq", "conv")]
+    assert _rules(conv_graph(pad=True)) == [("pad-qdq", "conv")]
 
 
 def test_rejected_operators():
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dyn"),
              helper.make_node("Identity", ["x"], ["y"], name="id")]
-    assert _rules(_model(nodes, [])) == [("operators", "dyn")]
+    assert _rules(onnx_model(nodes, [])) == [("operators", "dyn")]
 
 
 def test_nonpositive_scale():
-    assert _rules(_conv_graph(w_scale=np.array([0.01, 0, 0.01, 0.01], np.float32))) == [
+    assert _rules(conv_graph(w_scale=np.array([0.01, 0, 0.01, 0.01], np.float32))) == [
         ("scale", "w_dq")]
 
 
@@ -138,8 +99,8 @@ def _int4_graph(shape=(8, 4), block=4, consumer="MatMul"):
     attrs = {"axis": 0, **({"block_size": block} if block else {"axis": 1})}
     nodes = [helper.make_node("DequantizeLinear", ["w", "w_s"], ["wd"], name="w_dq", **attrs),
              helper.make_node(consumer, ["x", "wd"], ["y"], name="mm")]
-    return _model(nodes, [t, _t("w_s", np.full(scale_shape, 0.1, np.float32))],
-                  inputs=(("x", [2, 8]),))
+    return onnx_model(nodes, [t, tensor("w_s", np.full(scale_shape, 0.1, np.float32))],
+                      inputs=(("x", [2, 8]),))
 
 
 def test_int4_blocked_matmul_weight_passes():
@@ -162,16 +123,16 @@ def test_block_quantization_with_int8_codes():
     nodes = [helper.make_node("DequantizeLinear", ["w", "w_s"], ["wd"], name="w_dq", axis=0,
                               block_size=4),
              helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
-    m = _model(nodes, [_t("w", w), _t("w_s", np.full((2, 4), 0.1, np.float32))],
-               inputs=(("x", [2, 8]),))
+    m = onnx_model(nodes, [tensor("w", w), tensor("w_s", np.full((2, 4), 0.1, np.float32))],
+                   inputs=(("x", [2, 8]),))
     assert _rules(m) == [("int4", "w_dq")]
 
 
 def test_weight_only_int8_warns():
     nodes = [helper.make_node("DequantizeLinear", ["w", "w_s"], ["wd"], name="w_dq", axis=1),
              helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
-    m = _model(nodes, [_t("w", np.ones((8, 4), np.int8)), _t("w_s", np.full(4, .1, np.float32))],
-               inputs=(("x", [2, 8]),))
+    m = onnx_model(nodes, [tensor("w", np.ones((8, 4), np.int8)),
+                           tensor("w_s", np.full(4, .1, np.float32))], inputs=(("x", [2, 8]),))
     assert _rules(m) == [] and _rules(m, "warning") == [("weight-only", "mm")]
 
 
@@ -200,5 +161,5 @@ def test_a_broken_lowered_graph_is_caught():
 
 def test_checker_reads_a_file(tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(_conv_graph(zp=1), str(path))
+    onnx.save(conv_graph(zp=1), str(path))
     assert not check_trt_rules(str(path)).ok

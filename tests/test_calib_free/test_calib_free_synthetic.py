@@ -5,37 +5,9 @@ import torch
 from torch import nn
 
 from calib_free.synthetic import bn_matched_inputs, gaussian_inputs, random_tokens
+from tiny_models import bn_stats_cnn
 
 SHAPE = (1, 3, 16, 16)
-
-
-def _tiny_cnn(realizable: bool, seed: int = 0) -> nn.Sequential:
-    """Conv-BN-ReLU x2 with random BN running statistics.
-
-    realizable: the statistics are those of a random input distribution (per-channel mean and std
-    drawn at random), as a trained network's are. Otherwise they are drawn independently per
-    channel, and 8 channel means after a 3-input conv cannot all be met: the loss has a floor.
-    """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                      nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU())
-    for bn in (m[1], m[4]):
-        bn.weight.data.uniform_(0.5, 1.5, generator=g)
-        bn.bias.data.normal_(0, 0.5, generator=g)
-        bn.running_mean.normal_(0, 0.5, generator=g)
-        bn.running_var.uniform_(0.3, 2.0, generator=g)
-        bn.momentum = None  # cumulative average when realizable stats are recorded below
-    if realizable:
-        mean = torch.rand(1, 3, 1, 1, generator=g) * 2 - 1
-        std = torch.rand(1, 3, 1, 1, generator=g) * 1.5 + 0.3
-        for bn in (m[1], m[4]):
-            bn.reset_running_stats()
-        m.train()
-        with torch.no_grad():
-            for _ in range(10):
-                m(mean + std * torch.randn(16, *SHAPE[1:], generator=g))
-    return m.eval()
 
 
 def _stat_distance(model: nn.Sequential, x: torch.Tensor) -> float:
@@ -58,7 +30,7 @@ def _run(model, **kw):
 
 
 def test_zeroq_loss_drops_and_stats_approach_running_stats():
-    model = _tiny_cnn(realizable=True)
+    model = bn_stats_cnn(realizable=True)
     with torch.no_grad():
         before = _stat_distance(model, gaussian_inputs(SHAPE, 8, seed=0))
     x, losses = _run(model)
@@ -70,7 +42,7 @@ def test_zeroq_loss_drops_and_stats_approach_running_stats():
 
 
 def test_zeroq_with_arbitrary_statistics_still_gets_closer():
-    model = _tiny_cnn(realizable=False)
+    model = bn_stats_cnn(realizable=False)
     with torch.no_grad():
         before = _stat_distance(model, gaussian_inputs(SHAPE, 8, seed=0))
     x, losses = _run(model)
@@ -80,14 +52,14 @@ def test_zeroq_with_arbitrary_statistics_still_gets_closer():
 
 
 def test_zeroq_bounded_inputs_stay_in_range():
-    model = _tiny_cnn(realizable=True)
+    model = bn_stats_cnn(realizable=True)
     x, losses = _run(model, bounded=(-1.0, 2.0))
     assert float(x.min()) >= -1.0 and float(x.max()) <= 2.0
     assert losses[-1] < losses[0]
 
 
 def test_zeroq_leaves_the_model_as_it_was_and_is_deterministic():
-    model = _tiny_cnn(realizable=True)
+    model = bn_stats_cnn(realizable=True)
     model.train()
     model[0].weight.requires_grad_(True)
     model[3].weight.requires_grad_(False)
@@ -107,7 +79,7 @@ def test_zeroq_needs_batchnorm():
     with pytest.raises(ValueError, match="BatchNorm"):
         bn_matched_inputs(nn.Sequential(nn.Conv2d(3, 3, 1)), SHAPE, steps=1)
     with pytest.raises(ValueError, match="lo must be below hi"):
-        bn_matched_inputs(_tiny_cnn(True), SHAPE, steps=1, bounded=(1.0, 1.0))
+        bn_matched_inputs(bn_stats_cnn(True), SHAPE, steps=1, bounded=(1.0, 1.0))
 
 
 def test_gaussian_inputs():

@@ -34,9 +34,9 @@ def test_each_output_is_held_to_its_floor():
 
 
 def test_compare_exits_3_below_a_floor_and_0_above(tmp_path):
-    from test_recurrent import ConvLSTM, _build, _onnx
+    from recurrent_helpers import ConvLSTM, build, to_onnx
 
-    art = _build(_onnx(ConvLSTM(), tmp_path / "m.onnx"), tmp_path / "m.openvino")
+    art = build(to_onnx(ConvLSTM(), tmp_path / "m.onnx"), tmp_path / "m.openvino")
     run = CliRunner().invoke
     ok = run(cli, ["compare", art.path, "--synthetic", "2", "--min-sqnr", "20",
                    "--min-cosine", "0.99", "--json", "-q"])

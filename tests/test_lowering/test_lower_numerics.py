@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from calib_free.plan import ActivationPlan, QuantPlan
+from lowering_helpers import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs, run_ort,
+                              sqnr_db)
 from rexdeploy.planning.analyze import find_layers
 from rexdeploy.lower import lower
-from test_lower import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs, run_ort,
-                        sqnr_db)
 from tiny_models import ConvBnRelu, tiny_cnn, tiny_mlp
 
 MODELS = {"cnn": (tiny_cnn, CNN_INPUT), "mlp": (tiny_mlp, MLP_INPUT)}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import onnx_ir as ir
 import pytest
 
+from lowering_helpers import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs, run_ort,
+                              sqnr_db)
 from rexdeploy.lower import lower
-from test_lower import (CNN_INPUT, MLP_INPUT, export, make_plan, random_inputs, run_ort,
-                        sqnr_db)
 from tiny_models import tiny_cnn, tiny_mlp
 
 pytestmark = pytest.mark.openvino

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -16,6 +15,7 @@ import rexdeploy
 from calib_free.plan import QuantPlan
 from calib_free.recurrent import (LSTM_SWAPPED_GATES, STATE_BOUND, dequantize, input_bound,
                                   shared_row_codes, state_clip)
+from recurrent_helpers import ConvLSTM, build, to_onnx
 from rexdeploy.config import BuildConfig, QuantConfig
 
 
@@ -51,51 +51,14 @@ def test_the_input_range_covers_the_hidden_state():
 
 
 # -- builds ----------------------------------------------------------------------------------------
-class ConvLSTM(nn.Module):
-    """A CTC-style recogniser: a 1-D convolution over time, a 2-layer bidirectional LSTM, a
-    classifier per step."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv1d(16, 32, 3, padding=1)
-        self.lstm = nn.LSTM(32, 48, num_layers=2, bidirectional=True, batch_first=True)
-        self.fc = nn.Linear(96, 10)
-
-    def forward(self, x):  # [1, 16, T] -> [1, T, 10]
-        y, _ = self.lstm(torch.relu(self.conv(x)).transpose(1, 2))
-        return self.fc(y)
-
-
-def _onnx(module, path, gru_reset_linear=None) -> str:
-    torch.manual_seed(0)
-    x = torch.randn(1, 16, 40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"])
-    if gru_reset_linear is not None:  # a GRU written as Keras does with reset_after=False
-        model = onnx.load(str(path))
-        for node in model.graph.node:
-            for attr in node.attribute:
-                if node.op_type == "GRU" and attr.name == "linear_before_reset":
-                    attr.i = gru_reset_linear
-        onnx.save(model, str(path))
-    return str(path)
-
-
-def _build(path, out, **quant):
-    return rexdeploy.build(path, ["input:1x16x40"], output=str(out), quiet=True,
-                           config=BuildConfig(quant=QuantConfig(**quant)))
-
-
 @pytest.fixture(scope="module")
 def lstm_onnx(tmp_path_factory):
     torch.manual_seed(0)
-    return _onnx(ConvLSTM(), tmp_path_factory.mktemp("lstm") / "lstm.onnx")
+    return to_onnx(ConvLSTM(), tmp_path_factory.mktemp("lstm") / "lstm.onnx")
 
 
 def test_lstm_stays_float_by_default_and_is_listed(lstm_onnx, tmp_path):
-    art = _build(lstm_onnx, tmp_path / "a.openvino")
+    art = build(lstm_onnx, tmp_path / "a.openvino")
     report, s = art.report(), art.manifest["summary"]
     lstm = [r for r in report["skipped"] if r["op"] == "LSTM"]
     assert len(lstm) == 2 and all("--recurrent int8" in r["reason"] for r in lstm)
@@ -104,7 +67,7 @@ def test_lstm_stays_float_by_default_and_is_listed(lstm_onnx, tmp_path):
 
 
 def test_int8_lstm_runs_int8_and_stays_close_to_float(lstm_onnx, tmp_path):
-    art = _build(lstm_onnx, tmp_path / "b.openvino", recurrent="int8")
+    art = build(lstm_onnx, tmp_path / "b.openvino", recurrent="int8")
     report, s = art.report(), art.manifest["summary"]
     rows = {r["name"]: r for r in report["layers"]}
     lstm = [r for r in rows.values() if r["op"] == "LSTM"]
@@ -159,8 +122,8 @@ def test_int8_lstm_with_unequal_gates_agrees_with_its_reference(tmp_path):
             hidden = weight.shape[0] // 4
             weight[:hidden] *= 6
             weight[hidden:2 * hidden] *= 0.3
-    art = _build(_onnx(module, tmp_path / "gates.onnx"), tmp_path / "g.openvino",
-                 recurrent="int8")
+    art = build(to_onnx(module, tmp_path / "gates.onnx"), tmp_path / "g.openvino",
+                recurrent="int8")
     check = art.report()["device_check"]
     assert min(o["device_vs_reference_db"] for o in check["outputs"].values()) > 30
 
@@ -179,12 +142,12 @@ def test_vanilla_gru_runs_int8_and_a_pytorch_gru_is_listed(tmp_path):
 
     torch.manual_seed(0)
     module = ConvGRU()
-    vanilla = _onnx(module, tmp_path / "gru0.onnx", gru_reset_linear=0)
-    art = _build(vanilla, tmp_path / "v.openvino", recurrent="int8")
+    vanilla = to_onnx(module, tmp_path / "gru0.onnx", gru_reset_linear=0)
+    art = build(vanilla, tmp_path / "v.openvino", recurrent="int8")
     gru = [r for r in art.report()["layers"] if r["op"] == "GRU"]
     assert len(gru) == 1 and gru[0]["runs_int8"]
-    torch_gru = _onnx(module, tmp_path / "gru.onnx")  # linear_before_reset=1: no int8 kernel
-    art = _build(torch_gru, tmp_path / "t.openvino", recurrent="int8")
+    torch_gru = to_onnx(module, tmp_path / "gru.onnx")  # linear_before_reset=1: no int8 kernel
+    art = build(torch_gru, tmp_path / "t.openvino", recurrent="int8")
     skipped = [r for r in art.report()["skipped"] if r["op"] == "GRU"]
     assert len(skipped) == 1 and "linear-before-reset" in skipped[0]["reason"]
 
@@ -199,6 +162,6 @@ def test_tensorrt_keeps_recurrent_layers_float_and_says_why(lstm_onnx, tmp_path)
 
 @pytest.mark.cpuid_kernels  # weight-only: int8 weights on a float input
 def test_weight_only_builds_keep_recurrent_layers_float(lstm_onnx, tmp_path):
-    art = _build(lstm_onnx, tmp_path / "w.openvino", recurrent="int8", activations="none")
+    art = build(lstm_onnx, tmp_path / "w.openvino", recurrent="int8", activations="none")
     lstm = [r for r in art.report()["skipped"] if r["op"] == "LSTM"]
     assert len(lstm) == 2 and all("weight-only" in r["reason"] for r in lstm)

@@ -12,29 +12,14 @@ from torch import nn
 
 import rexdeploy
 from calib_free.synthetic import bn_matched_inputs, random_token_lengths
+from refine_helpers import build, outlier_calib_data, outputs, sqnr
 from rexdeploy.planning.calib_data import parse_calib
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
-from tiny_models import tiny_cnn, tiny_mlp
+from tiny_models import bn_stats_cnn, tiny_cnn, tiny_mlp
 
 CNN_IN = ["input:1x3x32x32"]
 MLP_IN = ["x:1x8x32"]
-
-
-def _build(model, inputs, out, **quant):
-    cfg = BuildConfig(quant=QuantConfig(**quant))
-    return rexdeploy.build(model, inputs, target="reference", output=str(out), config=cfg,
-                           quiet=True, force=True)
-
-
-def _outputs(art, samples):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()  # basic level, as the reference backend (ORT's extended
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # breaks
-    s = ort.InferenceSession(art.file("onnx"), options,  # int4 MatMul on 3-D inputs)
-                             providers=["CPUExecutionProvider"])
-    return np.concatenate([s.run(None, feeds)[0] for feeds in samples])
 
 
 def _plan(art):
@@ -43,26 +28,10 @@ def _plan(art):
     return QuantPlan.load(art.path)
 
 
-def _sqnr(ref, test):
-    return 10 * np.log10((ref ** 2).sum() / ((ref - test) ** 2).sum())
-
-
 def _plain_mlp():
     """Linear-GELU-Linear on [1, 8, 32] (MatMul + Add): no residual to hide the layers' error."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16)).eval()
-
-
-def outlier_calib_data(model_fn, n: int, path):
-    """n MLP inputs [1, 8, 32] with a few large channels, stacked into the .npz at `path`:
-    (path, the feeds one by one, model_fn()'s float outputs)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 1, 8, 32, generator=g)
-    x[..., :3] *= 5
-    np.savez(path, x=x.numpy())
-    with torch.no_grad():
-        ref = torch.cat([model_fn()(x[i]) for i in range(n)]).numpy()
-    return str(path), [{"x": x[i].numpy()} for i in range(n)], ref
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +45,7 @@ def test_bn_matched_synthetic_data_reproduces_the_batchnorm_statistics():
     network's do): every BN layer's batch mean within 0.05 running std of the running mean and
     batch std within 5 % (measured after 80 steps: <= 0.001 for both; Gaussian inputs: 2.2 and
     0.8)."""
-    from test_calib_free_synthetic import _tiny_cnn
-
-    model = _tiny_cnn(realizable=True)
+    model = bn_stats_cnn(realizable=True)
     x = bn_matched_inputs(model, (1, 3, 16, 16), n=16, steps=80, seed=0)
     seen = []
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0])))
@@ -113,8 +80,8 @@ def test_parse_calib_errors(text, message):
 
 
 def test_flexround_build_never_worse_per_layer_and_reported(tmp_path):
-    art = _build(tiny_cnn(), CNN_IN, tmp_path / "flex", weights="int4", refine="flexround",
-                 calib="synthetic:4", zeroq_steps=5, refine_iters=15)
+    art = build(tiny_cnn(), CNN_IN, tmp_path / "flex", weights="int4", refine="flexround",
+                calib="synthetic:4", zeroq_steps=5, refine_iters=15)
     rows = art.report()["layers"]
     assert len(rows) == 8
     for row in rows:
@@ -126,23 +93,23 @@ def test_flexround_build_never_worse_per_layer_and_reported(tmp_path):
     assert plan.config["refine"] == "flexround" and "BatchNorm" in plan.config["calib"]
     for lp in plan.layers:  # still ordinary codes within the 4-bit grid
         assert int(np.abs(lp.orders[0].codes).max()) <= 7
-    assert np.isfinite(_outputs(art, [{"input": np.zeros((1, 3, 32, 32), np.float32)}])).all()
+    assert np.isfinite(outputs(art, [{"input": np.zeros((1, 3, 32, 32), np.float32)}])).all()
 
 
 def test_user_calibration_data_sets_the_ranges_and_erq_beats_rtn_on_it(tmp_path, mlp_data):
     path, samples, ref = mlp_data
     # scale migration off: --refine turns it off, and the comparison is rounding against rounding
-    rtn = _build(_plain_mlp(), MLP_IN, tmp_path / "rtn", weights="int4", smooth="off")
-    ranged = _build(_plain_mlp(), MLP_IN, tmp_path / "ranged", weights="int4", calib=path,
-                    smooth="off")
+    rtn = build(_plain_mlp(), MLP_IN, tmp_path / "rtn", weights="int4", smooth="off")
+    ranged = build(_plain_mlp(), MLP_IN, tmp_path / "ranged", weights="int4", calib=path,
+                   smooth="off")
     sources = {a.source for a in _plan(ranged).activations}
     assert sources == {"observed:calib"} and _plan(ranged).config["ranges"] == "calib"
-    erq = _build(_plain_mlp(), MLP_IN, tmp_path / "erq", weights="int4", calib=path,
-                 refine="erq")
+    erq = build(_plain_mlp(), MLP_IN, tmp_path / "erq", weights="int4", calib=path,
+                refine="erq")
     refined = [row["refine"] for row in erq.report()["layers"]]
     assert len(refined) == 2 and all(r["method"] == "erq" for r in refined)
     assert all(r["error_after"] <= r["error_before"] for r in refined)
-    sq = {name: _sqnr(ref, _outputs(a, samples))
+    sq = {name: sqnr(ref, outputs(a, samples))
           for name, a in (("rtn", rtn), ("ranged", ranged), ("erq", erq))}
     assert sq["erq"] > sq["ranged"] + 1.0, sq
     assert sq["ranged"] > sq["rtn"], sq
@@ -150,13 +117,13 @@ def test_user_calibration_data_sets_the_ranges_and_erq_beats_rtn_on_it(tmp_path,
 
 def test_flexround_with_rex_orders_and_user_arrays(tmp_path, mlp_data):
     path, samples, ref = mlp_data
-    art = _build(_plain_mlp(), MLP_IN, tmp_path / "k2", weights="int4", orders=2, calib=path,
-                 refine="flexround", refine_iters=20)
+    art = build(_plain_mlp(), MLP_IN, tmp_path / "k2", weights="int4", orders=2, calib=path,
+                refine="flexround", refine_iters=20)
     plan = _plan(art)
     assert all(len(lp.orders) == 2 for lp in plan.layers)
-    base = _build(_plain_mlp(), MLP_IN, tmp_path / "k2rtn", weights="int4", orders=2, calib=path,
-                  smooth="off")  # as under --refine
-    assert _sqnr(ref, _outputs(art, samples)) >= _sqnr(ref, _outputs(base, samples)) - 0.05
+    base = build(_plain_mlp(), MLP_IN, tmp_path / "k2rtn", weights="int4", orders=2, calib=path,
+                 smooth="off")  # as under --refine
+    assert sqnr(ref, outputs(art, samples)) >= sqnr(ref, outputs(base, samples)) - 0.05
 
 
 def test_calibration_errors_are_clear(tmp_path):
@@ -166,15 +133,15 @@ def test_calibration_errors_are_clear(tmp_path):
 
     Image.new("RGB", (40, 40), (120, 30, 200)).save(images / "a.png")
     with pytest.raises(UserError, match="preprocess"):
-        _build(tiny_cnn(), CNN_IN, tmp_path / "a", calib=str(images))
+        build(tiny_cnn(), CNN_IN, tmp_path / "a", calib=str(images))
     text = tmp_path / "s.txt"
     text.write_text("hello world\n")
     with pytest.raises(UserError, match="tokenizer"):
-        _build(tiny_mlp(), MLP_IN, tmp_path / "b", calib=str(text), refine="erq")
+        build(tiny_mlp(), MLP_IN, tmp_path / "b", calib=str(text), refine="erq")
     bad = tmp_path / "bad.npz"
     np.savez(bad, y=np.zeros((2, 1, 8, 32), np.float32))
     with pytest.raises(UserError, match="no array for input"):
-        _build(tiny_mlp(), MLP_IN, tmp_path / "c", calib=str(bad))
+        build(tiny_mlp(), MLP_IN, tmp_path / "c", calib=str(bad))
     with pytest.raises(UserError, match="--refine"):
         QuantConfig(refine="adaround").validate()
 
@@ -238,8 +205,8 @@ class _TinyEncoder(nn.Module):
 def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
     from rexdeploy.planning.calib_data import CalibSpec, calibration_data
 
-    art = _build(_TinyEncoder().eval(), ["input_ids:1x64:int64", "attention_mask:1x64:int64"],
-                 tmp_path / "tok", refine="erq", calib="synthetic:6")
+    art = build(_TinyEncoder().eval(), ["input_ids:1x64:int64", "attention_mask:1x64:int64"],
+                tmp_path / "tok", refine="erq", calib="synthetic:6")
     assert "random token sequences" in _plan(art).config["calib"]
     assert [row["refine"]["method"] for row in art.report()["layers"]] == ["erq"]
     import onnx_ir as ir
@@ -261,8 +228,8 @@ def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
 # -- the end-to-end check: a refinement that loses is dropped ----------------------------------
 def test_a_refinement_is_judged_end_to_end_and_its_verdict_recorded(tmp_path):
     torch.manual_seed(0)
-    art = _build(tiny_cnn(), CNN_IN, tmp_path / "k", weights="int4", refine="flexround",
-                 refine_iters=20)
+    art = build(tiny_cnn(), CNN_IN, tmp_path / "k", weights="int4", refine="flexround",
+                refine_iters=20)
     verdict = _plan(art).config["refine_end_to_end"]
     assert len(verdict["checks"]) == 2 and "held-out" in verdict["checks"][0]["inputs"]
     assert "half amplitude" in verdict["checks"][1]["inputs"]
@@ -289,10 +256,10 @@ def test_a_refinement_that_loses_end_to_end_falls_back_to_round_to_nearest(tmp_p
 
     torch.manual_seed(0)
     model = tiny_cnn()
-    plain = _build(model, CNN_IN, tmp_path / "plain", weights="int4")
+    plain = build(model, CNN_IN, tmp_path / "plain", weights="int4")
     monkeypatch.setattr(refine, "refine_plan", damaged)
-    art = _build(model, CNN_IN, tmp_path / "r", weights="int4", refine="flexround",
-                 refine_iters=5)
+    art = build(model, CNN_IN, tmp_path / "r", weights="int4", refine="flexround",
+                refine_iters=5)
     verdict = _plan(art).config["refine_end_to_end"]
     assert verdict["kept"] is False
     assert all(c["refined_db"] < c["plain_db"] for c in verdict["checks"])

@@ -11,9 +11,9 @@ from torch import nn
 
 from calib_free.plan import QuantPlan
 from calib_free.reconstruction import layer_data, output_error
+from refine_helpers import build, outlier_calib_data, outputs, sqnr
 from rexdeploy.config import QuantConfig
 from rexdeploy.errors import UserError
-from test_refine_build import _build, _outputs, _sqnr, outlier_calib_data
 
 MLP_IN = ["x:1x8x32"]
 
@@ -89,8 +89,8 @@ def test_sequential_never_increases_a_layers_error_on_its_calibration_data(tmp_p
                                                                            method):
     path, samples, _ = deep_data
     kw = dict(weights="int4", calib=path, smooth="off")
-    art = _build(_deep_mlp(), MLP_IN, tmp_path / "seq", refine=method, refine_iters=30, **kw)
-    rtn = _build(_deep_mlp(), MLP_IN, tmp_path / "rtn", **kw)
+    art = build(_deep_mlp(), MLP_IN, tmp_path / "seq", refine=method, refine_iters=30, **kw)
+    rtn = build(_deep_mlp(), MLP_IN, tmp_path / "rtn", **kw)
     report = [row["refine"] for row in art.report()["layers"]]
     assert len(report) == 4 and all(r["error_after"] <= r["error_before"] for r in report)
     assert QuantPlan.load(art.path).config["refine_inputs"] == "quantized"
@@ -117,10 +117,10 @@ def test_sequential_beats_float_inputs_on_the_models_output(tmp_path, deep_data,
     path, samples, ref = deep_data
     sq = {}
     for mode in ("float", "quantized"):
-        art = _build(_deep_mlp(), MLP_IN, tmp_path / mode, weights=bits, calib=path,
-                     refine=method, refine_iters=30, refine_inputs=mode)
+        art = build(_deep_mlp(), MLP_IN, tmp_path / mode, weights=bits, calib=path,
+                    refine=method, refine_iters=30, refine_inputs=mode)
         assert QuantPlan.load(art.path).config["refine_inputs"] == mode
-        sq[mode] = _sqnr(ref, _outputs(art, samples))
+        sq[mode] = sqnr(ref, outputs(art, samples))
     assert sq["quantized"] >= sq["float"], sq
 
 
@@ -142,13 +142,13 @@ def test_refine_combines_with_scale_migration(tmp_path, deep_data):
     output beats the migrated round-to-nearest build."""
     path, samples, ref = deep_data
     kw = dict(weights="int4", calib=path, smooth="all")
-    rtn = _build(_deep_mlp(), MLP_IN, tmp_path / "rtn", **kw)
-    art = _build(_deep_mlp(), MLP_IN, tmp_path / "flex", refine="flexround", refine_iters=30,
-                 **kw)
+    rtn = build(_deep_mlp(), MLP_IN, tmp_path / "rtn", **kw)
+    art = build(_deep_mlp(), MLP_IN, tmp_path / "flex", refine="flexround", refine_iters=30,
+                **kw)
     plan = QuantPlan.load(art.path)
     assert sum(a.smooth is not None for a in plan.activations) == 4
     report = [row["refine"] for row in art.report()["layers"]]
     assert len(report) == 4 and all(r["error_after"] <= r["error_before"] for r in report)
     errors = _sequential_layer_errors(art, rtn, samples)
     assert all(r <= n * (1 + 1e-9) for r, n in errors.values()), errors
-    assert _sqnr(ref, _outputs(art, samples)) > _sqnr(ref, _outputs(rtn, samples)) + 0.5
+    assert sqnr(ref, outputs(art, samples)) > sqnr(ref, outputs(rtn, samples)) + 0.5

@@ -18,9 +18,9 @@ from calib_free.quantizer import dequantize
 from calib_free.sparse import (LayerCost, allocate_budget, channel_errors, keep_count,
                                uniform_channels)
 from cli_helpers import refused_build
+from lowering_helpers import (check_golden, cnn_fixture, cnn_inputs_fixture,  # noqa: F401
+                              make_plan, mlp_fixture, mlp_inputs_fixture, run_ort, sqnr_db)
 from rexdeploy.lower import lower, summarize
-from test_lower import (check_golden, cnn, cnn_inputs, make_plan, mlp,  # noqa: F401
-                        mlp_inputs, run_ort, sqnr_db)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EFFNET = os.path.join(ROOT, ".cache", "models", "efficientnet_lite0.pt")
@@ -222,7 +222,7 @@ def test_golden_sparse_summary(which, form, request):
                  summarize(lower(model, plan, sparse_form=form)))
 
 
-def test_golden_k3_summary(cnn, cnn_inputs):  # noqa: F811
+def test_golden_k3_summary(cnn, cnn_inputs):
     check_golden("lower_tiny_cnn_k3.json", summarize(lower(cnn, make_plan(cnn, cnn_inputs,
                                                                           orders=3))))
 
@@ -240,7 +240,7 @@ def test_sparse_forms_compute_the_same(which, request):
                                                                   bits=4)), inputs[0])) < 60
 
 
-def test_compact_branches_have_fewer_filters(cnn, cnn_inputs):  # noqa: F811
+def test_compact_branches_have_fewer_filters(cnn, cnn_inputs):
     plan = sparsify(make_plan(cnn, cnn_inputs, orders=2), 0.25)
     lowered = lower(cnn, plan, sparse_form="compact")
     from rexdeploy.passes.qdq_nodes import branches, const_array
@@ -380,7 +380,7 @@ def test_impossible_combinations(cnn_file, tmp_path, args, message):
     assert re.search(message, output), output
 
 
-def test_truncating_orders_keeps_a_refined_bias_shift(cnn, cnn_inputs):  # noqa: F811
+def test_truncating_orders_keeps_a_refined_bias_shift(cnn, cnn_inputs):
     """An ensemble's base truncates K=2 layers to order 1. Plain plan: the shift becomes the
     data-free correction of the kept order (as recomputing it would give). Refined plan (ERQ
     solves the shift on its calibration data, an extra component R): R survives truncation

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
+from profiling_helpers import Clock, FakeRunner
 from rexdeploy import devinfo
 from rexdeploy.profiling import timing as profiler
 from rexdeploy.errors import UserError
 from rexdeploy.profiling.schema import (LATENCY_KEYS, SCHEMA, SCHEMA_VERSION, load_profile,
                                       save_profile, to_document, validate)
 from rexdeploy.evaluate.regression import check_regression, pair_variants, parse_bound
-from test_profiler import Clock, FakeRunner
 
 
 @pytest.fixture

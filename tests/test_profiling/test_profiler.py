@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from backends.base import LayerTiming, RunnerBase
+from profiling_helpers import Clock, FakeRunner
 from rexdeploy.profiling import timing as profiler
 from rexdeploy.devinfo import device_info
 from rexdeploy.profiling.timing import (ProfileSettings, latency_stats, layer_times,
@@ -31,49 +31,6 @@ def test_latency_stats_match_numpy(rng, n):
 def test_latency_stats_empty_is_a_bug():
     with pytest.raises(ValueError):
         latency_stats([])
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-class FakeRunner(RunnerBase):
-    """Advances the fake clock by its latency per infer; logs its activity into `log`."""
-
-    active = True
-
-    def __init__(self, label, latency_ms, fps, clock, log, jitter_ms=0.0):
-        super().__init__()
-        self.label, self.latency_s, self.fps = label, latency_ms / 1e3, fps
-        self.clock, self.log, self.jitter_s = clock, log, jitter_ms / 1e3
-        self.calls = 0
-        self.info = {"inference_precision": "f32"}
-
-    def __enter__(self):
-        self.log.append(("enter", self.label))
-        return self
-
-    def __exit__(self, *exc):
-        self.log.append(("exit", self.label))
-
-    def infer(self, feeds):
-        self.calls += 1
-        self.clock.now += self.latency_s + (self.jitter_s if self.calls % 2 else 0.0)
-        if not self.log or self.log[-1] != ("infer", self.label):
-            self.log.append(("infer", self.label))
-        return {}
-
-    def throughput(self, feeds, seconds):
-        self.log.append(("throughput", self.label))
-        return int(self.fps * seconds), seconds
-
-    def timings(self):
-        return [LayerTiming("conv", "Convolution", "brgconv_avx512_I8", "u8", 2.0),
-                LayerTiming("fc", "FullyConnected", "gemm_f32", "f32", 1.0 + self.calls % 2)]
 
 
 @pytest.fixture
