@@ -1,6 +1,7 @@
 """tools/bench (issue 6): graph bit-operations, the Pareto frontier, the peers' verdicts and
 skips, and real peers (ONNX Runtime, NNCF where installed) on a tiny model run by OpenVINO."""
 
+import json
 import os
 from pathlib import Path
 
@@ -228,8 +229,42 @@ def test_plot_writes_a_png(tmp_path):
     path = pareto.plot(str(tmp_path / "p.png"), [{"title": "t", "metric": "sqnr",
                                                   "rows": rows}])
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "p.json").read_text())  # the panels, to draw them again
+    assert [r["label"] for r in saved[0]["rows"]] == [r["label"] for r in rows]
+    assert pareto.main(["--replot", str(tmp_path / "p.json"), "--plot",
+                        str(tmp_path / "r.png")]) == 0
     with pytest.raises(ValueError):
         pareto.plot(str(tmp_path / "q.png"), [])
+
+
+def test_plot_labels_do_not_overlap():
+    """Twenty labels on points a few pixels apart: each placed label clears every other one
+    and stays inside the axes (the old plot piled them up)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(dpi=pareto.DPI)
+    pts = [(1.0 + 0.01 * i, 20.0 + 0.02 * i) for i in range(20)]
+    ax.scatter(*zip(*pts))
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 40)
+    fig.canvas.draw()
+    pareto._place_labels(ax, [(p, f"configuration number {i}") for i, p in enumerate(pts)])
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its leader
+    assert len(boxes) >= 10  # most find a place within 6 lines
+    for i, a in enumerate(boxes):
+        assert ax.bbox.x0 - 1 <= a.x0 and a.x1 <= ax.bbox.x1 + 1
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    plt.close(fig)
 
 
 def test_fused_attention_is_counted(tmp_path):

@@ -159,7 +159,12 @@ METRIC_NAMES = {"sqnr": "output SQNR (dB)", "cos_mean": "mean cosine", "acc": "t
 
 def plot(path: str, panels: list[dict] | None = None) -> str:
     """Fidelity vs bit-operations (left) and vs OpenVINO latency (right), one row per model;
-    rexdeploy's configurations as circles, the peers as triangles, the Pareto frontier drawn."""
+    rexdeploy's configurations as circles, the peers as triangles, the Pareto frontier drawn.
+    Labelled: the frontier, the peers and the defaults, placed where they overlap nothing (a
+    point without a label is in the benchmark's table). The panels are also written beside the
+    PNG as JSON (`pareto.py --replot FILE.json` draws them again)."""
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,44 +173,116 @@ def plot(path: str, panels: list[dict] | None = None) -> str:
     panels = PANELS if panels is None else panels
     if not panels:
         raise ValueError("nothing to plot: no model ran")
-    fig, axes = plt.subplots(len(panels), 2, figsize=(13, 4.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(13, 4.6 * len(panels)), squeeze=False,
+                             dpi=DPI)
     for (ax_b, ax_l), panel in zip(axes, panels):
-        metric = panel["metric"]
         rows = [r for r in panel["rows"] if not r.get("skipped") and not r.get("float")
-                and np.isfinite(r.get(metric, np.nan))]
-        for ax, key, xlabel in ((ax_b, "bops_float", "bit-operations / float (log)"),
-                                (ax_l, "latency_ms", "OpenVINO CPU latency, batch 1 (ms)")):
-            pts = [(r.get(key, np.nan), r[metric]) for r in rows]
-            for r, (x, y) in zip(rows, pts):
-                if not np.isfinite(x if x is not None else np.nan):
-                    continue
-                peer = r.get("peer", False)
-                ax.scatter([x], [y], marker="^" if peer else "o",
-                           c="tab:orange" if peer else "tab:blue", s=36, zorder=3)
-                ax.annotate(_short(r["label"]), (x, y), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")
-            pts = [(np.nan if x is None else x, y) for x, y in pts]
-            front = pareto_front(pts)
-            if front:
-                ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8,
-                        zorder=2)
-            if key == "bops_float":
-                ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(METRIC_NAMES.get(metric, metric))
-            ax.set_title(panel["title"], fontsize=9)
-            ax.grid(alpha=0.3)
+                and np.isfinite(_value(r.get(panel["metric"])))]
+        _panel(ax_b, rows, panel, "bops_float", "bit-operations / float (log)")
+        _panel(ax_l, rows, panel, "latency_ms", "OpenVINO CPU latency, batch 1 (ms)")
     fig.legend(handles=[plt.Line2D([], [], marker="o", ls="", c="tab:blue", label="rexdeploy"),
                         plt.Line2D([], [], marker="^", ls="", c="tab:orange", label="peer"),
                         plt.Line2D([], [], ls="--", c="k", label="Pareto frontier")],
                loc="upper center", ncol=3)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.canvas.draw()  # the axes' limits and transforms are final: labels are placed in pixels
+    for ax, items in LABELS.pop(fig, []):
+        _place_labels(ax, items)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(panels, f, indent=1, default=float)
     return path
+
+
+DPI = 80
+LABELS: dict = {}  # figure -> [(axes, [((x, y), text)])]: placed once the layout is final
+
+
+def _value(v) -> float:
+    return np.nan if v is None else float(v)
+
+
+def _panel(ax, rows: list[dict], panel: dict, key: str, xlabel: str) -> None:
+    metric = panel["metric"]
+    pts = [(_value(r.get(key)), float(r[metric])) for r in rows]
+    front = pareto_front(pts)
+    items = []
+    for i, (r, (x, y)) in enumerate(zip(rows, pts)):
+        if not np.isfinite(x):
+            continue
+        peer = r.get("peer", False)
+        ax.scatter([x], [y], marker="^" if peer else "o", c="tab:orange" if peer else "tab:blue",
+                   s=36, zorder=3)
+        if i in front or peer or "(default)" in r["label"]:
+            items.append(((x, y), _short(r["label"])))
+    if front:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, zorder=2)
+    if key == "bops_float":
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(METRIC_NAMES.get(metric, metric))
+    ax.set_title(panel["title"], fontsize=9)
+    ax.grid(alpha=0.3)
+    LABELS.setdefault(ax.figure, []).append((ax, items))
+
+
+def _place_labels(ax, items: list, fontsize: float = 6.0) -> None:
+    """Each label beside its point, right or left, moved up or down by whole lines (with a
+    leader) until it overlaps no label placed before and stays inside the axes; a label with
+    no such place within 6 lines is left out. Highest points first."""
+    scale = ax.figure.dpi / 72.0  # pixels per point
+    char_w, line_h = 0.6 * fontsize * scale, 1.25 * fontsize * scale
+    x_min, y_min, x_max, y_max = ax.bbox.extents
+    placed: list[tuple[float, float, float, float]] = []
+    for (x, y), text in sorted(items, key=lambda it: -it[0][1]):
+        px, py = ax.transData.transform((x, y))
+        width = char_w * len(text)
+        spot = None
+        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6):
+            for left in (False, True):
+                x0 = px - 5 * scale - width if left else px + 4 * scale
+                mid = py + step * line_h
+                box = (x0, mid - line_h / 2, x0 + width, mid + line_h / 2)
+                inside = x_min <= box[0] and box[2] <= x_max and y_min <= box[1] and box[3] <= y_max
+                if inside and not any(_overlap(box, b) for b in placed):
+                    spot = box
+                    break
+            if spot is not None:
+                break
+        if spot is None:
+            continue
+        placed.append(spot)
+        dx, dy = (spot[0] - px) / scale, ((spot[1] + spot[3]) / 2 - py) / scale
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                    ha="left", va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="0.55") if abs(dy) > 1 else None)
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _short(label: str) -> str:
     return label.replace("rexdeploy ", "").replace("(data-free)", "").replace("compress_weights",
                                                                               "WC")[:38]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`pareto.py --replot FILE.json --plot OUT.png`: draw a saved plot's panels again."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--replot", required=True, metavar="FILE.json",
+                        help="panels written beside an earlier plot")
+    parser.add_argument("--plot", required=True, metavar="OUT.png")
+    args = parser.parse_args(argv)
+    with open(args.replot) as f:
+        print(plot(args.plot, json.load(f)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
