@@ -17,7 +17,6 @@ import os
 import shutil
 
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
-from rexdeploy.config import BuildConfig
 from rexdeploy.evaluate.device_check import put, say, strict
 from rexdeploy.errors import UserError
 
@@ -79,7 +78,7 @@ def finish_deferred(path: str, log) -> Artifact:
         manifest["summary"] = report["summary"]
         if members:  # the members' file maps now list their engines
             manifest["ensemble"] = {**manifest["ensemble"], "members": members}
-        strict(BuildConfig.from_dict(art.manifest["config"]), report["device_check"])
+        strict(art.config, report["device_check"])
         finished = writer.commit(manifest)
     say(report["device_check"], log)
     return finished
@@ -92,20 +91,18 @@ def _check_engines(art: Artifact, root: str, models: list, members: list | None,
     from rexdeploy.evaluate.device_check import SAMPLES, CheckSpec, check
     from rexdeploy.inputs import synthetic_inputs
 
-    cfg = art.manifest.get("config", {})
-    q = cfg.get("quant", {})
+    cfg = art.config
     weights = [m["weight"] for m in members] if members else [1.0]
     spec = CheckSpec(root, "trt", art.manifest.get("device", "GPU"),
                      tuple({"files": files, "weight": w} for (_, _, files), w in
                            zip(models, weights)), art.files["float_onnx"])
-    samples = synthetic_inputs(art.manifest["inputs"], SAMPLES, q.get("seed", 0),
-                               {n: (lo, hi) for n, lo, hi in q.get("input_ranges", [])},
-                               {n: s for n, s in q.get("input_grid", [])},
-                               {n: v for n, v in cfg.get("dims", [])})
+    samples = synthetic_inputs(art.manifest["inputs"], SAMPLES, cfg.quant.seed,
+                               {n: (lo, hi) for n, lo, hi in cfg.quant.input_ranges},
+                               dict(cfg.quant.input_grid), dict(cfg.dims))
     with log.stage("device check", f"TensorRT engine vs its Q/DQ ONNX (onnxruntime), "
                                    f"{SAMPLES} synthetic inputs"):
         return check(spec, [f for _, f in samples], "synthetic inputs",
-                     tolerance_db=cfg.get("device_tolerance", 1.0))
+                     tolerance_db=cfg.device_tolerance)
 
 
 def _engine_report(report: dict, runtime: list[dict], built: dict) -> dict:

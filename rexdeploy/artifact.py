@@ -42,6 +42,14 @@ class Artifact:
         return self.manifest["target"]
 
     @property
+    def config(self):
+        """The BuildConfig the artifact was built with, as resolved by the build (read back
+        from the manifest; fields an older rexdeploy did not record take their defaults)."""
+        from rexdeploy.config import BuildConfig
+
+        return BuildConfig.from_dict(self.manifest.get("config", {}))
+
+    @property
     def files(self) -> dict[str, str]:
         """role -> path relative to the artifact directory."""
         return {role: f["path"] for role, f in self.manifest["files"].items()}

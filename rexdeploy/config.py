@@ -472,11 +472,19 @@ class BuildConfig:
         if version > CONFIG_VERSION:
             raise UserError(f"config version {version} is newer than this rexdeploy understands "
                             f"({CONFIG_VERSION}); upgrade rexdeploy")
-        q = dict(d.pop("quant", {}))
+        q = _known(QuantConfig, dict(d.pop("quant", {})))
         q["input_ranges"] = tuple(tuple(r) for r in q.get("input_ranges", ()))
         q["input_grid"] = tuple(tuple(r) for r in q.get("input_grid", ()))
         q["exclude"] = tuple(q.get("exclude", ()))
         inputs = tuple(InputSpec.from_dict(s) for s in d.pop("inputs", ()))
         d["dim_ranges"] = tuple(tuple(r) for r in d.get("dim_ranges", ()))
         d["dims"] = tuple(tuple(r) for r in d.get("dims", ()))
-        return cls(inputs=inputs, quant=QuantConfig(**q), **d)
+        return cls(inputs=inputs, quant=QuantConfig(**q), **_known(cls, d))
+
+
+def _known(cls, d: dict) -> dict:
+    """The entries of `d` that are fields of the dataclass `cls`: a manifest written by another
+    version may carry a field this one does not have (it is dropped; what is missing takes the
+    field's default)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from rexdeploy.config import BuildConfig, QuantConfig
+
 
 def build_table(artifact) -> Table:
     s = artifact.manifest["summary"]
-    cfg = artifact.manifest["config"]["quant"]
+    cfg = artifact.config.quant
     table = Table(title=f"built {artifact.path}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -85,32 +87,32 @@ def _macs_text(s: dict) -> str:
     return text
 
 
-def _quantization(cfg: dict) -> str:
-    return (f"W:{cfg['weights']} {_orders(cfg)} A:{cfg['activations']}, ranges {cfg['ranges']}, "
-            f"bias correction {'on' if cfg['bias_correction'] else 'off'}")
+def _quantization(cfg: QuantConfig) -> str:
+    return (f"W:{cfg.weights} {_orders(cfg)} A:{cfg.activations}, ranges {cfg.ranges}, "
+            f"bias correction {'on' if cfg.bias_correction else 'off'}")
 
 
-def _orders(cfg: dict) -> str:
+def _orders(cfg: QuantConfig) -> str:
     """K=n, or K<=n where a budget or an ensemble gives some layers fewer orders."""
-    if cfg.get("budget") or cfg.get("ensemble"):
-        return f"K<={max(cfg['orders'], 2)}"
-    return f"K={cfg['orders']}"
+    if cfg.budget or cfg.ensemble:
+        return f"K<={cfg.max_orders}"
+    return f"K={cfg.orders}"
 
 
-def _expansion(cfg: dict, s: dict) -> str:
+def _expansion(cfg: QuantConfig, s: dict) -> str:
     """One line on the REx expansion: orders, sparsity/budget/ensemble and the BOPs it costs."""
     parts = [_orders(cfg)]
-    if cfg.get("sparsity") is not None:
-        parts.append(f"gamma {cfg['sparsity']:g}")
-    if cfg.get("budget") is not None:
-        cost = cfg.get("budget_cost", "bops")
-        parts.append(f"budget {cfg['budget']:g}" + (
+    if cfg.sparsity is not None:
+        parts.append(f"gamma {cfg.sparsity:g}")
+    if cfg.budget is not None:
+        cost = cfg.budget_cost
+        parts.append(f"budget {cfg.budget:g}" + (
             "" if cost in ("bops", "auto") else
             f" in the {cost} time model ({s.get('cost_ratio', 1.0):.2f}x the order-1 time "
             "estimated)"))
-    if cfg.get("ensemble"):
-        parts.append(f"ensemble: base + {cfg['ensemble']} members "
-                     f"({cfg.get('ensemble_partition', 'balanced')} partition)")
+    if cfg.ensemble:
+        parts.append(f"ensemble: base + {cfg.ensemble} members "
+                     f"({cfg.ensemble_partition} partition)")
     parts.append(f"{s.get('bops_ratio', 1.0):.2f}x the order-1 bit-operations")
     return ", ".join(parts)
 
@@ -127,8 +129,8 @@ def inspect_tables(info: dict, layers: bool) -> list[Table]:
     head.add_row("inputs", ", ".join(f"{i['name']}:{'x'.join(map(str, i['shape']))}"
                                      for i in m["inputs"]))
     s = report["summary"]
-    cfg = m.get("config", {}).get("quant")
-    if cfg:
+    if m.get("config"):
+        cfg = BuildConfig.from_dict(m["config"]).quant
         head.add_row("quantization", _quantization(cfg))
         head.add_row("expansion", _expansion(cfg, s))
     if m.get("engine") == "deferred":

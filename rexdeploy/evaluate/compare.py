@@ -66,8 +66,7 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                               (" and its Q/DQ reference (onnxruntime)" if qdq_runner else "")):
         with ref_runner as r, test_runner as t, (qdq_runner or contextlib.nullcontext()) as q:
             result = run_compare(r, t, samples, labels=labels, qdq_runner=q, slices=slices,
-                                 tolerance_db=art.manifest["config"].get("device_tolerance",
-                                                                         1.0))
+                                 tolerance_db=art.config.device_tolerance)
     _describe(result, art, ref_name, backend, len(samples),
               (inputs or f"synthetic:{synthetic or 16}") + (", ten crops each" if ten_crop else ""))
     if per_layer:
@@ -88,12 +87,11 @@ def _samples(art: Artifact, inputs: str | None, synthetic: int | None, preproces
         preprocess = preprocess or art.manifest.get("preprocess")
         return (load_inputs(inputs, specs, preprocess, limit, views=10 if ten_crop else 1),
                 load_labels(inputs, specs, limit))
-    quant = art.manifest["config"]["quant"]
-    ranges = {n: (lo, hi) for n, lo, hi in quant.get("input_ranges", [])}
+    config = art.config
+    ranges = {n: (lo, hi) for n, lo, hi in config.quant.input_ranges}
     ranges.update(integer_ranges(art))
-    grids = {n: step for n, step in quant.get("input_grid", [])}
-    return synthetic_inputs(specs, synthetic or 16, 1234, ranges, grids,
-                            {n: v for n, v in art.manifest["config"].get("dims", [])}), None
+    return synthetic_inputs(specs, synthetic or 16, 1234, ranges, dict(config.quant.input_grid),
+                            dict(config.dims)), None
 
 
 def _describe(result: dict, art: Artifact, reference: str, backend: str | None, samples: int,
@@ -140,4 +138,4 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
         return localize(art.file("float_onnx"), art.file("onnx"), samples,
                         threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None
                         else threshold_db, top=top or DEFAULT_TOP, device=device,
-                        device_tolerance_db=art.manifest["config"].get("device_tolerance", 1.0))
+                        device_tolerance_db=art.config.device_tolerance)

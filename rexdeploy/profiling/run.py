@@ -175,8 +175,7 @@ def _feeds(art, config: ProfileConfig) -> dict:
     specs = art.manifest["inputs"]
     batch = config.batch or 1
     if config.inputs in (None, "random"):
-        ranges = {n: (lo, hi) for n, lo, hi in
-                  art.manifest["config"]["quant"].get("input_ranges", [])}
+        ranges = {n: (lo, hi) for n, lo, hi in art.config.quant.input_ranges}
         samples = synthetic_inputs(specs, batch, 0, ranges, dims=profile_dims(art, config))
     else:
         samples = load_inputs(config.inputs, specs, art.manifest.get("preprocess"), batch)
@@ -195,7 +194,7 @@ def profile_dims(art, config: ProfileConfig) -> dict[str, int]:
     the build's --dim, else 1 (a batch dim the --batch sets)."""
     named = {d for s in art.manifest["inputs"] for d in s["shape"] if isinstance(d, str)}
     dims = {n: 1 for n in named}
-    dims.update({n: v for n, v in art.manifest.get("config", {}).get("dims", [])})
+    dims.update(dict(art.config.dims))
     dims.update(dict(config.dims))
     unknown = sorted(set(dict(config.dims)) - named)
     if unknown:

@@ -89,3 +89,25 @@ def test_parent_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot write"):
         _write(tmp_path / "file" / "art")
+
+
+def test_config_is_read_back_typed_from_any_version(tmp_path):
+    """Artifact.config: the manifest's config as a BuildConfig. A field an older rexdeploy did
+    not record takes its default; one a newer one added is dropped, not an error."""
+    from rexdeploy.config import BuildConfig, QuantConfig
+
+    built = BuildConfig(target="openvino", dims=(("W", 256),), device_tolerance=2.0,
+                        quant=QuantConfig(input_ranges=(("x", -1.0, 1.0),), recurrent="int8"))
+    with ArtifactWriter(str(tmp_path / "a")) as w:
+        w.write_json("report.json", {"summary": {}}, "report")
+        art = w.commit({"target": "openvino", "config": built.to_dict()})
+    assert load_artifact(art.path).config == built
+    old = built.to_dict()
+    del old["device_tolerance"], old["quant"]["recurrent"]  # not recorded back then
+    old["quant"]["a_later_field"] = 1
+    with ArtifactWriter(str(tmp_path / "b")) as w:
+        w.write_json("report.json", {"summary": {}}, "report")
+        art = w.commit({"target": "openvino", "config": old})
+    config = load_artifact(art.path).config
+    assert config.device_tolerance == 1.0 and config.quant.recurrent == "float"
+    assert config.dims == (("W", 256),) and config.quant.input_ranges == (("x", -1.0, 1.0),)
