@@ -16,7 +16,8 @@
 # ruff.toml).
 # Arguments (e.g. a test file) go to lanes 1 and 3; lane 2 runs only without arguments.
 # `--quick` (first argument): the lint and lane 1 without the tests marked slow (those that
-# load a real pretrained model), for the edit-test loop; CI runs everything.
+# load a real pretrained model) or e2e (whole builds through the CLI or a device, seconds each),
+# for the edit-test loop; CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -30,7 +31,7 @@ echo "[test] lint: ruff check"
 
 if [ $quick -eq 1 ]; then
     echo "[test] quick: lane 1 without the slow tests (CI runs all three lanes)"
-    $PY -m pytest -q -p no:cacheprovider -m "not slow" "$@" || status=1
+    $PY -m pytest -q -p no:cacheprovider -m "not slow and not e2e" "$@" || status=1
     exit $status
 fi
 

@@ -193,6 +193,7 @@ def _report(art) -> dict:
 
 
 @needs_avx2
+@pytest.mark.e2e
 def test_avx2_build_is_faithful_and_the_unfixed_one_is_caught(overflow_model, tmp_path):
     fixed = tmp_path / "fixed.openvino"
     assert _build(overflow_model, fixed, "AVX2").returncode == 0
@@ -228,6 +229,7 @@ def test_avx2_build_is_faithful_and_the_unfixed_one_is_caught(overflow_model, tm
 
 
 @needs_avx2
+@pytest.mark.e2e
 def test_compare_on_the_device_names_the_saturating_layer(overflow_model, tmp_path):
     off = tmp_path / "off.openvino"
     assert _build(overflow_model, off, "AVX2", "--overflow-fix", "off").returncode == 0
@@ -242,6 +244,7 @@ def test_compare_on_the_device_names_the_saturating_layer(overflow_model, tmp_pa
 
 
 @needs_avx2
+@pytest.mark.e2e
 def test_cross_build_for_avx2_on_any_host(overflow_model, tmp_path):
     """--int8-isa avx2 built here gives the same Q/DQ ONNX as a build on an AVX2 host, and
     its device check runs the AVX2 kernels (here, or in a child process under the cap)."""
@@ -258,6 +261,7 @@ def test_cross_build_for_avx2_on_any_host(overflow_model, tmp_path):
         assert r["device_check"]["environment"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
+@pytest.mark.e2e
 def test_vnni_builds_change_nothing(overflow_model, tmp_path):
     """On an ISA that accumulates in int32 the overflow fix stays off: the Q/DQ ONNX is byte for
     byte the one --overflow-fix off gives."""
@@ -285,6 +289,7 @@ def test_capped_precision_follows_the_capped_isa(monkeypatch):
         assert "ONEDNN_MAX_CPU_ISA=AVX2" in cpu_isa.cap_note()
 
 
+@pytest.mark.e2e
 def test_compare_reports_the_device_against_its_reference(overflow_model, tmp_path):
     art = tmp_path / "here.openvino"  # built for this run's own kernels (either lane)
     assert _build(overflow_model, art, os.environ.get(cpu_isa.ENV),

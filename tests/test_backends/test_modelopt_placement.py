@@ -48,6 +48,7 @@ def placement(model: ir.Model) -> set[tuple[str, str, int, str]]:
     return out
 
 
+@pytest.mark.e2e
 def test_placement_matches_modelopt_except_the_documented_differences(tmp_path):
     model = export(tiny_cnn(), CNN_INPUT)
     plan = make_plan(model, random_inputs(CNN_INPUT))

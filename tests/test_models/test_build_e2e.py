@@ -60,6 +60,7 @@ def test_compare_reference_backend_agrees_with_openvino(cnn_artifact):
     assert abs(ov["sqnr_db"] - ort["sqnr_db"]) < 6
 
 
+@pytest.mark.e2e
 def test_compare_ten_crop_cli(cnn_artifact, tmp_path):
     """--ten-crop: ten views per image, ids NAME@TAG, the agreement's interval narrows."""
     from PIL import Image
@@ -127,6 +128,7 @@ def test_mlp_transformer_block(tmp_path):
     assert result["cosine_mean"] > 0.98
 
 
+@pytest.mark.e2e
 def test_cli_round_trip(cnn_file, tmp_path):
     out = str(tmp_path / "cli.openvino")
     run = lambda *a: subprocess.run([sys.executable, "-m", "rexdeploy.cli", *a],  # noqa: E731

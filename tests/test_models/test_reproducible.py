@@ -43,6 +43,7 @@ def _cli_subprocess(argv: list[str], hash_seed: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.e2e
 def test_tiny_model_builds_byte_identical(tmp_path):
     import torch
 

@@ -166,6 +166,7 @@ def test_image_calibration_folder_with_preprocess(tmp_path):
     assert set(sources.values()) == {"observed:calib"}
 
 
+@pytest.mark.e2e
 def test_cli_build_with_refine(tmp_path):
     onnx_path = tmp_path / "mlp.onnx"
     torch.onnx.export(tiny_mlp(), (torch.randn(1, 8, 32),), str(onnx_path), input_names=["x"],
@@ -226,6 +227,7 @@ def test_synthetic_token_calibration_has_sentence_lengths_and_masks(tmp_path):
 
 
 # -- the end-to-end check: a refinement that loses is dropped ----------------------------------
+@pytest.mark.e2e
 def test_a_refinement_is_judged_end_to_end_and_its_verdict_recorded(tmp_path):
     torch.manual_seed(0)
     art = build(tiny_cnn(), CNN_IN, tmp_path / "k", weights="int4", refine="flexround",
@@ -237,6 +239,7 @@ def test_a_refinement_is_judged_end_to_end_and_its_verdict_recorded(tmp_path):
     assert _plan(art).config["refine"] == "flexround"
 
 
+@pytest.mark.e2e
 def test_a_refinement_that_loses_end_to_end_falls_back_to_round_to_nearest(tmp_path,
                                                                           monkeypatch):
     """A refinement whose scales all came out 30 % too large (a stand-in for one that fits its
