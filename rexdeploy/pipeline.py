@@ -16,7 +16,7 @@ from rexdeploy.evaluate.device_check import overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
-                                      range_statistics)
+                                      range_statistics, resolve_ranges)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ def _front(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
     config = _pixel_input(replace(config, inputs=specs), preprocess, log)
     # the budget allocator needs to know what a sparse order costs on this target
     config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(config)))
+    config = resolve_ranges(config)  # the quantize stage's choices, made once
     with log.stage("statistics", f"ranges: {config.quant.ranges}"):
         stats = range_statistics(float_model, config)
         FoldBatchNormPass()(float_model)

@@ -24,8 +24,11 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
     from rexdeploy.planning.quantize import use_stats
 
     planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
+    # the BatchNorm statistics equalize where they reach, also when the user's --calib data
+    # gives the ranges (those are observed after it, on the equalized graph)
+    basis = "auto" if q.ranges == CALIB_RANGES else q.ranges
     done = equalize_depthwise(float_model, stats, q.range_sigma, planned,
-                              lambda s: use_stats(s, q.ranges))
+                              lambda s: use_stats(s, basis))
     if not done:
         return None
     worst = max(spread for _, spread in done)
@@ -50,13 +53,12 @@ def range_statistics(float_model, config: BuildConfig) -> dict:
     return propagate_stats(float_model, ranges, config.quant.range_sigma)
 
 
-def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
-                      log: StageLog):
-    from rexdeploy.planning.quantize import activation_tensors, make_plan, observed_means, use_stats
-
+def resolve_ranges(config: BuildConfig) -> BuildConfig:
+    """The config with the quantize stage's own choices made, once, before any stage reads them
+    (the manifest records them as made): ranges "calib" where the user's --calib data gives
+    them, and --smooth auto off on image inputs without such data."""
     q = config.quant
-    calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
-    if calib is not None and calib.user:
+    if q.calib is not None and not q.calib.startswith("synthetic"):
         q = replace(q, ranges=CALIB_RANGES)  # ranges observed on the user's data
     if q.smooth == "auto" and q.ranges != CALIB_RANGES and \
             any(s.dtype.startswith("float") and len(s.shape) >= 4 for s in config.inputs):
@@ -64,6 +66,15 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
         # token sentences show a token model's channel pattern, Gaussian images do not show an
         # image model's (EfficientNet-Lite0 --ranges synthetic: 13.3 dB without, 1.4 dB with)
         q = replace(q, smooth="off")
+    return replace(config, quant=q)
+
+
+def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
+                      log: StageLog):
+    from rexdeploy.planning.quantize import activation_tensors, make_plan, observed_means, use_stats
+
+    q = config.quant  # resolved (resolve_ranges): every stage below reads the same choices
+    calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
     recurrent_x = _recurrent_inputs(float_model, config)  # ranged too, planned apart
     missing = [t for t in dict.fromkeys(tensors + recurrent_x)
