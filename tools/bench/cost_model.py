@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,7 +43,85 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
 
 
+@dataclass
+class _Builder:
+    """Builds the model under test (its inputs, preprocessing and input ranges) with QuantConfig
+    overrides into --out/NAME."""
+
+    model: str
+    inputs: list
+    preprocess: str | None
+    ranges: tuple
+    out: str
+
+    def __call__(self, name: str, **quant):
+        import rexdeploy
+        from rexdeploy.config import BuildConfig, QuantConfig
+
+        cfg = BuildConfig(quant=QuantConfig(input_ranges=self.ranges, **quant))
+        print(f"building {name} ...", flush=True)
+        return rexdeploy.build(self.model, self.inputs, config=cfg, force=True, quiet=True,
+                               output=os.path.join(self.out, name), preprocess=self.preprocess)
+
+
+@dataclass
+class _Fit:
+    """The per-layer least-squares fit, ms per million: X the layers' (MACs, weights, outputs),
+    own1 and own2 their measured times at order 1 and of a further order, (a, b, c) and
+    (a2, b2, c2) the coefficients, e the sum of the orders per output element."""
+
+    names: list
+    X: np.ndarray
+    own1: np.ndarray
+    own2: np.ndarray
+    a: float
+    b: float
+    c: float
+    a2: float
+    b2: float
+    c2: float
+    e: float
+
+
 def main() -> int:
+    """Fit the time model on the per-layer times, then check it on budget builds."""
+    ap = _parser()
+    args = ap.parse_args()
+
+    from backends.openvino import int8_isa
+    from rexdeploy.planning.cost_models import for_target
+
+    isa = int8_isa("auto")
+    OPENVINO_CPU = for_target("openvino", "CPU", isa.saturates)  # the model of this ISA's kind
+    print(f"int8 ISA {isa.describe()}: the code's time model is {OPENVINO_CPU.name}")
+    build = _builder(ap, args)
+
+    k1, k2 = build("k1"), build("k2", orders=2)
+    layers = _float_layers(k1)  # every build here shares this float graph
+    dw = [n for n, l in layers.items() if 1 < l.groups == l.in_channels][:1]
+    fdw = build("k1_float_dw", exclude=tuple(dw)) if dw else None
+    t1, t2 = (_perf(a, args.profile_n) for a in (k1, k2))
+
+    fit = _fit(layers, t1, t2)
+    per_float_input = OPENVINO_CPU.per_float_input
+    if fdw is not None:
+        per_float_input = _fit_float_input(fit, layers, dw[0], _perf(fdw, args.profile_n), t1)
+    else:
+        print("no depthwise convolution: per_float_input kept from "
+              "rexdeploy/planning/cost_models.py")
+    _print_fit_errors(fit)
+    fitted = {"per_weight": fit.b / fit.a, "per_output": fit.c / fit.a,
+              "per_extra_output": (fit.c2 + fit.e) / fit.a, "per_float_input": per_float_input}
+    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/planning/cost_models.py |")
+    print("|---|---|---|")
+    for key, val in fitted.items():
+        print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
+    _check(args, build, k1, layers, fitted)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (see the module's docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (check)")
     ap.add_argument("-n", type=int, default=40, help="inferences per build per round (check)")
@@ -65,17 +144,12 @@ def main() -> int:
                          "OpenVINO cannot compile a float-input Linear with int8 weights, whose "
                          "kernel it picks by the CPU's own features)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "cost_model"))
-    args = ap.parse_args()
+    return ap
 
+
+def _builder(ap: argparse.ArgumentParser, args) -> _Builder:
+    """The builder of --model (which needs --input), or of the example EfficientNet-Lite0."""
     import examples
-
-    import rexdeploy
-    from backends.openvino import int8_isa
-    from rexdeploy.planning.cost_models import for_target
-
-    isa = int8_isa("auto")
-    OPENVINO_CPU = for_target("openvino", "CPU", isa.saturates)  # the model of this ISA's kind
-    print(f"int8 ISA {isa.describe()}: the code's time model is {OPENVINO_CPU.name}")
 
     if args.model:
         if not args.input:
@@ -85,21 +159,12 @@ def main() -> int:
     else:
         model, inputs = examples.ensure_example_model(), ["input:1x3x224x224"]
         preprocess, ranges = examples.EFFNET_PREPROCESS, (("input", -1.0, 1.0),)
+    return _Builder(model, inputs, preprocess, ranges, args.out)
 
-    def build(name: str, **quant):
-        from rexdeploy.config import BuildConfig, QuantConfig
 
-        cfg = BuildConfig(quant=QuantConfig(input_ranges=ranges, **quant))
-        print(f"building {name} ...", flush=True)
-        return rexdeploy.build(model, inputs, config=cfg, force=True, quiet=True,
-                               output=os.path.join(args.out, name), preprocess=preprocess)
-
-    k1, k2 = build("k1"), build("k2", orders=2)
-    layers = _float_layers(k1)  # every build here shares this float graph
-    dw = [n for n, l in layers.items() if 1 < l.groups == l.in_channels][:1]
-    fdw = build("k1_float_dw", exclude=tuple(dw)) if dw else None
-    t1, t2 = (_perf(a, args.profile_n) for a in (k1, k2))
-
+def _fit(layers: dict, t1: dict, t2: dict) -> _Fit:
+    """Least squares of the layers' owned times at K=1 and K=2 on their MACs, weights and
+    outputs, and the unowned time K=2 adds spread per output element; printed."""
     names = list(layers)
     X = np.array([[layers[n].macs, layers[n].weight_array.size, layers[n].outputs] for n in names],
                  float) / 1e6
@@ -117,35 +182,42 @@ def main() -> int:
     print(f"\nper-layer fit, ms per million: order 1 a={a:.4f} (MACs) b={b:.4f} (weights) "
           f"c={c:.4f} (outputs); further order a2={a2:.4f} b2={b2:.4f} c2={c2:.4f}; "
           f"sum of orders e={e:.4f} per output ({unowned:.3f} ms in all)")
-    per_float_input = OPENVINO_CPU.per_float_input
-    if fdw is not None:
-        # the float input's own cost: the layer, its producer's float output, the conversions
-        # (the nodes no layer owns); the other layers' times only add their noise
-        tf = _perf(fdw, args.profile_n)
-        prev = names[names.index(dw[0]) - 1]
-        extra_f = sum(_owned(tf, n) - _owned(t1, n) for n in (dw[0], prev)) + \
-            _unowned(tf, names) - _unowned(t1, names)
-        macs_dw = layers[dw[0]].macs / 1e6
-        inputs_dw = layers[dw[0]].inputs / 1e6
-        per_float_input = max(extra_f - 3 * a * macs_dw, 0.0) / inputs_dw / a
-        print(f"float input of {dw[0]}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
-    else:
-        print("no depthwise convolution: per_float_input kept from "
-              "rexdeploy/planning/cost_models.py")
-    for label, pred, meas in (("order 1", X @ [a, b, c], own1),
-                              ("further order", X @ [a2, b2, c2], own2)):
+    return _Fit(names, X, own1, own2, a, b, c, a2, b2, c2, e)
+
+
+def _fit_float_input(fit: _Fit, layers: dict, dw: str, tf: dict, t1: dict) -> float:
+    """per_float_input in int8-MAC units, from the build with depthwise layer `dw`'s input float
+    (times `tf`) against K=1 (times `t1`); printed."""
+    # the float input's own cost: the layer, its producer's float output, the conversions
+    # (the nodes no layer owns); the other layers' times only add their noise
+    names = fit.names
+    prev = names[names.index(dw) - 1]
+    extra_f = sum(_owned(tf, n) - _owned(t1, n) for n in (dw, prev)) + \
+        _unowned(tf, names) - _unowned(t1, names)
+    macs_dw = layers[dw].macs / 1e6
+    inputs_dw = layers[dw].inputs / 1e6
+    per_float_input = max(extra_f - 3 * fit.a * macs_dw, 0.0) / inputs_dw / fit.a
+    print(f"float input of {dw}: {extra_f:.3f} ms over {inputs_dw:.2f} M elements")
+    return per_float_input
+
+
+def _print_fit_errors(fit: _Fit) -> None:
+    """The fit's relative error per layer, beside that of BOPs alone (time proportional to
+    MACs)."""
+    X = fit.X
+    for label, pred, meas in (("order 1", X @ [fit.a, fit.b, fit.c], fit.own1),
+                              ("further order", X @ [fit.a2, fit.b2, fit.c2], fit.own2)):
         rel = np.abs(pred - meas) / np.maximum(meas, 1e-6)
         bops = X[:, 0] * (meas.sum() / X[:, 0].sum())
         rel_bops = np.abs(bops - meas) / np.maximum(meas, 1e-6)
         print(f"  {label}: median relative error {np.median(rel):.0%} (BOPs alone: "
               f"{np.median(rel_bops):.0%}), worst {rel.max():.0%} (BOPs alone: "
               f"{rel_bops.max():.0%})")
-    fitted = {"per_weight": b / a, "per_output": c / a, "per_extra_output": (c2 + e) / a,
-              "per_float_input": per_float_input}
-    print("\n| coefficient (int8-MAC units) | fitted now | in rexdeploy/planning/cost_models.py |")
-    print("|---|---|---|")
-    for key, val in fitted.items():
-        print(f"| {key} | {val:.0f} | {getattr(OPENVINO_CPU, key):.0f} |")
+
+
+def _check(args, build: _Builder, k1, layers: dict, fitted: dict) -> None:
+    """The check: budget builds under each cost model (and the fitted one with --write), timed
+    interleaved with K=1; the ratios planned beside the ratio measured, as a table."""
     costs = ["bops", "time"]
     if args.write:
         _write(args.write, fitted)
@@ -172,7 +244,6 @@ def main() -> int:
         s = art.manifest["summary"]
         timed = s["cost_ratio"] if "cost_ratio" in s else _planned_time(art, layers)
         print(f"| {label} | {s.get('bops_ratio', 1.0):.2f} | {timed:.2f} | {t / ms[0]:.2f} |")
-    return 0
 
 
 def _range(text: str) -> tuple[str, float, float]:

@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,7 +87,50 @@ CONFIGS += [(f"rexdeploy W8A8, REx budget {_b}, mixed activations, time budget",
 ISSUE2_BUILD = "rexdeploy W8A8, REx budget 1.15, mixed activations, time budget"
 
 
+@dataclass
+class _Photos:
+    """The photos, the float TorchScript reference on them and on their ten crops, and what the
+    metrics split them by (labelled, decisive, the labels)."""
+
+    names: list
+    x: np.ndarray
+    labels: dict
+    ref: np.ndarray
+    labelled: np.ndarray
+    decisive: np.ndarray
+    y: np.ndarray
+    views: np.ndarray
+    ref_views: np.ndarray
+
+    def metrics(self, label: str, logits: np.ndarray, view_logits: np.ndarray) -> dict:
+        """A row's metrics: agreement, KL, SQNR and accuracy on the photos, 10-crop agreement."""
+        return (_metrics(label, self.ref, logits, self.labelled, self.y, self.decisive) |
+                _ten_crop(self.ref_views, view_logits))
+
+
 def main() -> int:
+    """The fashion and MiniLM tables (--model), then EfficientNet-Lite0's; the exit code."""
+    args = _parse_args()
+    if args.model in ("fashion", "all"):
+        import fashion_fidelity
+
+        markdown = args.markdown
+        if markdown and args.model == "all":
+            base, ext = os.path.splitext(markdown)
+            args.markdown = f"{base}_fashion{ext}"
+        rc = fashion_fidelity.run(args)
+        args.markdown = markdown
+        if args.model == "fashion" or rc:
+            return _plot(args, rc)
+    if args.model in ("minilm", "all"):
+        _minilm(args)
+        if args.model == "minilm":
+            return _plot(args, 0)
+    return _effnet(args)
+
+
+def _parse_args() -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench"))
     ap.add_argument("--markdown", help="also write the table as markdown to this file")
@@ -108,33 +152,45 @@ def main() -> int:
                          "per round (3 rounds); 0 (default): no latency column")
     ap.add_argument("--plot", metavar="PNG", help="write the Pareto plot (fidelity vs "
                     "bit-operations and vs latency, every model that ran) to this PNG")
-    args = ap.parse_args()
-    if args.model in ("fashion", "all"):
-        import fashion_fidelity
+    return ap.parse_args()
 
-        markdown = args.markdown
-        if markdown and args.model == "all":
-            base, ext = os.path.splitext(markdown)
-            args.markdown = f"{base}_fashion{ext}"
-        rc = fashion_fidelity.run(args)
-        args.markdown = markdown
-        if args.model == "fashion" or rc:
-            return _plot(args, rc)
-    if args.model in ("minilm", "all"):
-        _minilm(args)
-        if args.model == "minilm":
-            return _plot(args, 0)
 
+def _effnet(args) -> int:
+    """EfficientNet-Lite0 on the photos: every configuration's row, the OpenVINO float and torch
+    reference rows, the peers and the Pareto columns if asked, the table, the verdicts."""
     import examples
+    from common import print_table
     from rich.console import Console
-    from common import openvino_logits, print_table, slug, torch_logits
-
-    import rexdeploy
-    from rexdeploy.config import BuildConfig, QuantConfig
-    from rexdeploy.evaluate.fidelity import near_ties
 
     console = Console(width=160)
     model_path = examples.ensure_example_model()
+    photos = _load_photos(console, model_path)
+    rows, float_onnx = _rexdeploy_rows(console, args, model_path, photos)
+    if float_onnx:
+        rows += _openvino_float_rows(float_onnx, photos)
+    rows.append(photos.metrics("float torch (reference)", photos.ref, photos.ref_views) |
+                {"int8": 0.0, "build_s": 0, "bops": float("nan")})
+
+    headers = ["configuration", "agree all", "agree labelled", "agree other",
+               f"agree decisive (margin >= {MARGIN})",
+               f"agree 10-crop ({len(photos.views)} views; 95% interval)", "KL", "SQNR dB",
+               "top-1 acc (labelled)", "int8 coverage", "BOPs x"]
+    if float_onnx and (args.peers or args.latency or args.plot):  # issue 6
+        headers += _peers_and_pareto(console, args, rows, float_onnx, photos)
+    print_table(console, f"EfficientNet-Lite0, {len(photos.names)} real photos, OpenVINO CPU",
+                headers, [_cells(r, len(headers)) for r in rows], args.markdown)
+    _verdicts(console, args, rows, len(photos.views))
+    return _plot(args, 0)
+
+
+def _load_photos(console, model_path: str) -> _Photos:
+    """The photos (.cache/photos) and their ten crops, with the float TorchScript logits on both;
+    says how many photos are near ties."""
+    import examples
+    from common import torch_logits
+
+    from rexdeploy.evaluate.fidelity import near_ties
+
     names, x, labels = examples.load_photos()
     console.print(f"{len(names)} photos ({len(labels)} labelled), model {model_path}")
     ref = torch_logits(model_path, x)
@@ -145,6 +201,17 @@ def main() -> int:
     y = np.array([labels.get(n, -1) for n in names])
     views = examples.load_photo_views()  # 10 crops of each photo: the agreement's precision
     ref_views = torch_logits(model_path, views)
+    return _Photos(names, x, labels, ref, labelled, decisive, y, views, ref_views)
+
+
+def _rexdeploy_rows(console, args, model_path: str, photos: _Photos) -> tuple[list, str | None]:
+    """Build every configuration of CONFIGS (those --only names), run it on the photos and their
+    crops; the rows, and the float ONNX of the last build (None if none ran)."""
+    import examples
+    from common import slug
+
+    import rexdeploy
+    from rexdeploy.config import BuildConfig, QuantConfig
 
     rows = []
     float_onnx = None
@@ -158,52 +225,58 @@ def main() -> int:
             preprocess=examples.EFFNET_PREPROCESS)
         build_s = time.perf_counter() - start
         float_onnx = art.file("float_onnx")
-        logits = _artifact_logits(art, x)
-        rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
-                    _ten_crop(ref_views, _artifact_logits(art, views)) |
+        logits = _artifact_logits(art, photos.x)
+        rows.append(photos.metrics(label, logits, _artifact_logits(art, photos.views)) |
                     {"int8": art.manifest["summary"]["int8_coverage"], "build_s": build_s,
                      "bops": art.manifest["summary"].get("bops_ratio", 1.0), "art": art})
         console.print(f"  {label}: {rows[-1]['sqnr']:.1f} dB, agreement {rows[-1]['agree']:.3f}"
                       f", 10-crop {rows[-1]['agree10']:.3f}")
-    if float_onnx:
-        files = {"onnx": os.path.basename(float_onnx)}
-        for label, precision in (("OpenVINO float, f32", "f32"),
-                                 ("OpenVINO float, device default (bf16)", "default")):
-            logits = openvino_logits(os.path.dirname(float_onnx), files, x, precision)
-            rows.append(_metrics(label, ref, logits, labelled, y, decisive) |
-                        _ten_crop(ref_views, openvino_logits(os.path.dirname(float_onnx), files,
-                                                             views, precision)) |
-                        {"int8": 0.0, "build_s": 0, "bops": float("nan"), "float": True,
-                         "dir": os.path.dirname(float_onnx), "files": files,
-                         "precision": precision})
-    rows.append(_metrics("float torch (reference)", ref, ref, labelled, y, decisive) |
-                _ten_crop(ref_views, ref_views) |
-                {"int8": 0.0, "build_s": 0, "bops": float("nan")})
+    return rows, float_onnx
 
-    headers = ["configuration", "agree all", "agree labelled", "agree other",
-               f"agree decisive (margin >= {MARGIN})",
-               f"agree 10-crop ({len(views)} views; 95% interval)", "KL", "SQNR dB",
-               "top-1 acc (labelled)", "int8 coverage", "BOPs x"]
-    if float_onnx and (args.peers or args.latency or args.plot):  # issue 6
-        import pareto
-        from peers import random_images, run_peers
 
-        if args.peers:
-            rows[-1:-1] = run_peers(
-                console, "effnet", float_onnx, args.out, real_what="photos",
-                real=[{"input": x[i:i + 1]} for i in range(len(x))],
-                random=random_images((1, 3, 224, 224), -1.0, 1.0),
-                # the photos, then their ten crops: the peers get the 10-crop column too
-                evaluate=lambda d, files: openvino_logits(d, files, np.concatenate([x, views])),
-                metrics=lambda label, out: _metrics(label, ref, out[:len(x)], labelled, y,
-                                                    decisive) |
-                _ten_crop(ref_views, out[len(x):]) |
-                {"int8": float("nan"), "bops": float("nan")}, only=args.only)
-        pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
-                      f"EfficientNet-Lite0, {len(names)} photos", "sqnr")
-        headers += pareto.EXTRA_HEADERS
-    print_table(console, f"EfficientNet-Lite0, {len(names)} real photos, OpenVINO CPU", headers,
-                [_cells(r, len(headers)) for r in rows], args.markdown)
+def _openvino_float_rows(float_onnx: str, photos: _Photos) -> list[dict]:
+    """The float ONNX on OpenVINO, f32 pinned and at the device default precision: for scale."""
+    from common import openvino_logits
+
+    rows = []
+    files = {"onnx": os.path.basename(float_onnx)}
+    for label, precision in (("OpenVINO float, f32", "f32"),
+                             ("OpenVINO float, device default (bf16)", "default")):
+        logits = openvino_logits(os.path.dirname(float_onnx), files, photos.x, precision)
+        rows.append(photos.metrics(label, logits,
+                                   openvino_logits(os.path.dirname(float_onnx), files,
+                                                   photos.views, precision)) |
+                    {"int8": 0.0, "build_s": 0, "bops": float("nan"), "float": True,
+                     "dir": os.path.dirname(float_onnx), "files": files,
+                     "precision": precision})
+    return rows
+
+
+def _peers_and_pareto(console, args, rows: list, float_onnx: str, photos: _Photos) -> list[str]:
+    """Issue 6: the peers' rows (--peers) inserted before the torch reference row, and the
+    latency and bit-operation columns of every row (tools/bench/pareto.py); the extra headers."""
+    import pareto
+    from common import openvino_logits
+    from peers import random_images, run_peers
+
+    x, views = photos.x, photos.views
+    if args.peers:
+        rows[-1:-1] = run_peers(
+            console, "effnet", float_onnx, args.out, real_what="photos",
+            real=[{"input": x[i:i + 1]} for i in range(len(x))],
+            random=random_images((1, 3, 224, 224), -1.0, 1.0),
+            # the photos, then their ten crops: the peers get the 10-crop column too
+            evaluate=lambda d, files: openvino_logits(d, files, np.concatenate([x, views])),
+            metrics=lambda label, out: photos.metrics(label, out[:len(x)], out[len(x):]) |
+            {"int8": float("nan"), "bops": float("nan")}, only=args.only)
+    pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
+                  f"EfficientNet-Lite0, {len(photos.names)} photos", "sqnr")
+    return pareto.EXTRA_HEADERS
+
+
+def _verdicts(console, args, rows: list, n_views: int) -> None:
+    """Issue 2's target for the default build and the one latency.py times, issue 3's REx
+    targets, and the peers' verdicts (--peers)."""
     by_label = {r["label"]: r for r in rows}
     for label in (rows[0]["label"], ISSUE2_BUILD):  # the default, and the build latency.py times
         row = by_label.get(label)
@@ -213,7 +286,7 @@ def main() -> int:
         lo, hi = row["agree10_ci"]
         console.print(f"issue target, W8A8 agreement >= 0.97 and SQNR >= 18 dB, {label}: "
                       f"{'[green]met' if ok else '[red]missed'}[/] ({row['agree']:.3f}, "
-                      f"{row['sqnr']:.1f} dB); on the {len(views)} ten-crop views "
+                      f"{row['sqnr']:.1f} dB); on the {n_views} ten-crop views "
                       f"{row['agree10']:.3f} (95% interval {lo:.3f}-{hi:.3f})")
     _rex_verdicts(console, by_label)
     if args.peers:
@@ -221,7 +294,6 @@ def main() -> int:
 
         for line in pareto.peer_verdicts("effnet", rows):
             console.print(line)
-    return _plot(args, 0)
 
 
 def _plot(args, rc: int) -> int:
