@@ -4,7 +4,8 @@ OpenVINO's CPU plugin runs int8 layers through oneDNN, which picks its kernels f
 instruction set the CPU has, capped by the environment variable ONEDNN_MAX_CPU_ISA (read once per
 process). The names here are oneDNN's (lower case). Before VNNI (`vpdpbusd`), int8 products are
 added in pairs into a saturating int16 (`pmaddubsw`), so full-range weights against full-range
-activations overflow (calib_free.saturation): on those ISAs the build limits weight-code pairs.
+activations overflow (calib_free.weights.saturation): on those ISAs the build limits weight-code
+pairs.
 
 Pure Python (no openvino import): the build's config validation and the CLI use it; the
 OpenVINO backend confirms a detection by running a probe layer (backends.openvino.int8_probe).

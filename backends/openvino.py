@@ -599,7 +599,7 @@ RULES = TargetRules(cpu_cost_models=True, int8_recurrent=True, pins_cores=True,
 def _probe_onnx() -> bytes:
     """A 1x1 int8 convolution whose first output channel pairs two weight codes of 127 against
     activations of 255: 64770 exactly where int8 products accumulate in int32, 32767 where a
-    pre-VNNI kernel adds the pair in a saturating int16 (calib_free.saturation)."""
+    pre-VNNI kernel adds the pair in a saturating int16 (calib_free.weights.saturation)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.zeros((8, 8, 1, 1), np.int8)

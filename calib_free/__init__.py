@@ -1,9 +1,22 @@
 """calib_free: the data-free quantization math (pure torch + numpy).
 
-Quantizer, REx residual expansion, activation range estimators, Gaussian moment propagation,
-bias correction and synthetic inputs. No ONNX or backend import anywhere in this package (a test
-enforces it). The names below are re-exported lazily, so `import calib_free.plan` (numpy only,
-read by tools that never quantize) does not pay for torch; `calib_free.expand_uniform` does.
+No ONNX or backend import anywhere in this package (`calib_free/ruff.toml` covers the
+subpackages; a test also checks at run time). Layout, by concern:
+
+    weights/       weight codes and scales: the uniform quantizer, pair-limited codes for CPUs
+                   without VNNI, PowerQuant, REx expansion, sparse orders and their budget, the
+                   layer-partition ensemble, int8 recurrent (LSTM/GRU) weights
+    activations/   activation ranges without data: range estimators, Gaussian moment
+                   propagation, SmoothQuant-style scale migration
+    refine/        after rounding: reconstruction data and error, FlexRound, ERQ, bias correction
+    plan.py        QuantPlan, the frozen decision every group feeds (numpy only)
+    metrics.py     the project's error ratios (SQNR in dB, noise ratio; pure Python)
+    mixed.py       mixed precision under a bit-operation budget, steered by output sensitivity
+    synthetic.py   synthetic inputs: Gaussian/uniform images, BatchNorm-matched, random tokens
+
+Each subpackage's __init__ lists its modules. The names below are re-exported lazily, so
+`import calib_free.plan` (numpy only, read by tools that never quantize) does not pay for torch;
+`calib_free.expand_uniform` does.
 """
 
 from __future__ import annotations
@@ -11,15 +24,15 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "bias_correction": ("expected_output_shift",),
-    "expansion": ("expand_residuals", "expand_uniform", "weight_error"),
-    "moments": ("add_moments", "clipped_gaussian_moments", "conv_mean", "conv_moments",
-                "gelu_moments", "linear_moments"),
     "plan": ("ActivationPlan", "LayerPlan", "QuantPlan", "SkippedLayer", "WeightOrder"),
-    "quantizer": ("choose_scale", "dequantize", "qmax", "quantize", "quantize_weight"),
-    "ranges": ("gaussian_clip", "gaussian_mse_sigma", "maxabs", "mse_optimal", "percentile",
-               "scale_from_clip"),
     "synthetic": ("bn_matched_inputs", "gaussian_inputs", "random_tokens"),
+    "weights.quantizer": ("choose_scale", "dequantize", "qmax", "quantize", "quantize_weight"),
+    "weights.expansion": ("expand_residuals", "expand_uniform", "weight_error"),
+    "activations.moments": ("add_moments", "clipped_gaussian_moments", "conv_mean",
+                            "conv_moments", "gelu_moments", "linear_moments"),
+    "activations.ranges": ("gaussian_clip", "gaussian_mse_sigma", "maxabs", "mse_optimal",
+                           "percentile", "scale_from_clip"),
+    "refine.bias_correction": ("expected_output_shift",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

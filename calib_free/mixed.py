@@ -1,7 +1,7 @@
 """Auto mixed precision under a bit-operation budget, steered by measured output sensitivity.
 
-The plain budget allocator (calib_free.sparse.allocate_budget) scores a channel's order k by the
-share of its layer's own order-1 weight error it removes, so every layer counts alike. Here each
+The plain budget allocator (calib_free.weights.sparse.allocate_budget) scores a channel's order k by
+the share of its layer's own order-1 weight error it removes, so every layer counts alike. Here each
 layer also carries what its quantization costs the network output, measured without data
 (rexdeploy/planning/sensitivity.py): the output noise-to-signal ratio when only that layer is
 quantized,
@@ -19,7 +19,7 @@ drop of the output NSR per bit-operation (output noise of independent layers add
 with the cost model of docs/algorithms.md section 2.1, BOPs = M * b_w * b_a * (1 + sum of gammas):
 raising L's weights costs M * b_a * (8 (1 + its gammas: orders end) - b_w (1 + its gammas));
 keeping T float costs, over the layers reading it, M * b_w * (32 - 8) * (1 + their gammas).
-A runtime's calib_free.sparse.CostModel adds its per-weight and per-output terms to each.
+A runtime's calib_free.weights.sparse.CostModel adds its per-weight and per-output terms to each.
 The greedy is lazy: a candidate's score is recomputed when popped (the state of its layer may
 have changed since it was pushed) and pushed back when it dropped. Raising a layer's weights
 replaces its higher orders (their BOPs are refunded). Pure torch math; no ONNX.
@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import torch
 
 from calib_free.metrics import noise_ratio
-from calib_free.sparse import BOPS, CostModel, LayerCost
+from calib_free.weights.sparse import BOPS, CostModel, LayerCost
 
 # A layer's order gains are weighted by nsr_w ** SENSITIVITY_POWER (0: every layer alike, as
-# calib_free.sparse.allocate_budget; 1: the measured NSR as is, i.e. the expected output-NSR
+# calib_free.weights.sparse.allocate_budget; 1: the measured NSR as is, i.e. the expected output-NSR
 # drop). 0.25 and 0.5 were tried on EfficientNet-Lite0 (docs/benchmarks.md): no better than 1
 # where the signal is measured on 1/f noise; 1 is the one the model above justifies.
 SENSITIVITY_POWER = 1.0
@@ -196,7 +196,7 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
     Layers without nsr_w weigh their order gains by 1 (as allocate_budget does).
     whole_layers: orders go to whole layers (every channel) at the layer's full BOPs, as a
     runtime running sparse orders as dense zero-row kernels pays them
-    (calib_free.sparse.allocate_budget).
+    (calib_free.weights.sparse.allocate_budget).
     cost_model: what the budget counts (default: BOPs); the scores are per unit of it. The
     bops_delta of each raise in the result stays in BOPs."""
     if budget < 1.0:

@@ -86,8 +86,8 @@ class ActivationPlan:
     source: str = ""     # where the range came from: bn, ln, propagated, synthetic, input-range
     range: float = 0.0   # the clip value the scale was derived from
     # float32 [C] or None: the tensor is multiplied by this per channel (last axis) before it is
-    # quantized: 1 / s, the migration factors s of calib_free.smooth, so the layer reads x / s;
-    # the layers reading it carry s in their weights
+    # quantized: 1 / s, the migration factors s of calib_free.activations.smooth, so the layer reads
+    # x / s; the layers reading it carry s in their weights
     smooth: np.ndarray | None = field(default=None, compare=False)
     # float32 [C] or None: one scale per channel (axis 1, NCHW) instead of `scale`, which is then
     # their largest; only on tensors read by depthwise convolutions alone, where channel c feeds
@@ -107,7 +107,7 @@ class ActivationPlan:
 
 @dataclass(frozen=True, eq=False)
 class RecurrentPlan:
-    """A quantized LSTM/GRU (calib_free.recurrent): int8 codes of its input weights W and
+    """A quantized LSTM/GRU (calib_free.weights.recurrent): int8 codes of its input weights W and
     recurrent weights R with one scale per (direction, gate row) shared by both; its input X is
     quantized by the plan's ActivationPlan for `input`."""
 

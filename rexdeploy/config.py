@@ -107,14 +107,14 @@ class QuantConfig:
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
     rounding: Rounding = "auto"              # nearest, or dc: each conv kernel keeps its code sum
-                                        # (calib_free.quantizer.preserve_sums); auto: dc for
+                                        # (calib_free.weights.quantizer.preserve_sums); auto: dc for
                                         # the uniform operator, nearest for power
     ranges: Ranges = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
-    smooth: SmoothMode = "auto"                # scale migration (calib_free.smooth) on MatMul/Gemm
-                                        # inputs with synthetic ranges: auto (outlier-heavy
-                                        # ones), all, off
+    smooth: SmoothMode = "auto"                # scale migration on MatMul/Gemm inputs with
+                                        # synthetic ranges (calib_free.activations.smooth):
+                                        # auto (outlier-heavy ones), all, off
     smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
     bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
     unsigned_activations: bool = True   # uint8 (zero-point 0) for non-negative tensors where the
@@ -150,7 +150,7 @@ class QuantConfig:
                                         # that buys whole layers) | on | off
     mixed_precision: MixedMode = "off"        # off | weights | activations | all
     # int8 kernels without VNNI add pairs of products in a saturating int16
-    # (calib_free.saturation): auto limits weight-code pairs where the target's int8 ISA
+    # (calib_free.weights.saturation): auto limits weight-code pairs where the target's int8 ISA
     # (BuildConfig.int8_isa) saturates, on / off always / never
     overflow_fix: OverflowFix = "auto"
     # cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py):
@@ -177,7 +177,7 @@ class QuantConfig:
         on = self.overflow_fix == "on" or (self.overflow_fix == "auto" and self.int8_saturates)
         if not on:
             return None
-        from calib_free.saturation import PAIR_LIMIT
+        from calib_free.weights.saturation import PAIR_LIMIT
 
         return PAIR_LIMIT
 

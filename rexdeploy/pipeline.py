@@ -365,7 +365,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
     import onnx_ir as ir
 
     from backends.base import BuildOptions, BuildResult
-    from calib_free.ensemble import combine_weights
+    from calib_free.weights.ensemble import combine_weights
     from rexdeploy.lower import summarize
     from rexdeploy.passes.center_activations import centred_tensors
     from rexdeploy.report import build_report

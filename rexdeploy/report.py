@@ -124,7 +124,7 @@ def _unnamed_recurrent(runtime: list[dict], assigned: dict[str, list[dict]]) -> 
 
 
 def _recurrent_row(rp, act, ran: list[dict]) -> dict:
-    """An int8 LSTM/GRU (calib_free.recurrent) as a layer row."""
+    """An int8 LSTM/GRU (calib_free.weights.recurrent) as a layer row."""
     return {"name": rp.name, "op": rp.op, "orders": 1, "bits": [8],
             "macs": rp.metrics.get("macs", 0), "kept_fraction": [], "bops": None,
             "weight_error": {"sqnr_db": rp.metrics.get("weight_sqnr_db")},
@@ -170,7 +170,7 @@ def bops_summary(plan) -> dict:
 
 
 def overflow_summary(plan) -> dict:
-    """How many layers carry pair-limited codes (--overflow-fix, calib_free.saturation), how
+    """How many layers carry pair-limited codes (--overflow-fix, calib_free.weights.saturation), how
     many output channels moved to a coarser scale for it and the mean bits they gave up."""
     rows = [lp.metrics["overflow_fix"] for lp in plan.layers if "overflow_fix" in lp.metrics]
     moved = sum(r["channels_rescaled"] for r in rows)

@@ -84,9 +84,9 @@ def tiny_mlp(seed: int = 0) -> TinyMLP:
 
 def overflow_cnn(seed: int = 0) -> nn.Module:
     """A small CNN that a pre-VNNI int8 kernel saturates unless its weight codes are
-    pair-limited (calib_free.saturation): its pointwise convolutions have non-negative weights,
-    so every pair of adjacent input channels adds two same-sign products, against ReLU6 outputs
-    that use the whole uint8 range. Input 1x3x32x32."""
+    pair-limited (calib_free.weights.saturation): its pointwise convolutions have non-negative
+    weights, so every pair of adjacent input channels adds two same-sign products, against ReLU6
+    outputs that use the whole uint8 range. Input 1x3x32x32."""
     torch.manual_seed(seed)
     model = nn.Sequential(ConvBnRelu(3, 32, 3, 2), ConvBnRelu(32, 32, 1), ConvBnRelu(32, 32, 1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))

@@ -2,8 +2,8 @@
 
 The Q/DQ ONNX run in ONNX Runtime (the reference backend, Q/DQ unfused) defines what a plan
 means; the compiled model on the device must reproduce it. It may not: a CPU without VNNI
-saturates int8 pairs in int16 (calib_free.saturation), an engine can diverge from its Q/DQ ONNX.
-The build runs the compiled model, the reference and the float model (`float.onnx` in ONNX
+saturates int8 pairs in int16 (calib_free.weights.saturation), an engine can diverge from its Q/DQ
+ONNX. The build runs the compiled model, the reference and the float model (`float.onnx` in ONNX
 Runtime) on its own synthetic inputs and records, per output:
 
     reference_db           SQNR of the reference against the float model

@@ -16,7 +16,7 @@ Only these consumers of a tensor T are re-wired to T's DQ output:
     That is TensorRT's rule: Q/DQ on the skip branch lets Conv+Add fuse in int8.
 Every other consumer, and a graph output T, keep the float tensor.
 
-A smoothed activation (`ActivationPlan.smooth`, calib_free.smooth) is multiplied by that
+A smoothed activation (`ActivationPlan.smooth`, calib_free.activations.smooth) is multiplied by that
 per-channel factor (last axis) before its QuantizeLinear, and its DQ output feeds only the
 planned layers (whose weights carry the inverse factor); residual Adds keep the float tensor.
 So does a per-channel activation: its DQ output feeds only the depthwise layers planned on it.

@@ -81,8 +81,8 @@ class LayerInfo:
             int(np.prod(self.strides or (1,)))
 
     def cost(self, errors, bits_w: int, bits_a: int):
-        """The budget allocator's view of this layer (calib_free.sparse.LayerCost)."""
-        from calib_free.sparse import LayerCost
+        """The budget allocator's view of this layer (calib_free.weights.sparse.LayerCost)."""
+        from calib_free.weights.sparse import LayerCost
 
         return LayerCost(self.name, errors, self.macs, bits_w, bits_a,
                          int(self.weight_array.size), self.outputs, self.inputs)

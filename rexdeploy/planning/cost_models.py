@@ -7,7 +7,7 @@ layers with few MACs per output element: a depthwise convolution's second order 
 its BOPs share, the 1280 x 1000 classifier's (batch 1, its weights read once per MAC) about 15x.
 
 The coefficients below are int8-MAC equivalents per weight and per output element
-(calib_free.sparse.CostModel), fitted by least squares to the per-layer PERF_COUNT times of
+(calib_free.weights.sparse.CostModel), fitted by least squares to the per-layer PERF_COUNT times of
 EfficientNet-Lite0 built at K=1 and K=2 (50 layers each; the float input from the difference
 one float depthwise input makes), one inference thread, AMD EPYC Zen 4 (AVX512-VNNI), openvino
 2026.4.1: `tools/bench/cost_model.py` refits and checks them (docs/benchmarks.md, section "What a
@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import asdict, fields
 
-from calib_free.sparse import BOPS, CostModel
+from calib_free.weights.sparse import BOPS, CostModel
 
 OPENVINO_CPU = CostModel("openvino-cpu", per_weight=17.0, per_output=40.0,
                          per_extra_output=86.0, per_float_input=40.0, min_bits=8)

@@ -53,7 +53,7 @@ def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig
     cost, when it is not BOPs) at the precision each layer runs, its measured sensitivity, and
     `mixed` (what was raised, why, at what cost). `plans` already holds the raised layers at
     int8; layers: name -> LayerInfo."""
-    from calib_free.sparse import layer_bops
+    from calib_free.weights.sparse import layer_bops
 
     out = []
     for lp in plans:

@@ -148,7 +148,7 @@ class _Expansion:
     signal: "torch.Tensor"     # [Cout] E[y^2]
     mean_in: np.ndarray | None
     stops: list | None = None  # [(codes, scale)] K pairs: each order as a last order
-                               # (calib_free.expansion.stop_orders); None: as `orders`
+                               # (calib_free.weights.expansion.stop_orders); None: as `orders`
 
 
 # --smooth auto migrates a tensor when its largest channel maximum is at least this many times
@@ -166,15 +166,15 @@ def outlier_ratio(channel_absmax: np.ndarray) -> float:
 
 def _smoothing(kept: list[LayerInfo], tensors: list[str], stats: dict[str, TensorStats],
                observed: dict[str, Observed], config: QuantConfig) -> dict[str, "torch.Tensor"]:
-    """Scale-migration factors s [C] per activation tensor (calib_free.smooth), for the tensors
-    read only by MatMul/Gemm layers (channels on the last axis) whose ranges come from synthetic
-    inputs; under --smooth auto only those with outlier channels (OUTLIER_RATIO). Off for
+    """Scale-migration factors s [C] per activation tensor (calib_free.activations.smooth), for the
+    tensors read only by MatMul/Gemm layers (channels on the last axis) whose ranges come from
+    synthetic inputs; under --smooth auto only those with outlier channels (OUTLIER_RATIO). Off for
     weight-only builds and ensembles (--refine reconstructs against the migrated inputs)."""
     if config.smooth == "off" or config.activations != "int8" or config.ensemble:
         return {}
     import torch
 
-    from calib_free.smooth import smoothing_factors, weight_input_absmax
+    from calib_free.activations.smooth import smoothing_factors, weight_input_absmax
 
     readers: dict[str, list[LayerInfo]] = {}
     for layer in kept:
@@ -202,20 +202,20 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
             config: QuantConfig, smooth: "torch.Tensor | None" = None) -> _Expansion:
     import torch
 
-    from calib_free.expansion import expand_uniform
-    from calib_free.sparse import channel_errors, signal_power
+    from calib_free.weights.expansion import expand_uniform
+    from calib_free.weights.sparse import channel_errors, signal_power
 
     s, o = stats.get(layer.input), observed.get(layer.input)
     w = torch.from_numpy(np.ascontiguousarray(layer.weight_array, np.float32))
     if smooth is not None:  # the layer reads x / s: it computes with s * W
-        from calib_free.smooth import scale_input_channels
+        from calib_free.activations.smooth import scale_input_channels
 
         w = scale_input_channels(w, smooth, layer.in_axis)
     block = config.granularity == "block"
     axis = layer.in_axis if block else layer.out_axis
     power = _input_power(s, config, layer.in_channels)
     if config.operator == "power":
-        from calib_free.power import expand_power
+        from calib_free.weights.power import expand_power
 
         orders = expand_power(w, config.weight_bits, config.max_orders, config.granularity,
                               axis, config.block_size if block else None)
@@ -243,7 +243,7 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
 
 
 def pair_limit(layer: LayerInfo, config: QuantConfig):
-    """The pair limit (calib_free.saturation.PairLimit) of a layer whose int8 kernel on the
+    """The pair limit (calib_free.weights.saturation.PairLimit) of a layer whose int8 kernel on the
     target adds pairs of products in saturating int16 (QuantConfig.pair_limit: a pre-VNNI x86
     CPU), None where nothing can overflow: float inputs, weights below 8 bits, a depthwise
     convolution (one input channel per group), PowerQuant codes (they run in float)."""
@@ -252,21 +252,21 @@ def pair_limit(layer: LayerInfo, config: QuantConfig):
         return None
     if layer.weight_array.shape[layer.in_axis] < 2:  # e.g. depthwise: no pair to add
         return None
-    from calib_free.saturation import PairLimit
+    from calib_free.weights.saturation import PairLimit
 
     return PairLimit(layer.in_axis, layer.out_axis, config.pair_limit)
 
 
 def _stop_orders(layer: LayerInfo, w, orders: list, axis: int, config: QuantConfig,
                  power=None) -> list | None:
-    """calib_free.expansion.stop_orders for an expansion whose last order has a quantizer of its
-    own (--rounding dc on a convolution kernel, --clip-search) and may stop early for some
+    """calib_free.weights.expansion.stop_orders for an expansion whose last order has a quantizer of
+    its own (--rounding dc on a convolution kernel, --clip-search) and may stop early for some
     channels (--budget, --sparsity); None when every order rounds alike or scales are not per
     output channel."""
     import functools
 
-    from calib_free.expansion import stop_orders
-    from calib_free.quantizer import quantize_weight
+    from calib_free.weights.expansion import stop_orders
+    from calib_free.weights.quantizer import quantize_weight
 
     sum_dims = _kernel_dims(layer, w, config)
     if len(orders) < 2 or config.operator == "power" or config.granularity != "channel" \
@@ -288,8 +288,8 @@ def _kernel_dims(layer: LayerInfo, w, config: QuantConfig) -> tuple[int, ...] | 
 
 
 def _dequantize(codes, scale, axis, config: QuantConfig):
-    from calib_free.power import PowerScale, dequantize_power
-    from calib_free.quantizer import dequantize
+    from calib_free.weights.power import PowerScale, dequantize_power
+    from calib_free.weights.quantizer import dequantize
 
     block = config.block_size if config.granularity == "block" else None
     if isinstance(scale, PowerScale):
@@ -300,7 +300,7 @@ def _dequantize(codes, scale, axis, config: QuantConfig):
 def _order_arrays(scale, bits: int) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """(float32 scale, lookup table or None, exponent or None) of one order for WeightOrder:
     a PowerQuant order's scale is its clip, its table the power levels."""
-    from calib_free.power import PowerScale, levels
+    from calib_free.weights.power import PowerScale, levels
 
     if isinstance(scale, PowerScale):
         return (scale.clip.numpy().astype(np.float32),
@@ -329,7 +329,7 @@ def _select_channels(expansions: list[_Expansion], config: QuantConfig) -> dict[
     """Kept output channels of orders 2..K per layer: all (dense), the fraction --sparsity
     with the largest error, or the greedy --budget allocation (whole layers where the sparse
     orders run as dense zero-row kernels). Missing key: dense."""
-    from calib_free.sparse import allocate_budget, uniform_channels
+    from calib_free.weights.sparse import allocate_budget, uniform_channels
     from rexdeploy.planning import cost_models
 
     if config.max_orders < 2:
@@ -375,7 +375,7 @@ def _stop_where(mask: np.ndarray, order: tuple, stop: tuple, out_axis: int) -> t
 def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     import torch
 
-    from calib_free.expansion import weight_error
+    from calib_free.weights.expansion import weight_error
 
     layer, w = e.layer, e.w
     top = _top_orders(kept, len(e.orders), layer.out_channels)
@@ -404,7 +404,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     w_hat = sum(torch.from_numpy(o_.dequantize()) for o_ in plan_orders)
     first = torch.from_numpy(plan_orders[0].dequantize())
     fractions = [o_.kept_fraction(layer.out_channels) for o_ in plan_orders[1:]]
-    from calib_free.sparse import layer_bops
+    from calib_free.weights.sparse import layer_bops
     from rexdeploy.planning import cost_models
 
     final = e.errors[0].clone()  # each channel's error proxy at its highest order
@@ -446,8 +446,8 @@ def _overflow_metrics(w, order, pairs, bits: int) -> dict:
     sum| left (<= limit)."""
     import torch
 
-    from calib_free.quantizer import choose_scale, qmax
-    from calib_free.saturation import pair_sums
+    from calib_free.weights.quantizer import choose_scale, qmax
+    from calib_free.weights.saturation import pair_sums
 
     plain = choose_scale(w, bits, "channel", pairs.out_axis).reshape(-1).double()
     scale = torch.from_numpy(np.asarray(order.scale, np.float64)).reshape(-1)
@@ -475,13 +475,13 @@ def _activation(tensor: str, s: TensorStats | None, o: Observed | None, config: 
         bound, nonneg, source = o.bound, o.nonneg, f"observed:{config.ranges}"
     else:
         return None
-    from calib_free.ranges import scale_from_clip
+    from calib_free.activations.ranges import scale_from_clip
 
     signed = not (allow_unsigned and config.unsigned_activations and nonneg)
     bound = max(bound, 1e-8)
     step = dict(config.input_grid).get(tensor)
     if step is not None and factor is None and s is not None:
-        from calib_free.quantizer import qmax
+        from calib_free.weights.quantizer import qmax
 
         q = qmax(8, signed)
         if _on_grid(s, step, q, signed):
@@ -543,7 +543,7 @@ def channel_scales(act: ActivationPlan, channels: int, s: TensorStats | None,
     if act.range < CHANNEL_SPREAD * float(np.median(bounds)):
         return act  # channels alike: little to gain, a channel's clipping to lose
     bounds = np.clip(bounds * CHANNEL_MARGIN, act.range * CHANNEL_FLOOR, act.range)
-    scales = (bounds / act.qmax).astype(np.float32)  # calib_free.ranges.scale_from_clip
+    scales = (bounds / act.qmax).astype(np.float32)  # calib_free.activations.ranges.scale_from_clip
     return replace(act, channel_scale=scales, scale=float(scales.max()))
 
 
@@ -575,7 +575,7 @@ def observed_means(config: QuantConfig) -> bool:
 def _bias_shift(layer: LayerInfo, delta: "torch.Tensor", mean_in: np.ndarray) -> np.ndarray:
     import torch
 
-    from calib_free.bias_correction import expected_output_shift
+    from calib_free.refine.bias_correction import expected_output_shift
 
     if layer.out_axis == 1:
         delta = delta.transpose(0, 1)  # [Cin, Cout, ...] -> [Cout, Cin, ...]
@@ -619,7 +619,7 @@ def ensemble_plans(plan: QuantPlan, layers: list[LayerInfo], stats: dict[str, Te
 
     The base keeps order 1 everywhere; member m adds the higher orders of its group's layers.
     """
-    from calib_free.ensemble import partition_layers
+    from calib_free.weights.ensemble import partition_layers
 
     infos = {layer.name: layer for layer in layers}
     expanded = [lp for lp in plan.layers if len(lp.orders) > 1]

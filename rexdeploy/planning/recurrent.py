@@ -1,4 +1,4 @@
-"""Which LSTM/GRU layers of a float graph run int8, and their plan (calib_free.recurrent).
+"""Which LSTM/GRU layers of a float graph run int8, and their plan (calib_free.weights.recurrent).
 
     candidates(model) -> list[ir.Node]          LSTM/GRU nodes of the main graph OpenVINO's int8
                                                 RNN kernel takes (eligible(node) is None)
@@ -104,9 +104,9 @@ def add_to_plan(plan: QuantPlan, model: ir.Model, ranges: dict[str, tuple[float,
     ranges: value name -> (bound, source) of the range found for it (observed or from
     statistics), for each candidate's X and its hidden-state output (state_output); a
     candidate whose X has none stays float."""
-    from calib_free.ranges import scale_from_clip
-    from calib_free.recurrent import (LSTM_SWAPPED_GATES, input_bound, shared_row_codes,
-                                      state_clip, weight_sqnr)
+    from calib_free.activations.ranges import scale_from_clip
+    from calib_free.weights.recurrent import (LSTM_SWAPPED_GATES, input_bound, shared_row_codes,
+                                              state_clip, weight_sqnr)
 
     nodes = {node.name: node for node in model.graph if node.op_type in ("LSTM", "GRU", "RNN")}
     quantize = rules.int8_recurrent and config.activations == "int8" and \

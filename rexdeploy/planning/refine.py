@@ -1,8 +1,8 @@
 """`--refine flexround|erq`: refine a plan's codes and scales on calibration data.
 
 How the blocks run in torch: every quantized layer is a Conv/Gemm/MatMul with a constant weight,
-so its float block is y = x W^T + b in matrix form (calib_free.reconstruction). ONNX Runtime runs
-the float (BN-folded) ONNX graph once per calibration sample and hands back each layer's input;
+so its float block is y = x W^T + b in matrix form (calib_free.refine.reconstruction). ONNX Runtime
+runs the float (BN-folded) ONNX graph once per calibration sample and hands back each layer's input;
 here a Conv input is unfolded into patches (im2col, with the node's pads, strides, dilations and
 groups) and a Linear input is taken row by row (padding tokens dropped by the attention mask), a
 seeded subset of rows is kept, and the layer's activation fake-quantization from the plan gives
@@ -277,10 +277,10 @@ def _refine_layer(lp: LayerPlan, info, node, x, x_quantized, act, mean_in, confi
     model before its own activation Q/DQ (x itself under --refine-inputs float)."""
     import torch
 
-    from calib_free.erq import erq
-    from calib_free.flexround import dequantize_orders, flexround, rtn_order
-    from calib_free.reconstruction import (centered_shift, layer_data, optimal_shift,
-                                           output_error, relative)
+    from calib_free.refine.erq import erq
+    from calib_free.refine.flexround import dequantize_orders, flexround, rtn_order
+    from calib_free.refine.reconstruction import (centered_shift, layer_data, optimal_shift,
+                                                  output_error, relative)
 
     start = time.perf_counter()
     w = _matrix(info, torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32)))
@@ -353,7 +353,7 @@ def _held_out(x, xq, w, solve, delta_before, shift_before) -> tuple[float, float
     columns than rows (8 synthetic samples: EfficientNet's classifier, 8 rows for 1280 columns),
     lowering every layer's own error while the model gets worse; rows it did not see catch that.
     """
-    from calib_free.reconstruction import layer_data, output_error
+    from calib_free.refine.reconstruction import layer_data, output_error
 
     rows = x.shape[1]
     if rows < 8:
@@ -369,11 +369,11 @@ def _held_out(x, xq, w, solve, delta_before, shift_before) -> tuple[float, float
 def _metrics(lp: LayerPlan, info, orders, record, factor=None) -> dict:
     import torch
 
-    from calib_free.expansion import weight_error
+    from calib_free.weights.expansion import weight_error
 
     w = torch.from_numpy(np.ascontiguousarray(info.weight_array, np.float32))
     if factor is not None:  # the migrated weights W / f the orders approximate
-        from calib_free.smooth import scale_input_channels
+        from calib_free.activations.smooth import scale_input_channels
 
         w = scale_input_channels(w, 1.0 / factor.double(), info.in_axis)
     first = torch.from_numpy(orders[0].dequantize())

@@ -8,7 +8,7 @@ tensor is `mean_c +- sigma * std_c` over its channels, clamped by Relu/Clip and 
 pooling (the pre-pool bound: a pooled Gaussian's own spread is far too narrow, measured).
 
 Runs on the graph BEFORE BatchNorm folding (it needs the BN nodes). Needs numpy and onnx_ir; the
-math itself lives in calib_free.moments.
+math itself lives in calib_free.activations.moments.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _clipped(s: TensorStats, lo: float | None, hi: float | None, sigma: float = 
              ) -> TensorStats:
     import torch
 
-    from calib_free.moments import clipped_gaussian_moments
+    from calib_free.activations.moments import clipped_gaussian_moments
 
     m, v = clipped_gaussian_moments(torch.from_numpy(s.mean), torch.from_numpy(np.sqrt(s.var)),
                                     lo, hi)
@@ -177,7 +177,7 @@ def _clipped(s: TensorStats, lo: float | None, hi: float | None, sigma: float = 
 def _linear(node: ir.Node, s: TensorStats, sigma: float) -> TensorStats | None:
     import torch
 
-    from calib_free.moments import conv_moments, linear_moments
+    from calib_free.activations.moments import conv_moments, linear_moments
 
     weight = _const(node.inputs[1])
     if weight is None:
@@ -214,7 +214,7 @@ def _transposed_moments(w, b, mean, var, strides):
     """A ConvTranspose's output moments ([Cout, Cin, k...] weight): an output position meets
     kernel / strides taps on average, so the Conv's sums over the whole kernel are scaled by
     1 / prod(strides) (exact for kernel = stride, the usual upsampling)."""
-    from calib_free.moments import conv_moments
+    from calib_free.activations.moments import conv_moments
 
     m, v = conv_moments(w, None, mean, var)
     taps = float(np.prod(strides))

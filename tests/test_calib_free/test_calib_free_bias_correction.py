@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calib_free.bias_correction import expected_output_shift
-from calib_free.expansion import expand_uniform
-from calib_free.quantizer import dequantize
+from calib_free.refine.bias_correction import expected_output_shift
+from calib_free.weights.expansion import expand_uniform
+from calib_free.weights.quantizer import dequantize
 
 
 @pytest.mark.parametrize("cin, cout, groups, k", [(4, 6, 1, 3), (6, 4, 2, 3), (8, 8, 8, 3),

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from calib_free.expansion import expand_residuals, expand_uniform, stop_orders, weight_error
-from calib_free.quantizer import dequantize, quantize_weight
+from calib_free.weights.expansion import expand_residuals, expand_uniform, stop_orders, weight_error
+from calib_free.weights.quantizer import dequantize, quantize_weight
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 

@@ -20,8 +20,22 @@ def _run(code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def _module_names() -> list[str]:
+    """Every module of the package, subpackages included (dotted, relative to calib_free)."""
+    names = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(n for n in names if n)
+
+
+def test_the_subpackages_are_seen():
+    assert {"weights.quantizer", "activations.ranges", "refine.flexround", "plan"} <= set(
+        _module_names())
+
+
 def test_importing_everything_pulls_in_no_backend():
-    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    modules = _module_names()
     code = ("import importlib, sys, calib_free\n"
             f"for m in {modules!r}: importlib.import_module('calib_free.' + m)\n"
             "[getattr(calib_free, n) for n in calib_free.__all__]\n"
@@ -30,7 +44,7 @@ def test_importing_everything_pulls_in_no_backend():
 
 
 def test_no_backend_import_statement_anywhere():
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -39,7 +53,7 @@ def test_no_backend_import_statement_anywhere():
             else:
                 continue
             bad = [n for n in names if n.split(".")[0] in FORBIDDEN]
-            assert not bad, f"{path.name}:{node.lineno} imports {bad}"
+            assert not bad, f"{path.relative_to(PACKAGE)}:{node.lineno} imports {bad}"
 
 
 def test_plan_module_does_not_import_torch():
@@ -60,13 +74,14 @@ def test_public_api_is_pinned():
                         "block_size: int | None = None, clip_search: bool = False) -> torch.Tensor",
         "quantize": "(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int = 0, "
                     "block_size: int | None = None, sum_dims: tuple[int, ...] | None = None, "
-                    "pairs: calib_free.saturation.PairLimit | None = None) -> torch.Tensor",
+                    "pairs: calib_free.weights.saturation.PairLimit | None = None) "
+                    "-> torch.Tensor",
         "dequantize": "(codes: torch.Tensor, scale: torch.Tensor, axis: int = 0, "
                       "block_size: int | None = None) -> torch.Tensor",
         "expand_uniform": "(w: torch.Tensor, bits: int, orders: int, granularity: str = 'channel', "
                           "axis: int = 0, block_size: int | None = None, clip_search: bool = False"
                           ", sum_dims: tuple[int, ...] | None = None, "
-                          "pairs: calib_free.saturation.PairLimit | None = None, "
+                          "pairs: calib_free.weights.saturation.PairLimit | None = None, "
                           "power: torch.Tensor | None = None"
                           ") -> list[tuple[torch.Tensor, torch.Tensor]]",
         "expected_output_shift": "(delta_w: torch.Tensor, mean_in: torch.Tensor, groups: int = 1)"
@@ -92,3 +107,11 @@ def test_public_api_is_pinned():
     }
     for name, names in params.items():
         assert list(inspect.signature(getattr(calib_free, name)).parameters) == names, name
+
+
+def test_each_subpackage_lists_its_modules():
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        missing = [p.stem for p in init.parent.glob("*.py")
+                   if p.stem != "__init__" and f"    {p.stem} " not in doc]
+        assert not missing, f"{init.relative_to(PACKAGE)} does not list {missing}"

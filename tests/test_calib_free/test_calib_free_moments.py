@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from calib_free.moments import (add_moments, clipped_gaussian_moments, conv_moments,
-                                gelu_moments, linear_moments, normal_cdf, normal_pdf)
+from calib_free.activations.moments import (add_moments, clipped_gaussian_moments, conv_moments,
+                                            gelu_moments, linear_moments, normal_cdf, normal_pdf)
 
 N_MC = 1_000_000
 

@@ -4,11 +4,11 @@ search (never worse than a = 1 at the same bits), and REx with the power operato
 import pytest
 import torch
 
-from calib_free.expansion import expand_residuals
-from calib_free.power import (EXPONENT_RANGE, PowerScale, choose_clip, dequantize_power,
-                              expand_power, levels, quantize_power, quantize_weight_power,
-                              reconstruction_error, search_exponent)
-from calib_free.quantizer import dequantize, qmax, quantize_weight
+from calib_free.weights.expansion import expand_residuals
+from calib_free.weights.power import (EXPONENT_RANGE, PowerScale, choose_clip, dequantize_power,
+                                      expand_power, levels, quantize_power, quantize_weight_power,
+                                      reconstruction_error, search_exponent)
+from calib_free.weights.quantizer import dequantize, qmax, quantize_weight
 
 
 def _weights(kind: str, shape=(48, 64)) -> torch.Tensor:
@@ -55,7 +55,7 @@ def test_codes_and_table_round_trip(granularity, axis, block):
     assert codes.dtype == torch.int8 and int(codes.abs().max()) <= q
     # W_hat from the closed form equals clip * table[codes + qmax] from the stored table
     table = levels(4, scale.exponent)
-    from calib_free.quantizer import broadcast_scale
+    from calib_free.weights.quantizer import broadcast_scale
 
     clip = broadcast_scale(scale.clip, w.shape, axis, block)
     w_hat = table[codes.long() + q] * clip

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calib_free.plan import WeightOrder
-from calib_free.quantizer import (MIN_SCALE, broadcast_scale, choose_scale, dequantize, qmax,
-                                  quantize, quantize_weight)
+from calib_free.weights.quantizer import (MIN_SCALE, broadcast_scale, choose_scale, dequantize,
+                                          qmax, quantize, quantize_weight)
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 
@@ -168,7 +168,7 @@ def test_property_codes_in_range_and_half_step_error(case):
 
 # -- --rounding dc: every conv kernel keeps its code sum (quantizer.preserve_sums) --------------
 def test_preserve_sums_keeps_each_kernel_sum_within_one_step():
-    from calib_free.quantizer import quantize
+    from calib_free.weights.quantizer import quantize
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 8, 3, 3, generator=g) * 0.1
@@ -185,7 +185,7 @@ def test_preserve_sums_keeps_each_kernel_sum_within_one_step():
 
 
 def test_preserve_sums_respects_the_clamp():
-    from calib_free.quantizer import quantize
+    from calib_free.weights.quantizer import quantize
 
     w = torch.full((1, 1, 3, 3), 0.999)  # every code at qmax: nothing can move up
     w[0, 0, 0, 0] = 1.0
@@ -195,7 +195,7 @@ def test_preserve_sums_respects_the_clamp():
 
 def test_preserve_sums_lowers_the_error_on_a_flat_input():
     """What it is for: a smooth input (a flat patch) sees the kernel's summed error."""
-    from calib_free.quantizer import quantize
+    from calib_free.weights.quantizer import quantize
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 4, 3, 3, generator=g) * 0.05
@@ -210,7 +210,7 @@ def test_preserve_sums_lowers_the_error_on_a_flat_input():
 
 
 def test_expansion_keeps_sums_in_the_last_order_only():
-    from calib_free.expansion import expand_uniform
+    from calib_free.weights.expansion import expand_uniform
 
     g = torch.Generator().manual_seed(2)
     w = torch.randn(8, 3, 3, 3, generator=g)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from calib_free.quantizer import qmax
-from calib_free.ranges import (MIN_CLIP, gaussian_clip, gaussian_mse_sigma, maxabs, mse_optimal,
-                               percentile, scale_from_clip)
+from calib_free.activations.ranges import (MIN_CLIP, gaussian_clip, gaussian_mse_sigma, maxabs,
+                                           mse_optimal, percentile, scale_from_clip)
+from calib_free.weights.quantizer import qmax
 
 
 def _grid_mse(x: torch.Tensor, clip: float, bits: int = 8, signed: bool = True) -> float:

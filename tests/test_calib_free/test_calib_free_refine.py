@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from calib_free.erq import aqer, erq, wqer
-from calib_free.flexround import dequantize_orders, flexround, rtn_scale
-from calib_free.quantizer import qmax
-from calib_free.reconstruction import centered_shift, layer_data, optimal_shift, output_error
+from calib_free.refine.erq import aqer, erq, wqer
+from calib_free.refine.flexround import dequantize_orders, flexround, rtn_scale
+from calib_free.refine.reconstruction import centered_shift, layer_data, optimal_shift, output_error
+from calib_free.weights.quantizer import qmax
 
 
 def _fake_quant(x: torch.Tensor, bits: int = 8) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""calib_free.saturation: pair-limited int8 codes (what a pre-VNNI int8 kernel computes exactly).
+"""calib_free.weights.saturation: pair-limited int8 codes (what a pre-VNNI int8 kernel computes
+exactly).
 
 The math alone, on random weights; that OpenVINO's kernels pair the way the module assumes is
 proved on the runtime in tests/test_backends/test_int8_isa.py."""
@@ -8,10 +9,10 @@ import math
 import pytest
 import torch
 
-from calib_free.quantizer import choose_scale, dequantize, quantize, quantize_weight
-from calib_free.saturation import (PAIR_LIMIT, PairLimit, from_pairs, limit_pairs,
-                                   overflowing_pairs, pair_room, pair_sums, safe_scale, to_pairs,
-                                   worst_case_sum)
+from calib_free.weights.quantizer import choose_scale, dequantize, quantize, quantize_weight
+from calib_free.weights.saturation import (PAIR_LIMIT, PairLimit, from_pairs, limit_pairs,
+                                           overflowing_pairs, pair_room, pair_sums, safe_scale,
+                                           to_pairs, worst_case_sum)
 
 CONV = PairLimit(in_axis=1, out_axis=0)     # Conv [Cout, Cin, kh, kw]
 MATMUL = PairLimit(in_axis=0, out_axis=1)   # MatMul [Cin, Cout]

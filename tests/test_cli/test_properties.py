@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from calib_free.quantizer import broadcast_scale, dequantize, qmax, quantize, quantize_weight
+from calib_free.weights.quantizer import (broadcast_scale, dequantize, qmax, quantize,
+                                          quantize_weight)
 from rexdeploy.cli.common import parse_range
 from rexdeploy.errors import UserError
 from rexdeploy.inputs import Preprocess, parse_preprocess

@@ -31,14 +31,14 @@ def mlp():
 
 def pair_limited(plan, model: ir.Model):
     """`plan` with every int8 weight order's codes kept within the pair limit where this run's
-    int8 kernels saturate (a pre-VNNI ISA: calib_free.saturation), unchanged elsewhere: these
-    tests check the lowering against ONNX Runtime, not the saturation
+    int8 kernels saturate (a pre-VNNI ISA: calib_free.weights.saturation), unchanged elsewhere:
+    these tests check the lowering against ONNX Runtime, not the saturation
     (tests/test_backends/test_int8_isa.py)."""
     from dataclasses import replace
 
     import torch
 
-    from calib_free.saturation import PairLimit, limit_pairs
+    from calib_free.weights.saturation import PairLimit, limit_pairs
     from conftest import int8_saturates
     from rexdeploy.planning.analyze import find_layers
 

@@ -122,7 +122,7 @@ def test_powerquant_build_codes_tables_and_float_report(block_file, tmp_path, or
         # the searched operator is never worse than uniform at the same bits (order 1)
         if orders == 1:
             uniform = QuantConfig(weights="int4")
-            from calib_free.quantizer import dequantize, quantize_weight
+            from calib_free.weights.quantizer import dequantize, quantize_weight
 
             c, s = quantize_weight(torch.from_numpy(w), 4, axis=lp.orders[0].axis)
             err_u = float(((w - dequantize(c, s, lp.orders[0].axis).numpy()) ** 2).sum())

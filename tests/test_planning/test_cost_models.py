@@ -1,5 +1,5 @@
-"""What a --budget counts: calib_free.sparse.CostModel (BOPs, or a runtime's time per weight and
-per output element), the allocators under it, the layer sizes it reads from the graph, the
+"""What a --budget counts: calib_free.weights.sparse.CostModel (BOPs, or a runtime's time per weight
+and per output element), the allocators under it, the layer sizes it reads from the graph, the
 target's model chosen at build time and recorded in plan, report and summary."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from calib_free.mixed import MixedLayer, allocate_mixed
-from calib_free.sparse import BOPS, CostModel, LayerCost, allocate_budget
+from calib_free.weights.sparse import BOPS, CostModel, LayerCost, allocate_budget
 from conftest import int8_saturates
 
 TIME = CostModel("time", per_weight=10.0, per_output=20.0, per_extra_output=50.0,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from calib_free.mixed import FLOAT_BITS, MixedLayer, allocate_mixed, output_nsr
-from calib_free.sparse import LayerCost, allocate_budget
+from calib_free.weights.sparse import LayerCost, allocate_budget
 from cli_helpers import refused_build
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 import rexdeploy
 from calib_free.plan import QuantPlan
-from calib_free.recurrent import (LSTM_SWAPPED_GATES, STATE_BOUND, dequantize, input_bound,
-                                  shared_row_codes, state_clip)
+from calib_free.weights.recurrent import (LSTM_SWAPPED_GATES, STATE_BOUND, dequantize, input_bound,
+                                          shared_row_codes, state_clip)
 from recurrent_helpers import ConvLSTM, build, to_onnx
 from rexdeploy.config import BuildConfig, QuantConfig
 

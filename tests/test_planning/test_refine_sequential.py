@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from calib_free.plan import QuantPlan
-from calib_free.reconstruction import layer_data, output_error
+from calib_free.refine.reconstruction import layer_data, output_error
 from refine_helpers import build, outlier_calib_data, outputs, sqnr
 from rexdeploy.config import QuantConfig
 from rexdeploy.errors import UserError

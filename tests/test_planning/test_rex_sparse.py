@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from calib_free.ensemble import combine_weights, partition_layers
-from calib_free.expansion import expand_uniform
 from calib_free.plan import LayerPlan, QuantPlan, WeightOrder
-from calib_free.quantizer import dequantize
-from calib_free.sparse import (LayerCost, allocate_budget, channel_errors, keep_count,
-                               uniform_channels)
+from calib_free.weights.ensemble import combine_weights, partition_layers
+from calib_free.weights.expansion import expand_uniform
+from calib_free.weights.quantizer import dequantize
+from calib_free.weights.sparse import (LayerCost, allocate_budget, channel_errors, keep_count,
+                                       uniform_channels)
 from cli_helpers import refused_build
 from lowering_helpers import (check_golden, cnn_fixture, cnn_inputs_fixture,  # noqa: F401
                               make_plan, mlp_fixture, mlp_inputs_fixture, run_ort, sqnr_db)

@@ -1,5 +1,5 @@
-"""Data-free scale migration (calib_free.smooth) and its place in the pipeline: the math keeps
-the float product, `--smooth auto` picks only outlier-heavy MatMul inputs, the lowering puts a
+"""Data-free scale migration (calib_free.activations.smooth) and its place in the pipeline: the math
+keeps the float product, `--smooth auto` picks only outlier-heavy MatMul inputs, the lowering puts a
 Mul before the activation's QuantizeLinear and keeps residual Adds on the float tensor, the plan
 round-trips, ONNX Runtime shows the gain, and OpenVINO still runs the smoothed MatMuls in int8.
 """
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 import rexdeploy
+from calib_free.activations.smooth import (scale_input_channels, smoothing_factors,
+                                           weight_input_absmax)
 from calib_free.plan import QuantPlan
-from calib_free.smooth import scale_input_channels, smoothing_factors, weight_input_absmax
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.errors import UserError
 

@@ -38,7 +38,7 @@ def main() -> int:
     import numpy as np
     import openvino as ov
 
-    from calib_free.power import levels
+    from calib_free.weights.power import levels
 
     core = ov.Core()
     model = core.read_model(args.model) if args.model else _ffn_model()

@@ -5,7 +5,7 @@
 s1 is the grid's scale (per output channel, per tensor or per block; learned, initialised to
 the round-to-nearest scale), S2 element-wise, s3 per output channel, s4 per input channel (Conv
 only), the last three initialised to 0 in log space, so step 0 is round-to-nearest exactly.
-Everything is learned with Adam against the float block output (`calib_free.reconstruction`),
+Everything is learned with Adam against the float block output (`calib_free.refine.reconstruction`),
 rounding straight-through. The result is ordinary codes and a scale s1: lowering is unchanged.
 
 Never worse: the loss of step t is the exact output error of the hard-rounded weights of step t
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from calib_free.quantizer import MIN_SCALE, qmax
-from calib_free.reconstruction import LayerData, centered_shift, output_error
+from calib_free.refine.reconstruction import LayerData, centered_shift, output_error
+from calib_free.weights.quantizer import MIN_SCALE, qmax
 
 Order = tuple[torch.Tensor, torch.Tensor]  # (codes [G, O, D] int, compact scale float32)
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from calib_free.quantizer import qmax
+from calib_free.weights.quantizer import qmax
 
 # A clip is never 0: an all-zero tensor still needs a finite, positive scale.
 MIN_CLIP = 1e-12

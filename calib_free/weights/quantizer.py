@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from calib_free.saturation import PairLimit
+from calib_free.weights.saturation import PairLimit
 
 # Smallest scale handed out: an all-zero group gets it (codes 0). A normal float32 far above the
 # denormals, so 1/scale stays finite in every backend that inverts it.
@@ -52,14 +52,14 @@ def quantize(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int = 0,
              block_size: int | None = None, sum_dims: tuple[int, ...] | None = None,
              pairs: PairLimit | None = None) -> torch.Tensor:
     """int8 codes: clamp(round(w / scale), -qmax, qmax), round half to even; with `pairs`
-    (calib_free.saturation) no pair of codes over its limit; with `sum_dims` (a convolution's
-    spatial axes) the codes of each kernel then keep its sum (preserve_sums)."""
+    (calib_free.weights.saturation) no pair of codes over its limit; with `sum_dims` (a
+    convolution's spatial axes) the codes of each kernel then keep its sum (preserve_sums)."""
     q = qmax(bits)
     s = broadcast_scale(scale, w.shape, axis, block_size).to(_float_dtype(w))
     t = w / s
     codes = torch.clamp(torch.round(t), -q, q)
     if pairs is not None:
-        from calib_free.saturation import limit_pairs, pair_room
+        from calib_free.weights.saturation import limit_pairs, pair_room
 
         codes = limit_pairs(t, codes, q, pairs)
         if sum_dims:
@@ -80,8 +80,8 @@ def preserve_sums(t: torch.Tensor, codes: torch.Tensor, q: int, dims: tuple[int,
     kernel's response to a flat input (its DC gain): convolution inputs (photos, feature maps)
     are smooth, so on them the rounding errors of a kernel's taps add up instead of cancelling
     (EfficientNet-Lite0's weight-only logits: 19.8 -> 23.8 dB, docs/benchmarks.md).
-    room: (may go up, may go down) masks like codes (calib_free.saturation.pair_room); a code
-    outside them is not moved.
+    room: (may go up, may go down) masks like codes (calib_free.weights.saturation.pair_room); a
+    code outside them is not moved.
     """
     keep = [d for d in range(t.ndim) if d not in dims]
     perm = keep + list(dims)
@@ -131,12 +131,12 @@ def quantize_weight(w: torch.Tensor, bits: int, granularity: str = "channel", ax
     """(int8 codes shaped like w, float32 scale) in one call.
 
     pairs: keep every pair of codes a pre-VNNI int8 kernel adds in int16 within its limit
-    (calib_free.saturation), the scale of each output channel chosen for it (`safe_scale`,
+    (calib_free.weights.saturation), the scale of each output channel chosen for it (`safe_scale`,
     weighing the error by `power`, E[x^2] per input channel, where given). Per channel or per
     tensor scales only; axis must be pairs.out_axis for per-channel scales."""
     scale = choose_scale(w, bits, granularity, axis, block_size, clip_search)
     if pairs is not None:
-        from calib_free.saturation import safe_scale
+        from calib_free.weights.saturation import safe_scale
 
         if granularity == "block" or (granularity == "channel" and
                                       axis % w.ndim != pairs.out_axis % w.ndim):

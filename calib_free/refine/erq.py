@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from calib_free.flexround import expand_scale, rtn_scale
-from calib_free.quantizer import qmax
-from calib_free.reconstruction import LayerData, optimal_shift, output_error
+from calib_free.refine.flexround import expand_scale, rtn_scale
+from calib_free.refine.reconstruction import LayerData, optimal_shift, output_error
+from calib_free.weights.quantizer import qmax
 
 
 @dataclass(frozen=True)

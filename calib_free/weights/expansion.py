@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 
 from calib_free.metrics import power_db
-from calib_free.quantizer import dequantize, quantize_weight
-from calib_free.saturation import PairLimit
+from calib_free.weights.quantizer import dequantize, quantize_weight
+from calib_free.weights.saturation import PairLimit
 
 QuantizeFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 DequantizeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,8 +59,8 @@ def expand_uniform(w: torch.Tensor, bits: int, orders: int, granularity: str = "
     sum_dims: keep each kernel's code sum over these axes (quantizer.preserve_sums), in the last
     order only, like the clip search: it moves a code up to one step from the weight, which would
     double the residual an earlier order leaves to the next one.
-    pairs (calib_free.saturation.PairLimit) and power: every order's codes pair-limited for a
-    pre-VNNI int8 kernel (each order runs as a kernel of its own), see quantize_weight.
+    pairs (calib_free.weights.saturation.PairLimit) and power: every order's codes pair-limited for
+    a pre-VNNI int8 kernel (each order runs as a kernel of its own), see quantize_weight.
     """
     qfn = functools.partial(quantize_weight, bits=bits, granularity=granularity, axis=axis,
                             block_size=block_size, pairs=pairs, power=power)

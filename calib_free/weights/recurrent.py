@@ -9,7 +9,7 @@ hidden state it feeds back to R with the scale of the layer's input X. Hence:
     input_bound(bound) -> float                           X's clip, widened so that the hidden
                                                           state (tanh-bounded, |h| < 1) fits it
 
-numpy (torch only for the pair limit of calib_free.saturation): no ONNX or backend import.
+numpy (torch only for the pair limit of calib_free.weights.saturation): no ONNX or backend import.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib_free.metrics import power_db
-from calib_free.quantizer import qmax
+from calib_free.weights.quantizer import qmax
 
 # |h| < 1: an LSTM's h = o * tanh(c) and a GRU's h (a convex mix of tanh outputs) never leave it
 STATE_BOUND = 1.0
@@ -38,8 +38,8 @@ def shared_row_codes(w: np.ndarray, r: np.ndarray, bits: int = 8, tie: tuple[int
     the larger of the row's absolute maxima in W and R over qmax. tie: two gate blocks (of G)
     whose rows of one hidden unit share one scale (LSTM_SWAPPED_GATES for an LSTM).
     pair_limit: for an int8 kernel that adds adjacent products in a saturating int16 (a CPU
-    without VNNI, calib_free.saturation): adjacent codes along the last axis are projected to
-    keep their same-sign sums within it. Returns (W codes, R codes) as int8 and the float32
+    without VNNI, calib_free.weights.saturation): adjacent codes along the last axis are projected
+    to keep their same-sign sums within it. Returns (W codes, R codes) as int8 and the float32
     scale [D, G*H] (all-zero rows get scale 1)."""
     if w.ndim != 3 or r.ndim != 3 or w.shape[:2] != r.shape[:2]:
         raise ValueError(f"W {w.shape} and R {r.shape} are not [D, G*H, *] of one layer")
@@ -55,7 +55,7 @@ def shared_row_codes(w: np.ndarray, r: np.ndarray, bits: int = 8, tie: tuple[int
         if pair_limit is not None and a.shape[2] > 1:
             import torch
 
-            from calib_free.saturation import PairLimit, limit_pairs
+            from calib_free.weights.saturation import PairLimit, limit_pairs
 
             flat = (a.shape[0] * a.shape[1], a.shape[2])  # rows x the reduction axis
             c = limit_pairs(torch.from_numpy(t.reshape(flat).astype(np.float32)),
@@ -79,11 +79,11 @@ def _tied(scale: np.ndarray, tie: tuple[int, ...]) -> np.ndarray:
 
 def _pair_safe_scale(w: np.ndarray, r: np.ndarray, scale: np.ndarray, q: int,
                      limit: int) -> np.ndarray:
-    """calib_free.saturation.safe_scale per row of W and R side by side (W padded to an even
+    """calib_free.weights.saturation.safe_scale per row of W and R side by side (W padded to an even
     width, so that no pair straddles the two: each is its own product in the kernel)."""
     import torch
 
-    from calib_free.saturation import PairLimit, safe_scale
+    from calib_free.weights.saturation import PairLimit, safe_scale
 
     if w.shape[2] % 2:
         w = np.concatenate([w, np.zeros(w.shape[:2] + (1,), w.dtype)], axis=2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from calib_free.moments import conv_mean
+from calib_free.activations.moments import conv_mean
 
 
 def expected_output_shift(delta_w: torch.Tensor, mean_in: torch.Tensor,

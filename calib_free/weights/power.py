@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from calib_free.quantizer import (MIN_SCALE, _group_rows, _rows_to_scale, broadcast_scale, qmax)
+from calib_free.weights.quantizer import (MIN_SCALE, _group_rows, _rows_to_scale, broadcast_scale,
+                                          qmax)
 
 # The exponent's search interval (the paper's minimum lies inside; below 0.2 the levels bunch
 # so tightly near 0 that the outer levels are spent on a handful of weights).
@@ -164,7 +165,7 @@ def expand_power(w: torch.Tensor, bits: int, orders: int, granularity: str = "ch
     clips and its own searched exponent (the residual of order k is shaped differently from W)."""
     import functools
 
-    from calib_free.expansion import expand_residuals
+    from calib_free.weights.expansion import expand_residuals
 
     qfn = functools.partial(quantize_weight_power, bits=bits, granularity=granularity, axis=axis,
                             block_size=block_size)
