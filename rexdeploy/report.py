@@ -41,7 +41,8 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
             **_runtime_fields(ran),
         })
         for key in ("cost", "cost_order1",  # --budget in a runtime's time model
-                    "overflow_fix",  # pair-limited codes for a pre-VNNI CPU (saturation.py)
+                    # pair-limited codes for a pre-VNNI CPU (calib_free/weights/saturation.py)
+                    "overflow_fix",
                     "sensitivity", "mixed"):  # --sensitivity / --mixed-precision (mixed.py)
             if key in lp.metrics:
                 rows[-1][key] = lp.metrics[key]

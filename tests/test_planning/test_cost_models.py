@@ -240,16 +240,10 @@ def test_cost_model_file(tmp_path, budget_builds):
 
 def test_the_fitting_tool_writes_what_build_reads(tmp_path):
     """tools/bench/cost_model.py --write and --budget-cost FILE.json agree on the format."""
-    import importlib.util
-    import os
+    import cost_model as tool  # tools/bench/ is on pytest's pythonpath
 
     from rexdeploy.planning.cost_models import load
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(
-        "cost_model_tool", os.path.join(here, "..", "..", "tools", "bench", "cost_model.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     path = str(tmp_path / "fitted.json")
     tool._write(path, {"per_weight": 15.04, "per_output": 41.0, "per_extra_output": 113.0,
                        "per_float_input": -3.0})  # a negative fit is clipped to 0
