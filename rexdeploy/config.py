@@ -94,25 +94,26 @@ class QuantConfig:
     sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
     budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
     ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
-    ensemble_partition: Partition = "contiguous"  # how layers are split among the members
-                                        # (measured best: docs/benchmarks.md)
-    sparse_form: SparseForm = "auto"           # lowering of sparse orders: auto (the target's), dense,
+    # how layers are split among the members (measured best: docs/benchmarks.md)
+    ensemble_partition: Partition = "contiguous"
+    sparse_form: SparseForm = "auto"    # lowering of sparse orders: auto (the target's), dense,
                                         # compact
     budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
                                         # model where there is one, else bops) | bops | time |
                                         # FILE.json; resolved at build time to a
                                         # rexdeploy.planning.cost_models name or the file's
                                         # absolute path
-    granularity: Granularity = "channel"        # weight scales: per output channel, per tensor, per block
+    # weight scales: per output channel, per tensor, per block
+    granularity: Granularity = "channel"
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
-    rounding: Rounding = "auto"              # nearest, or dc: each conv kernel keeps its code sum
+    rounding: Rounding = "auto"         # nearest, or dc: each conv kernel keeps its code sum
                                         # (calib_free.weights.quantizer.preserve_sums); auto: dc for
                                         # the uniform operator, nearest for power
-    ranges: Ranges = "auto"                # activation ranges: BN statistics (+ synthetic fallback),
+    ranges: Ranges = "auto"             # activation ranges: BN statistics (+ synthetic fallback),
                                         # "stats" (BN+LN), "synthetic", "zeroq"
     range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
-    smooth: SmoothMode = "auto"                # scale migration on MatMul/Gemm inputs with
+    smooth: SmoothMode = "auto"         # scale migration on MatMul/Gemm inputs with
                                         # synthetic ranges (calib_free.activations.smooth):
                                         # auto (outlier-heavy ones), all, off
     smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
@@ -128,27 +129,29 @@ class QuantConfig:
     input_grid: tuple[tuple[str, float], ...] = ()
     exclude: tuple[str, ...] = ()       # layer (node) names kept in float
     seed: int = 0
-    operator: Operator = "uniform"           # weight quantizer: uniform grid, or PowerQuant's power
+    operator: Operator = "uniform"      # weight quantizer: uniform grid, or PowerQuant's power
                                         # operator (a lookup table per layer; runs in float)
-    dynamic_quantization: int | None = None  # OpenVINO compressed FullyConnected: group size
-                                        # of its dynamic activation quantization (0 = off,
-                                        # None = the runtime's default)
+    # OpenVINO compressed FullyConnected: group size of its dynamic activation quantization (0 =
+    # off, None = the runtime's default)
+    dynamic_quantization: int | None = None
     # calibration-based refinement (rexdeploy/planning/calib_data.py,
     # rexdeploy/planning/refine.py): --calib
     # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
     calib: str | None = None
-    refine: Refine = "none"                # none | flexround | erq
+    refine: Refine = "none"             # none | flexround | erq
     refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
-    refine_inputs: RefineInputs = "quantized"    # quantized (sequential) | float (refine_sequential.py)
-    calib_preprocess: str | None = None  # images under --calib (default: --preprocess)
+    # quantized (sequential) | float (refine_sequential.py)
+    refine_inputs: RefineInputs = "quantized"
+    # images under --calib (default: --preprocess)
+    calib_preprocess: str | None = None
     calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
     # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py,
     # calib_free/mixed.py):
     # measure each layer's data-free output sensitivity and let --budget use it (weigh the
     # order allocation; --mixed-precision also buys int8 weights / float activations)
-    sensitivity: SensitivityMode = "auto"           # auto (on with --mixed-precision, and with a --budget
-                                        # that buys whole layers) | on | off
-    mixed_precision: MixedMode = "off"        # off | weights | activations | all
+    # auto (on with --mixed-precision, and with a --budget that buys whole layers) | on | off
+    sensitivity: SensitivityMode = "auto"
+    mixed_precision: MixedMode = "off"  # off | weights | activations | all
     # int8 kernels without VNNI add pairs of products in a saturating int16
     # (calib_free.weights.saturation): auto limits weight-code pairs where the target's int8 ISA
     # (BuildConfig.int8_isa) saturates, on / off always / never
