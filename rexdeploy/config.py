@@ -7,6 +7,7 @@ only maps flags onto it. Pure Python: no torch import.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -15,8 +16,8 @@ from rexdeploy.errors import UserError
 from rexdeploy.inputspec import InputSpec
 
 CONFIG_VERSION = 1
-# Every choice a field takes is its Literal type; the tuples the CLI offers are read from them
-# (typing.get_args), and validate() checks every Literal-typed field the same way (check_choices).
+# Every choice a field takes is its Literal type: the CLI offers choices(cls, field) and
+# validate() checks every Literal-typed field the same way (check_choices).
 Weights = Literal["int8", "int6", "int5", "int4", "int3", "int2"]
 WEIGHT_BITS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
 Activations = Literal["int8", "none", "fp16"]
@@ -43,44 +44,38 @@ ActivationScales = Literal["auto", "depthwise", "tensor"]
 Equalize = Literal["auto", "off"]
 Recurrent = Literal["float", "int8"]
 
-ACTIVATIONS = get_args(Activations)
-FLOAT_PRECISIONS = get_args(FloatPrecision)
-CENTERINGS = get_args(Centering)
-OPERATORS = get_args(Operator)
-REFINE_INPUTS = get_args(RefineInputs)
-RANGE_SOURCES = get_args(RangeSource)
-GRANULARITIES = get_args(Granularity)
-PARTITIONS = get_args(Partition)
-SPARSE_FORMS = get_args(SparseForm)
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
 # names (cost_models.py)
-SMOOTH_MODES = get_args(SmoothMode)
-ROUNDINGS = get_args(Rounding)
 MAX_ENSEMBLE = 8
-MIXED_MODES = get_args(MixedMode)
-SENSITIVITY_MODES = get_args(SensitivityMode)
-REFINES = get_args(Refine)
-OVERFLOW_FIXES = get_args(OverflowFix)
-ACTIVATION_SCALES = get_args(ActivationScales)
-EQUALIZE_MODES = get_args(Equalize)
-RECURRENT_MODES = get_args(Recurrent)
 # a hint beside the "use one of" error, where the choices alone do not say enough
 _CHOICE_HINTS = {"refine_inputs": "quantized (default): each layer on the inputs the quantized "
                                   "model gives it; float: on the float model's inputs"}
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    return get_type_hints(cls)
+
+
+def choices(cls, name: str) -> tuple[str, ...]:
+    """What the flag of the Literal-typed field `name` of the dataclass `cls` offers (the CLI's
+    choices); () for a field of another type. CALIB_RANGES is a resolved value, never offered."""
+    hint = _hints(cls)[name]
+    if get_origin(hint) is not Literal:
+        return ()
+    return tuple(c for c in get_args(hint) if c != CALIB_RANGES)
+
+
 def check_choices(config) -> None:
-    """Every Literal-typed field of the dataclass `config` holds one of its choices; else one
-    UserError naming the flag (--field-name) and the choices."""
-    hints = get_type_hints(type(config))
+    """Every Literal-typed field of the dataclass `config` holds one of its values; else one
+    UserError naming the flag (--field-name) and its choices."""
     for f in dataclasses.fields(config):
-        choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()
-        value = getattr(config, f.name)
-        if choices and value not in choices:
+        hint, value = _hints(type(config))[f.name], getattr(config, f.name)
+        if get_origin(hint) is Literal and value not in get_args(hint):
             flag = f.name if f.name == "granularity" else "--" + f.name.replace("_", "-")
-            offered = [c for c in choices if c != CALIB_RANGES]  # never a --ranges choice
-            raise UserError(f"{flag} {value}: use one of {', '.join(offered)}",
+            raise UserError(f"{flag} {value}: use one of "
+                            f"{', '.join(choices(type(config), f.name))}",
                             _CHOICE_HINTS.get(f.name))
 
 

@@ -10,14 +10,10 @@ import click
 
 import backends
 from backends.cpu_isa import CHOICES as ISA_CHOICES
-from rexdeploy.cli.common import (SectionedCommand, console, dim_option, parse_dim,
-                                  parse_dim_range, parse_range, quiet_option, section,
+from rexdeploy.cli.common import (SectionedCommand, console, dim_option, field_option,
+                                  parse_dim, parse_dim_range, parse_range, quiet_option, section,
                                   user_errors)
-from rexdeploy.config import (  # the choices the config validates (pure Python, no torch)
-    ACTIVATION_SCALES, ACTIVATIONS, BUDGET_COST_CHOICES, CENTERINGS, EQUALIZE_MODES,
-    FLOAT_PRECISIONS, MIXED_MODES, OPERATORS, OVERFLOW_FIXES, PARTITIONS, RANGE_SOURCES,
-    RECURRENT_MODES, REFINE_INPUTS, REFINES, ROUNDINGS, SENSITIVITY_MODES, SMOOTH_MODES,
-    SPARSE_FORMS, WEIGHT_BITS)
+from rexdeploy.config import BUDGET_COST_CHOICES, WEIGHT_BITS  # pure Python, no torch
 
 WEIGHT_CHOICES = tuple(WEIGHT_BITS)
 
@@ -46,13 +42,11 @@ _TARGET_AND_OUTPUT = section(
                       "layer); name another CPU's to build for it (its device check then runs "
                       "here under ONEDNN_MAX_CPU_ISA where this CPU can run those kernels)."),
     click.option("--opset", type=int, default=21, show_default=True),
-    click.option("--float-precision", type=click.Choice(FLOAT_PRECISIONS), default="auto",
-                 show_default=True,
+    field_option("--float-precision",
                  help="trt: precision of the parts that are not quantized, written into the ONNX "
                       "(strongly typed TensorRT takes precision from the graph, not from builder "
                       "flags). auto: fp16 for --target trt, I/O kept float32."),
-    click.option("--centering", type=click.Choice(CENTERINGS),
-                 default="auto", show_default=True,
+    field_option("--centering",
                  help="trt: TensorRT has signed int8 activations only, so a ReLU/ReLU6 output "
                       "would use 7 bits. Centring quantizes it minus half its range and adds that "
                       "back in the next layers' bias (exact; EfficientNet-Lite0 W8A8 +2.6 dB). all "
@@ -107,23 +101,21 @@ _WEIGHTS = section(
                       "and as INT4 on MatMul/Gemm for int4 and below. (For a "
                       "package.module:factory model a state-dict file here is taken as "
                       "--state-dict.)"),
-    click.option("--rounding", type=click.Choice(ROUNDINGS), default="auto",
-                 show_default=True,
+    field_option("--rounding",
                  help="Weight rounding. dc: round to nearest, then move the few codes nearest to "
                       ".5 by one step so every convolution kernel keeps its sum (its response to a "
                       "flat input); data-free, for Conv kernels with more than one tap. auto: dc, "
                       "or nearest with --operator power."),
-    click.option("--operator", type=click.Choice(OPERATORS), default="uniform",
-                 show_default=True, help="Weight quantizer. power: PowerQuant's non-uniform power "
-                 "operator (exponent searched per layer and order; works with --orders K). Its "
-                 "codes + lookup table have no integer kernel: those layers compute in float "
-                 "(f32 weights on OpenVINO, f16 on TensorRT) and the report lists them."),
+    field_option("--operator",
+                 help="Weight quantizer. power: PowerQuant's non-uniform power operator "
+                      "(exponent searched per layer and order; works with --orders K). Its codes "
+                      "+ lookup table have no integer kernel: those layers compute in float (f32 "
+                      "weights on OpenVINO, f16 on TensorRT) and the report lists them."),
     click.option("--block-size", type=click.IntRange(1), metavar="G",
                  help="Per-block weight scales over G input columns (e.g. 32, 64, 128) instead of "
                       "per output channel: INT4 MatMul/Gemm weights for TensorRT need it."),
     click.option("--clip-search", is_flag=True, help="MSE-optimal weight clipping per channel."),
-    click.option("--overflow-fix", type=click.Choice(OVERFLOW_FIXES), default="auto",
-                 show_default=True,
+    field_option("--overflow-fix",
                  help="Keep every pair of int8 weight codes a pre-VNNI kernel adds in int16 "
                       "within +-128 (255 x 128 fits int16): only the pairs that can overflow "
                       "change, each output channel choosing a slightly coarser scale or moving "
@@ -141,12 +133,12 @@ _WEIGHTS = section(
 
 _ACTIVATIONS = section(
     'Activations',
-    click.option("--activations", type=click.Choice(ACTIVATIONS), default="int8",
-                 show_default=True, help="none: weight-only quantization (float activations); "
-                 "fp16: weight-only with the float parts at f16 (OpenVINO: inference precision "
-                 "f16 in the IR; a CPU without f16 kernels runs bf16, the report says which; "
-                 "TensorRT: an f16 graph, see --float-precision)."),
-    click.option("--ranges", type=click.Choice(RANGE_SOURCES), default="auto", show_default=True,
+    field_option("--activations",
+                 help="none: weight-only quantization (float activations); fp16: weight-only "
+                      "with the float parts at f16 (OpenVINO: inference precision f16 in the IR; "
+                      "a CPU without f16 kernels runs bf16, the report says which; TensorRT: an "
+                      "f16 graph, see --float-precision)."),
+    field_option("--ranges",
                  help="Activation ranges without data. auto: BatchNorm statistics where they "
                       "reach, natural synthetic images (or the build's synthetic inputs) "
                       "elsewhere; stats: BatchNorm/LayerNorm statistics wherever they reach; "
@@ -154,23 +146,20 @@ _ACTIVATIONS = section(
                       "the BatchNorm statistics (slow)."),
     click.option("--range-sigma", type=float, default=4.0, show_default=True,
                  help="Range = |mean| + SIGMA * std for statistics-derived ranges."),
-    click.option("--activation-scales", type=click.Choice(ACTIVATION_SCALES),
-                 default="auto", show_default=True,
+    field_option("--activation-scales",
                  help="depthwise: one int8 scale per channel on the inputs of depthwise "
                       "convolutions (each channel computes alone there, so its scale folds into "
                       "the output channel's: still the int8 depthwise kernel), ranges per channel "
                       "from the same data-free source; tensor: one scale per activation tensor "
                       "everywhere. auto: depthwise on OpenVINO and the reference, tensor on "
                       "TensorRT (per-tensor activations only)."),
-    click.option("--equalize", type=click.Choice(EQUALIZE_MODES), default="auto",
-                 show_default=True,
+    field_option("--equalize",
                  help="Cross-layer range equalization of depthwise inputs: where a convolution "
                       "(and a ReLU) makes a depthwise convolution's input whose channel ranges "
                       "(from BatchNorm statistics) differ, scale each channel up to the largest "
                       "there and down in the depthwise kernel: exact in float, free for weights "
                       "with a scale per channel, and every channel gets the whole int8 range."),
-    click.option("--smooth", type=click.Choice(SMOOTH_MODES), default="auto",
-                 show_default=True,
+    field_option("--smooth",
                  help="Data-free scale migration (SmoothQuant-style) on the int8 inputs of "
                       "MatMul/Gemm layers whose ranges come from synthetic inputs (transformers): "
                       "input channel j is divided by max|x_j|^ALPHA / max|W_j|^(1-ALPHA) and the "
@@ -182,8 +171,7 @@ _ACTIVATIONS = section(
                  help="Migration strength in [0, 1]: 0 keeps the activations' spread, 1 moves it "
                       "all into the weights."),
     click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction."),
-    click.option("--recurrent", type=click.Choice(RECURRENT_MODES), default="float",
-                 show_default=True,
+    field_option("--recurrent",
                  help="LSTM/GRU layers. float: kept float and listed. int8 (OpenVINO): weights "
                       "and input int8 on OpenVINO's int8 RNN kernel, faster (ddddocr's "
                       "recogniser: see docs/benchmarks.md) but that kernel also rounds the hidden "
@@ -216,8 +204,7 @@ _REX_EXPANSION_AND_BUDGET = section(
                       "BOPs). FILE.json: a time model fitted on your machine "
                       "(tools/bench/cost_model.py --write). auto: time where the target has a "
                       "measured model, else bops."),
-    click.option("--sensitivity", type=click.Choice(SENSITIVITY_MODES), default="auto",
-                 show_default=True,
+    field_option("--sensitivity",
                  help="With --budget: measure each layer's data-free output sensitivity (output "
                       "noise when only its weights, or only its input activation, are quantized, "
                       "on the build's synthetic inputs) and give the budget where it lowers the "
@@ -225,8 +212,7 @@ _REX_EXPANSION_AND_BUDGET = section(
                       "--mixed-precision and with a --budget that buys whole layers (the dense "
                       "sparse form, the targets' default), else off (the plain allocation: the "
                       "share of each layer's own error, per bit-operation)."),
-    click.option("--mixed-precision", type=click.Choice(MIXED_MODES),
-                 default="off", show_default=True,
+    field_option("--mixed-precision",
                  help="With --budget: the budget may also raise the precision of the layers the "
                       "measured sensitivity ranks worst: weights to int8 in an int4/int6 build "
                       "(counted M x 8 x b_a BOPs), activations kept float (no Q/DQ; counted "
@@ -237,13 +223,11 @@ _REX_EXPANSION_AND_BUDGET = section(
                       "the second order of one group of layers; output = sum of members - (M-1) x "
                       "base. The M+1 models run concurrently. Approximates --orders 2 at about "
                       "(1 + 1/M) x the base cost per model."),
-    click.option("--ensemble-partition", type=click.Choice(PARTITIONS),
-                 default="contiguous", show_default=True,
+    field_option("--ensemble-partition",
                  help="How layers are split among ensemble members: contiguous (consecutive "
                       "layers together, equal BOPs: the most faithful measured), balanced (most "
                       "sensitive layers spread, BOPs balanced), bops (BOPs only)."),
-    click.option("--sparse-form", type=click.Choice(SPARSE_FORMS), default="auto",
-                 show_default=True,
+    field_option("--sparse-form",
                  help="Lowering of sparse orders: dense (zero rows), compact (kept channels only, "
                       "ScatterElements back), gather (kept channels only, Gather back), auto (the "
                       "form measured fastest on the target)."),
@@ -260,16 +244,14 @@ _CALIBRATION_DATA_AND_REFINEMENT = section(
                       "--tokenizer). Without --calib everything stays data-free."),
     click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER.JSON",
                  help="Tokenizer for a --calib text file (Hugging Face tokenizers format)."),
-    click.option("--refine", type=click.Choice(REFINES), default="none",
-                 show_default=True,
+    field_option("--refine",
                  help="Refine the rounding on the calibration data (synthetic unless --calib): "
                       "flexround (learned rounding, every Conv/Linear and every order) or erq "
                       "(ridge weight update + rounding refinement, Linear and 1x1 Conv layers). "
                       "A layer keeps round-to-nearest where refining did not lower its error."),
     click.option("--refine-iters", type=click.IntRange(1, 100000), default=100, show_default=True,
                  help="FlexRound optimisation steps per layer and order."),
-    click.option("--refine-inputs", type=click.Choice(REFINE_INPUTS), default="quantized",
-                 show_default=True,
+    field_option("--refine-inputs",
                  help="What each layer is refined on: quantized (sequential: the inputs the "
                       "quantized model, with the layers before it already refined, gives it) or "
                       "float (the float model's inputs, every layer independently). The target "

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from rexdeploy.config import BuildConfig, QuantConfig, choices
 from rexdeploy.errors import UserError
 
 
@@ -84,6 +85,17 @@ class SectionedCommand(click.Command):
 
 
 # -- shared options -------------------------------------------------------------------------------
+def field_option(flag: str, help: str):
+    """The choice option of the config field `flag` names (--int8-isa: int8_isa), of QuantConfig
+    or else BuildConfig: its choices are the field's Literal type (rexdeploy.config.choices),
+    its default the field's own, so neither is written twice."""
+    name = flag.lstrip("-").replace("-", "_")
+    cls = QuantConfig if name in QuantConfig.__dataclass_fields__ else BuildConfig
+    return click.option(flag, type=click.Choice(choices(cls, name)),
+                        default=cls.__dataclass_fields__[name].default, show_default=True,
+                        help=help)
+
+
 def quiet_option(help_text: str = "No progress output."):
     return click.option("--quiet", "-q", is_flag=True, help=help_text)
 
