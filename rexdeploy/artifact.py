@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -41,10 +42,10 @@ class Artifact:
     def target(self) -> str:
         return self.manifest["target"]
 
-    @property
+    @functools.cached_property
     def config(self):
         """The BuildConfig the artifact was built with, as resolved by the build (read back
-        from the manifest; fields an older rexdeploy did not record take their defaults)."""
+        from the manifest once; fields an older rexdeploy did not record take their defaults)."""
         from rexdeploy.config import BuildConfig
 
         return BuildConfig.from_dict(self.manifest.get("config", {}))

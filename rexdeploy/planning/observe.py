@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from rexdeploy.planning.stats import Extremes
+
 
 @dataclass(frozen=True, eq=False)
-class Observed:
+class Observed(Extremes):
     """Running statistics of one tensor over all samples."""
 
     lo: float
@@ -23,14 +25,6 @@ class Observed:
     channel_absmax: np.ndarray | None = None  # [C] max |x| per channel, same axis
     natural: bool = False  # observed on natural synthetic images (1/f noise, natural colour):
     # their channel means are fit for the data-free bias correction, white noise's are not
-
-    @property
-    def bound(self) -> float:
-        return float(max(abs(self.lo), abs(self.hi)))
-
-    @property
-    def nonneg(self) -> bool:
-        return self.lo >= 0.0
 
 
 def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarray]],

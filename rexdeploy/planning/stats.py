@@ -30,8 +30,22 @@ _PASS_THROUGH = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsque
                  "ReduceMax", "Cast"}
 
 
+class Extremes:
+    """What a tensor's extremes `lo` and `hi` say (TensorStats, and the observed ranges of
+    rexdeploy.planning.observe.Observed)."""
+
+    @property
+    def bound(self) -> float:
+        """Symmetric clip value: the largest magnitude the tensor is expected to reach."""
+        return float(max(abs(self.lo), abs(self.hi)))
+
+    @property
+    def nonneg(self) -> bool:
+        return self.lo >= 0.0
+
+
 @dataclass(frozen=True, eq=False)
-class TensorStats:
+class TensorStats(Extremes):
     """Per-channel moments and extent of one tensor. mean/var: float64 [C] (C may be 1)."""
 
     mean: np.ndarray
@@ -59,15 +73,6 @@ class TensorStats:
             lo, hi = self.mean - sigma * std, self.mean + sigma * std
         lo, hi = np.clip(lo, self.lo, self.hi), np.clip(hi, self.lo, self.hi)
         return np.maximum(np.abs(lo), np.abs(hi))
-
-    @property
-    def bound(self) -> float:
-        """Symmetric clip value: the largest magnitude the tensor is expected to reach."""
-        return float(max(abs(self.lo), abs(self.hi)))
-
-    @property
-    def nonneg(self) -> bool:
-        return self.lo >= 0.0
 
     @property
     def source(self) -> str:
