@@ -63,14 +63,19 @@ def test_fidelity_on_labelled_photos(effnet, tmp_path):
     assert len(labels) == 20
 
 
-def _photos_against_reference(effnet, tmp_path) -> dict:
+def _link_photos(folder) -> None:
+    """foolbox's 20 labelled ImageNet photos, linked into `folder` (skip without foolbox)."""
     spec = importlib.util.find_spec("foolbox")
     if spec is None:
         pytest.skip("foolbox (labelled photos) not installed")
     data = os.path.join(spec.submodule_search_locations[0], "data")
     for f in sorted(os.listdir(data)):
         if f.startswith("imagenet_"):
-            os.symlink(os.path.join(data, f), tmp_path / f)
+            os.symlink(os.path.join(data, f), folder / f)
+
+
+def _photos_against_reference(effnet, tmp_path) -> dict:
+    _link_photos(tmp_path)
     return rexdeploy.compare(effnet.path, str(tmp_path), quiet=True)
 
 
@@ -107,15 +112,9 @@ def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_pat
     """The data-free sensitivity's images must rate the tensor real photos rate worst: the first
     depthwise convolution's input (half the default build's output noise on photos). Independent
     RGB noise rated it 10x too low; 1/f noise with natural colour (calib_free.mixed) does not."""
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None:
-        pytest.skip("foolbox (labelled photos) not installed")
+    _link_photos(tmp_path)
     import sensitivity_inputs
 
-    data = os.path.join(spec.submodule_search_locations[0], "data")
-    for f in sorted(os.listdir(data)):
-        if f.startswith("imagenet_"):
-            os.symlink(os.path.join(data, f), tmp_path / f)
     first = "/_swish/Clip_output_0"
     nsr = sensitivity_inputs.measure(effnet.path, str(tmp_path), n=4, tensors=[first],
                                      progress=False)

@@ -1,12 +1,12 @@
 """tools/bench/wild_ceilings.py: the oracle sets every activation scale from the largest value
 the given inputs reach there, on a tiny CNN built for the reference target."""
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+
+from calib_free.plan import QuantPlan
 
 import wild_ceilings
 from tiny_models import tiny_cnn
@@ -21,15 +21,15 @@ def test_oracle_scales_are_the_peaks_of_the_inputs(tmp_path):
     rng = np.random.default_rng(0)
     feeds = [{"input": rng.normal(0, s, (1, 3, 32, 32)).astype(np.float32)} for s in (1, 3)]
     oracle = wild_ceilings._oracle_model(art, feeds)
-    acts = json.load(open(tmp_path / "cnn.reference" / "plan.json"))["activations"]
-    names = [a["tensor"] for a in acts]
+    acts = QuantPlan.load(art.path).activations
+    names = [a.tensor for a in acts]
     marked = with_outputs(onnx.load(art.file("float_onnx")), names)
     s = session(marked.SerializeToString(), "marked", "basic")
     peaks = np.max([[np.abs(x).max() for x in s.run(names, f)] for f in feeds], axis=0)
     scales = {i.name: numpy_helper.to_array(i) for i in oracle.graph.initializer}
     assert acts
     for a, peak in zip(acts, peaks):
-        scale = scales[a["tensor"] + "/scale"]
-        assert scale.max() == pytest.approx(peak / (127 if a["signed"] else 255), rel=1e-5)
+        scale = scales[a.tensor + "/scale"]
+        assert scale.max() == pytest.approx(peak / (127 if a.signed else 255), rel=1e-5)
     # and the oracle model runs
     session(oracle.SerializeToString(), "oracle", "basic").run(None, feeds[1])

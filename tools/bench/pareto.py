@@ -175,18 +175,21 @@ def plot(path: str, panels: list[dict] | None = None) -> str:
         raise ValueError("nothing to plot: no model ran")
     fig, axes = plt.subplots(len(panels), 2, figsize=(13, 4.6 * len(panels)), squeeze=False,
                              dpi=DPI)
+    labels = []  # (axes, [((x, y), text)]): placed once the layout is final
     for (ax_b, ax_l), panel in zip(axes, panels):
         rows = [r for r in panel["rows"] if not r.get("skipped") and not r.get("float")
                 and np.isfinite(_value(r.get(panel["metric"])))]
-        _panel(ax_b, rows, panel, "bops_float", "bit-operations / float (log)")
-        _panel(ax_l, rows, panel, "latency_ms", "OpenVINO CPU latency, batch 1 (ms)")
+        labels.append((ax_b, _panel(ax_b, rows, panel, "bops_float",
+                                    "bit-operations / float (log)")))
+        labels.append((ax_l, _panel(ax_l, rows, panel, "latency_ms",
+                                    "OpenVINO CPU latency, batch 1 (ms)")))
     fig.legend(handles=[plt.Line2D([], [], marker="o", ls="", c="tab:blue", label="rexdeploy"),
                         plt.Line2D([], [], marker="^", ls="", c="tab:orange", label="peer"),
                         plt.Line2D([], [], ls="--", c="k", label="Pareto frontier")],
                loc="upper center", ncol=3)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.canvas.draw()  # the axes' limits and transforms are final: labels are placed in pixels
-    for ax, items in LABELS.pop(fig, []):
+    for ax, items in labels:
         _place_labels(ax, items)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -197,14 +200,14 @@ def plot(path: str, panels: list[dict] | None = None) -> str:
 
 
 DPI = 80
-LABELS: dict = {}  # figure -> [(axes, [((x, y), text)])]: placed once the layout is final
 
 
 def _value(v) -> float:
     return np.nan if v is None else float(v)
 
 
-def _panel(ax, rows: list[dict], panel: dict, key: str, xlabel: str) -> None:
+def _panel(ax, rows: list[dict], panel: dict, key: str, xlabel: str) -> list:
+    """One panel's points, frontier and axes; returns the labels to place on it."""
     metric = panel["metric"]
     pts = [(_value(r.get(key)), float(r[metric])) for r in rows]
     front = pareto_front(pts)
@@ -225,7 +228,7 @@ def _panel(ax, rows: list[dict], panel: dict, key: str, xlabel: str) -> None:
     ax.set_ylabel(METRIC_NAMES.get(metric, metric))
     ax.set_title(panel["title"], fontsize=9)
     ax.grid(alpha=0.3)
-    LABELS.setdefault(ax.figure, []).append((ax, items))
+    return items
 
 
 def _place_labels(ax, items: list, fontsize: float = 6.0) -> None:

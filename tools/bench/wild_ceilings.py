@@ -23,7 +23,6 @@ left is the granularity (one scale per tensor) or the weights.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -57,10 +56,11 @@ def _oracle_model(art, feeds: list[dict]):
     import onnx
     from onnx import numpy_helper
 
+    from calib_free.plan import QuantPlan
     from rexdeploy.ort_session import session, with_outputs
 
-    acts = json.load(open(os.path.join(art.path, "plan.json")))["activations"]
-    names = [a["tensor"] for a in acts]
+    acts = QuantPlan.load(art.path).activations
+    names = [a.tensor for a in acts]
     marked = with_outputs(onnx.load(art.file("float_onnx")), names)
     s = session(marked.SerializeToString(), "the float model, activations marked", "basic")
     peak = {n: 0.0 for n in names}
@@ -70,11 +70,11 @@ def _oracle_model(art, feeds: list[dict]):
     model = onnx.load(art.file("onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     for a in acts:
-        init = inits.get(a["tensor"] + "/scale")
+        init = inits.get(a.tensor + "/scale")
         if init is None:
             continue
         old = numpy_helper.to_array(init).astype(np.float64)
-        new = old * (peak[a["tensor"]] / (127.0 if a["signed"] else 255.0)) / old.max()
+        new = old * (peak[a.tensor] / a.qmax) / old.max()
         init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
     return model
 
