@@ -102,6 +102,8 @@ class TargetRules:
     cpu_cost_models: bool = False        # the measured CPU time models price a --budget
     int8_recurrent: bool = False         # LSTM/GRU can run int8 (--recurrent int8)
     recurrent_float_reason: str | None = None  # why its recurrent layers stay float, if always
+    int8_attention: bool = False         # activation x activation MatMuls can run int8
+    attention_float_reason: str | None = None  # why they stay float on it, if always
     device_check: bool = True            # its compiled model is checked against the reference
     profile: str = "variants"            # variants (with float baselines) | engine (alone) | none
     pins_cores: bool = False             # ensemble members each get their own cores

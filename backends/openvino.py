@@ -113,24 +113,52 @@ def _resolve(raw: str, node_names: dict[str, str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def runtime_layers(compiled, node_names: dict[str, str] | None = None
-                   ) -> tuple[LayerPrecision, ...]:
+def activation_matmuls(graph) -> frozenset[str]:
+    """Names of the MatMul nodes of `graph` (an onnx GraphProto) whose two inputs are
+    activations (attention): neither a constant nor a dequantized constant; and of the
+    DequantizeLinear nodes feeding them (a fused attention kernel may keep only those names)."""
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants |= {o for n in graph.node if n.op_type == "DequantizeLinear"
+                  and n.input[0] in constants for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.name
+               and not any(i in constants for i in n.input)]
+    feeds = {i for n in matmuls for i in n.input}
+    return frozenset([n.name for n in matmuls] + [n.name for n in graph.node if n.name and
+                                                  n.op_type == "DequantizeLinear" and
+                                                  n.output[0] in feeds])
+
+
+def _holds_matmul(op, original: tuple[str, ...], fused_matmuls: frozenset[str]) -> bool:
+    """Whether a runtime Subgraph holds an activation x activation MatMul: it names one, or it
+    names the DequantizeLinear of one's input and reads several tensors (the MHA kernel keeps
+    only that name of its first MatMul; a lone dequantization reads one)."""
+    hits = fused_matmuls.intersection(original)
+    return any("/DequantizeLinear" not in h for h in hits) or \
+        (bool(hits) and op.get_input_size() >= 2)
+
+
+def runtime_layers(compiled, node_names: dict[str, str] | None = None,
+                   fused_matmuls: frozenset[str] = frozenset()) -> tuple[LayerPrecision, ...]:
     """Every compute layer of a compiled model with the precision and kernel it runs.
 
     node_names: from `onnx_node_names`, to map each layer back to ONNX node names; without it,
     `original_names` holds OpenVINO's names with its decorations stripped.
+    fused_matmuls: from `activation_matmuls`; a Subgraph (a fused kernel, e.g. the CPU plugin's
+    MHA) holding one of them is a compute layer too.
     """
     layers = []
     for op in compiled.get_runtime_model().get_ops():
         rt = op.get_rt_info()
         get = lambda key: rt[key].astype(str) if key in rt else ""  # noqa: E731
         layer_type = get("layerType")
-        if not is_compute(layer_type):
+        original = _resolve(get("originalLayersNames"), node_names)
+        if not is_compute(layer_type) and not (layer_type == "Subgraph" and
+                                               _holds_matmul(op, original, fused_matmuls)):
             continue
         layers.append(LayerPrecision(
             name=op.get_friendly_name(), type=layer_type, precision=get("runtimePrecision"),
-            kernel=get("primitiveType"),
-            original_names=_resolve(get("originalLayersNames"), node_names)))
+            kernel=get("primitiveType"), original_names=original))
     return tuple(layers)
 
 
@@ -385,7 +413,7 @@ class OpenVINOBackend:
 
             pinned = {} if capped_precision(asked) == asked else pinned
         compiled = _compile(_read(xml), options.device, pinned, onnx_path)
-        layers = runtime_layers(compiled, node_names)
+        layers = runtime_layers(compiled, node_names, activation_matmuls(graph))
         info = {"openvino": version(), "device": options.device,
                 "device_name": shared_core().get_property(options.device.split(":")[0],
                                                           "FULL_DEVICE_NAME"),
@@ -591,9 +619,11 @@ BACKEND = OpenVINOBackend()
 # cores
 # channel_activations: a per-channel FakeQuantize before a GroupConvolution runs OpenVINO's int8
 # depthwise kernel (its scale folds into the output's dequantization), measured natively and
-# under ONEDNN_MAX_CPU_ISA=AVX2 (docs/algorithms.md section 3.0)
+# under ONEDNN_MAX_CPU_ISA=AVX2 (docs/algorithms.md section 3.0); int8_attention: with both
+# inputs dequantized, the CPU plugin fuses attention into one int8 MHA kernel (AMX/VNNI) or runs
+# int8 MatMuls (AVX2), measured as faithful as the reference on both (docs/algorithms.md section 10)
 RULES = TargetRules(cpu_cost_models=True, int8_recurrent=True, pins_cores=True,
-                    channel_activations=True)
+                    channel_activations=True, int8_attention=True)
 
 
 def _probe_onnx() -> bytes:

@@ -466,4 +466,7 @@ RULES = TargetRules(
     table_dtype="float16", engine_options=True, cpu_isa=False,
     recurrent_float_reason="TensorRT has no int8 recurrent layer (it runs LSTM/GRU in float); "
                            "kept in float",
+    attention_float_reason="attention MatMuls stay float for TensorRT (int8 attention there "
+                           "is not verified: this project builds no engine without TensorRT); "
+                           "kept in float",
     profile="engine")

@@ -121,6 +121,17 @@ class RecurrentPlan:
     metrics: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class AttentionPlan:
+    """An int8 MatMul whose two inputs are activations (attention scores Q x K^T and their
+    weighted sum P x V): both inputs are quantized by the plan's ActivationPlans for `inputs`;
+    it has no weight of its own."""
+
+    name: str                # ONNX node name
+    inputs: tuple[str, str]  # value names of its two inputs
+    metrics: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SkippedLayer:
     """A layer kept in float, and why (listed in the build report, never silent)."""
@@ -139,6 +150,7 @@ class QuantPlan:
     config: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
     recurrent: tuple[RecurrentPlan, ...] = ()
+    attention: tuple[AttentionPlan, ...] = ()
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -179,7 +191,9 @@ class QuantPlan:
         } | ({"recurrent": [{"name": r.name, "op": r.op, "input": r.input,
                              "weights": list(r.weights), "shape_w": list(r.w_codes.shape),
                              "shape_r": list(r.r_codes.shape), "metrics": r.metrics}
-                            for r in self.recurrent]} if self.recurrent else {})
+                            for r in self.recurrent]} if self.recurrent else {}) \
+            | ({"attention": [{"name": a.name, "inputs": list(a.inputs), "metrics": a.metrics}
+                              for a in self.attention]} if self.attention else {})
 
     def save(self, directory: str) -> tuple[str, str]:
         """Write plan.json and plan.npz into `directory`; returns both paths."""
@@ -233,9 +247,11 @@ class QuantPlan:
             RecurrentPlan(r["name"], r["op"], r["input"], tuple(r["weights"]), arrays[f"r{i}.w"],
                           arrays[f"r{i}.r"], arrays[f"r{i}.scale"], r.get("metrics", {}))
             for i, r in enumerate(d.get("recurrent", [])))
+        attention = tuple(AttentionPlan(a["name"], tuple(a["inputs"]), a.get("metrics", {}))
+                          for a in d.get("attention", []))
         return cls(tuple(layers), acts,
                    tuple(SkippedLayer(**s) for s in d["skipped"]), d.get("config", {}),
-                   d["version"], recurrent)
+                   d["version"], recurrent, attention)
 
 
 def _save_npz_deterministic(path: str, arrays: dict[str, np.ndarray]) -> None:

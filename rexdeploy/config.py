@@ -43,6 +43,7 @@ OverflowFix = Literal["auto", "on", "off"]
 ActivationScales = Literal["auto", "depthwise", "tensor"]
 Equalize = Literal["auto", "off"]
 Recurrent = Literal["float", "int8"]
+Attention = Literal["scores", "int8", "float"]
 
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
@@ -162,6 +163,11 @@ class QuantConfig:
     # LSTM/GRU layers (rexdeploy/planning/recurrent.py): float keeps them float (listed); int8 runs
     # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
     recurrent: Recurrent = "float"
+    # MatMuls whose two inputs are activations (attention Q x K^T and P x V;
+    # rexdeploy/planning/attention.py), where the target runs them int8
+    # (TargetRules.int8_attention; elsewhere they stay float, listed): scores quantizes both
+    # inputs of those that read no Softmax output (Q x K^T), int8 all of them, float none
+    attention: Attention = "scores"
     # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
     # at build time and is replaced by the name (the plan records it); a name builds for
     # another CPU (a cross-build)

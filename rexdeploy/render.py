@@ -184,8 +184,16 @@ def layer_table(report: dict) -> Table:
                   "-" if bops is None else f"{bops / 1e9:.2f}", *cost,
                   "-" if err is None else (f"{err:.1f}" if row["orders"] == 1 or err1 is None
                                            else f"{err1:.1f} -> {err:.1f}"),
-                  "-" if act is None else f"{act['range']:.3g}",
-                  "-" if act is None else f"{act['dtype']} ({act['source']})",
+                  *_act_cells(row.get("activations") or [act]),
                   f"[{'green' if row['runs_int8'] or row.get('runs_low_bit') else 'red'}]"
                   f"{runs}[/]")
     return t
+
+
+def _act_cells(acts: list) -> tuple[str, str]:
+    """The "act range" and "act" cells: one activation, or both inputs of an attention MatMul
+    (a x b)."""
+    if any(a is None for a in acts):
+        return "-", "-"
+    return (" x ".join(f"{a['range']:.3g}" for a in acts),
+            " x ".join(f"{a['dtype']} ({a['source']})" for a in acts))

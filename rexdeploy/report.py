@@ -53,6 +53,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
     unnamed = _unnamed_recurrent(runtime, assigned)
     rows += [_recurrent_row(rp, acts.get(rp.input), assigned[rp.name] or unnamed)
              for rp in plan.recurrent]
+    rows += [_attention_row(a, [acts.get(t) for t in a.inputs], runtime) for a in plan.attention]
     table_layers = [r["name"] for r in rows if "computes_float" in r]
     if table_layers:
         notes = list(notes) + [f"{len(table_layers)} layers compute in float because their "
@@ -64,7 +65,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
     return {
         "version": REPORT_VERSION,
         "summary": {
-            "quantized_layers": len(plan.layers) + len(plan.recurrent),
+            "quantized_layers": len(plan.layers) + len(plan.recurrent) + len(plan.attention),
             "skipped_layers": len(plan.skipped),
             "activation_tensors": len(plan.activations),
             "runtime_compute_layers": len(runtime),
@@ -131,6 +132,22 @@ def _recurrent_row(rp, act, ran: list[dict]) -> dict:
             "weight_error": {"sqnr_db": rp.metrics.get("weight_sqnr_db")},
             "bias_corrected": False,
             "activation": _activation_row(act), **_runtime_fields(ran)}
+
+
+def _attention_row(a, acts: list, runtime: list[dict]) -> dict:
+    """An int8 activation x activation MatMul (rexdeploy/planning/attention.py) as a layer row.
+    Its runtime layers: those named after it or listing among their original nodes it or the
+    DequantizeLinear of an input (OpenVINO's fused MHA kernel may keep only those names); one
+    runtime layer may hold both MatMuls of an attention block, so they are not claimed one
+    layer each as the weighted layers' are."""
+    marks = (a.name, *(f"{t}/DequantizeLinear" for t in a.inputs))
+    ran = [r for r in runtime if r["name"] == a.name
+           or any(o == m or o.startswith(m + "_") for o in r["original"] for m in marks)]
+    return {"name": a.name, "op": "MatMul", "orders": 1, "bits": [],
+            "macs": a.metrics.get("macs", 0), "kept_fraction": [], "bops": None,
+            "weight_error": None, "bias_corrected": False,
+            "activation": _activation_row(acts[0]),
+            "activations": [_activation_row(act) for act in acts], **_runtime_fields(ran)}
 
 
 def _assign_runtime(names: list[str], bias_nodes: dict[str, str | None],

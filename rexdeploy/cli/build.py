@@ -177,6 +177,12 @@ _ACTIVATIONS = section(
                       "recogniser: see docs/benchmarks.md) but that kernel also rounds the hidden "
                       "state it feeds back to 8 bits, which the ONNX Runtime reference cannot "
                       "model: the device check shows what it costs."),
+    field_option("--attention",
+                 help="MatMuls whose two inputs are activations (attention's Q x K^T and P x V), "
+                      "run by OpenVINO's int8 attention kernels (TensorRT keeps them float). "
+                      "scores: both inputs of Q x K^T quantized per tensor, P x V (it reads the "
+                      "Softmax probabilities) float. int8: P x V too, the Softmax output as "
+                      "uint8 on [0, 1]. float: all kept float and listed."),
 )
 
 _REX_EXPANSION_AND_BUDGET = section(
@@ -331,7 +337,7 @@ def build_config(o: dict):
             "sparse_form", "ranges", "range_sigma", "smooth", "smooth_alpha", "clip_search",
             "operator", "rounding", "dynamic_quantization", "block_size", "calib", "refine",
             "refine_iters", "refine_inputs", "sensitivity", "mixed_precision", "int8_isa",
-            "overflow_fix", "equalize", "activation_scales", "recurrent")
+            "overflow_fix", "equalize", "activation_scales", "recurrent", "attention")
     quant = QuantConfig(
         weights=weights, ensemble=o["ensemble"] or 0, exclude=tuple(o["exclude"]),
         bias_correction=not o["no_bias_correction"],

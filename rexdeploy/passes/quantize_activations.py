@@ -2,15 +2,17 @@
 channel (axis 1) on the inputs of depthwise convolutions (`ActivationPlan.channel_scale`).
 
 Requires: every `ActivationPlan` names a non-constant value of the graph (graph input or node
-output), 8 bits, a positive finite scale; every planned layer reads its `input` at input 0.
-Ensures: every planned layer whose input has an ActivationPlan (all K branches) reads it from a
-DequantizeLinear with zero point 0, fed by a QuantizeLinear; no Q/DQ sits between a Pad and a
+output), 8 bits, a positive finite scale; every planned layer reads its `input` at input 0;
+every planned attention MatMul is a node of the graph reading its two `inputs`, both planned.
+Ensures: every planned layer whose input has an ActivationPlan (all K branches), and both inputs
+of every planned attention MatMul, read it from a DequantizeLinear with zero point 0, fed by a
+QuantizeLinear; no Q/DQ sits between a Pad and a
 Conv (TensorRT refuses that; the frontend fuses zero pads into the Conv, so one left here means
 a non-zero pad the plan should not have quantized).
 
 Only these consumers of a tensor T are re-wired to T's DQ output:
-  - the planned layers whose input is T (every order's branch), and planned LSTM/GRU layers
-    whose X is T;
+  - the planned layers whose input is T (every order's branch), planned LSTM/GRU layers
+    whose X is T, and planned activation x activation MatMuls (attention) reading T;
   - residual Adds: an Add with T on one side and a planned layer's output (its order node, the
     Add summing its orders, or a MatMul's bias Add) on the other side gets the DQ on the T side.
     That is TensorRT's rule: Q/DQ on the skip branch lets Conv+Add fuse in int8.
@@ -64,6 +66,17 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
                     raise ir.passes.PreconditionError(
                         f"activation {act.tensor!r}: channel scales are not a vector of positive "
                         "finite numbers")
+        nodes = {node.name: node for node in model.graph if node.name}
+        planned = set(tensors)
+        for a in self.plan.attention:
+            node = nodes.get(a.name)
+            if node is None or node.op_type != "MatMul" or \
+                    tuple(v.name if v is not None else None for v in node.inputs) != a.inputs:
+                raise ir.passes.PreconditionError(
+                    f"attention MatMul {a.name!r} is not in the graph reading {a.inputs}")
+            if not set(a.inputs) <= planned:
+                raise ir.passes.PreconditionError(
+                    f"attention MatMul {a.name!r}: an input has no ActivationPlan")
         for lp in self.plan.layers:
             for branch in branches(model.graph, lp.name):
                 node, _ = branch_input(branch)
@@ -90,6 +103,13 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified)
 
     def ensures(self, model: ir.Model) -> None:
+        nodes = {node.name: node for node in model.graph if node.name}
+        for a in self.plan.attention:
+            node = nodes.get(a.name)
+            for value in (node.inputs if node is not None else [None]):
+                problem = _activation_problem(value)
+                if problem:
+                    raise ir.passes.PostconditionError(f"attention MatMul {a.name!r}: {problem}")
         for lp in self.plan.layers:
             if self.plan.activation(lp.input) is None:
                 continue
@@ -124,6 +144,9 @@ def _targets(graph: ir.Graph, value: ir.Value, act: ActivationPlan, plan: QuantP
     recurrent = {rp.name for rp in plan.recurrent if rp.input == value.name}
     targets += [(node, index) for node, index in value.uses()
                 if index == 0 and node.name in recurrent]
+    attention = {a.name: a.inputs for a in plan.attention if value.name in a.inputs}
+    targets += [(node, index) for node, index in value.uses()
+                if node.name in attention and attention[node.name][index] == value.name]
     if act.smooth is not None or act.channel_scale is not None:
         # x / s, and per-channel codes, are meant for the planned layers only
         return list(dict.fromkeys(targets))

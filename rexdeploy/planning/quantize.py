@@ -639,6 +639,6 @@ def ensemble_plans(plan: QuantPlan, layers: list[LayerInfo], stats: dict[str, Te
         rows = tuple(lp if lp.name in keep else
                      truncate_layer(lp, infos[lp.name], 1, means[lp.name]) for lp in plan.layers)
         return QuantPlan(rows, plan.activations, plan.skipped, dict(plan.config),
-                         recurrent=plan.recurrent)
+                         recurrent=plan.recurrent, attention=plan.attention)
 
     return [member(set())] + [member(set(names)) for names in members], members

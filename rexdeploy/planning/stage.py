@@ -76,6 +76,7 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     q = config.quant  # resolved (resolve_ranges): every stage below reads the same choices
     calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
+    tensors += [t for t in _attention_inputs(float_model, config) if t not in tensors]
     recurrent_x = _recurrent_inputs(float_model, config)  # ranged too, planned apart
     missing = [t for t in dict.fromkeys(tensors + recurrent_x)
                if not use_stats(stats.get(t), q.ranges)]
@@ -122,6 +123,8 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
                        notes)
     if any(s.op in ("LSTM", "GRU", "RNN") for s in plan.skipped):
         plan = _recurrent(plan, float_model, recurrent_x, stats, observed, config, log, notes)
+    if any(s.op == "MatMul" for s in plan.skipped):
+        plan = _attention(plan, float_model, config, log, notes)
     ensemble = None
     if q.ensemble:
         from rexdeploy.planning.quantize import ensemble_plans
@@ -146,6 +149,34 @@ def _recurrent_inputs(float_model, config: BuildConfig) -> list[str]:
     nodes = candidates(float_model)
     return list(dict.fromkeys([n.inputs[0].name for n in nodes] +
                               [v.name for v in map(state_output, nodes) if v is not None]))
+
+
+def _attention_inputs(float_model, config: BuildConfig) -> list[str]:
+    """Both inputs of the activation x activation MatMuls the build quantizes
+    (rexdeploy/planning/attention.py): ranged with the layers' inputs."""
+    import backends
+
+    from rexdeploy.planning.attention import inputs
+
+    return inputs(float_model, config.quant, backends.rules(config.target))
+
+
+def _attention(plan, float_model, config: BuildConfig, log: StageLog, notes: list[str]):
+    """The plan with the int8 attention MatMuls added (rexdeploy/planning/attention.py)."""
+    import backends
+
+    from rexdeploy.planning.attention import add_to_plan
+
+    macs = {s.name: s.macs for s in plan.skipped}
+    plan = add_to_plan(plan, float_model, config.quant, backends.rules(config.target), macs)
+    if plan.attention:
+        softmax = sum(a.source == "softmax" for a in plan.activations)
+        note = (f"{len(plan.attention)} activation x activation MatMul(s) (attention) int8: both "
+                f"inputs quantized per tensor ({softmax} Softmax output(s) on the exact [0, 1] "
+                "range); --attention float keeps them float")
+        notes.append(note)
+        log.note(note)
+    return plan
 
 
 def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: BuildConfig,

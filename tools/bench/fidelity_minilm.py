@@ -34,6 +34,9 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 data-free (default)", {}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
     ("rexdeploy W8A8 data-free, migration on every input (--smooth all)", {"smooth": "all"}),
+    # the attention MatMuls (default --attention scores: Q x K^T int8, P x V float)
+    ("rexdeploy W8A8 data-free, attention float (--attention float)", {"attention": "float"}),
+    ("rexdeploy W8A8 data-free, attention all int8 (--attention int8)", {"attention": "int8"}),
     ("rexdeploy W8A8, FFN down-projections float (--exclude x6)", {"exclude": FFN_OUT}),
     ("rexdeploy W8A8, all FFN Linears float (--exclude x12)", {"exclude": FFN_OUT + FFN_IN}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
