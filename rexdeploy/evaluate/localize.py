@@ -83,7 +83,7 @@ def quantized_layers(float_model, qdq_model) -> list[LayerTap]:
     layers, _ = find_layers(float_model)
     taps = [LayerTap(layer.name, layer.op, layer.input, layer.output) for layer in layers
             if layer.name in planned]
-    taps += _recurrent_taps(float_model, qdq_model)
+    taps += _recurrent_taps(float_model, qdq_model) + _attention_taps(float_model, qdq_model)
     order = {node.name: i for i, node in enumerate(float_model.graph)}
     return sorted((t for t in taps if {t.input, t.output} <= qdq_values & float_values),
                   key=lambda t: order.get(t.name, 0))
@@ -101,6 +101,19 @@ def _recurrent_taps(float_model, qdq_model) -> list[LayerTap]:
     return [LayerTap(node.name, node.op_type, node.inputs[0].name, out.name)
             for node in float_model.graph
             if node.name in quantized and (out := state_output(node)) is not None]
+
+
+def _attention_taps(float_model, qdq_model) -> list[LayerTap]:
+    """The int8 attention MatMuls (rexdeploy.planning.attention: both inputs activations, both
+    read through a DequantizeLinear in `qdq_model`); tapped at their first input (their local
+    subgraph needs both, so they get no local SQNR)."""
+    from rexdeploy.planning.attention import candidates
+
+    quantized = {node.name for node in qdq_model.graph if node.op_type == "MatMul"
+                 and all(v is not None and (p := v.producer()) is not None
+                         and p.op_type == "DequantizeLinear" for v in node.inputs)}
+    return [LayerTap(node.name, "MatMul", node.inputs[0].name, node.outputs[0].name)
+            for node in candidates(float_model) if node.name in quantized]
 
 
 def _value_names(graph) -> set[str]:

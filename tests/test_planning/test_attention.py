@@ -102,6 +102,14 @@ def test_int8_attention_stays_faithful(model_path, tmp_path):
     out = session(art.file("onnx"), "int8", "basic").run(None, x)[0]
     sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum())
     assert sqnr > 25, sqnr
+    # compare --per-layer taps them too (accumulated SQNR; no local cut: two inputs)
+    from rexdeploy.evaluate.localize import localize
+
+    rows = {r["name"]: r for r in localize(model_path, art.file("onnx"), [("x", x)])["layers"]}
+    for name in ("scores", "context"):
+        assert rows[name]["op"] == "MatMul" and rows[name]["sqnr_db"] > 25, rows[name]
+        assert rows[name]["local_sqnr_db"] is None
+    assert list(rows).index("scores") < list(rows).index("context") < list(rows).index("out_proj")
 
 
 def test_tensorrt_keeps_them_float(model_path, tmp_path):
