@@ -19,12 +19,9 @@ from dataclasses import replace
 from rexdeploy.artifact import Artifact, ArtifactWriter, load_artifact
 from rexdeploy.config import BuildConfig, QuantConfig
 from rexdeploy.evaluate.device_check import say, strict
-from rexdeploy.errors import UserError
-from rexdeploy.inputspec import InputSpec, parse_input_specs
 from rexdeploy.progress import StageLog
 from rexdeploy.evaluate.compare import compare
-from rexdeploy.pipeline import (build_manifest, check_input_sizes, import_heavy, model_name,
-                                run_pipeline)
+from rexdeploy.pipeline import build_manifest, import_heavy, model_name, run_pipeline
 from rexdeploy.runners import artifact_runner, ensemble_runner
 
 __all__ = ["build", "compare", "profile", "inspect", "load_artifact", "artifact_runner",
@@ -44,49 +41,19 @@ def build(model, inputs=(), *, target: str | None = None, output: str | None = N
     preprocess: how images are turned into inputs (recorded for compare), e.g.
     "resize=256,crop=224,mean=127,std=128".
     """
-    import backends
     from rexdeploy.extras import require_build
+    from rexdeploy.resolve import for_target
 
     require_build("building from a model")
-    config = config or BuildConfig()
-    specs = tuple(s if isinstance(s, InputSpec) else None for s in inputs)
-    if any(s is None for s in specs):
-        specs = parse_input_specs([str(s) for s in inputs])
-    config = replace(config, target=target or config.target, inputs=specs or config.inputs)
-    rules = backends.rules(config.target)
-    if config.device == "CPU":  # the CLI's default device; TensorRT's is the GPU
-        config = replace(config, device=rules.default_device)
-    config.validate()
-    check_input_sizes(config.inputs)
-    backend = backends.get(config.target)
-    ok, why = backend.available()
-    if not ok and (config.require_engine or not rules.defers):
-        raise UserError(f"target {config.target} is unavailable here: {why}",
-                        rules.unavailable_hint)
-    isa = backend.int8_isa(config.quant.int8_isa, config.device)
-    scales = config.quant.activation_scales
-    if scales == "auto":
-        scales = "depthwise" if rules.channel_activations else "tensor"
-    config = replace(config, quant=replace(config.quant, int8_isa=isa.name,
-                                           int8_saturates=isa.saturates,
-                                           activation_scales=scales))
-    if config.quant.budget is not None:  # what the budget counts on this target and device
-        from rexdeploy.planning.cost_models import resolve
-
-        config = replace(config, quant=replace(config.quant, budget_cost=resolve(
-            config.quant.budget_cost, config.target, config.device, isa.saturates)))
-    if preprocess:
-        from rexdeploy.inputs import parse_preprocess
-
-        parse_preprocess(preprocess)  # validate before any work
-        if config.quant.calib and not config.quant.calib_preprocess:  # images under --calib
-            config = replace(config, quant=replace(config.quant, calib_preprocess=preprocess))
+    resolved = for_target(config, inputs, target, preprocess)  # every stage reads this config
+    config = resolved.config
     name = model_name(model)
     output = output or os.path.join("out", f"{name}.{config.target}")
     log = StageLog(quiet=quiet)
     import_heavy()
     with ArtifactWriter(output, force=force) as writer:
-        stages = run_pipeline(model, config, writer, log, backend, preprocess, isa)
+        stages = run_pipeline(model, config, writer, log, resolved.backend, preprocess,
+                              resolved.isa)
         manifest = build_manifest(stages, preprocess)
         strict(config, stages.report.get("device_check") or {})
         artifact = writer.commit(manifest)

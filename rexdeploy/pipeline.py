@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from rexdeploy import __version__
 from rexdeploy.artifact import ArtifactWriter
@@ -16,7 +16,8 @@ from rexdeploy.evaluate.device_check import overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
-                                      range_statistics, resolve_ranges)
+                                      range_statistics)
+from rexdeploy.resolve import for_model
 
 
 @dataclass(frozen=True)
@@ -58,37 +59,6 @@ def import_heavy() -> None:
     import torch  # noqa: F401
 
 
-_ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
-
-
-def check_input_sizes(specs) -> None:
-    """Refuse inputs too large to export on this machine, before any work (an export that
-    swaps for minutes is worse than a clear error)."""
-    available = _available_memory()
-    for spec in specs:
-        n = 1
-        for d in spec.concrete_shape():  # named dims at 1: --dim is checked when used
-            n *= d
-        size = n * _ITEMSIZE.get(spec.dtype, 4)
-        # export and statistics hold several activations of this size at once
-        if available and size * 16 > available:
-            raise UserError(f"--input {spec}: one example of this input is {size / 2**30:.1f} "
-                            f"GiB, too large to export with {available / 2**30:.1f} GiB of "
-                            "memory available", "check the shape for a typo, or build with a "
-                            "smaller example shape (named dims stay dynamic)")
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
                  backend, preprocess: str | None, isa) -> BuildStages:
     """Every stage of a build into `writer`; returns what the manifest and the summary need."""
@@ -117,10 +87,7 @@ def _front(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
     with log.stage("export", f"ONNX opset {config.opset}"):
         float_model, specs = export_onnx(loaded, config.inputs, opset=config.opset)
     _shape_note(float_model, log)
-    config = _pixel_input(replace(config, inputs=specs), preprocess, log)
-    # the budget allocator needs to know what a sparse order costs on this target
-    config = replace(config, quant=replace(config.quant, sparse_form=sparse_form(config)))
-    config = resolve_ranges(config)  # the quantize stage's choices, made once
+    config = for_model(config, specs, preprocess, log)  # its last change (rexdeploy/resolve.py)
     with log.stage("statistics", f"ranges: {config.quant.ranges}"):
         stats = range_statistics(float_model, config)
         FoldBatchNormPass()(float_model)
@@ -260,9 +227,8 @@ def _lower(float_model, plan, config: BuildConfig, notes: list[str]):
 
     rules = backends.rules(config.target)
     # INT4 tensors only where the runtimes keep them compressed (MatMul/Gemm weights).
-    form = sparse_form(config)
     qdq = lower(float_model, plan, int4_matmul=config.quant.weight_bits <= 4,
-                int4_weight_only=rules.int4_weight_only, sparse_form=form,
+                int4_weight_only=rules.int4_weight_only, sparse_form=config.quant.sparse_form,
                 table_dtype=rules.table_dtype)
     if config.centering_mode != "off":
         from rexdeploy.passes.center_activations import CenterActivationsPass
@@ -413,21 +379,11 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
         config, isa, writer, [{"files": e["files"], "weight": e["weight"]} for e in entries],
         float_model, loaded, log, results[0]))
     writer.write_json("report.json", report, "report")
-    return BuildStages(loaded, specs, replace(config, inputs=specs), plan, merged, report,
+    return BuildStages(loaded, specs, config, plan, merged, report,
                        tuple(o.name for o in float_model.graph.outputs), dict(log.seconds),
                        dict(log.cpu_seconds),  # an ensemble's CPU times too (they were lost)
                        {"rule": "output = sum over members of weight * member output",
                         "partition": config.quant.ensemble_partition, "members": entries})
-
-
-def sparse_form(config: BuildConfig) -> str:
-    """How group-sparse orders are lowered for this target: the config's choice, else the
-    target's measured preference (TargetRules.sparse_form; tools/bench/rex_latency.py)."""
-    import backends
-
-    if config.quant.sparse_form != "auto":
-        return config.quant.sparse_form
-    return backends.rules(config.target).sparse_form
 
 
 def _load(model, config: BuildConfig, load_model):
@@ -442,32 +398,6 @@ def _load(model, config: BuildConfig, load_model):
         return LoadedModel("module", model.eval(), type(model).__name__, "")
     raise UserError(f"cannot build from a {type(model).__name__}: give a path, a "
                     "package.module:factory string or a torch.nn.Module")
-
-
-def _pixel_input(config: BuildConfig, preprocess: str | None, log: StageLog) -> BuildConfig:
-    """What --preprocess says of a one-image-input model's input values: their range, where
-    --input-range does not give it (without either, N(0, 1) would be assumed: EfficientNet-Lite0
-    17.1 dB instead of 23.7), and their pixel grid (QuantConfig.input_grid)."""
-    floats = [s for s in config.inputs if s.dtype.startswith("float")]
-    if not preprocess or len(floats) != 1 or len(floats[0].shape) != 4:
-        return config
-    from rexdeploy.inputs import parse_preprocess
-
-    pre, name, q = parse_preprocess(preprocess), floats[0].name, config.quant
-    lo, hi = pre.value_range()
-    given = {n: (a, b) for n, a, b in q.input_ranges}
-    if name not in given:
-        q = replace(q, input_ranges=q.input_ranges + ((name, lo, hi),))
-        log.note(f"value range of input {name!r} taken from --preprocess {preprocess}: "
-                 f"{lo:.4g} to {hi:.4g}")
-    step = pre.pixel_step()
-    glo, ghi = given.get(name, (lo, hi))
-    # a given range wider than the pixels' by more than a step says the input may hold other
-    # values than these pixels: its scale then follows the range, not the grid
-    if step is not None and glo >= lo - 1.001 * step and ghi <= hi + 1.001 * step \
-            and name not in {n for n, _ in q.input_grid}:
-        q = replace(q, input_grid=q.input_grid + ((name, step),))
-    return replace(config, quant=q)
 
 
 def build_manifest(stages: BuildStages, preprocess: str | None) -> dict:

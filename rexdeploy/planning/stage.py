@@ -53,27 +53,11 @@ def range_statistics(float_model, config: BuildConfig) -> dict:
     return propagate_stats(float_model, ranges, config.quant.range_sigma)
 
 
-def resolve_ranges(config: BuildConfig) -> BuildConfig:
-    """The config with the quantize stage's own choices made, once, before any stage reads them
-    (the manifest records them as made): ranges "calib" where the user's --calib data gives
-    them, and --smooth auto off on image inputs without such data."""
-    q = config.quant
-    if q.calib is not None and not q.calib.startswith("synthetic"):
-        q = replace(q, ranges=CALIB_RANGES)  # ranges observed on the user's data
-    if q.smooth == "auto" and q.ranges != CALIB_RANGES and \
-            any(s.dtype.startswith("float") and len(s.shape) >= 4 for s in config.inputs):
-        # Migration follows the per-channel maxima it observes on the synthetic inputs: random
-        # token sentences show a token model's channel pattern, Gaussian images do not show an
-        # image model's (EfficientNet-Lite0 --ranges synthetic: 13.3 dB without, 1.4 dB with)
-        q = replace(q, smooth="off")
-    return replace(config, quant=q)
-
-
 def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
                       log: StageLog):
     from rexdeploy.planning.quantize import activation_tensors, make_plan, observed_means, use_stats
 
-    q = config.quant  # resolved (resolve_ranges): every stage below reads the same choices
+    q = config.quant  # resolved (rexdeploy/resolve.py): every stage below reads the same choices
     calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
     tensors += [t for t in _attention_inputs(float_model, config) if t not in tensors]

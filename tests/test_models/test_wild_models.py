@@ -329,7 +329,7 @@ def test_dynamic_width_builds_compares_and_profiles_at_typical_sizes(tmp_path):
     doc = rexdeploy.profile(art.path, duration=0.2, rounds=1, quiet=True, layers=False,
                             throughput=False, dims=(("W", 200),))
     assert doc["settings"]["dims"] == {"W": 200}
-    with pytest.raises(rexdeploy.api.UserError, match="no dynamic dim of that name"):
+    with pytest.raises(rexdeploy.UserError, match="no dynamic dim of that name"):
         rexdeploy.profile(art.path, quiet=True, dims=(("H", 3),))
 
 
