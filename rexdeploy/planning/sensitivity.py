@@ -82,12 +82,12 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
                         ) -> tuple[list[dict], str]:
     """The first `count` of the build's synthetic `samples`, with every image-like input (float,
     [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
-    (calib_free.mixed.pink_noise_images; three channels: RGB with luminance at every scale and
+    (calib_free.synthetic.pink_noise_images; three channels: RGB with luminance at every scale and
     colour only at coarse ones): white noise misranks CNN layers, and so does colour noise at
     every scale (the stem's colour-opponent filters). An input with a pixel grid (`grids`,
     QuantConfig.input_grid) gets its noise on that grid, as real pixels are: its int8 Q/DQ then
     costs nothing, as on real images. Returns the samples and what they are, for the build log."""
-    from calib_free.mixed import pink_noise_images
+    from calib_free.synthetic import pink_noise_images
 
     samples = [dict(s) for s in samples[:count]]
     images = image_inputs(samples)

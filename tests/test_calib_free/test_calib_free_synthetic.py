@@ -1,4 +1,5 @@
-"""Synthetic inputs: Gaussian/uniform draws, ZeroQ inputs on a tiny CNN, random tokens."""
+"""Synthetic inputs: Gaussian/uniform draws, ZeroQ inputs on a tiny CNN, random tokens, 1/f noise
+images in natural colour."""
 
 import pytest
 import torch
@@ -102,3 +103,47 @@ def test_random_tokens():
     assert s[:, 0].tolist() == [101] * 3 and s[:, -1].tolist() == [102] * 3
     with pytest.raises(ValueError):
         random_tokens(10, 1, 1, special=(1, 2))
+
+
+def test_pink_noise_images_fill_the_range_with_a_falling_spectrum():
+    from calib_free.synthetic import pink_noise_images
+
+    x = pink_noise_images((1, 3, 64, 64), 3, seed=1, value_range=(-1.0, 1.0))
+    assert x.shape == (3, 3, 64, 64) and float(x.abs().max()) <= 1.0 + 1e-6
+    assert float(x.flatten(1).abs().amax(1).min()) == pytest.approx(1.0, abs=1e-5)
+    power = torch.fft.rfft2(x).abs().square().mean((0, 1))
+    assert float(power[1:4, 1:4].mean()) > 20 * float(power[24:32, 24:32].mean())
+    white = torch.rand(3, 3, 64, 64) * 2 - 1
+    wp = torch.fft.rfft2(white).abs().square().mean((0, 1))
+    assert float(wp[1:4, 1:4].mean()) < 3 * float(wp[24:32, 24:32].mean())
+    z = pink_noise_images((1, 3, 32, 32), 2)  # no range: zero mean, unit std per image
+    assert float(z.flatten(1).std(1).sub(1).abs().max()) < 1e-4
+    assert torch.equal(pink_noise_images((1, 3, 32, 32), 2, seed=3),
+                       pink_noise_images((1, 3, 32, 32), 2, seed=3))
+
+
+def test_pink_noise_colour_images_have_natural_colour_statistics():
+    from calib_free.synthetic import CHROMA_OCTAVE, RGB_EIGENVECTORS, pink_noise_images
+
+    def corr(x, a, b):
+        return float(torch.corrcoef(torch.stack([x[:, a].flatten(), x[:, b].flatten()]))[0, 1])
+
+    x = pink_noise_images((1, 3, 128, 128), 4, seed=2, value_range=(-1.0, 1.0))
+    assert x.shape == (4, 3, 128, 128) and float(x.abs().max()) <= 1.0 + 1e-6
+    # ImageNet's covariance gives R-G 0.89, G-B 0.90, R-B 0.77: luminance dominates
+    assert min(corr(x, 0, 1), corr(x, 1, 2)) > 0.85 and corr(x, 0, 2) > 0.7
+    # the colour-opponent components hold detail only from octave CHROMA_OCTAVE up: at the
+    # finest scales (periods of 2-4 pixels) luminance has far more power than colour
+    v = torch.tensor(RGB_EIGENVECTORS)
+    comp = torch.einsum("ij,nihw->njhw", v, x - x.mean((2, 3), keepdim=True))
+    power = torch.fft.rfft2(comp).abs().square().mean(0)  # [3, H, W/2+1]
+    fine = slice(32, 64)
+    assert float(power[0, fine, fine].mean()) > 100 * float(power[1:, fine, fine].mean())
+    assert 128 >> CHROMA_OCTAVE <= 32  # the band checked lies above the chroma octaves
+    # without colour (or with another channel count) the channels are independent noise
+    y = pink_noise_images((1, 3, 128, 128), 4, seed=2, value_range=(-1.0, 1.0), colour=False)
+    assert abs(corr(y, 0, 1)) < 0.2
+    g = pink_noise_images((1, 1, 64, 64), 2, seed=2)
+    assert torch.equal(g, pink_noise_images((1, 1, 64, 64), 2, seed=2, colour=False))
+    with pytest.raises(ValueError, match="3 channels"):
+        pink_noise_images((1, 4, 32, 32), 1, colour=True)

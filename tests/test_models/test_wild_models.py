@@ -215,7 +215,7 @@ class BnNet(nn.Module):
 def _calibrated_bnnet() -> nn.Module:
     """BnNet whose BatchNorm statistics are those of the data it sees (smooth images), as after
     training: run in train mode over such images, then eval."""
-    from calib_free.mixed import pink_noise_images
+    from calib_free.synthetic import pink_noise_images
 
     torch.manual_seed(0)
     model = BnNet()
@@ -246,7 +246,7 @@ def test_folded_batchnorm_ranges_are_observed_not_guessed(tmp_path):
                for n in a.report()["notes"])
     assert {act["source"] for act in b.report()["activations"]} <= {"bn", "input"}
     # judged on images like the ones the BatchNorm statistics were gathered on (other seeds)
-    from calib_free.mixed import pink_noise_images
+    from calib_free.synthetic import pink_noise_images
 
     data = tmp_path / "images.npz"
     np.savez(data, input=pink_noise_images((1, 3, 64, 64), 16, 100, (-1.0, 1.0))

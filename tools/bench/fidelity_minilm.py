@@ -40,6 +40,15 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8, FFN down-projections float (--exclude x6)", {"exclude": FFN_OUT}),
     ("rexdeploy W8A8, all FFN Linears float (--exclude x12)", {"exclude": FFN_OUT + FFN_IN}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
+    # 4-bit weights in groups of G input columns (OpenVINO's compressed FullyConnected)
+    *[(f"rexdeploy W4 weight-only, K=1, groups of {g} (--block-size {g})",
+       {"weights": "int4", "activations": "none", "granularity": "block", "block_size": g})
+      for g in (32, 128)],
+    ("rexdeploy W4 weight-only, K=1, groups of 32, MSE clip (--clip-search)",
+     {"weights": "int4", "activations": "none", "granularity": "block", "block_size": 32,
+      "clip_search": True}),
+    ("rexdeploy W4 weight-only, K=1, MSE clip (--clip-search)",
+     {"weights": "int4", "activations": "none", "clip_search": True}),
     ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
     ("rexdeploy W4 weight-only, REx K=2", {"weights": "int4", "activations": "none",
                                            "orders": 2}),

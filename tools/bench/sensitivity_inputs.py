@@ -8,7 +8,7 @@ the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-si
 only that tensor is quantized at its planned scale (rexdeploy/planning/sensitivity.py's
 measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
-  - 1/f noise with independent channels (calib_free.mixed.pink_noise_images, colour=False), the
+  - 1/f noise with independent channels (calib_free.synthetic.pink_noise_images, colour=False), the
     sensitivity's images before colour;
   - 1/f noise with natural colour (colour=True, the default for three channels).
 Printed: the tensors the photos rank worst with each input's NSR, and, over all tensors, the
@@ -76,7 +76,7 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     rexdeploy.planning.sensitivity's own measurement, on the artifact's float.onnx and plan."""
     import onnx_ir as ir
 
-    from calib_free.mixed import pink_noise_images
+    from calib_free.synthetic import pink_noise_images
     from calib_free.plan import QuantPlan
     from rexdeploy.api import load_artifact
     from rexdeploy.inputs import load_inputs, on_grid
