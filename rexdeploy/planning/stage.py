@@ -75,11 +75,14 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
             samples, what = calib.samples, calib.source
         else:
             samples, what, natural = _range_samples(float_model, config, loaded, log)
-        from rexdeploy.planning.observe import observe
+        from rexdeploy.planning.observe import NATURAL_MARGIN, observe
 
         observed = observe(float_model, need, samples, natural=natural)
-        notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}); "
-                     f"{len(set(tensors + recurrent_x)) - len(missing)} from statistics")
+        widened = f", widened {NATURAL_MARGIN:g}x (such images reach less far than real " \
+            "inputs)" if natural else ""
+        notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}"
+                     f"{widened}); {len(set(tensors + recurrent_x)) - len(missing)} from "
+                     "statistics")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":

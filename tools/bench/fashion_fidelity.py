@@ -18,8 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODEL = os.path.join(ROOT, ".cache", "models", "fashion_cnn.pt")
 TEST = os.path.join(ROOT, ".cache", "fashion-mnist", "test.npz")
 TARGET_DROP = 0.5  # points
+# the same model as users often bring it: torch.onnx.export in eval mode folds its BatchNorm into
+# the convolutions, so no BatchNorm statistics are left to read the ranges from
+EXPORTED = "rexdeploy W8A8 (default), from torch.onnx.export (BatchNorm folded)"
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
+    (EXPORTED, {}),
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
     ("rexdeploy W4A8, REx K=1", {"weights": "int4"}),
@@ -51,7 +55,8 @@ def run(args) -> int:
             continue
         start = time.perf_counter()
         cfg = BuildConfig(quant=QuantConfig(input_ranges=(("input", 0.0, 1.0),), **overrides))
-        art = rexdeploy.build(MODEL, ["input:1x1x28x28"], output=os.path.join(
+        model = _exported(args.out) if label == EXPORTED else MODEL
+        art = rexdeploy.build(model, ["input:1x1x28x28"], output=os.path.join(
             args.out, "fashion_" + slug(label)), config=cfg, force=True, quiet=True)
         logits = openvino_logits(art.path, art.files, x)
         rows.append(_metrics(label, ref, logits, y) |
@@ -78,6 +83,21 @@ def run(args) -> int:
         for line in pareto.peer_verdicts("fashion", rows):
             console.print(line)
     return 0
+
+
+def _exported(out: str) -> str:
+    """The TorchScript model through torch.onnx.export (eval mode: BatchNorm folded)."""
+    import warnings
+
+    import torch
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "fashion_cnn_exported.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.jit.load(MODEL).eval(), (torch.rand(1, 1, 28, 28),), path,
+                          dynamo=False, opset_version=17, input_names=["input"])
+    return path
 
 
 def _issue6(console, args, rows, float_onnx, x, y, ref) -> list[str]:
