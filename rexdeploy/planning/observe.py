@@ -36,10 +36,10 @@ class Observed(Extremes):
 
 # Natural synthetic images (1/f noise in natural colour) reach less far than real inputs: the
 # observed extremes (lo, hi and the channel maxima) of what a compute op made of them are
-# widened by this factor (the input itself, moved and rescaled, spans its range already). Swept over
-# 1, 1.125, 1.25, 1.5 (and 1.75, 2 on the first): logits SQNR / task metric in the ONNX Runtime
-# reference (docs/benchmarks.md, "Ranges from natural images, widened"):
-#   Fashion-MNIST CNN from torch.onnx.export  29.2 / 31.1 / 35.7 / 37.6 dB (TorchScript: 34.4)
+# widened by this factor (the input itself, moved and rescaled, spans its range already).
+# Swept over 1, 1.125, 1.25, 1.5 (and 1.75, 2 on the first): logits SQNR / task metric in the
+# ONNX Runtime reference (docs/benchmarks.md, "Ranges from natural images, widened"):
+#   Fashion-MNIST CNN from torch.onnx.export  29.2 / 31.1 / 35.7 / 37.6 dB (TorchScript: 36.8)
 #   EfficientNet-Lite0 from torch.onnx.export 22.5 / 23.0 / 22.6 / 21.5 dB
 #   PP-OCRv4 detector, text-mask IoU          0.914 / 0.886 / 0.923 / 0.883
 #   PP-OCRv4 recogniser, CTC exact match      0.156 / 0.169 / 0.195 / 0.195

@@ -119,7 +119,7 @@ def test_pre_vnni_build_is_pair_limited_and_faithful(effnet, tmp_path):
 def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_path):
     """The data-free sensitivity's images must rate the tensor real photos rate worst: the first
     depthwise convolution's input (half the default build's output noise on photos). Independent
-    RGB noise rated it 10x too low; 1/f noise with natural colour (calib_free.synthetic) does not."""
+    RGB noise rated it 10x too low; 1/f noise in natural colour (calib_free.synthetic) does not."""
     _link_photos(tmp_path)
     import sensitivity_inputs
 
