@@ -2,7 +2,7 @@
 
     inputs(model, config, rules) -> list[str]   the tensors they need ranges of (both inputs of
                                                 each candidate the build quantizes, `wanted`)
-    add_to_plan(plan, model, config, rules, macs) -> QuantPlan
+    add_to_plan(plan, model, config, rules) -> QuantPlan
         the candidates whose two inputs both have a plain per-tensor ActivationPlan quantized
         (an AttentionPlan each, dropped from plan.skipped); a Softmax output's range set to
         exactly [0, 1]; every other activation x activation MatMul stays listed float with
@@ -87,13 +87,11 @@ def from_softmax(value: ir.Value) -> bool:
     return producer is not None and producer.op_type == "Softmax"
 
 
-def add_to_plan(plan: QuantPlan, model: ir.Model, config, rules, macs: dict[str, int]
-                ) -> QuantPlan:
+def add_to_plan(plan: QuantPlan, model: ir.Model, config, rules) -> QuantPlan:
     """`plan` with the candidates quantized and the reasons of the others in plan.skipped said
     for the target. A candidate runs int8 when the build quantizes it (`wanted`) and both its
-    inputs have a per-tensor ActivationPlan (no migration factors, no
-    channel scales: those are folded into a weight, and this layer has none). macs: node name
-    -> its multiply-adds (plan.skipped's)."""
+    inputs have a per-tensor ActivationPlan (no migration factors, no channel scales: those
+    are folded into a weight, and this layer has none)."""
     from calib_free.activations.ranges import scale_from_clip
 
     nodes = {node.name: node for node in candidates(model)}
@@ -108,7 +106,7 @@ def add_to_plan(plan: QuantPlan, model: ir.Model, config, rules, macs: dict[str,
         plain = all(a is not None and a.smooth is None and a.channel_scale is None for a in ins)
         if wanted(node, config, rules) and plain:
             chosen.append(AttentionPlan(node.name, tuple(v.name for v in node.inputs),
-                                        {"macs": macs.get(node.name, s.macs)}))
+                                        {"macs": s.macs}))
         else:
             skipped.append(replace(s, reason=_reason(node, config, rules, plain)))
     for a in chosen:  # a Softmax output takes its exact range, [0, 1]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from rexdeploy.planning.analyze import COMPUTE_OPS
 from rexdeploy.planning.stats import Extremes
 
 
@@ -87,15 +88,12 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     return out
 
 
-COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
-
-
 def _after_compute(model: ir.Model) -> set[str]:
     """Names of the values computed through at least one compute op (Conv, Gemm, MatMul, ...);
     the others are the inputs' values moved and rescaled, whose range the images span."""
     deep: set[str] = set()
     for node in model.graph:  # topological order
-        if node.op_type in COMPUTE or any(v is not None and v.name in deep
+        if node.op_type in COMPUTE_OPS or any(v is not None and v.name in deep
                                           for v in node.inputs):
             deep.update(v.name for v in node.outputs if v is not None)
     return deep

@@ -154,8 +154,7 @@ def _attention(plan, float_model, config: BuildConfig, log: StageLog, notes: lis
 
     from rexdeploy.planning.attention import add_to_plan
 
-    macs = {s.name: s.macs for s in plan.skipped}
-    plan = add_to_plan(plan, float_model, config.quant, backends.rules(config.target), macs)
+    plan = add_to_plan(plan, float_model, config.quant, backends.rules(config.target))
     if plan.attention:
         softmax = sum(a.source == "softmax" for a in plan.activations)
         note = (f"{len(plan.attention)} activation x activation MatMul(s) (attention) int8: both "
