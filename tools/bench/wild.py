@@ -194,7 +194,10 @@ MODELS = {  # key: (file, --input, input range, feeds, metric, label)
 
 # -- runs -----------------------------------------------------------------------------------------
 # extra configurations beside the default, for the models they apply to
-EXTRA = {"ddd_rec": [("--recurrent int8", {"recurrent": "int8"})]}
+# (--budget 1.5 --mixed-precision all: the fidelity-first recipe, docs/benchmarks.md)
+MIXED = ("--budget 1.5 --mixed-precision all", {"budget": 1.5, "mixed_precision": "all"})
+EXTRA = {"det": [MIXED], "rec": [MIXED], "ddd_det": [MIXED],
+         "ddd_rec": [("--recurrent int8", {"recurrent": "int8"}), MIXED]}
 
 
 def run_model(key: str, out: str, peers: bool) -> list[dict]:
