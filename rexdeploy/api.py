@@ -117,7 +117,7 @@ def _profile_trt(art: Artifact, duration: float, rounds: int, quiet: bool) -> di
             return ensemble_runner(art, trt, options)
         return trt.runner(art.path, art.files, options)
 
-    variants = [(f"rexdeploy {art.manifest['config']['quant']['weights']} (TensorRT)", runner)]
+    variants = [(f"rexdeploy {art.config.quant.weights} (TensorRT)", runner)]
     with StageLog(quiet=quiet).stage("profile", f"TensorRT engine x {rounds} rounds"):
         results = profile_variants(variants, feeds, duration_s=duration, rounds=rounds)
     return {"artifact": art.path, "device": device_info(), "variants": results}

@@ -15,7 +15,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 from rexdeploy.errors import UserError
 from rexdeploy.inputspec import InputSpec
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: QuantConfig nested by concern (1: flat)
 # Every choice a field takes is its Literal type: the CLI offers choices(cls, field) and
 # validate() checks every Literal-typed field the same way (check_choices).
 Weights = Literal["int8", "int6", "int5", "int4", "int3", "int2"]
@@ -68,156 +68,127 @@ def choices(cls, name: str) -> tuple[str, ...]:
     return tuple(c for c in get_args(hint) if c != CALIB_RANGES)
 
 
+def flat_field(name: str) -> tuple[type, str]:
+    """(dataclass, its field) of a QuantConfig flat name (the flag's, --orders: "orders"): a
+    group's field, or QuantConfig's own; KeyError for a name that is neither."""
+    if name in _FLAT:
+        group, fname = _FLAT[name]
+        return _GROUPS[group], fname
+    if name in QUANT_FLAGS:
+        return QuantConfig, name
+    raise KeyError(name)
+
+
 def check_choices(config) -> None:
     """Every Literal-typed field of the dataclass `config` holds one of its values; else one
     UserError naming the flag (--field-name) and its choices."""
+    flags = _FLAG_NAMES.get(type(config), {})
     for f in dataclasses.fields(config):
         hint, value = _hints(type(config))[f.name], getattr(config, f.name)
         if get_origin(hint) is Literal and value not in get_args(hint):
-            flag = f.name if f.name == "granularity" else "--" + f.name.replace("_", "-")
+            name = flags.get(f.name, f.name)
+            flag = name if name == "granularity" else "--" + name.replace("_", "-")
             raise UserError(f"{flag} {value}: use one of "
                             f"{', '.join(choices(type(config), f.name))}",
-                            _CHOICE_HINTS.get(f.name))
+                            _CHOICE_HINTS.get(name))
 
 
+# -- the quantization config, by concern ----------------------------------------------------------
 @dataclass(frozen=True)
-class QuantConfig:
-    """What to quantize and how. Defaults are the data-free W8A8 recipe."""
+class WeightConfig:
+    """How each layer's weights are quantized."""
 
-    weights: Weights = "int8"
-    activations: Activations = "int8"
-    orders: int = 1                     # REx expansion order K (1 = plain rounding)
-    sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
-    budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
-    ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
-    # how layers are split among the members (measured best: docs/benchmarks.md)
-    ensemble_partition: Partition = "contiguous"
-    sparse_form: SparseForm = "auto"    # lowering of sparse orders: auto (the target's), dense,
-                                        # compact
-    budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
-                                        # model where there is one, else bops) | bops | time |
-                                        # FILE.json; resolved at build time to a
-                                        # rexdeploy.planning.cost_models name or the file's
-                                        # absolute path
-    # weight scales: per output channel, per tensor, per block
-    granularity: Granularity = "channel"
+    format: Weights = "int8"            # --weights
+    operator: Operator = "uniform"      # uniform grid, or PowerQuant's power operator (a lookup
+                                        # table per layer; runs in float)
+    granularity: Granularity = "channel"  # scales per output channel, per tensor, per block
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
     rounding: Rounding = "auto"         # nearest, or dc: each conv kernel keeps its code sum
                                         # (calib_free.weights.quantizer.preserve_sums); auto: dc for
                                         # the uniform operator, nearest for power
-    ranges: Ranges = "auto"             # activation ranges: BN statistics (+ synthetic fallback),
-                                        # "stats" (BN+LN), "synthetic", "zeroq"
-    range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
-    smooth: SmoothMode = "auto"         # scale migration on MatMul/Gemm inputs with
-                                        # synthetic ranges (calib_free.activations.smooth):
-                                        # auto (outlier-heavy ones), all, off
-    smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
-    bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
-    unsigned_activations: bool = True   # uint8 (zero-point 0) for non-negative tensors where the
-                                        # target allows it (OpenVINO); TensorRT forces int8
-    synthetic_samples: int = 8
-    zeroq_steps: int = 100
-    input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
-    # (input name, step): the input's values are integer multiples of step (8-bit pixels through
-    # --preprocess, rexdeploy.inputs.Preprocess.pixel_step); its int8 scale is step where the
-    # pixel codes fit the integer range, so quantizing the input loses nothing
-    input_grid: tuple[tuple[str, float], ...] = ()
-    exclude: tuple[str, ...] = ()       # layer (node) names kept in float
-    seed: int = 0
-    operator: Operator = "uniform"      # weight quantizer: uniform grid, or PowerQuant's power
-                                        # operator (a lookup table per layer; runs in float)
+    # int8 kernels without VNNI add pairs of products in a saturating int16
+    # (calib_free.weights.saturation): auto limits weight-code pairs where the target's int8 ISA
+    # (QuantConfig.int8_isa) saturates, on / off always / never
+    overflow_fix: OverflowFix = "auto"
     # OpenVINO compressed FullyConnected: group size of its dynamic activation quantization (0 =
     # off, None = the runtime's default)
     dynamic_quantization: int | None = None
-    # calibration-based refinement (rexdeploy/planning/calib_data.py,
-    # rexdeploy/planning/refine.py): --calib
-    # synthetic[:N] | PATH (user data also sets the activation ranges), --refine method
-    calib: str | None = None
-    refine: Refine = "none"             # none | flexround | erq
-    refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
-    # quantized (sequential) | float (refine_sequential.py)
-    refine_inputs: RefineInputs = "quantized"
-    # images under --calib (default: --preprocess)
-    calib_preprocess: str | None = None
-    calib_tokenizer: str | None = None  # tokenizer.json for a --calib .txt file
+
+    def validate(self) -> None:
+        check_choices(self)
+        if self.granularity == "block" and not self.block_size:
+            raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
+        if self.operator == "power" and self.clip_search:
+            raise UserError("--clip-search applies to the uniform operator; --operator power "
+                            "searches its exponent instead (max-abs clips)",
+                            "drop --clip-search")
+        if self.rounding == "dc" and self.operator != "uniform":
+            raise UserError("--rounding dc applies to the uniform quantizer only",
+                            "drop --rounding or --operator power")
+        if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
+            raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
+                            "(e.g. 32, 64, 128) or 0 to turn it off")
+
+
+@dataclass(frozen=True)
+class ExpansionConfig:
+    """REx: how many low-bit kernels each weight is a sum of, and how they are spent."""
+
+    orders: int = 1                     # REx expansion order K (1 = plain rounding)
+    sparsity: float | None = None       # gamma: orders >= 2 cover this fraction of channels
+    budget: float | None = None         # total BOPs <= budget x order-1 BOPs (greedy allocation)
+    budget_cost: str = "auto"           # what --budget counts: auto (the target's measured time
+                                        # model where there is one, else bops) | bops | time |
+                                        # FILE.json; resolved at build time to a
+                                        # rexdeploy.planning.cost_models name or the file's
+                                        # absolute path
+    ensemble: int = 0                   # M >= 2: layer-partition ensemble of M members + base
+    # how layers are split among the members (measured best: docs/benchmarks.md)
+    ensemble_partition: Partition = "contiguous"
+    sparse_form: SparseForm = "auto"    # lowering of sparse orders: auto (the target's), dense,
+                                        # compact
     # auto mixed precision (rexdeploy/planning/sensitivity.py, rexdeploy/planning/mixed.py,
-    # calib_free/mixed.py):
-    # measure each layer's data-free output sensitivity and let --budget use it (weigh the
-    # order allocation; --mixed-precision also buys int8 weights / float activations)
-    # auto (on with --mixed-precision, and with a --budget that buys whole layers) | on | off
+    # calib_free/mixed.py): measure each layer's data-free output sensitivity and let --budget
+    # use it (weigh the order allocation; --mixed-precision also buys int8 weights / float
+    # activations); auto: on with --mixed-precision, and with a --budget that buys whole layers
     sensitivity: SensitivityMode = "auto"
     mixed_precision: MixedMode = "off"  # off | weights | activations | all
-    # int8 kernels without VNNI add pairs of products in a saturating int16
-    # (calib_free.weights.saturation): auto limits weight-code pairs where the target's int8 ISA
-    # (BuildConfig.int8_isa) saturates, on / off always / never
-    overflow_fix: OverflowFix = "auto"
-    # cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py):
-    # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
-    # differ by 1.5x or more; off: never
-    equalize: Equalize = "auto"
-    # one int8 scale per channel on the inputs of depthwise convolutions ("depthwise"), or one
-    # per tensor everywhere ("tensor"); auto: depthwise where the target runs it
-    # (TargetRules.channel_activations), resolved at build time
-    activation_scales: ActivationScales = "auto"
-    # LSTM/GRU layers (rexdeploy/planning/recurrent.py): float keeps them float (listed); int8 runs
-    # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
-    recurrent: Recurrent = "float"
-    # MatMuls whose two inputs are activations (attention Q x K^T and P x V;
-    # rexdeploy/planning/attention.py), where the target runs them int8
-    # (TargetRules.int8_attention; elsewhere they stay float, listed): scores quantizes both
-    # inputs of those that read no Softmax output (Q x K^T), int8 all of them, float none
-    attention: Attention = "scores"
-    # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
-    # at build time and is replaced by the name (the plan records it); a name builds for
-    # another CPU (a cross-build)
-    int8_isa: str = "auto"
-    int8_saturates: bool = False        # resolved at build time with int8_isa
+
+    def validate(self) -> None:
+        check_choices(self)
+        if not 1 <= self.orders <= 4:
+            raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
+        if self.sparsity is not None:
+            if not 0.0 < self.sparsity <= 1.0:
+                raise UserError(f"--sparsity {self.sparsity}: the kept fraction of channels must "
+                                "be in (0, 1], e.g. 0.25")
+            if self.orders < 2:
+                raise UserError("--sparsity applies to orders 2 and up, but --orders is 1",
+                                "add --orders 2 (or more)")
+            if self.budget is not None:
+                raise UserError("give either --sparsity (the same fraction in every layer) or "
+                                "--budget (the allocator chooses), not both")
+        if self.budget is not None and not 1.0 <= self.budget <= 16.0:
+            raise UserError(f"--budget {self.budget}: a multiple of the order-1 "
+                            "bit-operations, from 1 (no expansion) to 16, e.g. 1.25")
+        if self.ensemble:
+            if not 2 <= self.ensemble <= MAX_ENSEMBLE:
+                raise UserError(f"--ensemble {self.ensemble}: the number of members must be 2.."
+                                f"{MAX_ENSEMBLE}")
+            if self.orders > 2:
+                raise UserError(f"--ensemble expands to order 2 (members share order 1 and split "
+                                f"order 2 among them); --orders {self.orders} cannot be combined",
+                                "drop --orders, or build the exact expansion without --ensemble")
+        if self.budget_cost not in BUDGET_COSTS and not self.budget_cost.endswith(".json"):
+            raise UserError(f"--budget-cost {self.budget_cost}: use one of "
+                            f"{', '.join(BUDGET_COST_CHOICES)} or a FILE.json")
+        if self.budget_cost != "auto" and self.budget is None:
+            raise UserError(f"--budget-cost {self.budget_cost} says what a --budget counts, and "
+                            "no --budget was given", "add --budget X, e.g. --budget 1.1")
 
     @property
-    def pair_limit(self) -> int | None:
-        """The largest |sum| of a same-sign pair of int8 weight codes (128), or None where no
-        limit applies (--overflow-fix off, or auto on an ISA that does not saturate)."""
-        on = self.overflow_fix == "on" or (self.overflow_fix == "auto" and self.int8_saturates)
-        if not on:
-            return None
-        from calib_free.weights.saturation import PAIR_LIMIT
-
-        return PAIR_LIMIT
-
-    @property
-    def uses_sensitivity(self) -> bool:
-        """auto: on with --mixed-precision, and with a --budget that buys whole layers (the
-        dense sparse form): there the plain score, the share of a layer's own error an order
-        removes, is about 1 for every layer and ranks them by BOPs alone. Measured
-        (docs/benchmarks.md, whole-layer rerun): the sensitivity gave as much or more in all 10
-        EfficientNet-Lite0 and MiniLM budget builds, e.g. W8A8 1.25 24.5 -> 25.0 dB."""
-        if self.sensitivity != "auto":
-            return self.sensitivity == "on"
-        if self.mixed_precision != "off":
-            return True
-        return self.budget is not None and self.budget_whole_layers and not self.ensemble \
-            and self.refine == "none"
-
-    @property
-    def rounding_mode(self) -> str:
-        """The rounding applied: "dc" or "nearest" (auto: dc for the uniform operator, whose
-        kernels it keeps flat-input exact; PowerQuant's codes have no sum to keep)."""
-        if self.rounding == "auto":
-            return "dc" if self.operator == "uniform" else "nearest"
-        return self.rounding
-
-    @property
-    def weight_bits(self) -> int:
-        return WEIGHT_BITS[self.weights]
-
-    @property
-    def activation_bits(self) -> int:
-        """Activation bits of the BOPs cost model (float activations count as 32)."""
-        return {"int8": 8, "fp16": 16}.get(self.activations, 32)
-
-    @property
-    def budget_whole_layers(self) -> bool:
+    def whole_layers(self) -> bool:
         """Whether --budget buys whole layers: where sparse orders are lowered as dense kernels
         with zero rows (--sparse-form dense; auto unresolved counts as dense, every backend's
         choice), a layer with one kept channel runs its whole second branch and pays for it."""
@@ -228,26 +199,51 @@ class QuantConfig:
         """The highest order any layer gets: --orders, at least 2 under a budget or ensemble."""
         return max(self.orders, 2) if (self.budget is not None or self.ensemble) else self.orders
 
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """How activations are quantized and where their ranges come from."""
+
+    format: Activations = "int8"        # --activations
+    ranges: Ranges = "auto"             # BN statistics (+ synthetic fallback), "stats" (BN+LN),
+                                        # "synthetic", "zeroq"
+    range_sigma: float = 4.0            # range = max_c |mean_c| + sigma * std_c for moment sources
+    synthetic_samples: int = 8
+    zeroq_steps: int = 100
+    input_ranges: tuple[tuple[str, float, float], ...] = ()  # (input name, lo, hi)
+    # (input name, step): the input's values are integer multiples of step (8-bit pixels through
+    # --preprocess, rexdeploy.inputs.Preprocess.pixel_step); its int8 scale is step where the
+    # pixel codes fit the integer range, so quantizing the input loses nothing
+    input_grid: tuple[tuple[str, float], ...] = ()
+    bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
+    unsigned: bool = True               # uint8 (zero-point 0) for non-negative tensors where the
+                                        # target allows it (OpenVINO); TensorRT forces int8
+    smooth: SmoothMode = "auto"         # scale migration on MatMul/Gemm inputs with
+                                        # synthetic ranges (calib_free.activations.smooth):
+                                        # auto (outlier-heavy ones), all, off
+    smooth_alpha: float = 0.7           # migration strength (0: none to the weights, 1: all)
+    # cross-layer range equalization of depthwise inputs (rexdeploy/passes/equalize.py):
+    # auto: where a convolution (and a ReLU) makes a depthwise input whose channels' ranges
+    # differ by 1.5x or more; off: never
+    equalize: Equalize = "auto"
+    # one int8 scale per channel on the inputs of depthwise convolutions ("depthwise"), or one
+    # per tensor everywhere ("tensor"); auto: depthwise where the target runs it
+    # (TargetRules.channel_activations), resolved at build time
+    scales: ActivationScales = "auto"   # --activation-scales
+    # LSTM/GRU layers (rexdeploy/planning/recurrent.py): float keeps them float (listed); int8 runs
+    # them on OpenVINO's int8 RNN kernel, which also quantizes the fed-back hidden state
+    recurrent: Recurrent = "float"
+    # MatMuls whose two inputs are activations (attention Q x K^T and P x V;
+    # rexdeploy/planning/attention.py), where the target runs them int8
+    # (TargetRules.int8_attention; elsewhere they stay float, listed): scores quantizes both
+    # inputs of those that read no Softmax output (Q x K^T), int8 all of them, float none
+    attention: Attention = "scores"
+
     def validate(self) -> None:
         check_choices(self)
-        if not 1 <= self.orders <= 4:
-            raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
-        self._validate_expansion()
-        self._validate_weight_only()
-        self._validate_refine()
-        self._validate_mixed()
-        if self.granularity == "block" and not self.block_size:
-            raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
-        from backends.cpu_isa import RESOLVED, check_choice
-
-        if self.int8_isa not in RESOLVED:  # a resolved config names what was detected
-            check_choice(self.int8_isa)
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise UserError(f"--smooth-alpha {self.smooth_alpha}: must be in [0, 1]",
                             "drop it for the default 0.7")
-        if self.ranges == CALIB_RANGES and (not self.calib or self.calib.startswith("synthetic")):
-            raise UserError(f"ranges {CALIB_RANGES!r} come from --calib DATA (your samples): "
-                            "give the data, or a --ranges source")
         if not 0.5 <= self.range_sigma <= 20:
             raise UserError(f"--range-sigma {self.range_sigma}: expected 0.5..20",
                             "drop it for the default 4")
@@ -262,28 +258,211 @@ class QuantConfig:
             if not (math.isfinite(step) and step > 0):
                 raise UserError(f"input grid step {step} of {name}: must be a positive number")
 
-    def _validate_weight_only(self) -> None:
-        """--operator power and --dynamic-quantization."""
-        if self.operator == "power" and (self.sparsity is not None or self.budget is not None
-                                         or self.ensemble):
-            raise UserError("--operator power expands every channel: it cannot be combined "
-                            "with --sparsity, --budget or --ensemble", "use --orders K alone")
-        if self.operator == "power" and self.clip_search:
-            raise UserError("--clip-search applies to the uniform operator; --operator power "
-                            "searches its exponent instead (max-abs clips)",
-                            "drop --clip-search")
-        if self.dynamic_quantization is not None and not 0 <= self.dynamic_quantization <= 4096:
-            raise UserError(f"--dynamic-quantization {self.dynamic_quantization}: a group size "
-                            "(e.g. 32, 64, 128) or 0 to turn it off")
 
-    def _validate_refine(self) -> None:
+@dataclass(frozen=True)
+class CalibConfig:
+    """Data the user gives (or synthetic inputs) and the refinements that use it
+    (rexdeploy/planning/calib_data.py, rexdeploy/planning/refine.py)."""
+
+    data: str | None = None             # --calib synthetic[:N] | PATH (user data also sets the
+                                        # activation ranges)
+    preprocess: str | None = None       # images under --calib (default: --preprocess)
+    tokenizer: str | None = None        # tokenizer.json for a --calib .txt file
+    refine: Refine = "none"             # none | flexround | erq
+    refine_iters: int = 100             # FlexRound Adam steps per layer and order (cosine decay)
+    # quantized (sequential) | float (refine_sequential.py)
+    refine_inputs: RefineInputs = "quantized"
+
+    def validate(self) -> None:
+        check_choices(self)
         if not 1 <= self.refine_iters <= 100000:
             raise UserError(f"--refine-iters {self.refine_iters}: expected 1..100000",
                             "drop it for the default 100")
-        if self.calib is not None:
+        if self.data is not None:
             from rexdeploy.planning.calib_data import parse_calib
 
-            parse_calib(self.calib)
+            parse_calib(self.data)
+
+
+_GROUPS = {"weight": WeightConfig, "expansion": ExpansionConfig, "activation": ActivationConfig,
+           "calibration": CalibConfig}
+# flat names (the flags' and the version-1 manifest's) whose field in their group is named
+# differently
+_RENAMED = {"weights": ("weight", "format"), "activations": ("activation", "format"),
+            "unsigned_activations": ("activation", "unsigned"),
+            "activation_scales": ("activation", "scales"), "calib": ("calibration", "data"),
+            "calib_preprocess": ("calibration", "preprocess"),
+            "calib_tokenizer": ("calibration", "tokenizer")}
+# flat name -> (group, field), for every field of every group
+_FLAT = {f.name: (g, f.name) for g, cls in _GROUPS.items() for f in dataclasses.fields(cls)
+         if (g, f.name) not in _RENAMED.values()} | _RENAMED
+# every flat name QuantConfig takes: its groups' fields (by flag name) and its own
+QUANT_FLAGS = frozenset(_FLAT) | {"exclude", "seed", "int8_isa", "int8_saturates"}
+_FLAG_NAMES = {_GROUPS[g]: {f: flat for flat, (gg, f) in _FLAT.items() if gg == g}
+               for g in _GROUPS}
+
+
+@dataclass(frozen=True, init=False)
+class QuantConfig:
+    """What to quantize and how, by concern: weights, REx expansion, activations, calibration
+    data; plus what applies to all (layers kept float, seed, the target's int8 ISA). Defaults are
+    the data-free W8A8 recipe.
+
+    Built nested (`QuantConfig(weight=WeightConfig(format="int4"))`) or by the flags' flat
+    names (`QuantConfig(weights="int4", orders=2)`), which also read back (`q.orders` is
+    `q.expansion.orders`); `with_(**flat)` is the copy with some changed. Serialised nested
+    (to_dict / from_dict; a version-1 manifest's flat dict reads too)."""
+
+    weight: WeightConfig = WeightConfig()
+    expansion: ExpansionConfig = ExpansionConfig()
+    activation: ActivationConfig = ActivationConfig()
+    calibration: CalibConfig = CalibConfig()
+    exclude: tuple[str, ...] = ()       # layer (node) names kept in float
+    seed: int = 0
+    # the target CPU's int8 instruction set (backends/cpu_isa.py): auto detects it on this host
+    # at build time and is replaced by the name (the plan records it); a name builds for
+    # another CPU (a cross-build)
+    int8_isa: str = "auto"
+    int8_saturates: bool = False        # resolved at build time with int8_isa
+
+    def __init__(self, weight: WeightConfig | None = None,
+                 expansion: ExpansionConfig | None = None,
+                 activation: ActivationConfig | None = None,
+                 calibration: CalibConfig | None = None, exclude: tuple[str, ...] = (),
+                 seed: int = 0, int8_isa: str = "auto", int8_saturates: bool = False, **flat):
+        groups = {"weight": weight or WeightConfig(), "expansion": expansion or ExpansionConfig(),
+                  "activation": activation or ActivationConfig(),
+                  "calibration": calibration or CalibConfig()}
+        changes: dict[str, dict] = {}
+        for name, value in flat.items():
+            if name not in _FLAT:
+                raise TypeError(f"QuantConfig got an unexpected keyword argument {name!r}")
+            group, fname = _FLAT[name]
+            changes.setdefault(group, {})[fname] = value
+        for group, values in changes.items():
+            groups[group] = dataclasses.replace(groups[group], **values)
+        for name, value in {**groups, "exclude": exclude, "seed": seed, "int8_isa": int8_isa,
+                            "int8_saturates": int8_saturates}.items():
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str):
+        """A flat name reads its group's field (`q.orders`: `q.expansion.orders`)."""
+        if name in _FLAT:
+            group, fname = _FLAT[name]
+            return getattr(object.__getattribute__(self, group), fname)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def with_(self, **changes) -> "QuantConfig":
+        """This config with some fields changed, by group or by flat name."""
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        flat = {k: v for k, v in changes.items() if k not in current}
+        return QuantConfig(**{**current, **{k: v for k, v in changes.items() if k in current}},
+                           **flat)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        """The config a manifest recorded: nested (version 2) or flat (version 1). A field this
+        version does not have is dropped; a missing one takes its default."""
+        top = {f.name for f in dataclasses.fields(cls)} - set(_GROUPS)
+        kwargs = {k: v for k, v in d.items() if k in top}
+        for group, gcls in _GROUPS.items():
+            if isinstance(d.get(group), dict):
+                kwargs[group] = gcls(**_known(gcls, d[group]))
+        kwargs.update({k: v for k, v in d.items() if k in _FLAT})  # version 1: flat names
+        for name in ("input_ranges", "input_grid"):
+            if name in kwargs:
+                kwargs[name] = tuple(tuple(r) for r in kwargs[name])
+        if "activation" in kwargs:
+            a = kwargs["activation"]
+            kwargs["activation"] = dataclasses.replace(
+                a, input_ranges=tuple(tuple(r) for r in a.input_ranges),
+                input_grid=tuple(tuple(r) for r in a.input_grid))
+        kwargs["exclude"] = tuple(kwargs.get("exclude", ()))
+        return cls(**kwargs)
+
+    @property
+    def pair_limit(self) -> int | None:
+        """The largest |sum| of a same-sign pair of int8 weight codes (128), or None where no
+        limit applies (--overflow-fix off, or auto on an ISA that does not saturate)."""
+        fix = self.weight.overflow_fix
+        if not (fix == "on" or (fix == "auto" and self.int8_saturates)):
+            return None
+        from calib_free.weights.saturation import PAIR_LIMIT
+
+        return PAIR_LIMIT
+
+    @property
+    def uses_sensitivity(self) -> bool:
+        """auto: on with --mixed-precision, and with a --budget that buys whole layers (the
+        dense sparse form): there the plain score, the share of a layer's own error an order
+        removes, is about 1 for every layer and ranks them by BOPs alone. Measured
+        (docs/benchmarks.md, whole-layer rerun): the sensitivity gave as much or more in all 10
+        EfficientNet-Lite0 and MiniLM budget builds, e.g. W8A8 1.25 24.5 -> 25.0 dB."""
+        x = self.expansion
+        if x.sensitivity != "auto":
+            return x.sensitivity == "on"
+        if x.mixed_precision != "off":
+            return True
+        return x.budget is not None and x.whole_layers and not x.ensemble \
+            and self.calibration.refine == "none"
+
+    @property
+    def rounding_mode(self) -> str:
+        """The rounding applied: "dc" or "nearest" (auto: dc for the uniform operator, whose
+        kernels it keeps flat-input exact; PowerQuant's codes have no sum to keep)."""
+        if self.weight.rounding == "auto":
+            return "dc" if self.weight.operator == "uniform" else "nearest"
+        return self.weight.rounding
+
+    @property
+    def weight_bits(self) -> int:
+        return WEIGHT_BITS[self.weight.format]
+
+    @property
+    def activation_bits(self) -> int:
+        """Activation bits of the BOPs cost model (float activations count as 32)."""
+        return {"int8": 8, "fp16": 16}.get(self.activation.format, 32)
+
+    @property
+    def budget_whole_layers(self) -> bool:
+        return self.expansion.whole_layers
+
+    @property
+    def max_orders(self) -> int:
+        return self.expansion.max_orders
+
+    def validate(self) -> None:
+        for group in _GROUPS:
+            getattr(self, group).validate()
+        self._validate_across()
+        self._validate_mixed()
+        from backends.cpu_isa import RESOLVED, check_choice
+
+        if self.int8_isa not in RESOLVED:  # a resolved config names what was detected
+            check_choice(self.int8_isa)
+        if self.activation.ranges == CALIB_RANGES and (
+                not self.calibration.data or self.calibration.data.startswith("synthetic")):
+            raise UserError(f"ranges {CALIB_RANGES!r} come from --calib DATA (your samples): "
+                            "give the data, or a --ranges source")
+
+    def _validate_across(self) -> None:
+        """Combinations across the groups that cannot be built."""
+        w, x = self.weight, self.expansion
+        if w.operator == "power" and (x.sparsity is not None or x.budget is not None
+                                      or x.ensemble):
+            raise UserError("--operator power expands every channel: it cannot be combined "
+                            "with --sparsity, --budget or --ensemble", "use --orders K alone")
+        if x.ensemble and self.activation.smooth == "all":
+            raise UserError("--smooth all cannot be combined with --ensemble yet (members "
+                            "share order 1; migration is off in ensembles)",
+                            "drop --smooth all")
+        if (x.sparsity is not None or x.budget is not None) and w.granularity == "tensor":
+            raise UserError("group-sparse orders need per-channel (or per-block) weight scales, "
+                            "not per-tensor")
+
 
     def _validate_mixed(self) -> None:
         """--sensitivity and --mixed-precision."""
@@ -318,48 +497,6 @@ class QuantConfig:
             raise UserError(f"--mixed-precision all: nothing to raise with --weights "
                             f"{self.weights} and --activations {self.activations}",
                             "drop --mixed-precision")
-
-    def _validate_expansion(self) -> None:
-        """Impossible combinations of --orders, --sparsity, --budget and --ensemble."""
-        if self.sparsity is not None:
-            if not 0.0 < self.sparsity <= 1.0:
-                raise UserError(f"--sparsity {self.sparsity}: the kept fraction of channels must "
-                                "be in (0, 1], e.g. 0.25")
-            if self.orders < 2:
-                raise UserError("--sparsity applies to orders 2 and up, but --orders is 1",
-                                "add --orders 2 (or more)")
-            if self.budget is not None:
-                raise UserError("give either --sparsity (the same fraction in every layer) or "
-                                "--budget (the allocator chooses), not both")
-        if self.budget is not None:
-            if not 1.0 <= self.budget <= 16.0:
-                raise UserError(f"--budget {self.budget}: a multiple of the order-1 "
-                                "bit-operations, from 1 (no expansion) to 16, e.g. 1.25")
-        if self.ensemble:
-            if not 2 <= self.ensemble <= MAX_ENSEMBLE:
-                raise UserError(f"--ensemble {self.ensemble}: the number of members must be 2.."
-                                f"{MAX_ENSEMBLE}")
-            if self.orders > 2:
-                raise UserError(f"--ensemble expands to order 2 (members share order 1 and split "
-                                f"order 2 among them); --orders {self.orders} cannot be combined",
-                                "drop --orders, or build the exact expansion without --ensemble")
-            if self.smooth == "all":
-                raise UserError("--smooth all cannot be combined with --ensemble yet (members "
-                                "share order 1; migration is off in ensembles)",
-                                "drop --smooth all")
-        if self.rounding == "dc" and self.operator != "uniform":
-            raise UserError("--rounding dc applies to the uniform quantizer only",
-                            "drop --rounding or --operator power")
-        if self.budget_cost not in BUDGET_COSTS and not self.budget_cost.endswith(".json"):
-            raise UserError(f"--budget-cost {self.budget_cost}: use one of "
-                            f"{', '.join(BUDGET_COST_CHOICES)} or a FILE.json")
-        if self.budget_cost != "auto" and self.budget is None:
-            raise UserError(f"--budget-cost {self.budget_cost} says what a --budget counts, and "
-                            "no --budget was given", "add --budget X, e.g. --budget 1.1")
-        if (self.sparsity is not None or self.budget is not None) and \
-                self.granularity == "tensor":
-            raise UserError("group-sparse orders need per-channel (or per-block) weight scales, "
-                            "not per-tensor")
 
 
 @dataclass(frozen=True)
@@ -476,14 +613,11 @@ class BuildConfig:
         if version > CONFIG_VERSION:
             raise UserError(f"config version {version} is newer than this rexdeploy understands "
                             f"({CONFIG_VERSION}); upgrade rexdeploy")
-        q = _known(QuantConfig, dict(d.pop("quant", {})))
-        q["input_ranges"] = tuple(tuple(r) for r in q.get("input_ranges", ()))
-        q["input_grid"] = tuple(tuple(r) for r in q.get("input_grid", ()))
-        q["exclude"] = tuple(q.get("exclude", ()))
+        quant = QuantConfig.from_dict(d.pop("quant", {}))
         inputs = tuple(InputSpec.from_dict(s) for s in d.pop("inputs", ()))
         d["dim_ranges"] = tuple(tuple(r) for r in d.get("dim_ranges", ()))
         d["dims"] = tuple(tuple(r) for r in d.get("dims", ()))
-        return cls(inputs=inputs, quant=QuantConfig(**q), **_known(cls, d))
+        return cls(inputs=inputs, quant=quant, **_known(cls, d))
 
 
 def _known(cls, d: dict) -> dict:

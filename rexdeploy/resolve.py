@@ -58,19 +58,19 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
     scales = config.quant.activation_scales
     if scales == "auto":
         scales = "depthwise" if rules.channel_activations else "tensor"
-    quant = replace(config.quant, int8_isa=isa.name, int8_saturates=isa.saturates,
-                    activation_scales=scales)
+    quant = config.quant.with_(int8_isa=isa.name, int8_saturates=isa.saturates,
+                               activation_scales=scales)
     if quant.budget is not None:  # what the budget counts on this target and device
         from rexdeploy.planning.cost_models import resolve
 
-        quant = replace(quant, budget_cost=resolve(quant.budget_cost, config.target,
-                                                   config.device, isa.saturates))
+        quant = quant.with_(budget_cost=resolve(quant.budget_cost, config.target,
+                                                config.device, isa.saturates))
     if preprocess:
         from rexdeploy.inputs import parse_preprocess
 
         parse_preprocess(preprocess)  # validate before any work
         if quant.calib and not quant.calib_preprocess:  # images under --calib
-            quant = replace(quant, calib_preprocess=preprocess)
+            quant = quant.with_(calib_preprocess=preprocess)
     return Resolution(replace(config, quant=quant), backend, isa)
 
 
@@ -78,15 +78,15 @@ def for_model(config: BuildConfig, specs, preprocess: str | None, log) -> BuildC
     """The config with what depends on the model's inputs made concrete (see the module's
     docstring); `specs`: the input specs the front end read or was given."""
     config = _pixel_input(replace(config, inputs=tuple(specs)), preprocess, log)
-    q = replace(config.quant, sparse_form=sparse_form(config))
+    q = config.quant.with_(sparse_form=sparse_form(config))
     if q.calib is not None and not q.calib.startswith("synthetic"):
-        q = replace(q, ranges=CALIB_RANGES)  # ranges observed on the user's data
+        q = q.with_(ranges=CALIB_RANGES)  # ranges observed on the user's data
     if q.smooth == "auto" and q.ranges != CALIB_RANGES and \
             any(s.dtype.startswith("float") and len(s.shape) >= 4 for s in config.inputs):
         # Migration follows the per-channel maxima it observes on the synthetic inputs: random
         # token sentences show a token model's channel pattern, Gaussian images do not show an
         # image model's (EfficientNet-Lite0 --ranges synthetic: 13.3 dB without, 1.4 dB with)
-        q = replace(q, smooth="off")
+        q = q.with_(smooth="off")
     return replace(config, quant=q)
 
 
@@ -113,7 +113,7 @@ def _pixel_input(config: BuildConfig, preprocess: str | None, log) -> BuildConfi
     lo, hi = pre.value_range()
     given = {n: (a, b) for n, a, b in q.input_ranges}
     if name not in given:
-        q = replace(q, input_ranges=q.input_ranges + ((name, lo, hi),))
+        q = q.with_(input_ranges=q.input_ranges + ((name, lo, hi),))
         log.note(f"value range of input {name!r} taken from --preprocess {preprocess}: "
                  f"{lo:.4g} to {hi:.4g}")
     step = pre.pixel_step()
@@ -122,7 +122,7 @@ def _pixel_input(config: BuildConfig, preprocess: str | None, log) -> BuildConfi
     # values than these pixels: its scale then follows the range, not the grid
     if step is not None and glo >= lo - 1.001 * step and ghi <= hi + 1.001 * step \
             and name not in {n for n, _ in q.input_grid}:
-        q = replace(q, input_grid=q.input_grid + ((name, step),))
+        q = q.with_(input_grid=q.input_grid + ((name, step),))
     return replace(config, quant=q)
 
 

@@ -20,7 +20,7 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
     fid = json.load(open(compare_json))
     prof = json.load(open(profile_json))["variants"]
     s = art.manifest["summary"]
-    q = art.manifest["config"]["quant"]
+    q = art.config.quant
     by = {v["label"]: v for v in prof}
     f32 = by.get("float f32 (pinned)")
     table = Table(title="rexdeploy quick start: EfficientNet-Lite0, data-free int8 on OpenVINO",
@@ -28,8 +28,8 @@ def main(artifact: str, compare_json: str, profile_json: str) -> int:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("artifact", art.path)
-    table.add_row("quantization", f"W:{q['weights']} A:{q['activations']} K={q['orders']}, no "
-                                  f"data (ranges: {q['ranges']}, BatchNorm statistics)")
+    table.add_row("quantization", f"W:{q.weights} A:{q.activations} K={q.orders}, no "
+                                  f"data (ranges: {q.ranges}, BatchNorm statistics)")
     table.add_row("runtime int8", f"{s['runtime_int8_layers']}/{s['runtime_compute_layers']} "
                                   f"compute layers ({s['int8_coverage']:.0%}), read from the "
                                   "compiled model")

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from rexdeploy.config import BuildConfig, QuantConfig, choices
+from rexdeploy.config import QUANT_FLAGS, BuildConfig, choices, flat_field
 from rexdeploy.errors import UserError
 
 
@@ -90,7 +90,7 @@ def field_option(flag: str, help: str):
     or else BuildConfig: its choices are the field's Literal type (rexdeploy.config.choices),
     its default the field's own, so neither is written twice."""
     name = flag.lstrip("-").replace("-", "_")
-    cls = QuantConfig if name in QuantConfig.__dataclass_fields__ else BuildConfig
+    cls, name = flat_field(name) if name in QUANT_FLAGS else (BuildConfig, name)
     return click.option(flag, type=click.Choice(choices(cls, name)),
                         default=cls.__dataclass_fields__[name].default, show_default=True,
                         help=help)

@@ -99,7 +99,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
     if sensitivity is not None and config.budget is not None:  # rexdeploy/planning/mixed.py
         from rexdeploy.planning import mixed
 
-        cfg8 = replace(config, weights="int8", orders=1, budget=None)
+        cfg8 = config.with_(weights="int8", orders=1, budget=None)
         alloc, eights = mixed.allocate(
             expansions, config, sensitivity, {a.tensor for a in activations},
             lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))

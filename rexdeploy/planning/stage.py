@@ -204,7 +204,7 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
 
     q = config.quant
     draft = make_plan(layers, skipped, tensors, stats, observed,
-                      replace(q, orders=1, budget=None, mixed_precision="off"), allow_unsigned)
+                      q.with_(orders=1, budget=None, mixed_precision="off"), allow_unsigned)
     if calib is not None and calib.user:
         samples, what = calib.samples, f"calibration inputs ({calib.source})"
     elif q.ranges == "zeroq":
@@ -287,8 +287,8 @@ def _refine(plan, float_model, layers, stats, observed, config: BuildConfig, cal
     with log.stage("refine", f"{q.refine} on {calib.source}"):
         refined, summary = refine_plan(plan, layers, float_model, calib.samples, q, means, log,
                                        calib.source)
-    held_out = replace(config, quant=replace(
-        q, seed=q.seed + HOLD_OUT_SEED, synthetic_samples=max(q.synthetic_samples, HOLD_OUT),
+    held_out = replace(config, quant=q.with_(
+        seed=q.seed + HOLD_OUT_SEED, synthetic_samples=max(q.synthetic_samples, HOLD_OUT),
         ranges="synthetic" if q.ranges == "zeroq" else q.ranges))
     with log.stage("refine check", "end to end, refined vs round-to-nearest"):
         if calib.user:  # the user's own data is the distribution that matters
@@ -350,7 +350,7 @@ def _range_samples(float_model, config: BuildConfig, loaded, log: StageLog
     base = _synthetic_samples(float_model, config, loaded, log)
     if q.ranges != "auto" or not image_inputs(base):
         return base, f"{len(base)} synthetic inputs", False
-    more = replace(config, quant=replace(q, synthetic_samples=RANGE_IMAGES))
+    more = replace(config, quant=q.with_(synthetic_samples=RANGE_IMAGES))
     samples, what = natural_samples(float_model, more, loaded, log, RANGE_IMAGES)
     return samples, f"{len(samples)} {what}", True
 

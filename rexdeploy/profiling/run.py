@@ -154,7 +154,7 @@ def _variant(label, kind, art, files, opts, feeds, ov) -> dict:
 def _labels(arts) -> list[str]:
     """"rexdeploy int8" for one artifact; the directory names (made unique) for several."""
     if len(arts) == 1:
-        return [f"rexdeploy {arts[0].manifest['config']['quant']['weights']}"]
+        return [f"rexdeploy {arts[0].config.quant.weights}"]
     labels = []
     for art in arts:
         base = os.path.basename(os.path.normpath(art.path))

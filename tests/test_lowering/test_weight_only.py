@@ -172,7 +172,7 @@ def test_cli_flags_reach_the_config(block_file, tmp_path):
     import json
 
     with open(out / "manifest.json") as f:
-        quant = json.load(f)["config"]["quant"]
+        quant = json.load(f)["config"]["quant"]["weight"]
     assert (quant["operator"], quant["granularity"], quant["block_size"],
             quant["dynamic_quantization"]) == ("power", "block", 64, 0)
 

@@ -103,11 +103,33 @@ def test_config_is_read_back_typed_from_any_version(tmp_path):
         art = w.commit({"target": "openvino", "config": built.to_dict()})
     assert load_artifact(art.path).config == built
     old = built.to_dict()
-    del old["device_tolerance"], old["quant"]["recurrent"]  # not recorded back then
-    old["quant"]["a_later_field"] = 1
+    del old["device_tolerance"], old["quant"]["activation"]["recurrent"]  # not recorded then
+    old["quant"]["activation"]["a_later_field"] = 1
     with ArtifactWriter(str(tmp_path / "b")) as w:
         w.write_json("report.json", {"summary": {}}, "report")
         art = w.commit({"target": "openvino", "config": old})
     config = load_artifact(art.path).config
     assert config.device_tolerance == 1.0 and config.quant.recurrent == "float"
     assert config.dims == (("W", 256),) and config.quant.input_ranges == (("x", -1.0, 1.0),)
+
+
+def test_config_version_1_flat_reads_back(tmp_path):
+    """A manifest written before QuantConfig was nested (version 1: its fields flat, by their
+    flag names) still loads into the nested config."""
+    from rexdeploy.config import BuildConfig, QuantConfig
+
+    flat = {"version": 1, "target": "openvino", "quant": {
+        "weights": "int4", "activations": "int8", "orders": 2, "budget": 1.25,
+        "activation_scales": "depthwise", "unsigned_activations": False, "calib": None,
+        "input_ranges": [["x", -1.0, 1.0]], "exclude": ["conv1"], "int8_isa": "avx2",
+        "a_later_field": 1}}
+    with ArtifactWriter(str(tmp_path / "v1")) as w:
+        w.write_json("report.json", {"summary": {}}, "report")
+        art = w.commit({"target": "openvino", "config": flat})
+    q = load_artifact(art.path).config.quant
+    assert q == QuantConfig(weights="int4", orders=2, budget=1.25,
+                            activation_scales="depthwise", unsigned_activations=False,
+                            input_ranges=(("x", -1.0, 1.0),), exclude=("conv1",),
+                            int8_isa="avx2")
+    assert q.weight.format == "int4" and q.expansion.budget == 1.25 and not q.activation.unsigned
+    assert BuildConfig.from_dict(BuildConfig(quant=q).to_dict()).quant == q

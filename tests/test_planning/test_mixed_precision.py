@@ -222,7 +222,7 @@ def test_dense_form_budget_buys_whole_layers(tmp_path):
     one = _build(model, tmp_path, "one", weights="int4", budget=1.3)  # sensitivity auto: on
     assert _kept(one.report()) == [0, 0, 1, 0]
     assert all("sensitivity" in r for r in one.report()["layers"])
-    assert one.manifest["config"]["quant"]["sparse_form"] == "dense"
+    assert one.config.quant.expansion.sparse_form == "dense"
     assert one.report()["summary"]["bops_ratio"] == pytest.approx(1.25, abs=0.01)
 
 

@@ -90,19 +90,19 @@ def test_pixel_grid_scale_quantizes_every_pixel_exactly(builds):
 
 
 def test_range_comes_from_preprocess_when_not_given(builds):
-    quant = builds["pixel"].manifest["config"]["quant"]
-    assert [tuple(r) for r in quant["input_ranges"]] == [("input", -127 / 128, 1.0)]
-    assert [tuple(r) for r in quant["input_grid"]] == [("input", 1 / 128)]
+    quant = builds["pixel"].config.quant.activation
+    assert quant.input_ranges == (("input", -127 / 128, 1.0),)
+    assert quant.input_grid == (("input", 1 / 128),)
     assert not any("assumed N(0, 1)" in n for n in builds["pixel"].report()["notes"])
     # ImageNet mean/std: no common grid, but the range still comes from the pixels
     scale, _ = _input_qdq(builds["imagenet"])
     assert scale == pytest.approx((255 - 103.53) / 57.375 / 127)
-    assert builds["imagenet"].manifest["config"]["quant"]["input_grid"] == []
+    assert builds["imagenet"].config.quant.activation.input_grid == ()
     # [0, 1] pixels on OpenVINO: uint8 at 1/255, the pixels' own grid
     unit = _input_activation(builds["unit"])
     assert (unit["dtype"], unit["scale"]) == ("uint8", pytest.approx(1 / 255))
     # without --preprocess nothing changes: N(0, 1) assumed, and said
-    assert builds["none"].manifest["config"]["quant"]["input_ranges"] == []
+    assert builds["none"].config.quant.activation.input_ranges == ()
     assert any("assumed N(0, 1)" in n for n in builds["none"].report()["notes"])
 
 

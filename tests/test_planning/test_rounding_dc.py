@@ -28,7 +28,7 @@ def test_plan_codes_keep_kernel_sums(plans):
     from calib_free.plan import QuantPlan
 
     near, dc = (QuantPlan.load(plans[r].path) for r in ("nearest", "dc"))
-    assert plans["dc"].manifest["config"]["quant"]["rounding"] == "dc"
+    assert plans["dc"].config.quant.weight.rounding == "dc"
     moved = 0
     for a, b in zip(near.layers, dc.layers):
         ca, cb = a.orders[0].codes.astype(int), b.orders[0].codes.astype(int)

@@ -87,10 +87,10 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     name, shape = spec["name"], tuple(spec["shape"])
     photos = np.concatenate([s[name] for _, s in load_inputs(
         photos_dir, art.manifest["inputs"], art.manifest.get("preprocess"))])
-    quant = art.manifest["config"]["quant"]
-    ranges = {r[0]: (r[1], r[2]) for r in quant.get("input_ranges", [])}
+    quant = art.config.quant
+    ranges = {r[0]: (r[1], r[2]) for r in quant.input_ranges}
     lo_hi = ranges.get(name, (float(photos.min()), float(photos.max())))
-    step = dict(quant.get("input_grid", [])).get(name)
+    step = dict(quant.input_grid).get(name)
     draft = QuantPlan.load(art.path)
     keep = (lambda t: t in tensors) if tensors is not None else (lambda t: t != name)
     draft = replace(draft, activations=tuple(a for a in draft.activations if keep(a.tensor)))
