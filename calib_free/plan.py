@@ -72,6 +72,10 @@ class LayerPlan:
     orders: tuple[WeightOrder, ...]
     bias_shift: np.ndarray | None = None  # float32 [Cout]: subtract from the bias (correction)
     metrics: dict = field(default_factory=dict)  # weight error before/after, MACs, ...
+    # float32 [Cin] or None: the layer's input is multiplied by this per channel (last axis) in
+    # front of its orders, whose codes quantize W / input_scale (balanced weight columns,
+    # calib_free.weights.balance); only on layers whose input stays float
+    input_scale: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class QuantPlan:
                            for o in layer.orders],
                 "bias_shift": layer.bias_shift is not None,
                 "metrics": layer.metrics,
-            })
+            } | ({"input_scale": True} if layer.input_scale is not None else {}))
         return {
             "version": self.version,
             "config": self.config,
@@ -208,6 +212,8 @@ class QuantPlan:
                     arrays[f"l{i}.o{k}.channels"] = np.asarray(order.channels, np.int64)
             if layer.bias_shift is not None:
                 arrays[f"l{i}.bias_shift"] = layer.bias_shift
+            if layer.input_scale is not None:
+                arrays[f"l{i}.input_scale"] = np.asarray(layer.input_scale, np.float32)
         for i, act in enumerate(self.activations):
             if act.smooth is not None:
                 arrays[f"a{i}.smooth"] = np.asarray(act.smooth, np.float32)
@@ -239,7 +245,8 @@ class QuantPlan:
                             arrays.get(f"l{i}.o{k}.table"), od.get("exponent"))
                 for k, od in enumerate(ld["orders"]))
             layers.append(LayerPlan(ld["name"], ld["op"], ld["weight"], ld["input"], orders,
-                                    arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {})))
+                                    arrays.get(f"l{i}.bias_shift"), ld.get("metrics", {}),
+                                    arrays.get(f"l{i}.input_scale")))
         acts = tuple(ActivationPlan(**(a | {key: arrays.get(f"a{i}.{key}") if a.get(key) else None
                                             for key in ("smooth", "channel_scale")}))
                      for i, a in enumerate(d["activations"]))

@@ -44,6 +44,7 @@ ActivationScales = Literal["auto", "depthwise", "tensor"]
 Equalize = Literal["auto", "off"]
 Recurrent = Literal["float", "int8"]
 Attention = Literal["scores", "int8", "float"]
+Balance = Literal["auto", "sinkhorn", "off"]
 
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
@@ -114,9 +115,17 @@ class WeightConfig:
     # OpenVINO compressed FullyConnected: group size of its dynamic activation quantization (0 =
     # off, None = the runtime's default)
     dynamic_quantization: int | None = None
+    # balanced weight columns (calib_free.weights.balance) of MatMul/Gemm layers whose input
+    # stays float, the input multiplied by the inverse in front of them: sinkhorn at any bits,
+    # auto below 8 bits with the uniform operator, off never
+    balance: Balance = "auto"           # --weight-balance
 
     def validate(self) -> None:
         check_choices(self)
+        if self.balance == "sinkhorn" and self.operator != "uniform":
+            raise UserError("--weight-balance sinkhorn applies to the uniform quantizer; "
+                            "--operator power fits its exponent to the weights as they are",
+                            "drop --weight-balance")
         if self.granularity == "block" and not self.block_size:
             raise UserError("per-block weight scales need a block size (e.g. 32, 64 or 128)")
         if self.operator == "power" and self.clip_search:
@@ -291,6 +300,7 @@ _GROUPS = {"weight": WeightConfig, "expansion": ExpansionConfig, "activation": A
 _RENAMED = {"weights": ("weight", "format"), "activations": ("activation", "format"),
             "unsigned_activations": ("activation", "unsigned"),
             "activation_scales": ("activation", "scales"), "calib": ("calibration", "data"),
+            "weight_balance": ("weight", "balance"),
             "calib_preprocess": ("calibration", "preprocess"),
             "calib_tokenizer": ("calibration", "tokenizer")}
 # flat name -> (group, field), for every field of every group
@@ -418,6 +428,17 @@ class QuantConfig:
         return self.weight.rounding
 
     @property
+    def balances_weights(self) -> bool:
+        """Whether MatMul/Gemm layers whose input stays float get balanced weight columns
+        (WeightConfig.balance; auto: below 8 bits, uniform operator, no ensemble or
+        refinement)."""
+        w = self.weight
+        if w.balance != "auto":
+            return w.balance == "sinkhorn"
+        return WEIGHT_BITS[w.format] < 8 and w.operator == "uniform" and \
+            not self.expansion.ensemble and self.calibration.refine == "none"
+
+    @property
     def weight_bits(self) -> int:
         return WEIGHT_BITS[self.weight.format]
 
@@ -459,6 +480,9 @@ class QuantConfig:
             raise UserError("--smooth all cannot be combined with --ensemble yet (members "
                             "share order 1; migration is off in ensembles)",
                             "drop --smooth all")
+        if w.balance == "sinkhorn" and (x.ensemble or self.calibration.refine != "none"):
+            raise UserError("--weight-balance sinkhorn cannot be combined with --ensemble or "
+                            "--refine yet", "drop --weight-balance")
         if (x.sparsity is not None or x.budget is not None) and w.granularity == "tensor":
             raise UserError("group-sparse orders need per-channel (or per-block) weight scales, "
                             "not per-tensor")

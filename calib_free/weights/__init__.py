@@ -7,6 +7,7 @@
     sparse       group-sparse REx orders (channels per order) and the bit-operation budget
     ensemble     layer-partition ensemble of a REx expansion (members and their weights)
     recurrent    int8 LSTM/GRU weights (one scale per gate row for W and R) and state clips
+    balance      balanced weight columns (Sinkhorn, as SINQ) for low-bit weights of float inputs
 
 A new weight quantizer goes here. No module is imported by this package's __init__.
 """

@@ -115,6 +115,14 @@ _WEIGHTS = section(
                  help="Per-block weight scales over G input columns (e.g. 32, 64, 128) instead of "
                       "per output channel: INT4 MatMul/Gemm weights for TensorRT need it."),
     click.option("--clip-search", is_flag=True, help="MSE-optimal weight clipping per channel."),
+    field_option("--weight-balance",
+                 help="Balance the weight columns of MatMul/Gemm layers whose input stays float "
+                      "(weight-only builds): divide each input column by a factor found from the "
+                      "weights alone (Sinkhorn-normalised row and column spread, as SINQ), and "
+                      "multiply the input by it in front of the layer (a float Mul), exact in "
+                      "float. auto: below 8 bits with the uniform operator. MiniLM W4 weight-only, "
+                      "mean cosine to float: per channel 0.904 -> 0.945, per block of 32 with "
+                      "--clip-search 0.957 -> 0.977."),
     field_option("--overflow-fix",
                  help="Keep every pair of int8 weight codes a pre-VNNI kernel adds in int16 "
                       "within +-128 (255 x 128 fits int16): only the pairs that can overflow "
@@ -337,7 +345,8 @@ def build_config(o: dict):
             "sparse_form", "ranges", "range_sigma", "smooth", "smooth_alpha", "clip_search",
             "operator", "rounding", "dynamic_quantization", "block_size", "calib", "refine",
             "refine_iters", "refine_inputs", "sensitivity", "mixed_precision", "int8_isa",
-            "overflow_fix", "equalize", "activation_scales", "recurrent", "attention")
+            "overflow_fix", "equalize", "activation_scales", "recurrent", "attention",
+            "weight_balance")
     quant = QuantConfig(
         weights=weights, ensemble=o["ensemble"] or 0, exclude=tuple(o["exclude"]),
         bias_correction=not o["no_bias_correction"],

@@ -80,6 +80,9 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
         for lp in self.plan.layers:
             for branch in branches(model.graph, lp.name):
                 node, _ = branch_input(branch)
+                if lp.input_scale is not None and node.inputs[0] is not None and \
+                        node.inputs[0].producer() is not None:
+                    node = node.inputs[0].producer()  # the Mul by the balanced columns' scale
                 if node.inputs[0] is None or node.inputs[0].name != lp.input:
                     raise ir.passes.PreconditionError(
                         f"layer {lp.name!r} reads {node.inputs[0] and node.inputs[0].name!r}, "

@@ -141,6 +141,11 @@ def _plan_problem(lp: LayerPlan, node: ir.Node | None) -> str | None:
     channels = _out_channels(node, array)
     if lp.bias_shift is not None and lp.bias_shift.size != channels:
         return f"bias_shift has {lp.bias_shift.size} values for {channels} channels"
+    if lp.input_scale is not None:
+        c = np.asarray(lp.input_scale)
+        if lp.op not in ("MatMul", "Gemm") or c.ndim != 1 or \
+                not (np.isfinite(c).all() and (c > 0).all()):
+            return "input_scale must be a vector of positive finite numbers on a MatMul/Gemm"
     return None
 
 
@@ -172,6 +177,8 @@ def _lower_layer(graph: ir.Graph, node: ir.Node, lp: LayerPlan, names: UniqueNam
     graph.insert_before(node, dqs)
     tag(node, lp.name, "order1")
     node.replace_input_with(_WEIGHT_INPUT, dqs[0].outputs[0])
+    if lp.input_scale is not None:
+        _scale_input(graph, node, lp, names)
     if len(dqs) > 1:
         _add_orders(graph, node, lp, dqs[1:], names,
                     [None if c is None else lp.orders[k].channels
@@ -180,6 +187,21 @@ def _lower_layer(graph: ir.Graph, node: ir.Node, lp: LayerPlan, names: UniqueNam
         _shift_bias(graph, node, lp, names)
     elif lp.op == "MatMul":
         _claim_bias_add(node, lp)
+
+
+def _scale_input(graph: ir.Graph, node: ir.Node, lp: LayerPlan, names: UniqueNames) -> None:
+    """The layer reads x * input_scale (per channel, last axis) through a Mul of its own
+    (tagged "scale"); every order then reads that product."""
+    x = node.inputs[0]
+    dtype = value_dtype(x) if x.dtype in FLOAT_DTYPES else ir.DataType.FLOAT
+    factor = add_initializer(graph, names, f"{lp.name}/input_scale",
+                             np.asarray(lp.input_scale, numpy_dtype(dtype)))
+    out = ir.Value(name=names.value(f"{lp.name}/scaled_input"), shape=x.shape,
+                   type=ir.TensorType(dtype))
+    mul = ir.Node("", "Mul", [x, factor], outputs=[out], name=names.node(f"{lp.name}/scale"))
+    tag(mul, lp.name, "scale")
+    graph.insert_before(node, [mul])
+    node.replace_input_with(0, out)
 
 
 def _out_axis(node: ir.Node) -> int:

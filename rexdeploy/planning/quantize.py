@@ -94,8 +94,9 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                                          observed.get(tensor), config)
                 if act is not None:
                     activations.append(act)
-    expansions = [_expand(layer, stats, observed, config, smooth.get(layer.input))
-                  for layer in kept]
+    balance = _balancing(kept, {a.tensor for a in activations}, config)
+    expansions = [_expand(layer, stats, observed, config, smooth.get(layer.input),
+                          balance.get(layer.name)) for layer in kept]
     if sensitivity is not None and config.budget is not None:  # rexdeploy/planning/mixed.py
         from rexdeploy.planning import mixed
 
@@ -130,6 +131,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "int8_isa": config.int8_isa,
                              "int8_saturates": config.int8_saturates,
                              "overflow_fix": config.overflow_fix,
+                             "weight_balance": config.weight_balance,
                              "pair_limit": config.pair_limit}
                      | (describe_cost(config.budget_cost) if config.budget is not None else {})
                      | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
@@ -149,6 +151,7 @@ class _Expansion:
     mean_in: np.ndarray | None
     stops: list | None = None  # [(codes, scale)] K pairs: each order as a last order
                                # (calib_free.weights.expansion.stop_orders); None: as `orders`
+    input_scale: np.ndarray | None = None  # float32 [Cin]: balanced columns (LayerPlan's)
 
 
 # --smooth auto migrates a tensor when its largest channel maximum is at least this many times
@@ -198,8 +201,28 @@ def _smoothing(kept: list[LayerInfo], tensors: list[str], stats: dict[str, Tenso
     return factors
 
 
+def _balancing(kept: list[LayerInfo], quantized: set[str], config: QuantConfig
+               ) -> dict[str, "torch.Tensor"]:
+    """layer -> c [Cin], its balanced weight columns (calib_free.weights.balance), for the
+    MatMul/Gemm layers whose input stays float, where the config balances weights."""
+    if not config.balances_weights:
+        return {}
+    import torch
+
+    from calib_free.weights.balance import column_scales
+
+    return {layer.name: column_scales(torch.from_numpy(np.asarray(layer.weight_array,
+                                                                  np.float32)), layer.in_axis)
+            for layer in kept
+            if layer.op in ("MatMul", "Gemm") and layer.input not in quantized}
+
+
 def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str, Observed],
-            config: QuantConfig, smooth: "torch.Tensor | None" = None) -> _Expansion:
+            config: QuantConfig, smooth: "torch.Tensor | None" = None,
+            balance: "torch.Tensor | None" = None) -> _Expansion:
+    """The layer's expansion to config.max_orders. smooth: the layer reads x / smooth (a
+    migrated quantized input); balance: it reads x * balance (a float input in front of
+    balanced weight columns). Either way it computes with W scaled by the inverse."""
     import torch
 
     from calib_free.weights.expansion import expand_uniform
@@ -207,6 +230,8 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
 
     s, o = stats.get(layer.input), observed.get(layer.input)
     w = torch.from_numpy(np.ascontiguousarray(layer.weight_array, np.float32))
+    if balance is not None:
+        smooth = 1.0 / balance
     if smooth is not None:  # the layer reads x / s: it computes with s * W
         from calib_free.activations.smooth import scale_input_channels
 
@@ -239,7 +264,8 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
     if mean_in is not None and smooth is not None:
         mean_in = mean_in / smooth.numpy()
     return _Expansion(layer, w, orders, axis if config.granularity != "tensor" else None,
-                      torch.stack(errors), signal, mean_in, stops)
+                      torch.stack(errors), signal, mean_in, stops,
+                      None if balance is None else balance.numpy().astype(np.float32))
 
 
 def pair_limit(layer: LayerInfo, config: QuantConfig):
@@ -437,7 +463,11 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     if config.bias_correction and e.mean_in is not None:
         shift = _bias_shift(layer, (w_hat - w), e.mean_in)
         metrics["bias_shift_max"] = round(float(np.abs(shift).max()), 6)
-    return LayerPlan(layer.name, layer.op, layer.weight, layer.input, plan_orders, shift, metrics)
+    if e.input_scale is not None:
+        metrics["balanced"] = {"spread": round(float(e.input_scale.max() / e.input_scale.min()),
+                                               3)}
+    return LayerPlan(layer.name, layer.op, layer.weight, layer.input, plan_orders, shift, metrics,
+                     e.input_scale)
 
 
 def _overflow_metrics(w, order, pairs, bits: int) -> dict:
@@ -615,7 +645,7 @@ def truncate_layer(lp: LayerPlan, layer: LayerInfo, orders: int, mean_in: np.nda
                  ).astype(np.float32).reshape(np.shape(lp.bias_shift))
     metrics = dict(lp.metrics, orders=orders, kept_fraction=[],
                    bops=lp.metrics.get("bops_order1"))
-    return LayerPlan(lp.name, lp.op, lp.weight, lp.input, kept, shift, metrics)
+    return replace(lp, orders=kept, bias_shift=shift, metrics=metrics)
 
 
 def ensemble_plans(plan: QuantPlan, layers: list[LayerInfo], stats: dict[str, TensorStats],

@@ -149,10 +149,11 @@ def _weight_overrides(draft, infos, inits) -> dict[str, dict[str, np.ndarray]]:
             continue  # not an initializer (shared constant node): not measured
         w = lp.orders[0].dequantize().astype(np.float32)
         act = acts.get(lp.input)
-        if act is not None and act.smooth is not None:  # plan weights carry 1 / factor
+        factor = act.smooth if act is not None and act.smooth is not None else lp.input_scale
+        if factor is not None:  # plan weights carry 1 / factor (migrated or balanced input)
             shape = [1] * w.ndim
             shape[info.in_axis] = -1
-            w = w * np.asarray(act.smooth, np.float32).reshape(shape)
+            w = w * np.asarray(factor, np.float32).reshape(shape)
         feeds = {lp.weight: w.reshape(info.weight_array.shape)}
         if lp.bias_shift is not None and info.bias in inits and info.bias_array is not None:
             from onnx import numpy_helper

@@ -203,3 +203,48 @@ def test_fp16_activations_on_openvino_are_requested_and_reported(block_file, tmp
     if got != "f16":
         assert any("f16 was asked" in n for n in art.report()["notes"])
     assert not art.report()["activations"]  # weight-only: no activation Q/DQ
+
+
+def _scale_muls(art) -> dict[str, str]:
+    """Mul node name -> the MatMul it feeds, for the balanced-column Muls of the ONNX."""
+    model = onnx.load(art.file("onnx"))
+    readers = {i: n for n in model.graph.node for i in n.input}
+    return {n.name: readers[n.output[0]].op_type for n in model.graph.node
+            if n.op_type == "Mul" and n.name.endswith("/scale")}
+
+
+def test_balanced_columns_default_below_8_bits(block_file, tmp_path):
+    """W4 weight-only balances the columns of both Linears (auto): each reads its input through
+    a Mul by c, its codes quantize W / c, the plan keeps c, and the build stays faithful; off,
+    and 8 bits, leave the graph as it was; sinkhorn asks for it at 8 bits too."""
+    on = _build(block_file, tmp_path, "bal", target="reference")
+    plan = QuantPlan.load(on.path)
+    assert all(lp.input_scale is not None and lp.input_scale.shape == (lp.orders[0].codes.shape[0],)
+               for lp in plan.layers)
+    assert _scale_muls(on) and set(_scale_muls(on).values()) == {"MatMul"}
+    assert all("balanced" in row["metrics"] for row in plan.to_json_dict()["layers"])
+    off = _build(block_file, tmp_path, "nobal", target="reference", weight_balance="off")
+    assert not _scale_muls(off) and all(lp.input_scale is None
+                                        for lp in QuantPlan.load(off.path).layers)
+    eight = rexdeploy.build(block_file, INPUT, target="reference", quiet=True,
+                            output=str(tmp_path / "w8"),
+                            config=BuildConfig(quant=QuantConfig(activations="none")))
+    assert not _scale_muls(eight)
+    forced = rexdeploy.build(block_file, INPUT, target="reference", quiet=True,
+                             output=str(tmp_path / "w8s"), config=BuildConfig(quant=QuantConfig(
+                                 activations="none", weight_balance="sinkhorn")))
+    assert len(_scale_muls(forced)) == 2
+    # the Mul and the codes compute W x: each build is close to the float model (ONNX Runtime)
+    import onnxruntime as ort
+
+    from rexdeploy.evaluate.fidelity import sqnr_db
+
+    x = {"x": np.random.default_rng(0).standard_normal((1, 8, 128)).astype(np.float32)}
+    ref = ort.InferenceSession(on.file("float_onnx")).run(None, x)[0]
+    db = {name: sqnr_db(ref, ort.InferenceSession(art.file("onnx")).run(None, x)[0])
+          for name, art in (("on", on), ("off", off), ("forced", forced))}
+    assert db["on"] > 20 and db["off"] > 20 and db["forced"] > 35, db
+    with pytest.raises(UserError, match="--weight-balance"):
+        QuantConfig(weights="int4", operator="power", weight_balance="sinkhorn").validate()
+    with pytest.raises(UserError, match="--weight-balance"):
+        QuantConfig(weights="int4", ensemble=2, weight_balance="sinkhorn").validate()

@@ -52,6 +52,14 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
     ("rexdeploy W4 weight-only, REx K=2", {"weights": "int4", "activations": "none",
                                            "orders": 2}),
+    # balanced weight columns (--weight-balance, the default below 8 bits) against none
+    ("rexdeploy W4 weight-only, K=1, groups of 32, MSE clip, unbalanced (--weight-balance off)",
+     {"weights": "int4", "activations": "none", "granularity": "block", "block_size": 32,
+      "clip_search": True, "weight_balance": "off"}),
+    ("rexdeploy W4 weight-only, K=1, unbalanced (--weight-balance off)",
+     {"weights": "int4", "activations": "none", "weight_balance": "off"}),
+    ("rexdeploy W4 weight-only, REx K=2, unbalanced (--weight-balance off)",
+     {"weights": "int4", "activations": "none", "orders": 2, "weight_balance": "off"}),
     # REx group sparsity, budget and ensemble on the W4 weight-only build (issue 3)
     ("rexdeploy W4 weight-only, REx K=2 gamma=0.25", {"weights": "int4", "activations": "none",
                                                       "orders": 2, "sparsity": 0.25}),
