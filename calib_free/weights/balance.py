@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 ITERATIONS = 16
-# c stays within this factor of 1 either way (a dead column's std is 0; float16 runtimes)
-LIMIT = 1e4
+# c stays within this factor of 1 either way: the product c x runs in the graph's float type,
+# float16 on TensorRT (all-MiniLM-L6-v2's factors lie in 0.12-13.5)
+LIMIT = 32.0
 _TINY = 1e-30
 
 
