@@ -45,6 +45,7 @@ Equalize = Literal["auto", "off"]
 Recurrent = Literal["float", "int8"]
 Attention = Literal["scores", "int8", "float"]
 Balance = Literal["auto", "sinkhorn", "off"]
+Rotate = Literal["off", "ffn"]
 
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
@@ -247,6 +248,10 @@ class ActivationConfig:
     # (TargetRules.int8_attention; elsewhere they stay float, listed): scores quantizes both
     # inputs of those that read no Softmax output (Q x K^T), int8 all of them, float none
     attention: Attention = "scores"
+    # block Hadamard rotation of the inputs of FFN output Linears (GELU/SiLU outputs;
+    # rexdeploy/passes/rotate.py), exact in float, with int8 activations: ffn rotates them, off
+    # (the default: the float rotations cost MiniLM 17 % latency) does not
+    rotate: Rotate = "off"
 
     def validate(self) -> None:
         check_choices(self)

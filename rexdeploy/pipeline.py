@@ -16,7 +16,7 @@ from rexdeploy.evaluate.device_check import overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
-                                      range_statistics)
+                                      range_statistics, rotate_ffn_inputs)
 from rexdeploy.resolve import for_model
 
 
@@ -63,9 +63,9 @@ def run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageL
                  backend, preprocess: str | None, isa) -> BuildStages:
     """Every stage of a build into `writer`; returns what the manifest and the summary need."""
     loaded, float_model, specs, config, stats = _front(model, config, writer, log, preprocess)
-    layers, skipped, equalized = _analyze(float_model, stats, config, writer, log)
+    layers, skipped, rewrites = _analyze(float_model, stats, config, writer, log)
     plan, notes, ensemble = _plan(float_model, layers, skipped, stats, config, loaded, writer,
-                                  log, isa, equalized)
+                                  log, isa, rewrites)
     if ensemble is not None:
         return _build_ensemble(float_model, plan, ensemble, layers, notes, config, writer,
                                log, backend, loaded, specs, isa)
@@ -100,26 +100,28 @@ def _front(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
 
 def _analyze(float_model, stats: dict, config: BuildConfig, writer: ArtifactWriter,
              log: StageLog):
-    """The quantizable layers and the ones kept float, after range equalization (which
-    rewrites float.onnx); returns (layers, skipped, equalization note or None)."""
+    """The quantizable layers and the ones kept float, after range equalization and the FFN
+    inputs' rotation (which rewrite float.onnx); returns (layers, skipped, the notes of those
+    rewrites)."""
     import onnx_ir as ir
 
     from rexdeploy.planning.analyze import find_layers
 
     with log.stage("analyze"):
         layers, skipped = find_layers(float_model, dict(config.dims))
-        equalized = equalize_ranges(float_model, layers, stats, config, log)
-        if equalized:
+        rewrites = [n for n in (equalize_ranges(float_model, layers, stats, config, log),
+                                rotate_ffn_inputs(float_model, layers, config, log)) if n]
+        if rewrites:
             layers, skipped = find_layers(float_model, dict(config.dims))
             # the same function, its tensors as the Q/DQ model has them (per-layer compare)
             ir.save(float_model, writer.path("float.onnx", "float_onnx"))
     if not layers:
         log.note("no Conv/Gemm/MatMul with constant weights: nothing to quantize")
-    return layers, skipped, equalized
+    return layers, skipped, rewrites
 
 
 def _plan(float_model, layers, skipped, stats: dict, config: BuildConfig, loaded,
-          writer: ArtifactWriter, log: StageLog, isa, equalized: str | None):
+          writer: ArtifactWriter, log: StageLog, isa, rewrites: list[str]):
     """The quantize stage: the plan (plan.json, plan.npz written), the notes the report
     carries, and the ensemble partition (None without --ensemble)."""
     with log.stage("quantize", f"W{config.quant.weight_bits} K={config.quant.max_orders} "
@@ -127,7 +129,7 @@ def _plan(float_model, layers, skipped, stats: dict, config: BuildConfig, loaded
         plan, notes, ensemble = plan_quantization(float_model, layers, skipped, stats, config,
                                                   loaded, log)
         isa_note = overflow_note(isa, config.quant, plan)
-        notes[:0] = [equalized] if equalized else []
+        notes[:0] = rewrites
         notes.append(isa_note)
         if config.quant.pair_limit is not None or isa.saturates:
             log.note(isa_note)

@@ -246,6 +246,12 @@ def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
 def _why_not(node: ir.Node) -> str | None:
     """Why `node` (Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
     op = node.op_type
+    from rexdeploy.passes.rotate import ROTATION_KEY
+
+    if ROTATION_KEY in node.metadata_props:
+        return (f"Hadamard rotation of {node.metadata_props[ROTATION_KEY]}'s input (--rotate): "
+                "a float MatMul by a fixed orthogonal matrix, so that layer's int8 input has "
+                "no outlier channels; kept in float")
     if op in _RECURRENT_GATES:  # rexdeploy/planning/recurrent.py decides, and words the reason
         return f"recurrent layer ({op}); kept in float"
     if op == "ConvTranspose" and node.attributes.get_int("group", 1) != 1:

@@ -39,6 +39,25 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
     return note
 
 
+def rotate_ffn_inputs(float_model, layers, config: BuildConfig, log: StageLog) -> str | None:
+    """Block Hadamard rotation of the inputs of FFN output Linears (rexdeploy/passes/rotate.py),
+    for int8 activations; the note saying what it did, None when it changed nothing."""
+    q = config.quant
+    if q.rotate != "ffn" or q.activations != "int8":
+        return None
+    from rexdeploy.passes.rotate import BLOCK, ffn_outputs, rotate_inputs
+
+    planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
+    done = rotate_inputs(float_model, ffn_outputs(float_model, planned), q.seed)
+    if not done:
+        return None
+    note = (f"rotation: the inputs of {len(done)} FFN output Linear(s) rotated by a block "
+            f"Hadamard matrix ({BLOCK} channels a block, float MatMuls; exact in float, the "
+            "weights carry the inverse), so their int8 inputs have no outlier channels")
+    log.note(note)
+    return note
+
+
 def range_statistics(float_model, config: BuildConfig) -> dict:
     from rexdeploy.planning.stats import propagate_stats
 

@@ -163,3 +163,23 @@ def test_token_npz_is_validated(w8a8, tmp_path):
     np.savez(labels, input_ids=ids, attention_mask=ids, labels=np.arange(2))
     with pytest.raises(UserError, match="2 labels for 3 samples"):
         rexdeploy.compare(w8a8.path, str(labels), quiet=True)
+
+
+def test_rotated_ffn_inputs_run_int8_and_stay_faithful(tiny_bert, sentences, tmp_path_factory):
+    """--rotate ffn: each FFN output Linear reads its input through a float rotation, listed
+    with its reason and multiply-adds, and still runs int8; the build stays faithful."""
+    art = _build(tiny_bert, tmp_path_factory, "rotated", rotate="ffn")
+    report = art.report()
+    rotations = [s for s in report["skipped"] if "Hadamard rotation" in s["reason"]]
+    assert sorted(s["reason"].split("'s input")[0][len("Hadamard rotation of "):]
+                  for s in rotations) == [f"/layers.{i}/output/MatMul" for i in (0, 1)]
+    assert all(s["macs"] > 0 for s in rotations), rotations
+    assert any(n.startswith("rotation: the inputs of 2 FFN") for n in report["notes"])
+    rows = {row["name"]: row for row in report["layers"]}
+    for i in (0, 1):
+        row = rows[f"/layers.{i}/output/MatMul"]
+        assert row["runs_int8"] and {r["precision"] for r in row["runtime"]} <= {"i8", "u8"}
+    result = rexdeploy.compare(art.path, sentences, quiet=True)
+    assert result["cosine_mean"] > 0.98, result
+    with pytest.raises(UserError, match="--rotate"):
+        QuantConfig(rotate="all").validate()

@@ -32,6 +32,7 @@ FFN_OUT = tuple(f"/layers.{i}/output/MatMul" for i in range(6))
 FFN_IN = tuple(f"/layers.{i}/intermediate/MatMul" for i in range(6))
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 data-free (default)", {}),
+    ("rexdeploy W8A8 data-free, FFN inputs rotated (--rotate ffn)", {"rotate": "ffn"}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
     ("rexdeploy W8A8 data-free, migration on every input (--smooth all)", {"smooth": "all"}),
     # the attention MatMuls (default --attention scores: Q x K^T int8, P x V float)
@@ -68,6 +69,13 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W4 weight-only, REx ensemble M=2", {"weights": "int4", "activations": "none",
                                                     "ensemble": 2}),
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
+    # 4-bit weights, int8 activations (issue 22's W4A8 transformer build)
+    ("rexdeploy W4A8 data-free", {"weights": "int4"}),
+    ("rexdeploy W4A8 data-free, FFN inputs rotated (--rotate ffn)",
+     {"weights": "int4", "rotate": "ffn"}),
+    ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated (--rotate ffn)",
+     {"weights": "int4", "orders": 2, "rotate": "ffn"}),
     # Bias correction's input means come from random tokens here (no BatchNorm to read them
     # from); measured to cost about 1 dB on MiniLM, hence these rows.
     ("rexdeploy W8 weight-only, no bias correction", {"activations": "none",
