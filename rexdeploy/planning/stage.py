@@ -118,6 +118,14 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity)
     if sensitivity is not None:
         notes.extend(_mixed_notes(plan, q, log))
+    balanced = [lp.name for lp in plan.layers if lp.input_scale is not None]
+    if balanced or q.weight_balance == "sinkhorn":
+        note = (f"balanced weight columns (--weight-balance {q.weight_balance}) on "
+                f"{len(balanced)} MatMul/Gemm layer(s) with a float input: each input column "
+                "divided by a factor from the weights alone, the input multiplied by it (a "
+                "float Mul in front; exact in float)")
+        notes.append(note)
+        log.note(note)
     smoothed = [a.tensor for a in plan.activations if a.smooth is not None]
     if smoothed:
         note = (f"scale migration (--smooth {q.smooth}, alpha {q.smooth_alpha}) on "

@@ -223,6 +223,8 @@ def test_balanced_columns_default_below_8_bits(block_file, tmp_path):
                for lp in plan.layers)
     assert _scale_muls(on) and set(_scale_muls(on).values()) == {"MatMul"}
     assert all("balanced" in row["metrics"] for row in plan.to_json_dict()["layers"])
+    assert any(n.startswith("balanced weight columns (--weight-balance auto) on 2 MatMul/Gemm")
+               for n in on.report()["notes"]), on.report()["notes"]
     off = _build(block_file, tmp_path, "nobal", target="reference", weight_balance="off")
     assert not _scale_muls(off) and all(lp.input_scale is None
                                         for lp in QuantPlan.load(off.path).layers)
