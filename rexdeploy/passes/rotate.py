@@ -12,7 +12,7 @@ tensor's mean from piling into one channel of each block. R^T W is folded into t
 dim, kept so that multiply-adds count at batch 1), back to x's shape.
 
 Requires: BatchNorm folded. Ensures: each rotated layer reads Reshape(MatMul(Reshape(x), R),
-Shape(x)) and holds the weight R^T W; the rotation MatMul carries ROTATION_KEY (the layer's
+x's shape) (a constant where x's shape is static, else Shape(x)) and holds the weight R^T W; the rotation MatMul carries ROTATION_KEY (the layer's
 name), which the analysis lists as kept float with its reason; the model computes the same
 function.
 """

@@ -26,6 +26,7 @@ from rexdeploy.constants import const_array as _const
 
 from calib_free.plan import SkippedLayer
 from rexdeploy.passes.qdq_nodes import FLOAT_DTYPES, value_dtype
+from rexdeploy.passes.rotate import ROTATION_KEY
 
 _COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -246,8 +247,6 @@ def matmul_bias(value: ir.Value, channels: int) -> tuple[ir.Node, int] | None:
 def _why_not(node: ir.Node) -> str | None:
     """Why `node` (Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
     op = node.op_type
-    from rexdeploy.passes.rotate import ROTATION_KEY
-
     if ROTATION_KEY in node.metadata_props:
         return (f"Hadamard rotation of {node.metadata_props[ROTATION_KEY]}'s input (--rotate): "
                 "a float MatMul by a fixed orthogonal matrix, so that layer's int8 input has "
