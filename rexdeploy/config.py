@@ -382,21 +382,16 @@ class QuantConfig:
         """The config a manifest recorded: nested (version 2) or flat (version 1). A field this
         version does not have is dropped; a missing one takes its default."""
         top = {f.name for f in dataclasses.fields(cls)} - set(_GROUPS)
-        kwargs = {k: v for k, v in d.items() if k in top}
+        # version 1 wrote the flat names; they apply on top of any group (as in __init__)
+        kwargs = {k: v for k, v in d.items() if k in top or k in _FLAT}
         for group, gcls in _GROUPS.items():
             if isinstance(d.get(group), dict):
                 kwargs[group] = gcls(**_known(gcls, d[group]))
-        kwargs.update({k: v for k, v in d.items() if k in _FLAT})  # version 1: flat names
-        for name in ("input_ranges", "input_grid"):
-            if name in kwargs:
-                kwargs[name] = tuple(tuple(r) for r in kwargs[name])
-        if "activation" in kwargs:
-            a = kwargs["activation"]
-            kwargs["activation"] = dataclasses.replace(
-                a, input_ranges=tuple(tuple(r) for r in a.input_ranges),
-                input_grid=tuple(tuple(r) for r in a.input_grid))
-        kwargs["exclude"] = tuple(kwargs.get("exclude", ()))
-        return cls(**kwargs)
+        q = cls(**kwargs)
+        a = q.activation  # JSON wrote the tuples as lists
+        return q.with_(input_ranges=tuple(tuple(r) for r in a.input_ranges),
+                       input_grid=tuple(tuple(r) for r in a.input_grid),
+                       exclude=tuple(q.exclude))
 
     @property
     def pair_limit(self) -> int | None:

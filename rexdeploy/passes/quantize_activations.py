@@ -80,9 +80,6 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
         for lp in self.plan.layers:
             for branch in branches(model.graph, lp.name):
                 node, _ = branch_input(branch)
-                if lp.input_scale is not None and node.inputs[0] is not None and \
-                        node.inputs[0].producer() is not None:
-                    node = node.inputs[0].producer()  # the Mul by the balanced columns' scale
                 if node.inputs[0] is None or node.inputs[0].name != lp.input:
                     raise ir.passes.PreconditionError(
                         f"layer {lp.name!r} reads {node.inputs[0] and node.inputs[0].name!r}, "
@@ -164,12 +161,14 @@ def _targets(graph: ir.Graph, value: ir.Value, act: ActivationPlan, plan: QuantP
 
 
 def branch_input(branch: ir.Node) -> tuple[ir.Node, int]:
-    """(node, input index) that reads a branch's activation: the branch itself, or the Gather
-    in front of a compact depthwise order (rexdeploy.role "gather")."""
+    """(node, input index) that reads a branch's activation: the branch itself, or the layer's
+    own node in front of it: the Gather of a compact depthwise order (rexdeploy.role "gather")
+    or the Mul by balanced columns' scale ("scale")."""
     x = branch.inputs[0]
     producer = x.producer() if x is not None else None
     tagged = layer_of(producer) if producer is not None else None
-    if tagged is not None and tagged[1] == "gather" and tagged[0] == (layer_of(branch) or ("",))[0]:
+    if tagged is not None and tagged[1] in ("gather", "scale") and \
+            tagged[0] == (layer_of(branch) or ("",))[0]:
         return producer, 0
     return branch, 0
 

@@ -97,11 +97,10 @@ def rotate_inputs(model: ir.Model, layers: list[ir.Node], seed: int = 0,
         if x.dtype is not None:
             values[3].dtype = values[0].dtype = values[1].dtype = x.dtype
         values[3].shape = x.shape
-        dims = list(x.shape) if x.shape is not None else [None]
-        if all(isinstance(d, int) for d in dims):  # static: the multiply-adds count
-            rows = int(np.prod(dims[1:])) // block
+        if static:  # the rotation's multiply-adds count
+            rows = int(np.prod(list(x.shape)[1:])) // block
             for v in values[:2]:
-                v.shape = ir.Shape([dims[0], rows, block])
+                v.shape = ir.Shape([x.shape[0], rows, block])
         graph.insert_before(node, nodes)
         node.replace_input_with(0, values[3])
         node.replace_input_with(1, add_initializer(graph, names, f"{node.inputs[1].name}/rotated",

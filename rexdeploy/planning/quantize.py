@@ -94,7 +94,8 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                                          observed.get(tensor), config)
                 if act is not None:
                     activations.append(act)
-    balance = _balancing(kept, {a.tensor for a in activations}, config)
+    quantized = {a.tensor for a in activations}
+    balance = _balancing(kept, quantized, config)
     expansions = [_expand(layer, stats, observed, config, smooth.get(layer.input),
                           balance.get(layer.name)) for layer in kept]
     if sensitivity is not None and config.budget is not None:  # rexdeploy/planning/mixed.py
@@ -102,7 +103,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
 
         cfg8 = config.with_(weights="int8", orders=1, budget=None)
         alloc, eights = mixed.allocate(
-            expansions, config, sensitivity, {a.tensor for a in activations},
+            expansions, config, sensitivity, quantized,
             lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))
 
         def plan_for(e: _Expansion) -> LayerPlan:
