@@ -490,7 +490,13 @@ class OpenVINORunner(RunnerBase):
 
     def __enter__(self) -> "OpenVINORunner":
         _check_device(self.options.device)
-        self.compiled = _compile(self._model(), self.options.device, self.config, self.path)
+        model = self._model()
+        # the outputs' names as the model declares them: compiling merges the tensor names of
+        # an output with those of the ops it folds (an ONNX output made by Identity(Div) gets
+        # the Div's name too), and get_any_name would then pick the first in sorted order
+        declared = [p.get_any_name() if p.get_names() else f"output{i}"
+                    for i, p in enumerate(model.outputs)]
+        self.compiled = _compile(model, self.options.device, self.config, self.path)
         self.request = self.compiled.create_infer_request()
         self.inputs = {p.get_any_name(): None if p.get_partial_shape().rank.is_dynamic else
                        tuple(d.get_length() if d.is_static else None
@@ -498,8 +504,7 @@ class OpenVINORunner(RunnerBase):
                        for p in self.compiled.inputs}
         self.dtypes = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype())
                        for p in self.compiled.inputs if not p.get_element_type().is_dynamic()}
-        self.outputs = [p.get_any_name() if p.get_names() else f"output{i}"
-                        for i, p in enumerate(self.compiled.outputs)]
+        self.outputs = declared
         self._precision_of = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"]
                               .astype(str) for op in self.compiled.get_runtime_model().get_ops()
                               if "runtimePrecision" in op.get_rt_info()}

@@ -193,6 +193,28 @@ def test_runner_accepts_plain_onnx(models):
     assert list(out) == ["logits"] and out["logits"].shape == (1, 10)
 
 
+
+@pytest.mark.openvino
+def test_runner_names_outputs_as_the_model_declares_them(tmp_path):
+    """An output made by Identity(Div) (as torch.onnx.export writes a returned tensor that
+    another output also reads) compiles to one port named both "/div_out" and "461": the runner
+    still calls it "461" (paraphrase-MiniLM-L3-v2 as shipped had its embedding renamed)."""
+    nodes = [helper.make_node("Div", ["x", "two"], ["/div_out"], name="div"),
+             helper.make_node("Identity", ["/div_out"], ["461"], name="id"),
+             helper.make_node("Relu", ["/div_out"], ["relu_out"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("relu_out", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("461", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(2, np.float32), "two")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "m.onnx"))
+    x = np.arange(-2, 2, dtype=np.float32).reshape(1, 4)
+    with backends.get("openvino").runner(str(tmp_path), {"onnx": "m.onnx"}, RunOptions()) as r:
+        out = r.infer({"x": x})
+    assert list(out) == ["relu_out", "461"]
+    np.testing.assert_allclose(out["461"], x / 2)
+
 @pytest.mark.openvino
 def test_outputs_are_copies(built):
     out_dir, result = built["float"]
