@@ -189,8 +189,9 @@ def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = 
 
 def compare_outputs(ref: dict, test: dict, classifier: bool | None = None,
                     slices: tuple = ()) -> dict:
-    """Metrics per output ({"outputs": {name: metrics}}) plus the first output's metrics at the
-    top level (keys METRICS) and its name under "output". An output is a stacked array [N, ...]
+    """Metrics per output ({"outputs": {name: metrics}}) plus the headline output's metrics at
+    the top level (keys METRICS) and its name under "output" (headline_output: the first
+    floating-point one). An output is a stacked array [N, ...]
     or, where its shape changes from sample to sample (a dynamic width), a list of N arrays:
     then the metrics are taken sample by sample and pooled (ragged_metrics). slices: (output,
     axis, start, end, label) named parts of an output (OutputSlice), each with its own row."""
@@ -214,8 +215,18 @@ def compare_outputs(ref: dict, test: dict, classifier: bool | None = None,
         r, t = sl.take(ref[sl.output]), sl.take(test[sl.output])
         per[sl.label] = output_metrics(r, t, False if sl.end - sl.start < 2 else None) | \
             {"slice_of": sl.output}
-    first = next(iter(per))
+    first = headline_output(ref)
     return {"output": first, **per[first], "outputs": per}
+
+
+def headline_output(ref: dict) -> str:
+    """The output the summary speaks for (worst samples, agreement, accuracy): the first with
+    floating-point values, so that an input passed through as an output (ONNX exports that
+    return input_ids beside the embedding) is not the one judged; the first if none is."""
+    def floating(value) -> bool:
+        value = value[0] if isinstance(value, list) and value else value
+        return np.issubdtype(np.asarray(value).dtype, np.floating)
+    return next((name for name, value in ref.items() if floating(value)), next(iter(ref)))
 
 
 @dataclass(frozen=True)
@@ -310,9 +321,9 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
     """Run both (active) runners on every sample and compare their outputs.
 
     progress: called as progress(done, total) after each sample. Returns `compare_outputs`'
-    dict plus "worst_samples": the WORST samples of lowest cosine on the first output
+    dict plus "worst_samples": the WORST samples of lowest cosine on the headline output
     ([{"id", "cosine", "sqnr_db"}]). labels: one per sample. For a classifier output adds
-    "accuracy" (top-1 of the first output): {"labels", "reference", "test", "drop"} (drop in
+    "accuracy" (top-1 of the headline output): {"labels", "reference", "test", "drop"} (drop in
     fraction, ref - test); for an embedding "label_1nn", the leave-one-out 1-NN label accuracy
     under the reference and the test model ({"reference", "test"}).
     qdq_runner: the test model's own Q/DQ ONNX in ONNX Runtime, where the test runs on a device:

@@ -119,6 +119,21 @@ def test_compare_outputs_keys(rng):
     assert forced["outputs"]["feat"]["top1_agreement"] is not None
 
 
+def test_headline_output_skips_inputs_passed_through(rng):
+    """An encoder exported with input_ids and the mask among its outputs (int64, exact):
+    the summary speaks for the first floating-point output, every output keeps its row."""
+    ids = rng.integers(0, 30000, (4, 1, 8))
+    emb = rng.standard_normal((4, 1, 16)).astype(np.float32)
+    ref = {"input_ids": ids, "mask": np.ones_like(ids), "embedding": emb}
+    test = dict(ref, embedding=emb + 0.1 * rng.standard_normal(emb.shape).astype(np.float32))
+    result = compare_outputs(ref, test)
+    assert result["output"] == "embedding" and np.isfinite(result["sqnr_db"])
+    assert set(result["outputs"]) == set(ref)
+    assert not np.isfinite(result["outputs"]["input_ids"]["sqnr_db"])
+    only_ints = compare_outputs({"a": ids}, {"a": ids})
+    assert only_ints["output"] == "a"
+
+
 def test_compare_outputs_mismatch_is_a_user_error():
     a = {"y": np.zeros((2, 3))}
     with pytest.raises(UserError, match="outputs differ"):
