@@ -28,9 +28,11 @@ from rexdeploy.passes.qdq_nodes import UniqueNames, add_initializer
 BLOCK = 32
 ROTATION_KEY = "rexdeploy.rotation"  # metadata of the rotation MatMul: the layer it serves
 # what makes a Linear's input an FFN's hidden activation: its producer is one of these, or a
-# Mul whose inputs reach one of the GATES within two nodes (GELU written with Erf, SiLU)
+# Mul whose inputs reach one of the GATES within GATE_DEPTH nodes (GELU written with Erf, SiLU;
+# x * (1 + erf(x / sqrt 2)) * 0.5, as torch exports HF's GELU, puts Erf three nodes up)
 ACTIVATIONS = ("Gelu", "FastGelu", "BiasGelu", "HardSwish", "Mish")
 GATES = ("Erf", "Sigmoid", "Tanh")
+GATE_DEPTH = 3
 
 
 def hadamard(n: int) -> np.ndarray:
@@ -128,7 +130,7 @@ def _after_activation(x: ir.Value | None) -> bool:
     if producer.op_type != "Mul":
         return False
     frontier = [v.producer() for v in producer.inputs if v is not None]
-    for _ in range(2):
+    for _ in range(GATE_DEPTH):
         if any(p is not None and p.op_type in GATES for p in frontier):
             return True
         frontier = [v.producer() for p in frontier if p is not None

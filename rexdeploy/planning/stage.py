@@ -50,7 +50,11 @@ def rotate_ffn_inputs(float_model, layers, config: BuildConfig, log: StageLog) -
     planned = {layer.name for layer in layers if layer.name not in set(q.exclude)}
     done = rotate_inputs(float_model, ffn_outputs(float_model, planned), q.seed)
     if not done:
-        return None
+        note = (f"rotation: --rotate ffn found no FFN output Linear to rotate (a MatMul/Gemm "
+                f"with constant weights reading a GELU/SiLU output, its input channels a "
+                f"multiple of {BLOCK}); nothing rotated")
+        log.note(note)
+        return note
     note = (f"rotation: the inputs of {len(done)} FFN output Linear(s) rotated by a block "
             f"Hadamard matrix ({BLOCK} channels a block, float MatMuls; exact in float, the "
             "weights carry the inverse), so their int8 inputs have no outlier channels")

@@ -40,6 +40,12 @@ def _ffn(activation: str, hidden: int = HIDDEN) -> onnx.ModelProto:
                   helper.make_node("Add", ["e", "one"], ["p"], name="add"),
                   helper.make_node("Mul", ["h", "half"], ["hh"], name="mulh"),
                   helper.make_node("Mul", ["hh", "p"], ["a"], name="act")]
+    elif activation == "erf_last_half":  # (h * (1 + erf(h / sqrt 2))) * 0.5: Erf 3 nodes up,
+        nodes += [helper.make_node("Div", ["h", "sqrt2"], ["d"], name="div"),  # as torch
+                  helper.make_node("Erf", ["d"], ["e"], name="erf"),  # exports HF's GELU
+                  helper.make_node("Add", ["e", "one"], ["p"], name="add"),
+                  helper.make_node("Mul", ["h", "p"], ["hp"], name="mulp"),
+                  helper.make_node("Mul", ["hp", "half"], ["a"], name="act")]
     elif activation == "silu":
         nodes += [helper.make_node("Sigmoid", ["h"], ["s"], name="sig"),
                   helper.make_node("Mul", ["h", "s"], ["a"], name="act")]
@@ -58,7 +64,7 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("activation", ["gelu", "erf", "silu"])
+@pytest.mark.parametrize("activation", ["gelu", "erf", "erf_last_half", "silu"])
 def test_rotates_the_ffn_output_linear_and_keeps_the_function(activation):
     proto = _ffn(activation)
     x = np.random.default_rng(1).standard_normal((1, T, D)).astype(np.float32) * 3
