@@ -290,3 +290,25 @@ def test_fetch_photos_real(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"0 written, {len(names)} reused" in r.stdout
     assert {n: os.stat(out / n).st_mtime_ns for n in names} == before
+
+
+def test_mobilenet_v2_module_has_torchvision_layout(tmp_path):
+    """tools/mobilenet_v2.py: torchvision's layer names and parameter count (the pretrained
+    state dict loads into it as is), and the TorchScript export agrees with the eager module;
+    random weights stand in for the pretrained file (tools/fetch_second.py fetches it)."""
+    torch = pytest.importorskip("torch")
+    import mobilenet_v2
+
+    model = mobilenet_v2._modules()()
+    names = list(model.state_dict())
+    assert len(names) == 314 and names[:2] == ["features.0.0.weight", "features.0.1.weight"]
+    assert "features.1.conv.1.weight" in names and "features.2.conv.3.running_var" in names
+    assert names[-2:] == ["classifier.1.weight", "classifier.1.bias"]
+    assert sum(p.numel() for p in model.parameters()) == 3504872
+    weights = tmp_path / mobilenet_v2.WEIGHTS_NAME
+    torch.save(model.state_dict(), weights)
+    path, action, info = mobilenet_v2.export_mobilenet_v2(weights, tmp_path / "models")
+    assert action == "written" and info["max_abs_diff"] < 1e-4
+    assert mobilenet_v2.export_mobilenet_v2(weights, tmp_path / "models")[1] == "reused"
+    with pytest.raises(examples.MissingPackages, match="fetch_second"):
+        mobilenet_v2.load_mobilenet_v2(tmp_path / "missing.pth")

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -85,6 +86,53 @@ CONFIGS += [(f"rexdeploy W8A8, REx budget {_b}, mixed activations, time budget",
             for _b in (1.1, 1.15, 1.25, 1.5)]
 # issue 2's build for both fidelity and latency: the one tools/bench/latency.py times
 ISSUE2_BUILD = "rexdeploy W8A8, REx budget 1.15, mixed activations, time budget"
+# MobileNetV2 (tools/mobilenet_v2.py; issue 22, item 5: the second depthwise CNN, so that no
+# default is tuned to EfficientNet-Lite0 alone): the default, each of its data-free levers
+# switched off, and the wider builds
+MOBILENET_CONFIGS = [
+    ("rexdeploy W8A8 (default)", {}),
+    ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),
+    ("rexdeploy W8A8, no depthwise equalization", {"equalize": "off"}),
+    ("rexdeploy W8A8, per-tensor depthwise inputs, no equalization",
+     {"activation_scales": "tensor", "equalize": "off"}),
+    ("rexdeploy W8A8, no bias correction", {"bias_correction": False}),
+    ("rexdeploy W8 weight-only", {"activations": "none"}),
+    ("rexdeploy W8A8, REx K=2", {"orders": 2}),
+    ("rexdeploy W8A8, REx budget 1.25, mixed activations",
+     {"budget": 1.25, "mixed_precision": "activations"}),
+    ("rexdeploy W4A8, REx K=1", {"weights": "int4"}),
+    ("rexdeploy W4A8, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8, REx K=2, per-tensor depthwise inputs, no equalization",
+     {"weights": "int4", "orders": 2, "activation_scales": "tensor", "equalize": "off"}),
+]
+
+
+@dataclass(frozen=True)
+class _Cnn:
+    """An ImageNet CNN of the benchmark: its TorchScript file (made on demand), preprocessing,
+    the normalised input's bounds (the data-free build's --input-range), and its rows."""
+
+    key: str
+    title: str
+    path: Callable[[], str]
+    preprocess: str
+    input_range: tuple[float, float]
+    configs: list
+
+
+def _effnet_spec() -> _Cnn:
+    import examples
+
+    return _Cnn("effnet", "EfficientNet-Lite0", examples.ensure_example_model,
+                examples.EFFNET_PREPROCESS, (-1.0, 1.0), CONFIGS)
+
+
+def _mobilenet_spec() -> _Cnn:
+    import fetch_second
+    import mobilenet_v2
+
+    return _Cnn("mobilenetv2", "MobileNetV2", fetch_second.mobilenet_v2_path,
+                mobilenet_v2.PREPROCESS, mobilenet_v2.INPUT_RANGE, MOBILENET_CONFIGS)
 
 
 @dataclass
@@ -126,7 +174,14 @@ def main() -> int:
         _minilm(args)
         if args.model == "minilm":
             return _plot(args, 0)
-    return _effnet(args)
+    if args.model == "mobilenetv2":
+        return _cnn(args, _mobilenet_spec())
+    if args.model == "paraphrase":
+        import fidelity_minilm as fm
+
+        _minilm(args, fm.paraphrase_encoder())
+        return _plot(args, 0)
+    return _cnn(args, _effnet_spec())
 
 
 def _parse_args() -> argparse.Namespace:
@@ -135,9 +190,14 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench"))
     ap.add_argument("--markdown", help="also write the table as markdown to this file")
     ap.add_argument("--only", nargs="*", help="labels (substring) of configurations to run")
-    ap.add_argument("--model", choices=("effnet", "minilm", "fashion", "all"), default="effnet",
-                    help="effnet: EfficientNet-Lite0 on the photos (default); minilm: "
-                         "all-MiniLM-L6-v2 on the fortunes quotes (fidelity_minilm.py); fashion: "
+    ap.add_argument("--model", choices=("effnet", "minilm", "fashion", "mobilenetv2", "paraphrase",
+                                           "all"),
+                    default="effnet",
+                    help="effnet: EfficientNet-Lite0 on the photos (default); mobilenetv2: "
+                         "MobileNetV2 (tools/fetch_second.py) on the same photos; minilm: "
+                         "all-MiniLM-L6-v2 on the fortunes quotes (fidelity_minilm.py); "
+                         "paraphrase: paraphrase-MiniLM-L3-v2 in ONNX (tools/fetch_second.py) on "
+                         "the same quotes; fashion: "
                          "the Fashion-MNIST CNN (tools/train_fashion_mnist.py) on its 10k test "
                          "images; all: the three (fashion, minilm, effnet)")
     ap.add_argument("--limit", type=int, help="minilm: use the first N quotes only")
@@ -155,17 +215,16 @@ def _parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def _effnet(args) -> int:
-    """EfficientNet-Lite0 on the photos: every configuration's row, the OpenVINO float and torch
+def _cnn(args, spec: _Cnn) -> int:
+    """An ImageNet CNN on the photos: every configuration's row, the OpenVINO float and torch
     reference rows, the peers and the Pareto columns if asked, the table, the verdicts."""
-    import examples
     from common import print_table
     from rich.console import Console
 
     console = Console(width=160)
-    model_path = examples.ensure_example_model()
-    photos = _load_photos(console, model_path)
-    rows, float_onnx = _rexdeploy_rows(console, args, model_path, photos)
+    model_path = spec.path()
+    photos = _load_photos(console, model_path, spec.preprocess)
+    rows, float_onnx = _rexdeploy_rows(console, args, spec, model_path, photos)
     if float_onnx:
         rows += _openvino_float_rows(float_onnx, photos)
     rows.append(photos.metrics("float torch (reference)", photos.ref, photos.ref_views) |
@@ -176,14 +235,17 @@ def _effnet(args) -> int:
                f"agree 10-crop ({len(photos.views)} views; 95% interval)", "KL", "SQNR dB",
                "top-1 acc (labelled)", "int8 coverage", "BOPs x"]
     if float_onnx and (args.peers or args.latency or args.plot):  # issue 6
-        headers += _peers_and_pareto(console, args, rows, float_onnx, photos)
-    print_table(console, f"EfficientNet-Lite0, {len(photos.names)} real photos, OpenVINO CPU",
+        headers += _peers_and_pareto(console, args, spec, rows, float_onnx, photos)
+    print_table(console, f"{spec.title}, {len(photos.names)} real photos, OpenVINO CPU",
                 headers, [_cells(r, len(headers)) for r in rows], args.markdown)
-    _verdicts(console, args, rows, len(photos.views))
+    if spec.key == "effnet":
+        _verdicts(console, args, rows, len(photos.views))
+    else:
+        _lever_verdicts(console, rows)
     return _plot(args, 0)
 
 
-def _load_photos(console, model_path: str) -> _Photos:
+def _load_photos(console, model_path: str, preprocess: str) -> _Photos:
     """The photos (.cache/photos) and their ten crops, with the float TorchScript logits on both;
     says how many photos are near ties."""
     import examples
@@ -191,7 +253,7 @@ def _load_photos(console, model_path: str) -> _Photos:
 
     from rexdeploy.evaluate.fidelity import near_ties
 
-    names, x, labels = examples.load_photos()
+    names, x, labels = examples.load_photos(preprocess)
     console.print(f"{len(names)} photos ({len(labels)} labelled), model {model_path}")
     ref = torch_logits(model_path, x)
     labelled = np.array([n in labels for n in names])
@@ -199,15 +261,15 @@ def _load_photos(console, model_path: str) -> _Photos:
     console.print(f"{(~decisive).sum()} photos have a float top-1/top-2 probability margin below "
                   f"{MARGIN}: any perturbation may flip them (see 'agree decisive')")
     y = np.array([labels.get(n, -1) for n in names])
-    views = examples.load_photo_views()  # 10 crops of each photo: the agreement's precision
+    views = examples.load_photo_views(preprocess)  # 10 crops per photo: the agreement's precision
     ref_views = torch_logits(model_path, views)
     return _Photos(names, x, labels, ref, labelled, decisive, y, views, ref_views)
 
 
-def _rexdeploy_rows(console, args, model_path: str, photos: _Photos) -> tuple[list, str | None]:
-    """Build every configuration of CONFIGS (those --only names), run it on the photos and their
+def _rexdeploy_rows(console, args, spec: _Cnn, model_path: str,
+                    photos: _Photos) -> tuple[list, str | None]:
+    """Build every configuration of the spec (those --only names), run it on the photos and their
     crops; the rows, and the float ONNX of the last build (None if none ran)."""
-    import examples
     from common import slug
 
     import rexdeploy
@@ -215,14 +277,16 @@ def _rexdeploy_rows(console, args, model_path: str, photos: _Photos) -> tuple[li
 
     rows = []
     float_onnx = None
-    for label, overrides in CONFIGS:
+    prefix = "" if spec.key == "effnet" else spec.key + "_"
+    for label, overrides in spec.configs:
         if args.only and not any(o in label for o in args.only):
             continue
         start = time.perf_counter()
-        cfg = BuildConfig(quant=QuantConfig(input_ranges=(("input", -1.0, 1.0),), **overrides))
+        cfg = BuildConfig(quant=QuantConfig(input_ranges=(("input", *spec.input_range),),
+                                            **overrides))
         art = rexdeploy.build(model_path, ["input:1x3x224x224"], output=os.path.join(
-            args.out, slug(label)), config=cfg, force=True, quiet=True,
-            preprocess=examples.EFFNET_PREPROCESS)
+            args.out, prefix + slug(label)), config=cfg, force=True, quiet=True,
+            preprocess=spec.preprocess)
         build_s = time.perf_counter() - start
         float_onnx = art.file("float_onnx")
         logits = _artifact_logits(art, photos.x)
@@ -252,7 +316,8 @@ def _openvino_float_rows(float_onnx: str, photos: _Photos) -> list[dict]:
     return rows
 
 
-def _peers_and_pareto(console, args, rows: list, float_onnx: str, photos: _Photos) -> list[str]:
+def _peers_and_pareto(console, args, spec: _Cnn, rows: list, float_onnx: str,
+                      photos: _Photos) -> list[str]:
     """Issue 6: the peers' rows (--peers) inserted before the torch reference row, and the
     latency and bit-operation columns of every row (tools/bench/pareto.py); the extra headers."""
     import pareto
@@ -262,15 +327,15 @@ def _peers_and_pareto(console, args, rows: list, float_onnx: str, photos: _Photo
     x, views = photos.x, photos.views
     if args.peers:
         rows[-1:-1] = run_peers(
-            console, "effnet", float_onnx, args.out, real_what="photos",
+            console, spec.key, float_onnx, args.out, real_what="photos",
             real=[{"input": x[i:i + 1]} for i in range(len(x))],
-            random=random_images((1, 3, 224, 224), -1.0, 1.0),
+            random=random_images((1, 3, 224, 224), *spec.input_range),
             # the photos, then their ten crops: the peers get the 10-crop column too
             evaluate=lambda d, files: openvino_logits(d, files, np.concatenate([x, views])),
             metrics=lambda label, out: photos.metrics(label, out[:len(x)], out[len(x):]) |
             {"int8": float("nan"), "bops": float("nan")}, only=args.only)
     pareto.finish(console, args, rows, float_onnx, {"input": x[:1]},
-                  f"EfficientNet-Lite0, {len(photos.names)} photos", "sqnr")
+                  f"{spec.title}, {len(photos.names)} photos", "sqnr")
     return pareto.EXTRA_HEADERS
 
 
@@ -294,6 +359,23 @@ def _verdicts(console, args, rows: list, n_views: int) -> None:
 
         for line in pareto.peer_verdicts("effnet", rows):
             console.print(line)
+
+
+def _lever_verdicts(console, rows: list) -> None:
+    """Issue 22: each default lever measured against the build without it (on the second CNN,
+    the default no worse than the build without the lever)."""
+    by = {r["label"]: r for r in rows}
+    default = by.get("rexdeploy W8A8 (default)")
+    if default is None:
+        return
+    for label in (r["label"] for r in rows):
+        if not label.startswith("rexdeploy W8A8, ") or not any(
+                w in label for w in ("per-tensor depthwise", "no depthwise equalization")):
+            continue
+        off = by[label]
+        ok = default["sqnr"] >= off["sqnr"] - 0.1
+        console.print(f"default {default['sqnr']:.1f} dB vs {label[len('rexdeploy W8A8, '):]} "
+                      f"{off['sqnr']:.1f} dB: {'[green]no worse' if ok else '[red]worse'}[/]")
 
 
 def _plot(args, rc: int) -> int:
@@ -331,21 +413,22 @@ def _rex_verdicts(console, by: dict) -> None:
         if None not in (k1, dense, ens):
             say(f"{bits} ensemble M=2 {ens:.1f} dB between RTN {k1:.1f} and exact {dense:.1f}",
                 k1 < ens <= dense + 0.5)
-def _minilm(args) -> None:
+def _minilm(args, enc=None) -> None:
     import fidelity_minilm as fm
     from rich.console import Console
 
     console = Console(width=160)
-    rows = fm.run(args, console)
-    console.print(fm.table(rows))
+    enc = enc or fm.minilm_encoder()
+    rows = fm.run(args, console, enc)
+    console.print(fm.table(rows, enc.title))
     md = fm.markdown(rows)
     if args.markdown:
         base, ext = os.path.splitext(args.markdown)
-        path = args.markdown if args.model == "minilm" else f"{base}_minilm{ext}"
+        path = args.markdown if args.model == enc.key else f"{base}_{enc.key}{ext}"
         with open(path, "w") as f:
             f.write("\n".join(md) + "\n")
     print("\n".join(md))
-    for line in fm.verdicts(rows):
+    for line in fm.verdicts(rows, enc):
         console.print(line)
 
 
