@@ -34,8 +34,13 @@ missed (each output's figure against its floor is named on stderr).""")
                    "model's, so it accumulates the error of every earlier layer (where the "
                    "damage shows); 'local SQNR' runs the layer alone (its input Q/DQ, weights "
                    "and bias) on the float model's input to it, so it is that layer's own "
-                   "quantization error: the layers it ranks worst are the ones to keep in higher "
-                   "precision (--exclude at build). Also lists layers whose bias overflows "
+                   "quantization error; 'output dB, input float' is the network's output SQNR "
+                   "with that layer's input Q/DQ bypassed (on the first 16 inputs, one more run "
+                   "of the model per quantized input): the layers it ranks highest are the ones "
+                   "whose input to keep float (--mixed-precision activations, or --exclude at "
+                   "build). A layer's own error and its share of the output's differ: a deep "
+                   "layer may lose 10 dB locally and cost the output 0.1 dB. Also lists layers "
+                   "whose bias overflows "
                    "int32 at input scale x weight scale. Where the artifact runs on a device "
                    "(not --backend reference), the marked model also runs there: 'device SQNR' "
                    "and 'device vs ref' per layer, and the first layer where the device loses "
@@ -52,7 +57,8 @@ missed (each output's figure against its floor is named on stderr).""")
                                  "clean int8 tensor keeps; EfficientNet-Lite0's int8 logits at "
                                  "23 dB already flip 4% of its top-1 answers.")
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="With --per-layer: list the N worst layers (by local SQNR).")
+              help="With --per-layer: list the N worst layers by local SQNR, and the N "
+                   "whose input kept float raises the output most.")
 @click.option("--ten-crop", is_flag=True,
               help="Judge each image of --inputs through its ten standard crops (centre and four "
                    "corners of the resized image, each mirrored; needs crop= in the preprocess "

@@ -132,9 +132,12 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
         device = (f"{art.target} {options.device}",
                   lambda path: b.runner(os.path.dirname(path), {"onnx": os.path.basename(path)},
                                         options))
+    from rexdeploy.evaluate.localize import IMPACT_SAMPLES
+
     with log.stage("per-layer", f"{len(samples)} samples: float.onnx vs model.onnx, "
                                 "every quantized layer marked (onnxruntime"
-                                + (f" and {device[0]}" if device else "") + ")"):
+                                + (f" and {device[0]}" if device else "") + "), then each "
+                                f"quantized input bypassed on {min(len(samples), IMPACT_SAMPLES)}"):
         return localize(art.file("float_onnx"), art.file("onnx"), samples,
                         threshold_db=DEFAULT_THRESHOLD_DB if threshold_db is None
                         else threshold_db, top=top or DEFAULT_TOP, device=device,

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 import rexdeploy
 from rexdeploy.artifact import sha256_file
 from rexdeploy.inputs import synthetic_inputs
-from rexdeploy.evaluate.localize import localize, quantized_layers, summarize_layers
+from rexdeploy.evaluate.localize import (localize, quantized_layers, summarize_layers,
+                                         summary_lines)
 from tiny_models import tiny_cnn, tiny_mlp
 
 DAMAGED = "/block/body/1/0/Conv"  # the depthwise conv in the middle of the residual block
@@ -70,6 +71,32 @@ def test_damaged_layer_is_first_bad_and_worst_local(cnn_artifact, tmp_path):
     assert all(r["sqnr_db"] < r["local_sqnr_db"] - 5 for r in after)
     before = [r for r in result["layers"] if r["index"] < rows[DAMAGED]["index"]]
     assert before and all(r["sqnr_db"] > 25 for r in before)
+
+
+def test_output_impact_names_the_input_whose_range_hurts(cnn_artifact, tmp_path):
+    """One activation's int8 range cut to a tenth (its values clip): bypassing that tensor's
+    Q/DQ recovers the output, so its reader heads the costliest list; bypassing any other
+    input changes the output little. Every row carries the output SQNR with its input float."""
+    result = localize(cnn_artifact.file("float_onnx"), cnn_artifact.file("onnx"),
+                      _samples(cnn_artifact))
+    reader = next(r for r in result["layers"] if r["name"] == DAMAGED)
+    model = onnx.load(cnn_artifact.file("onnx"))
+    q = next(n for n in model.graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] == reader["input"])
+    scale = next(t for t in model.graph.initializer if t.name == q.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 0.05,
+                                                scale.name))
+    damaged = str(tmp_path / "model.onnx")
+    onnx.save(model, damaged)
+    hurt = localize(cnn_artifact.file("float_onnx"), damaged, _samples(cnn_artifact), top=2)
+    assert hurt["impact_samples"] == 8 and hurt["output_sqnr_db"] < result["output_sqnr_db"] - 8
+    assert all(r["output_sqnr_if_float_db"] is not None for r in hurt["layers"])
+    first, second = hurt["costliest"]
+    assert first["input"] == reader["input"]
+    assert first["output_sqnr_if_float_db"] > hurt["output_sqnr_db"] + 8
+    assert second["output_sqnr_if_float_db"] < hurt["output_sqnr_db"] + 2
+    assert "keeping one layer's input float raises it most at: " + first["name"] in \
+        " ".join(" ".join(summary_lines(hurt)).split())
 
 
 def test_compare_per_layer_api_and_cli(cnn_artifact, tmp_path):
