@@ -173,9 +173,7 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
     qdq_session = _session(_with_outputs(qdq_proto, [t.output for t in taps]), "model.onnx")
     locals_ = _local_sessions(qdq_proto, taps, float_proto) if local else {}
     in_shift, out_shift = shifts(qdq_ir)  # centred activations (--target trt)
-    outputs = [o.name for o in float_proto.graph.output]
-    kept: list[tuple[dict, dict]] = []  # (feeds, float outputs) of the impact samples
-    base = _Pooled()  # the network's output error as built, on the impact samples
+    kept = _ImpactSamples([o.name for o in float_proto.graph.output])
     acc = {t.name: _Pooled() for t in taps}
     loc = {t.name: _Pooled() for t in taps}
     dev = {t.name: (_Pooled(), _Pooled()) for t in taps} if device else {}
@@ -192,20 +190,17 @@ def localize(float_onnx: str, qdq_onnx: str, samples: list[tuple[str, dict]], *,
                     dev[t.name][0].add(ref[t.output], y)
                     dev[t.name][1].add(test[t.output].astype(np.float64) - shift, y)
             _accumulate(taps, ref, test, acc, loc, locals_, in_shift, out_shift)
-            if i < IMPACT_SAMPLES:
-                floats = _float_outputs(ref, outputs)
-                kept.append((feeds, floats))
-                base.add(_flat(floats), _flat(_float_outputs(test, outputs)))
+            kept.add(feeds, ref, test)
             if progress:
                 progress(i + 1, len(samples))
-    impact = _input_impact(qdq_proto, taps, outputs, kept)
+    impact = _input_impact(qdq_proto, taps, kept)
     overflow = _bias_overflow(qdq_proto, taps)
     rows = [_row(i, t, acc[t.name], loc[t.name]) | {"bias_int32_overflow": overflow.get(t.name),
                                                    "output_sqnr_if_float_db": impact.get(t.input)}
             | _device_row(dev.get(t.name)) for i, t in enumerate(taps)]
     result = summarize_layers(rows, threshold_db, top) | {
-        "samples": len(samples), "impact_samples": len(kept),
-        "output_sqnr_db": base.sqnr_db() if impact else None,
+        "samples": len(samples), "impact_samples": len(kept.samples),
+        "output_sqnr_db": kept.base.sqnr_db() if impact else None,
         "runtime": f"onnxruntime {ort.__version__} (no graph optimisation, CPU)"}
     result["costliest"] = _costliest(rows, top) if impact else []
     if device:
@@ -240,14 +235,29 @@ def _flat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
 
 
-def _input_impact(qdq_proto, taps: list[LayerTap], outputs: list[str],
-                  kept: list[tuple[dict, dict]]) -> dict[str, float]:
+class _ImpactSamples:
+    """The first IMPACT_SAMPLES samples' feeds and float outputs (the floating-point graph
+    outputs), and the network's output error as built on them."""
+
+    def __init__(self, outputs: list[str]):
+        self.outputs = outputs
+        self.samples: list[tuple[dict, list[np.ndarray]]] = []
+        self.base = _Pooled()
+
+    def add(self, feeds: dict, ref: dict, test: dict) -> None:
+        if len(self.samples) < IMPACT_SAMPLES:
+            floats = _float_outputs(ref, self.outputs)
+            self.samples.append((feeds, floats))
+            self.base.add(_flat(floats), _flat(_float_outputs(test, self.outputs)))
+
+
+def _input_impact(qdq_proto, taps: list[LayerTap], kept: _ImpactSamples) -> dict[str, float]:
     """tensor -> the network's output SQNR on the kept samples with that tensor's Q/DQ bypassed
     (every reader of its DequantizeLinear reads the QuantizeLinear's input instead: the tensor,
     or x / s where it is scale-migrated). Tensors with no Q/DQ of their own are left out."""
     import onnx
 
-    if not kept or not kept[0][1]:
+    if not kept.samples or not kept.samples[0][1]:
         return {}
     producers = {out: node for node in qdq_proto.graph.node for out in node.output}
     found = {}
@@ -269,8 +279,8 @@ def _input_impact(qdq_proto, taps: list[LayerTap], outputs: list[str],
                     node.input[i] = bypass[name]
         session = _session(variant.SerializeToString(), f"model.onnx with {tensor} float")
         pooled = _Pooled()
-        for feeds, floats in kept:
-            pooled.add(_flat(floats), _flat(_float_outputs(_run(session, feeds), outputs)))
+        for feeds, floats in kept.samples:
+            pooled.add(_flat(floats), _flat(_float_outputs(_run(session, feeds), kept.outputs)))
         found[tensor] = pooled.sqnr_db()
     return found
 
