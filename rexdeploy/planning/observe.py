@@ -2,7 +2,8 @@
 
 Used where data-free statistics cannot reach a tensor (ops without a moment rule, LayerNorm-fed
 tensors in transformers) and for `--ranges synthetic|zeroq`: the inputs are synthetic (Gaussian,
-uniform within `--input-range`, random token ids, or BN-matched images), never user data here.
+uniform within `--input-range`, random token ids, or BN-matched images), or the user's real
+samples (`--calib`: tail quantiles, TAIL, in place of the extremes).
 """
 
 from __future__ import annotations
@@ -51,12 +52,23 @@ class Observed(Extremes):
 # 30.5 widened)
 NATURAL_MARGIN = 1.25
 
+# A user's real samples (--calib) give each tensor's extremes as the quantiles at TAIL and
+# 1 - TAIL of all its values over the samples, not the min and max: a deep CNN's activations
+# are heavy-tailed (MobileNetV2's stream after block 16: median channel kurtosis 55), and ranges
+# that reach the rarest values leave every other value a coarse grid. The clipped outliers cost
+# less at the output. MobileNetV2 exported with BatchNorm folded, calibrated on 20 photos and
+# measured on the 50 (Q/DQ ONNX in ONNX Runtime): min/max 16.2 dB, quantiles 1e-3 16.6, 1e-4
+# 18.6, 1e-5 17.5; EfficientNet-Lite0 23.5 / -, 23.7, 23.9 (its data-free ranges: 23.7).
+TAIL = 1e-4
+
 
 def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarray]],
-            threads: int | None = None, natural: bool = False) -> dict[str, Observed]:
+            threads: int | None = None, natural: bool = False,
+            tail: float | None = None) -> dict[str, Observed]:
     """Min/max and per-channel means of the named float tensors over `samples` (natural: they
     are natural synthetic images; then what a compute op made of them is Observed.natural and
-    its extremes are widened by NATURAL_MARGIN)."""
+    its extremes are widened by NATURAL_MARGIN; tail: the extremes are the quantiles at tail
+    and 1 - tail of all the values instead, TAIL for a user's real samples)."""
     from rexdeploy.ort_session import session as ort_session
     from rexdeploy.ort_session import with_outputs
 
@@ -66,9 +78,12 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     session = ort_session(proto.SerializeToString(), "the float model with its tensors marked",
                           threads=threads)
     acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
+    tails = {n: _Tails(tail, len(samples)) for n in names} if tail else {}
     for feeds in samples:
         outs = session.run(names, feeds)
         for name, x in zip(names, outs):
+            if tails:
+                tails[name].add(x)
             a = acc[name]
             a[0] = min(a[0], float(x.min()))
             a[1] = max(a[1], float(x.max()))
@@ -83,9 +98,36 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     out = {}
     for n, a in acc.items():
         m = NATURAL_MARGIN if n in deep else 1.0  # the input's own range the images span
-        out[n] = Observed(a[0] * m, a[1] * m, a[2] / a[3], None if a[4] is None else a[4] * m,
+        lo, hi = tails[n].extremes() if tails else (a[0], a[1])
+        out[n] = Observed(lo * m, hi * m, a[2] / a[3], None if a[4] is None else a[4] * m,
                           n in deep, n in rectified)
     return out
+
+
+class _Tails:
+    """The quantiles at `tail` and 1 - `tail` of all the values one tensor takes over `count`
+    samples, streamed: each sample keeps only its k smallest and k largest values, k the number
+    the quantile needs over all the samples (so the pooled extremes hold the exact quantiles)."""
+
+    def __init__(self, tail: float, count: int):
+        self.tail, self.count = tail, max(count, 1)
+        self.low: list[np.ndarray] = []
+        self.high: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, x: np.ndarray) -> None:
+        flat = np.asarray(x, np.float64).reshape(-1)
+        if flat.size == 0:
+            return
+        k = min(flat.size, int(np.ceil(self.tail * flat.size * self.count)) + 1)
+        self.low.append(np.partition(flat, k - 1)[:k])
+        self.high.append(np.partition(flat, flat.size - k)[flat.size - k:])
+        self.size += flat.size
+
+    def extremes(self) -> tuple[float, float]:
+        low, high = np.concatenate(self.low), np.concatenate(self.high)
+        k = min(int(np.floor(self.tail * self.size)), low.size - 1)
+        return float(np.partition(low, k)[k]), float(-np.partition(-high, k)[k])
 
 
 def _after_compute(model: ir.Model) -> set[str]:

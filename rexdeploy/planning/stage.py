@@ -93,19 +93,24 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     observed = {}
     notes = []
     if need:
-        natural = False
+        natural, tail = False, None
+        from rexdeploy.planning.observe import NATURAL_MARGIN, TAIL, observe
+
         if calib is not None and calib.user:
-            samples, what = calib.samples, calib.source
+            samples, what, tail = calib.samples, calib.source, TAIL
         else:
             samples, what, natural = _range_samples(float_model, config, loaded, log)
-        from rexdeploy.planning.observe import NATURAL_MARGIN, observe
-
-        observed = observe(float_model, need, samples, natural=natural)
+        observed = observe(float_model, need, samples, natural=natural, tail=tail)
         widened = f", widened {NATURAL_MARGIN:g}x (such images reach less far than real " \
-            "inputs)" if natural else ""
+            "inputs)" if natural else (f", the {TAIL:.2%} tail quantiles in place of the "
+                                       "extremes" if tail else "")
         notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}"
                      f"{widened}); {len(set(tensors + recurrent_x)) - len(missing)} from "
                      "statistics")
+    elif calib is not None and calib.user and tensors:
+        notes.append(f"all {len(set(tensors + recurrent_x))} activation ranges from statistics "
+                     f"(BatchNorm): kept under --calib, they measured better than real samples' "
+                     f"extremes; the samples serve the rest of the build")
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":

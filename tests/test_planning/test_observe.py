@@ -46,3 +46,33 @@ def test_natural_observations_widen_only_what_a_compute_op_made():
                                    NATURAL_MARGIN * plain[name].channel_absmax, rtol=1e-6)
         np.testing.assert_allclose(natural[name].channel_mean, plain[name].channel_mean)
     assert natural["relu"].rectified and not natural["conv"].rectified
+
+
+@pytest.mark.parametrize("tail", [1e-2, 1e-3])
+def test_real_samples_give_tail_quantiles_not_the_extremes(tail):
+    """--calib's samples: each tensor's extremes are the quantiles at tail and 1 - tail of all
+    its values over the samples (streamed, yet exact), so one rare value does not set the range;
+    the channel maxima and means stay as observed."""
+    model = _model()
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.uniform(0, 1, (1, 1, 8, 8)).astype(np.float32)} for _ in range(30)]
+    samples[7]["x"][0, 0, 3, 3] = 40.0  # one outlier pixel in 1920
+    names = ["normed", "conv"]
+    plain = observe(model, names, samples)
+    tails = observe(model, names, samples, tail=tail)
+    session_values = {n: [] for n in names}
+    from rexdeploy.ort_session import session, with_outputs
+
+    sess = session(with_outputs(ir.to_proto(model), names).SerializeToString(), "test")
+    for feeds in samples:
+        for n, v in zip(names, sess.run(names, feeds)):
+            session_values[n].append(v.reshape(-1))
+    for n in names:
+        values = np.concatenate(session_values[n])
+        k = int(np.floor(tail * values.size))
+        assert tails[n].lo == pytest.approx(np.sort(values)[k])
+        assert tails[n].hi == pytest.approx(np.sort(values)[::-1][k])
+        assert plain[n].hi == pytest.approx(values.max())
+        np.testing.assert_allclose(tails[n].channel_absmax, plain[n].channel_absmax)
+    assert plain["normed"].hi == pytest.approx((40.0 - 0.5) / 0.25)
+    assert tails["normed"].hi < 4.0  # the outlier pixel no longer sets the input's range
