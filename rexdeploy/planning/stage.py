@@ -76,41 +76,51 @@ def range_statistics(float_model, config: BuildConfig) -> dict:
     return propagate_stats(float_model, ranges, config.quant.range_sigma)
 
 
+def _observed_ranges(float_model, layers, tensors, recurrent_x, stats, calib,
+                     config: BuildConfig, loaded, log: StageLog) -> tuple[dict, list[str]]:
+    """The tensors the statistics do not reach (and the layer inputs whose means bias
+    correction needs), observed on the user's samples (tail quantiles) or the build's synthetic
+    ones; the note saying which ranges came from where."""
+    from rexdeploy.planning.quantize import observed_means, use_stats
+
+    q = config.quant
+    ranged = set(tensors + recurrent_x)
+    missing = [t for t in dict.fromkeys(tensors + recurrent_x)
+               if not use_stats(stats.get(t), q.ranges)]
+    means_missing = [layer.input for layer in layers if q.bias_correction
+                     and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
+    need = list(dict.fromkeys(missing + means_missing))
+    user = calib is not None and calib.user
+    if not need:
+        return {}, ([f"all {len(ranged)} activation ranges from statistics (BatchNorm): kept "
+                     "under --calib, they measured better than real samples' extremes; the "
+                     "samples serve the rest of the build"] if user and tensors else [])
+    from rexdeploy.planning.observe import NATURAL_MARGIN, TAIL, observe
+
+    natural, tail = False, None
+    if user:
+        samples, what, tail = calib.samples, calib.source, TAIL
+    else:
+        samples, what, natural = _range_samples(float_model, config, loaded, log)
+    observed = observe(float_model, need, samples, natural=natural, tail=tail)
+    widened = f", widened {NATURAL_MARGIN:g}x (such images reach less far than real " \
+        "inputs)" if natural else (f", the {TAIL:.2%} tail quantiles in place of the "
+                                   "extremes" if tail else "")
+    return observed, [f"{len(missing)} activation ranges observed on {what} ({q.ranges}"
+                      f"{widened}); {len(ranged) - len(missing)} from statistics"]
+
+
 def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
                       log: StageLog):
-    from rexdeploy.planning.quantize import activation_tensors, make_plan, observed_means, use_stats
+    from rexdeploy.planning.quantize import activation_tensors, make_plan
 
     q = config.quant  # resolved (rexdeploy/resolve.py): every stage below reads the same choices
     calib = _calibration(float_model, config, loaded, log)  # --calib / --refine (None: neither)
     tensors = activation_tensors(float_model, layers) if q.activations == "int8" else []
     tensors += [t for t in _attention_inputs(float_model, config) if t not in tensors]
     recurrent_x = _recurrent_inputs(float_model, config)  # ranged too, planned apart
-    missing = [t for t in dict.fromkeys(tensors + recurrent_x)
-               if not use_stats(stats.get(t), q.ranges)]
-    means_missing = [layer.input for layer in layers if q.bias_correction
-                     and observed_means(q) and not use_stats(stats.get(layer.input), q.ranges)]
-    need = list(dict.fromkeys(missing + means_missing))
-    observed = {}
-    notes = []
-    if need:
-        natural, tail = False, None
-        from rexdeploy.planning.observe import NATURAL_MARGIN, TAIL, observe
-
-        if calib is not None and calib.user:
-            samples, what, tail = calib.samples, calib.source, TAIL
-        else:
-            samples, what, natural = _range_samples(float_model, config, loaded, log)
-        observed = observe(float_model, need, samples, natural=natural, tail=tail)
-        widened = f", widened {NATURAL_MARGIN:g}x (such images reach less far than real " \
-            "inputs)" if natural else (f", the {TAIL:.2%} tail quantiles in place of the "
-                                       "extremes" if tail else "")
-        notes.append(f"{len(missing)} activation ranges observed on {what} ({q.ranges}"
-                     f"{widened}); {len(set(tensors + recurrent_x)) - len(missing)} from "
-                     "statistics")
-    elif calib is not None and calib.user and tensors:
-        notes.append(f"all {len(set(tensors + recurrent_x))} activation ranges from statistics "
-                     f"(BatchNorm): kept under --calib, they measured better than real samples' "
-                     f"extremes; the samples serve the rest of the build")
+    observed, notes = _observed_ranges(float_model, layers, tensors, recurrent_x, stats, calib,
+                                       config, loaded, log)
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":
