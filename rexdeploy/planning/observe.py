@@ -79,9 +79,13 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
                           threads=threads)
     acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
     tails = {n: _Tails(tail, len(samples)) for n in names} if tail else {}
+    masks = [v.name for v in model.graph.inputs if "mask" in v.name.lower()
+             and v.dtype is not None and not v.dtype.is_floating_point()]
     for feeds in samples:
         outs = session.run(names, feeds)
+        kept = _attended(feeds, masks)
         for name, x in zip(names, outs):
+            x = _unpadded(x, kept)
             if tails:
                 tails[name].add(x)
             a = acc[name]
@@ -164,6 +168,27 @@ def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
                     ranges[value.name] = (0, table.shape[0])
         ranges.setdefault(value.name, (0, 2))
     return ranges
+
+
+def _attended(feeds: dict, masks: list[str]) -> np.ndarray | None:
+    """The positions [L] an attention-mask input marks as tokens (1) in a sample at batch 1, or
+    None where there is no such mask, or it pads nothing."""
+    for name in masks:
+        m = np.asarray(feeds.get(name))
+        if m.ndim == 2 and m.shape[0] == 1 and 0 < int((m[0] != 0).sum()) < m.shape[1]:
+            return m[0] != 0
+    return None
+
+
+def _unpadded(x: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+    """A token tensor [1, L, C] without the padded positions (a user's sentences padded to the
+    build's length: the padding is most of the positions of a short quote, and its values are
+    none the model's output reads, so they must not set ranges, means or migration factors:
+    all-MiniLM-L6-v2 W4A8 calibrated on 16 padded quotes read 0.810 mean cosine, on the same
+    tokens without padding 0.870, data-free 0.853); other tensors as they are."""
+    if kept is None or x.ndim != 3 or x.shape[0] != 1 or x.shape[1] != kept.size:
+        return x
+    return x[:, kept, :]
 
 
 def _other_axes(x: np.ndarray) -> tuple[int, ...] | None:

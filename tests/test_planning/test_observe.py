@@ -76,3 +76,32 @@ def test_real_samples_give_tail_quantiles_not_the_extremes(tail):
         np.testing.assert_allclose(tails[n].channel_absmax, plain[n].channel_absmax)
     assert plain["normed"].hi == pytest.approx((40.0 - 0.5) / 0.25)
     assert tails["normed"].hi < 4.0  # the outlier pixel no longer sets the input's range
+
+
+def test_padded_positions_are_left_out_of_token_tensors():
+    """A user's sentences padded to the build's length: the positions their attention mask
+    marks 0 set no range, mean or channel maximum of a [1, L, C] tensor (the pad token's
+    embedding here is 100 in every channel); a tensor of another shape is observed whole, and
+    a sample without padding counts every position."""
+    table = np.random.default_rng(3).normal(0, 1, (10, 4)).astype(np.float32)
+    table[0] = 100.0  # the pad token
+    inits = [numpy_helper.from_array(table, "table")]
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["emb"], name="gather"),
+             helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT,
+                              name="cast")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 6]),
+                     helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, 6, 4]),
+         helper.make_tensor_value_info("maskf", TensorProto.FLOAT, [1, 6])], inits)
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    ids = np.array([[3, 5, 7, 0, 0, 0]], np.int64)
+    mask = np.array([[1, 1, 1, 0, 0, 0]], np.int64)
+    padded = observe(model, ["emb", "maskf"], [{"input_ids": ids, "attention_mask": mask}])
+    tokens = table[[3, 5, 7]]
+    assert padded["emb"].hi == pytest.approx(tokens.max())
+    np.testing.assert_allclose(padded["emb"].channel_absmax, np.abs(tokens).max(axis=0))
+    np.testing.assert_allclose(padded["emb"].channel_mean, tokens.mean(axis=0), rtol=1e-6)
+    assert padded["maskf"].lo == 0.0  # not a token tensor: observed whole
+    full = observe(model, ["emb"], [{"input_ids": ids, "attention_mask": np.ones_like(mask)}])
+    assert full["emb"].hi == pytest.approx(100.0)
