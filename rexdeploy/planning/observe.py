@@ -79,11 +79,9 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
                           threads=threads)
     acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
     tails = {n: _Tails(tail, len(samples)) for n in names} if tail else {}
-    masks = [v.name for v in model.graph.inputs if "mask" in v.name.lower()
-             and v.dtype is not None and not v.dtype.is_floating_point()]
     for feeds in samples:
         outs = session.run(names, feeds)
-        kept = _attended(feeds, masks)
+        kept = attended_positions(feeds)
         for name, x in zip(names, outs):
             x = _unpadded(x, kept)
             if tails:
@@ -170,12 +168,13 @@ def integer_input_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-def _attended(feeds: dict, masks: list[str]) -> np.ndarray | None:
-    """The positions [L] an attention-mask input marks as tokens (1) in a sample at batch 1, or
-    None where there is no such mask, or it pads nothing."""
-    for name in masks:
-        m = np.asarray(feeds.get(name))
-        if m.ndim == 2 and m.shape[0] == 1 and 0 < int((m[0] != 0).sum()) < m.shape[1]:
+def attended_positions(feeds: dict) -> np.ndarray | None:
+    """The positions [L] an attention mask (an integer or boolean input [1, L] named *mask*)
+    marks as tokens in a sample, or None where the sample has no such input."""
+    for name, value in feeds.items():
+        m = np.asarray(value)
+        if "mask" in name.lower() and m.ndim == 2 and m.shape[0] == 1 and \
+                not np.issubdtype(m.dtype, np.floating):
             return m[0] != 0
     return None
 

@@ -160,6 +160,7 @@ def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
     if not infos:
         return {}, {}
     from rexdeploy.ort_session import session as ort_session
+    from rexdeploy.planning.observe import attended_positions
 
     names = list(dict.fromkeys(info.input for info in infos))
     if not hasattr(model, "SerializeToString"):
@@ -183,7 +184,7 @@ def _capture(model, infos: list, nodes: dict, samples: list[dict], seed: int,
     for i, feeds in enumerate(samples):
         outs = dict(zip(names, session.run(names, {k: v for k, v in feeds.items()
                                                    if k in wanted})))
-        mask = _token_mask(feeds)
+        mask = attended_positions(feeds)
         for info in infos:
             x = torch.from_numpy(np.asarray(outs[info.input], np.float32))
             rows = _rows(info, nodes[info.name], x, mask)  # [G, L, D]
@@ -214,14 +215,6 @@ def _capture_quantized(float_model, plan: QuantPlan, infos: list, nodes: dict,
         return {}
     rows, _ = _capture(proto, inner, nodes, samples, 0, picks)
     return rows
-
-
-def _token_mask(feeds: dict):
-    """The attention mask [1, L] of a token sample, if it has one."""
-    for name, value in feeds.items():
-        if "mask" in name.lower() and value.ndim == 2:
-            return value.reshape(-1) != 0
-    return None
 
 
 def _rows(info, node, x, mask):
