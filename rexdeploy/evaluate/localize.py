@@ -19,8 +19,8 @@ and one number per quantized input tensor, on the first IMPACT_SAMPLES samples:
                  that tensor's Q/DQ bypassed and everything else as built: what keeping it float
                  (`--mixed-precision activations`, `--exclude` of its readers) would buy. A
                  layer's own error (local SQNR) and its share of the output error differ: on
-                 MobileNetV2 the worst local SQNR (6.5 dB, late in the net) is worth +0.1 dB at
-                 the output, the first depthwise input (41 dB locally) +1.3 dB.
+                 MobileNetV2 the worst local SQNR (6 dB, late in the net) is worth +0.1 dB at
+                 the output, the first depthwise input (41 dB locally) +1.1 dB.
 
 A layer is matched by its output tensor: the lowering keeps the original output name of every
 planned layer (the sum of its REx orders `<layer>/order<K>`, after the bias Add of a MatMul), and
@@ -292,9 +292,8 @@ def _costliest(rows: list[dict], top: int) -> list[dict]:
     ranked = sorted((r for r in rows if r.get("output_sqnr_if_float_db") is not None),
                     key=lambda r: -r["output_sqnr_if_float_db"])
     for r in ranked:
-        key = r["output_sqnr_if_float_db"], r.get("input")
-        if key not in seen:
-            seen.add(key)
+        if r["input"] not in seen:
+            seen.add(r["input"])
             out.append(r)
     return out[:top]
 

@@ -108,8 +108,9 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
 
 class _Tails:
     """The quantiles at `tail` and 1 - `tail` of all the values one tensor takes over `count`
-    samples, streamed: each sample keeps only its k smallest and k largest values, k the number
-    the quantile needs over all the samples (so the pooled extremes hold the exact quantiles)."""
+    samples, streamed: each sample keeps only its k smallest and k largest values, k what the
+    quantile needs over `count` samples of its size (exact where the samples have one size; a
+    near value where they differ, as token tensors with their padding left out do)."""
 
     def __init__(self, tail: float, count: int):
         self.tail, self.count = tail, max(count, 1)

@@ -41,7 +41,8 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
 
 def rotate_ffn_inputs(float_model, layers, config: BuildConfig, log: StageLog) -> str | None:
     """Block Hadamard rotation of the inputs of FFN output Linears (rexdeploy/passes/rotate.py),
-    for int8 activations; the note saying what it did, None when it changed nothing."""
+    for int8 activations; the note saying what it did, None when it changed nothing (then the
+    build says why it found nothing to rotate)."""
     q = config.quant
     if q.rotate != "ffn" or q.activations != "int8":
         return None
@@ -54,7 +55,7 @@ def rotate_ffn_inputs(float_model, layers, config: BuildConfig, log: StageLog) -
                 f"with constant weights reading a GELU/SiLU output, its input channels a "
                 f"multiple of {BLOCK}); nothing rotated")
         log.note(note)
-        return note
+        return None  # the graph is unchanged
     note = (f"rotation: the inputs of {len(done)} FFN output Linear(s) rotated by a block "
             f"Hadamard matrix ({BLOCK} channels a block, float MatMuls; exact in float, the "
             "weights carry the inverse), so their int8 inputs have no outlier channels")
