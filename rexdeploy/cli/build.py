@@ -259,9 +259,10 @@ _CALIBRATION_DATA_AND_REFINEMENT = section(
     'Calibration data and refinement (optional; data-free without)',
     click.option("--calib", metavar="synthetic[:N]|PATH",
                  help="Calibration data for --refine (and, when it is yours, the activation "
-                      "ranges BatchNorm statistics do not give: each from the 0.01 % tail "
-                      "quantiles of its values on your samples, not their extremes; BatchNorm "
-                      "statistics measured better than real samples and stay). "
+                      "ranges BatchNorm statistics do not give: from the 0.01 % tail "
+                      "quantiles of the values on your samples or their extremes, whichever "
+                      "brings the output on them closer to float; BatchNorm statistics "
+                      "measured better than real samples and stay). "
                       "synthetic[:N]: made without data (CNN: images matching the "
                       "BatchNorm statistics; token models: random ids with sentence-like lengths; "
                       "else Gaussian), N=32 by default; PATH: a folder of images (with "

@@ -58,7 +58,9 @@ NATURAL_MARGIN = 1.25
 # that reach the rarest values leave every other value a coarse grid. The clipped outliers cost
 # less at the output. MobileNetV2 exported with BatchNorm folded, calibrated on 20 photos and
 # measured on the 50 (Q/DQ ONNX in ONNX Runtime): min/max 16.2 dB, quantiles 1e-3 16.6, 1e-4
-# 18.6, 1e-5 17.5; EfficientNet-Lite0 23.5 / -, 23.7, 23.9 (its data-free ranges: 23.7).
+# 18.6, 1e-5 17.5; EfficientNet-Lite0 23.5 / -, 23.7, 23.9 (its data-free ranges: 23.7). Not
+# everywhere: the build also tries the extremes and keeps what the samples' output prefers
+# (rexdeploy/planning/stage.py, _user_ranges).
 TAIL = 1e-4
 
 

@@ -283,3 +283,30 @@ def test_calib_ranges_are_a_valid_resolved_value_only_with_user_data(tmp_path):
     for calib in (None, "synthetic:8"):
         with pytest.raises(UserError, match="come from --calib DATA"):
             QuantConfig(ranges=CALIB_RANGES, calib=calib).validate()
+
+
+@pytest.mark.parametrize("spikes_carry_the_output", [True, False])
+def test_user_ranges_are_judged_on_the_users_samples(tmp_path, spikes_carry_the_output):
+    """The samples' tail quantiles or their extremes, whichever the network output on the
+    samples prefers. Each sample has one rare large value; when those values are what the model
+    computes with (a sparse feature), clipping them at the tail quantile loses and the extremes
+    are kept; when they are noise in a channel the model ignores, the tail quantiles keep the
+    bulk's resolution and win."""
+    torch.manual_seed(0)
+    model = nn.Linear(256, 16).eval()
+    with torch.no_grad():
+        model.weight[:, 0] = 0.0 if not spikes_carry_the_output else model.weight[:, 0] * 40
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (16, 1, 64, 256)).astype(np.float32)
+    x[np.arange(16), 0, rng.integers(0, 64, 16), 0] = 60.0  # one spike a sample, channel 0
+    path = tmp_path / "spikes.npz"
+    np.savez(path, x=x)
+    art = build(model, ["x:1x64x256"], tmp_path / "a", calib=str(path), smooth="off")
+    act = next(a for a in _plan(art).activations if a.tensor == "x")
+    bound = act.scale * 127
+    if spikes_carry_the_output:
+        assert bound == pytest.approx(60.0, rel=1e-3)  # the extremes
+    else:
+        assert bound < 10.0  # the tail quantile, far inside the spikes
+    ref = np.concatenate([model(torch.from_numpy(s)).detach().numpy() for s in x])
+    assert sqnr(ref, outputs(art, [{"x": s} for s in x])) > 25
