@@ -121,7 +121,8 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
     from rexdeploy.extras import require_build
 
     require_build("compare --per-layer")
-    from rexdeploy.evaluate.localize import DEFAULT_THRESHOLD_DB, DEFAULT_TOP, localize
+    from rexdeploy.evaluate.localize import (DEFAULT_THRESHOLD_DB, DEFAULT_TOP, IMPACT_SAMPLES,
+                                             localize)
 
     device = None
     if on_device:
@@ -132,8 +133,6 @@ def _per_layer(art: Artifact, samples, threshold_db: float | None, top: int | No
         device = (f"{art.target} {options.device}",
                   lambda path: b.runner(os.path.dirname(path), {"onnx": os.path.basename(path)},
                                         options))
-    from rexdeploy.evaluate.localize import IMPACT_SAMPLES
-
     with log.stage("per-layer", f"{len(samples)} samples: float.onnx vs model.onnx, "
                                 "every quantized layer marked (onnxruntime"
                                 + (f" and {device[0]}" if device else "") + "), then each "

@@ -260,13 +260,22 @@ def _input_impact(qdq_proto, taps: list[LayerTap], kept: _ImpactSamples) -> dict
     if not kept.samples or not kept.samples[0][1]:
         return {}
     producers = {out: node for node in qdq_proto.graph.node for out in node.output}
+    dequantizers: dict[str, list[str]] = {}  # a QuantizeLinear's output -> its DQs' outputs
+    for node in qdq_proto.graph.node:
+        if node.op_type == "DequantizeLinear":
+            dequantizers.setdefault(node.input[0], []).append(node.output[0])
+    quantized: dict[str, list] = {}  # tensor -> its QuantizeLinears (after its migration Mul)
+    for q in qdq_proto.graph.node:
+        if q.op_type == "QuantizeLinear":
+            p = producers.get(q.input[0])
+            x = p.input[0] if p is not None and p.op_type == "Mul" else q.input[0]
+            quantized.setdefault(q.input[0], []).append(q)
+            if x != q.input[0]:
+                quantized.setdefault(x, []).append(q)
     found = {}
     for tensor in dict.fromkeys(t.input for t in taps):
-        quantizers = [n for n in qdq_proto.graph.node if n.op_type == "QuantizeLinear" and (
-            n.input[0] == tensor or ((p := producers.get(n.input[0])) is not None
-                                     and p.op_type == "Mul" and p.input[0] == tensor))]
-        bypass = {dq.output[0]: q.input[0] for q in quantizers for dq in qdq_proto.graph.node
-                  if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]}
+        bypass = {dq: q.input[0] for q in quantized.get(tensor, [])
+                  for dq in dequantizers.get(q.output[0], [])}
         if not bypass:
             continue
         if any(out.name in bypass for out in qdq_proto.graph.output):

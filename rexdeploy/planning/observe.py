@@ -34,6 +34,15 @@ class Observed(Extremes):
     # the output of a ReLU or Clip (ReLU6): synthetic inputs leave some of its channels near 0
     # that real inputs drive to the bound, so its channel maxima are no range estimate
     rectified: bool = False
+    # (min, max) over the samples where lo/hi are tail quantiles (observe(tail=...)), else None
+    extremes: tuple[float, float] | None = None
+
+    def at_extremes(self) -> "Observed":
+        """The same observation with its extremes as lo/hi."""
+        from dataclasses import replace
+
+        return self if self.extremes is None else replace(self, lo=self.extremes[0],
+                                                          hi=self.extremes[1], extremes=None)
 
 
 # Natural synthetic images (1/f noise in natural colour) reach less far than real inputs: the
@@ -69,8 +78,9 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
             tail: float | None = None) -> dict[str, Observed]:
     """Min/max and per-channel means of the named float tensors over `samples` (natural: they
     are natural synthetic images; then what a compute op made of them is Observed.natural and
-    its extremes are widened by NATURAL_MARGIN; tail: the extremes are the quantiles at tail
-    and 1 - tail of all the values instead, TAIL for a user's real samples)."""
+    its extremes are widened by NATURAL_MARGIN; tail: lo and hi are the quantiles at tail and
+    1 - tail of all the values instead, TAIL for a user's real samples, and the extremes are
+    kept beside them, Observed.extremes)."""
     from rexdeploy.ort_session import session as ort_session
     from rexdeploy.ort_session import with_outputs
 
@@ -102,9 +112,10 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     out = {}
     for n, a in acc.items():
         m = NATURAL_MARGIN if n in deep else 1.0  # the input's own range the images span
-        lo, hi = tails[n].extremes() if tails else (a[0], a[1])
+        lo, hi = tails[n].quantiles() if tails else (a[0], a[1])
         out[n] = Observed(lo * m, hi * m, a[2] / a[3], None if a[4] is None else a[4] * m,
-                          n in deep, n in rectified)
+                          n in deep, n in rectified,
+                          (a[0] * m, a[1] * m) if tails else None)
     return out
 
 
@@ -129,7 +140,7 @@ class _Tails:
         self.high.append(np.partition(flat, flat.size - k)[flat.size - k:])
         self.size += flat.size
 
-    def extremes(self) -> tuple[float, float]:
+    def quantiles(self) -> tuple[float, float]:
         low, high = np.concatenate(self.low), np.concatenate(self.high)
         k = min(int(np.floor(self.tail * self.size)), low.size - 1)
         return float(np.partition(low, k)[k]), float(-np.partition(-high, k)[k])

@@ -123,13 +123,10 @@ def _user_ranges(float_model, layers, skipped, tensors, stats, tails: dict, cali
     quantiles took MobileNetV2 exported with BatchNorm folded from 16.0 to 19.8 dB and the PP-OCRv4
     recogniser from 0.237 to 0.289 CTC exact match, and cost ddddocr's CNN + LSTM recogniser 0.789
     -> 0.632, where the rare strong values are the text."""
-    from dataclasses import replace
-
-    from rexdeploy.planning.observe import observe
     from rexdeploy.planning.quantize import make_plan
     from rexdeploy.planning.refine import end_to_end_db
 
-    extremes = observe(float_model, list(tails), calib.samples)
+    extremes = {n: o.at_extremes() for n, o in tails.items()}
     if all((o.lo, o.hi) == (tails[n].lo, tails[n].hi) for n, o in extremes.items()):
         return tails
     q = config.quant.with_(budget=None, mixed_precision="off", orders=1, ensemble=0)
@@ -141,10 +138,7 @@ def _user_ranges(float_model, layers, skipped, tensors, stats, tails: dict, cali
     notes.append(f"ranges from your samples: their tail quantiles give {db_tails:.1f} dB on "
                  f"them, their extremes {db_extremes:.1f} dB (order-1 plans in ONNX Runtime): "
                  f"the {'tail quantiles' if keep_tails else 'extremes'} kept")
-    if keep_tails:
-        return tails
-    # the extremes' lo/hi with everything else as observed (channel maxima and means agree)
-    return {n: replace(tails[n], lo=o.lo, hi=o.hi) for n, o in extremes.items()}
+    return tails if keep_tails else extremes
 
 
 def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, loaded,
