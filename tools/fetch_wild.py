@@ -10,7 +10,7 @@ is run); the ONNX files are read out of the wheels into <out>/models/:
     ch_PP-OCRv4_det_infer.onnx   rapidocr-onnxruntime==1.4.4: PP-OCRv4 text detector (DBNet),
                                  input x 1x3xHxW ImageNet-normalised, output a probability map
     ch_PP-OCRv4_rec_infer.onnx   the same wheel: PP-OCRv4 recogniser (SVTR with attention),
-                                 input 1x3x48x320 in [-1, 1], output [1, T, 6625] softmax
+                                 input 1x3x48xW in [-1, 1] (W: the line's aspect, at least 320), output [1, T, 6625] softmax
     common_det.onnx              ddddocr==1.6.1: YOLOX-style detector, 1x3x416x416 in 0..255,
                                  output [1, 3549, 6] (box, objectness, class)
     common.onnx                  the same wheel: CNN + LSTM CTC recogniser, 1x1x64xW grey in

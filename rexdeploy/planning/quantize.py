@@ -63,16 +63,19 @@ def use_stats(s: TensorStats | None, mode: str) -> bool:
     an input's declared or assumed range are a guess the samples beat."""
     if s is None or mode in ("synthetic", "zeroq"):
         return False
-    if mode == "calib" and not ("bn" in s.roots and s.roots <= {"bn", "input"}):
+    if mode == "calib" and not ("bn" in s.roots and s.roots <= {"bn", "input"}
+                                and not s.through_conv):
         return False
     if mode == "stats":
         return True
-    # auto: LayerNorm moments miss outliers; an input's moments pushed through convolutions
-    # with no BatchNorm to re-anchor them (a folded-BatchNorm export, a model without
-    # BatchNorm) lose the pixels' correlations: EfficientNet-Lite0 from torch.onnx.export
-    # 12.3 dB with them, 22.5 dB observed on natural synthetic images (docs/benchmarks.md,
-    # "Ranges without BatchNorm")
-    return "ln" not in s.roots and not (s.through_conv and "bn" not in s.roots)
+    # auto: LayerNorm moments miss outliers; moments pushed through a convolution with no
+    # BatchNorm after it to re-anchor them (a folded-BatchNorm export, a model without
+    # BatchNorm, the layers after a network's one unfolded BatchNorm) lose the pixels'
+    # correlations: EfficientNet-Lite0 from torch.onnx.export 12.3 dB with them, 22.5 dB
+    # observed on natural synthetic images (docs/benchmarks.md, "Ranges without BatchNorm");
+    # the PP-OCRv4 recogniser's backbone, carried from its stem's BatchNorm through 20
+    # convolutions, reached 61 on text lines where its moments said 0.9
+    return "ln" not in s.roots and not s.through_conv
 
 
 def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: list[str],

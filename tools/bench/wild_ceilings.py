@@ -43,7 +43,7 @@ def _build(key: str, out: str, tag: str, quant: dict):
     from rexdeploy.config import BuildConfig, QuantConfig
 
     file, spec, rng, *_ = wild.MODELS[key]
-    dims = (("W", 256),) if spec.endswith("xW") else ()
+    dims = wild.dims_for(key)
     return rexdeploy.build(os.path.join(wild.WILD, "models", file), [spec], force=True,
                            quiet=True, output=os.path.join(out, f"ceiling_{key}_{tag}"),
                            config=BuildConfig(target="reference", dims=dims,
