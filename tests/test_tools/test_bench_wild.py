@@ -33,3 +33,15 @@ def test_oracle_scales_are_the_peaks_of_the_inputs(tmp_path):
         assert scale.max() == pytest.approx(peak / (127 if a.signed else 255), rel=1e-5)
     # and the oracle model runs
     session(oracle.SerializeToString(), "oracle", "basic").run(None, feeds[1])
+
+
+def test_the_noise_floor_moves_each_input_by_at_most_half_a_pixel_level():
+    rng = np.random.default_rng(0)
+    level = np.array([0.5, 1.0, 2.0], np.float32).reshape(1, 3, 1, 1)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32),
+              "ids": np.arange(4, dtype=np.int64)}]
+    noisy = wild_ceilings.jittered(feeds, level, rng)[0]
+    moved = np.abs(noisy["x"] - feeds[0]["x"])
+    assert noisy["x"].dtype == np.float32 and (noisy["ids"] == feeds[0]["ids"]).all()
+    assert (moved <= level / 2 + 1e-6).all()
+    assert (moved.max(axis=(0, 2, 3)) > 0.8 * level.ravel() / 2).all()  # and it does move

@@ -196,6 +196,11 @@ MODELS = {  # key: (file, --input, input range, feeds, metric, label)
 }
 
 
+# one level of the 8-bit image in each model's input units (tools/bench/wild_ceilings.py: the
+# float model's own noise floor, its inputs moved by up to half a level)
+PIXEL_LEVEL = {"det": 1 / 255 / np.array(IMAGENET[2], np.float32).reshape(1, 3, 1, 1),
+               "rec": 2 / 255, "ddd_det": 1.0, "ddd_rec": 1 / 255}
+
 # a dynamic width's typical value: where the build observes ranges and times the model
 TYPICAL_W = {"rec": 320, "ddd_rec": 256}
 

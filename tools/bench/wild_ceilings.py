@@ -18,6 +18,13 @@ real inputs as tools/bench/wild.py, against the float model, by the model's task
 
 If the oracle row stays far under the target, no choice of per-tensor range meets it: what is
 left is the granularity (one scale per tensor) or the weights.
+
+    float, input +- half a pixel level   the float model itself, each input value moved by
+                                uniform noise of at most half a level of the 8-bit image it
+                                came from (what re-encoding the image, or rounding the input
+                                to int8, does): the float model's own noise floor. A target
+                                above this row asks the quantized model to agree with float
+                                better than float agrees with itself on invisible changes.
 """
 
 from __future__ import annotations
@@ -104,7 +111,19 @@ def run(key: str, out: str) -> list[dict]:
     s = session(_oracle_model(art, feeds).SerializeToString(), "the oracle model", "basic")
     rows.append(_row(key, "activations int8 only, ranges from these inputs (oracle)", flt,
                      [s.run(None, f)[0] for f in feeds]))
+    s = session(art.file("float_onnx"), "the float model", "basic")
+    noisy = jittered(feeds, wild.PIXEL_LEVEL[key], np.random.default_rng(0))
+    rows.append(_row(key, "float, input +- half a pixel level (its noise floor)", flt,
+                     [s.run(None, f)[0] for f in noisy]))
     return rows
+
+
+def jittered(feeds: list[dict], level, rng) -> list[dict]:
+    """Each float input moved by uniform noise in [-level / 2, level / 2] (level: one pixel
+    level in the input's units, a scalar or broadcastable per channel)."""
+    return [{k: (v + 0.5 * np.asarray(level, np.float32) * rng.uniform(-1, 1, v.shape))
+             .astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+             for k, v in f.items()} for f in feeds]
 
 
 def main() -> int:
