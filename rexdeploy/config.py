@@ -30,7 +30,7 @@ RangeSource = Literal["auto", "stats", "synthetic", "zeroq"]  # --ranges
 # but a valid value of a resolved config (the manifest's config validates as it was built)
 CALIB_RANGES = "calib"
 Ranges = Literal[RangeSource, "calib"]
-Granularity = Literal["channel", "tensor", "block"]
+Granularity = Literal["auto", "channel", "tensor", "block"]
 Partition = Literal["balanced", "contiguous", "bops"]
 SparseForm = Literal["auto", "dense", "compact", "gather"]
 BudgetCostChoice = Literal["auto", "bops", "time"]  # --budget-cost (or a FILE.json)
@@ -103,7 +103,10 @@ class WeightConfig:
     format: Weights = "int8"            # --weights
     operator: Operator = "uniform"      # uniform grid, or PowerQuant's power operator (a lookup
                                         # table per layer; runs in float)
-    granularity: Granularity = "channel"  # scales per output channel, per tensor, per block
+    # scales per output channel, per tensor, per block of input columns (MatMul/Gemm weights;
+    # a convolution keeps per-channel scales); auto: blocks of AUTO_BLOCK for the 4-bit weights
+    # of a weight-only build, per channel otherwise (rexdeploy/resolve.py)
+    granularity: Granularity = "auto"
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs
     rounding: Rounding = "auto"         # nearest, or dc: each conv kernel keeps its code sum

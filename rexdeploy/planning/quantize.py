@@ -239,6 +239,8 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
     from calib_free.weights.expansion import expand_uniform
     from calib_free.weights.sparse import channel_errors, signal_power
 
+    config = layer_weights(layer, config)
+
     s, o = stats.get(layer.input), observed.get(layer.input)
     w = torch.from_numpy(np.ascontiguousarray(layer.weight_array, np.float32))
     if balance is not None:
@@ -277,6 +279,23 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
     return _Expansion(layer, w, orders, axis if config.granularity != "tensor" else None,
                       torch.stack(errors), signal, mean_in, stops,
                       None if balance is None else balance.numpy().astype(np.float32))
+
+
+def layer_weights(layer: LayerInfo, config: QuantConfig) -> QuantConfig:
+    """The config one layer's weights are quantized under. Per-block scales apply to the 2-D
+    weights of MatMul/Gemm: a convolution keeps per-channel scales (OpenVINO's ONNX frontend
+    refuses a blocked DequantizeLinear on a convolution's weight, and TensorRT takes INT4 blocks
+    on MatMul/Gemm weights alone). "auto" (a config no build resolved) as the build resolves
+    it."""
+    from rexdeploy.resolve import weight_granularity
+
+    resolved = weight_granularity(config)
+    if resolved:
+        config = config.with_(**resolved)
+    if config.granularity == "block" and (layer.op not in ("MatMul", "Gemm")
+                                          or layer.weight_array.ndim != 2):
+        return config.with_(granularity="channel", block_size=None)
+    return config
 
 
 def pair_limit(layer: LayerInfo, config: QuantConfig):
@@ -415,6 +434,7 @@ def _layer(e: _Expansion, kept: list | None, config: QuantConfig) -> LayerPlan:
     from calib_free.weights.expansion import weight_error
 
     layer, w = e.layer, e.w
+    config = layer_weights(layer, config)
     top = _top_orders(kept, len(e.orders), layer.out_channels)
     plan_orders = []
     for k, (codes, scale) in enumerate(e.orders):

@@ -382,7 +382,7 @@ def test_inspect_check_trt_cli(deferred, tmp_path):
 
 def test_int4_mlp_deferred_build(tmp_path):
     model = tiny_mlp()
-    per_channel = rexdeploy.QuantConfig(weights="int4", activations="none")
+    per_channel = rexdeploy.QuantConfig(weights="int4", activations="none", granularity="channel")
     with pytest.raises(UserError, match=r"\[int4\].*no block_size"):  # the checker stops it
         rexdeploy.build(model, ["input:1x8x32"], target="trt", output=str(tmp_path / "c.trt"),
                         config=rexdeploy.BuildConfig(quant=per_channel), quiet=True)
@@ -394,6 +394,13 @@ def test_int4_mlp_deferred_build(tmp_path):
     spec = json.load(open(art.file("trt_build")))
     assert spec["int4"] is True
     assert art.report()["backend"]["trt_check"]["ok"]
+    # by default, a 4-bit weight-only build takes blocks of 32 input columns: one that TensorRT
+    # takes without asking
+    art = rexdeploy.build(model, ["input:1x8x32"], target="trt", output=str(tmp_path / "d.trt"),
+                          config=rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(
+                              weights="int4", activations="none")), quiet=True)
+    assert art.report()["backend"]["trt_check"]["ok"]
+    assert art.manifest["config"]["quant"]["weight"]["block_size"] == 32
 
 
 # -- where TensorRT imports ------------------------------------------------------------------

@@ -57,10 +57,12 @@ def _build(path, tmp_path, name, target="openvino", **quant):
 
 @pytest.mark.cpuid_kernels
 @pytest.mark.openvino
-@pytest.mark.parametrize("block", [None, 32, 64, 128])
+@pytest.mark.parametrize("block", ["channel", "default", 32, 64, 128])
 def test_int4_matmul_runs_as_compressed_fully_connected(block_file, tmp_path, block):
-    quant = {"granularity": "block", "block_size": block} if block else {}
+    quant = {"granularity": "block", "block_size": block} if isinstance(block, int) else \
+        {"granularity": "channel"} if block == "channel" else {}
     art = _build(block_file, tmp_path, f"b{block}", **quant)
+    block = {"channel": None, "default": 32}.get(block, block)  # 4-bit weight-only: blocks of 32
     report = art.report()
     rows = report["layers"]
     assert len(rows) == 2
@@ -175,6 +177,42 @@ def test_cli_flags_reach_the_config(block_file, tmp_path):
         quant = json.load(f)["config"]["quant"]["weight"]
     assert (quant["operator"], quant["granularity"], quant["block_size"],
             quant["dynamic_quantization"]) == ("power", "block", 64, 0)
+
+
+def test_block_size_zero_asks_for_a_scale_per_channel():
+    from rexdeploy.cli.build import build_config
+    from rexdeploy.resolve import for_target
+
+    def weight(block_size, weights="int4"):
+        ctx = build.make_context("build", ["m.onnx", "--weights", weights, "--activations",
+                                           "none"] + ([] if block_size is None else
+                                                      ["--block-size", str(block_size)]))
+        config = for_target(build_config(ctx.params)).config.quant
+        return config.granularity, config.block_size
+
+    from rexdeploy.cli.build import build
+    assert weight(None) == ("block", 32)  # the 4-bit weight-only default
+    assert weight(0) == ("channel", None)
+    assert weight(64) == ("block", 64)
+    assert weight(None, "int8") == ("channel", None)
+
+
+@pytest.mark.openvino
+def test_blocks_apply_to_matmul_weights_and_convolutions_keep_channels(tmp_path):
+    """A 4-bit weight-only CNN with a Linear head: its Gemm takes the default blocks of 32, its
+    convolutions a scale per channel (OpenVINO refuses a blocked convolution weight), and it
+    compiles (it did not with --block-size before)."""
+    from tiny_models import tiny_cnn
+
+    for name, quant in (("default", {}), ("asked", {"granularity": "block", "block_size": 16})):
+        art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], quiet=True,
+                              output=str(tmp_path / name),
+                              config=BuildConfig(quant=QuantConfig(weights="int4",
+                                                                   activations="none", **quant)))
+        blocks = {lp.op: {o.block_size for o in lp.orders}
+                  for lp in QuantPlan.load(art.path).layers}
+        assert blocks == {"Conv": {None}, "Gemm": {quant.get("block_size", 32)}}, blocks
+        assert rexdeploy.compare(art.path, synthetic=2, quiet=True)["sqnr_db"] > 10
 
 
 def test_fp16_activations_and_float_precision_validation():

@@ -66,7 +66,8 @@ def cosines(tmp_path_factory):
     for label, operator, balance in (("uniform", "uniform", "auto"),
                                      ("unbalanced", "uniform", "off"), ("power", "power", "auto")):
         quant = QuantConfig(weights="int4", activations="none", operator=operator,
-                            dynamic_quantization=0, weight_balance=balance)
+                            dynamic_quantization=0, weight_balance=balance,
+                            granularity="channel")  # per channel, as the figures below
         art = rexdeploy.build(MODEL, INPUTS, output=str(out / label), quiet=True,
                               config=BuildConfig(quant=quant))
         result[label] = (rexdeploy.compare(art.path, TOKENS, limit=20, quiet=True),

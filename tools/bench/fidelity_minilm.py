@@ -48,18 +48,22 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8, FFN down-projections float (--exclude x6)", {"exclude": FFN_OUT}),
     ("rexdeploy W8A8, all FFN Linears float (--exclude x12)", {"exclude": FFN_OUT + FFN_IN}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
-    # 4-bit weights in groups of G input columns (OpenVINO's compressed FullyConnected)
-    *[(f"rexdeploy W4 weight-only, K=1, groups of {g} (--block-size {g})",
-       {"weights": "int4", "activations": "none", "granularity": "block", "block_size": g})
-      for g in (32, 128)],
+    # 4-bit weights in groups of G input columns (OpenVINO's compressed FullyConnected); the
+    # default 4-bit weight-only build takes groups of 32
+    ("rexdeploy W4 weight-only, K=1, groups of 128 (--block-size 128)",
+     {"weights": "int4", "activations": "none", "granularity": "block", "block_size": 128}),
     ("rexdeploy W4 weight-only, K=1, groups of 32, MSE clip (--clip-search)",
      {"weights": "int4", "activations": "none", "granularity": "block", "block_size": 32,
       "clip_search": True}),
-    ("rexdeploy W4 weight-only, K=1, MSE clip (--clip-search)",
-     {"weights": "int4", "activations": "none", "clip_search": True}),
+    ("rexdeploy W4 weight-only, K=1, per channel, MSE clip (--block-size 0 --clip-search)",
+     {"weights": "int4", "activations": "none", "clip_search": True, "granularity": "channel"}),
     ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
+    ("rexdeploy W4 weight-only, K=1, per channel (--block-size 0)",
+     {"weights": "int4", "activations": "none", "granularity": "channel"}),
     ("rexdeploy W4 weight-only, REx K=2", {"weights": "int4", "activations": "none",
                                            "orders": 2}),
+    ("rexdeploy W4 weight-only, REx K=2, per channel (--block-size 0)",
+     {"weights": "int4", "activations": "none", "orders": 2, "granularity": "channel"}),
     # balanced weight columns (--weight-balance, the default below 8 bits) against none
     ("rexdeploy W4 weight-only, K=1, groups of 32, MSE clip, unbalanced (--weight-balance off)",
      {"weights": "int4", "activations": "none", "granularity": "block", "block_size": 32,
@@ -118,6 +122,8 @@ PARAPHRASE_CONFIGS = [
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
     ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
+    ("rexdeploy W4 weight-only, K=1, per channel (--block-size 0)",
+     {"weights": "int4", "activations": "none", "granularity": "channel"}),
     ("rexdeploy W4 weight-only, K=1, unbalanced (--weight-balance off)",
      {"weights": "int4", "activations": "none", "weight_balance": "off"}),
     ("rexdeploy W4 weight-only, K=1, groups of 32, MSE clip (--clip-search)",
