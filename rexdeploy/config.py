@@ -45,7 +45,7 @@ Equalize = Literal["auto", "off"]
 Recurrent = Literal["float", "int8"]
 Attention = Literal["scores", "int8", "float"]
 Balance = Literal["auto", "sinkhorn", "off"]
-Rotate = Literal["off", "ffn"]
+Rotate = Literal["auto", "off", "ffn"]
 
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
@@ -252,9 +252,10 @@ class ActivationConfig:
     # inputs of those that read no Softmax output (Q x K^T), int8 all of them, float none
     attention: Attention = "scores"
     # block Hadamard rotation of the inputs of FFN output Linears (GELU/SiLU outputs;
-    # rexdeploy/passes/rotate.py), exact in float, with int8 activations: ffn rotates them, off
-    # (the default: the float rotations cost MiniLM 17 % latency) does not
-    rotate: Rotate = "off"
+    # rexdeploy/passes/rotate.py), exact in float, with int8 activations: ffn rotates them all,
+    # auto the most outlier-heavy (rexdeploy.planning.stage.ROTATE_SHARE; all six cost MiniLM
+    # 9-17 % latency, its four worst 5 %), off none
+    rotate: Rotate = "auto"
 
     def validate(self) -> None:
         check_choices(self)

@@ -63,7 +63,7 @@ def run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageL
                  backend, preprocess: str | None, isa) -> BuildStages:
     """Every stage of a build into `writer`; returns what the manifest and the summary need."""
     loaded, float_model, specs, config, stats = _front(model, config, writer, log, preprocess)
-    layers, skipped, rewrites = _analyze(float_model, stats, config, writer, log)
+    layers, skipped, rewrites = _analyze(float_model, stats, config, loaded, writer, log)
     plan, notes, ensemble = _plan(float_model, layers, skipped, stats, config, loaded, writer,
                                   log, isa, rewrites)
     if ensemble is not None:
@@ -98,7 +98,7 @@ def _front(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
     return loaded, float_model, specs, config, stats
 
 
-def _analyze(float_model, stats: dict, config: BuildConfig, writer: ArtifactWriter,
+def _analyze(float_model, stats: dict, config: BuildConfig, loaded, writer: ArtifactWriter,
              log: StageLog):
     """The quantizable layers and the ones kept float, after range equalization and the FFN
     inputs' rotation (which rewrite float.onnx); returns (layers, skipped, the notes of those
@@ -110,7 +110,8 @@ def _analyze(float_model, stats: dict, config: BuildConfig, writer: ArtifactWrit
     with log.stage("analyze"):
         layers, skipped = find_layers(float_model, dict(config.dims))
         rewrites = [n for n in (equalize_ranges(float_model, layers, stats, config, log),
-                                rotate_ffn_inputs(float_model, layers, config, log)) if n]
+                                rotate_ffn_inputs(float_model, layers, config, loaded,
+                                                  log)) if n]
         if rewrites:
             layers, skipped = find_layers(float_model, dict(config.dims))
             # the same function, its tensors as the Q/DQ model has them (per-layer compare)

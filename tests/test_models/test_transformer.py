@@ -175,7 +175,7 @@ def test_rotated_ffn_inputs_run_int8_and_stay_faithful(tiny_bert, sentences, tmp
     served = [s["reason"].split("'s input")[0][len("Hadamard rotation of "):] for s in rotations]
     assert len(served) == 2 and all(n.endswith("/output/MatMul") for n in served), served
     assert all(s["macs"] > 0 for s in rotations), rotations
-    assert any(n.startswith("rotation: the inputs of 2 FFN") for n in report["notes"])
+    assert any(n.startswith("rotation: the inputs of 2 of 2 FFN") for n in report["notes"])
     rows = {row["name"]: row for row in report["layers"]}
     for name in served:
         row = rows[name]
@@ -184,3 +184,38 @@ def test_rotated_ffn_inputs_run_int8_and_stay_faithful(tiny_bert, sentences, tmp
     assert result["cosine_mean"] > 0.98, result
     with pytest.raises(UserError, match="--rotate"):
         QuantConfig(rotate="all").validate()
+
+
+def test_rotate_auto_rotates_only_the_ffn_input_with_outlier_channels(tmp_path):
+    """--rotate auto (the default) rotates an FFN input whose channels hold outliers (three of
+    layer 0's hidden units scaled up 30x, their output weights down as much: the same function)
+    and leaves the other layer's, whose channels are alike; --rotate off rotates none."""
+    import torch
+
+    import minilm
+
+    torch.manual_seed(0)
+    cfg = minilm.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=32)
+    model = minilm.sentence_encoder(cfg).eval()
+    with torch.no_grad():
+        inter, out = model.layers[0].intermediate, model.layers[0].output
+        inter.weight[:3] *= 30.0
+        inter.bias[:3] = inter.bias[:3] * 30.0 + 30.0  # GELU(30 z + 30) ~ 30 GELU(z + 1)...
+        out.weight[:, :3] /= 30.0                      # ...read back at 1/30: about as before
+    ids = torch.randint(0, VOCAB, (1, L))
+    path = tmp_path / "outliers.pt"
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(model, (ids, torch.ones(1, L, dtype=torch.int64))),
+                       str(path))
+    for rotate, want in (("auto", 1), ("off", 0)):
+        art = rexdeploy.build(str(path), INPUTS, output=str(tmp_path / rotate), quiet=True,
+                              config=BuildConfig(quant=QuantConfig(rotate=rotate)))
+        report = art.report()
+        served = [s["reason"].split("'s input")[0][len("Hadamard rotation of "):]
+                  for s in report["skipped"] if "Hadamard rotation" in s["reason"]]
+        assert len(served) == want and all(n.endswith("0/output/MatMul") for n in served), \
+            (rotate, served)
+        said = [n for n in report["notes"] if n.startswith("rotation: the inputs of 1 of 2")]
+        assert len(said) == want and all("--rotate auto: outlier ratios" in n for n in said)

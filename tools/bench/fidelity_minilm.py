@@ -40,6 +40,7 @@ FFN_IN = tuple(f"/layers.{i}/intermediate/MatMul" for i in range(6))
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 data-free (default)", {}),
     ("rexdeploy W8A8 data-free, FFN inputs rotated (--rotate ffn)", {"rotate": "ffn"}),
+    ("rexdeploy W8A8 data-free, no rotation (--rotate off)", {"rotate": "off"}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
     ("rexdeploy W8A8 data-free, migration on every input (--smooth all)", {"smooth": "all"}),
     # the attention MatMuls (default --attention scores: Q x K^T int8, P x V float)
@@ -119,6 +120,7 @@ CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for labe
 PARAPHRASE_CONFIGS = [
     ("rexdeploy W8A8 data-free (default)", {}),
     ("rexdeploy W8A8 data-free, FFN inputs rotated (--rotate ffn)", {"rotate": "ffn"}),
+    ("rexdeploy W8A8 data-free, no rotation (--rotate off)", {"rotate": "off"}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),
     ("rexdeploy W4 weight-only, K=1", {"weights": "int4", "activations": "none"}),
