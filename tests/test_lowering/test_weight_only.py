@@ -197,6 +197,7 @@ def test_block_size_zero_asks_for_a_scale_per_channel():
     assert weight(None, "int8") == ("channel", None)
 
 
+@pytest.mark.cpuid_kernels
 @pytest.mark.openvino
 def test_blocks_apply_to_matmul_weights_and_convolutions_keep_channels(tmp_path):
     """A 4-bit weight-only CNN with a Linear head: its Gemm takes the default blocks of 32, its
