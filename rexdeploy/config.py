@@ -254,7 +254,7 @@ class ActivationConfig:
     # block Hadamard rotation of the inputs of FFN output Linears (GELU/SiLU outputs;
     # rexdeploy/passes/rotate.py), exact in float, with int8 activations: ffn rotates them all,
     # auto the most outlier-heavy (rexdeploy.planning.stage.ROTATE_SHARE; all six cost MiniLM
-    # 9-17 % latency, its four worst 5 %), off none
+    # 9-17 % latency, its four worst 6 %), off none
     rotate: Rotate = "auto"
 
     def validate(self) -> None:

@@ -43,7 +43,7 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
 # median one, on the build's synthetic inputs) is at least this share of the worst one's: the
 # layers where rotation pays, at a fraction of the latency of rotating all. all-MiniLM-L6-v2
 # (random tokens: 20.3, 20.9, 17.1, 13.2, 5.1, 4.0) rotates 4 of 6: W8A8 mean cosine 0.9952 ->
-# 0.9984 at 1.05x the latency, against 0.9988 at 1.09x for all six (docs/benchmarks.md)
+# 0.9984 at 1.06x the latency, against 0.9988 at 1.14x for all six (docs/benchmarks.md)
 ROTATE_SHARE = 0.5
 
 

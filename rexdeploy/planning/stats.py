@@ -337,14 +337,23 @@ def _product(node: ir.Node, inputs: list[TensorStats | None], stats: dict[str, T
             if np.any(factor == 0):
                 return None
             factor = 1.0 / factor
-        return _pointwise(s, lambda x, f=factor.reshape(-1, 1) if factor.size > 1 else factor:
-                          x * f, sigma)
+        return _scaled(s, factor)
     if node.op_type == "Mul":
         for x, gate in ((a, b), (b, a)):
             fn = _chain(gate, x)
             if fn is not None and stats.get(x.name) is not None:
                 return _pointwise(stats[x.name], lambda t, g=fn: t * g(t), sigma)
     return None
+
+
+def _scaled(s: TensorStats, factor: np.ndarray) -> TensorStats:
+    """The statistics of the tensor times `factor` (one value, or one per channel): exact."""
+    c_lo, c_hi = s.extent if s.extent is not None else (None, None)
+    extent = None if c_lo is None else (np.minimum(c_lo * factor, c_hi * factor),
+                                        np.maximum(c_lo * factor, c_hi * factor))
+    lo, hi = s.lo * factor, s.hi * factor
+    return TensorStats(s.mean * factor, s.var * factor ** 2, float(np.min(np.minimum(lo, hi))),
+                       float(np.max(np.maximum(lo, hi))), s.roots, s.through_conv, extent)
 
 
 def _per_channel(const: np.ndarray, tensor: ir.Value, size: int) -> bool:
