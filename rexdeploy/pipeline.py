@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from rexdeploy import __version__
 from rexdeploy.artifact import ArtifactWriter
 from rexdeploy.config import BuildConfig
-from rexdeploy.evaluate.device_check import overflow_note, record
+from rexdeploy.evaluate.device_check import low_fidelity_hint, overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
@@ -182,9 +182,13 @@ def _compile(float_model, plan, layers, notes: list[str], config: BuildConfig,
     report["summary"]["float_precision"] = config.float_dtype
     _mark_centred(report, centred_tensors(qdq))
     files = {"onnx": "model.onnx", **result.files}
-    record(report, plan, isa, config, _device_check(
-        config, isa, writer, [{"files": files, "weight": 1.0}], float_model, loaded, log,
-        result))
+    checked = _device_check(config, isa, writer, [{"files": files, "weight": 1.0}],
+                            float_model, loaded, log, result)
+    record(report, plan, isa, config, checked)
+    hint = low_fidelity_hint(checked, config.quant)
+    if hint:
+        report["notes"].append(hint)
+        log.note(hint)
     writer.write_json("report.json", report, "report")
     return BuildStages(loaded, specs, config, plan, result, report,
                        tuple(o.name for o in qdq.graph.outputs), dict(log.seconds),

@@ -1,0 +1,33 @@
+"""A build whose own device check reads its output far from float says what to try; a faithful
+one, or one that already spends a budget, does not."""
+
+import pytest
+
+import rexdeploy
+from rexdeploy.config import BuildConfig, QuantConfig
+from rexdeploy.evaluate.device_check import LOW_FIDELITY_DB
+from tiny_models import tiny_cnn
+
+
+def _hints(art) -> list[str]:
+    return [n for n in art.report()["notes"] if "--budget 1.5 --mixed-precision all" in n]
+
+
+@pytest.mark.openvino
+def test_a_build_far_from_float_suggests_the_budget(tmp_path):
+    model = tiny_cnn()
+    # ranges of half a standard deviation clip most activations: far from float
+    clipped = rexdeploy.build(model, ["input:1x3x32x32"], quiet=True,
+                              output=str(tmp_path / "clipped"),
+                              config=BuildConfig(quant=QuantConfig(range_sigma=0.5)))
+    db = min(o["reference_db"] for o in clipped.report()["device_check"]["outputs"].values())
+    assert db < LOW_FIDELITY_DB
+    assert len(_hints(clipped)) == 1 and f"{db:.1f} dB" in _hints(clipped)[0]
+    default = rexdeploy.build(model, ["input:1x3x32x32"], quiet=True,
+                              output=str(tmp_path / "default"))
+    ok = min(o["reference_db"] for o in default.report()["device_check"]["outputs"].values())
+    assert ok >= LOW_FIDELITY_DB and not _hints(default)
+    spent = rexdeploy.build(model, ["input:1x3x32x32"], quiet=True,
+                            output=str(tmp_path / "budget"),
+                            config=BuildConfig(quant=QuantConfig(range_sigma=0.5, budget=1.5)))
+    assert not _hints(spent)  # the user already spends a budget
