@@ -104,8 +104,8 @@ class WeightConfig:
     operator: Operator = "uniform"      # uniform grid, or PowerQuant's power operator (a lookup
                                         # table per layer; runs in float)
     # scales per output channel, per tensor, per block of input columns (MatMul/Gemm weights;
-    # a convolution keeps per-channel scales); auto: blocks of AUTO_BLOCK for the 4-bit weights
-    # of a weight-only build, per channel otherwise (rexdeploy/resolve.py)
+    # a convolution keeps per-channel scales); auto: blocks of AUTO_BLOCK for 4-bit weights
+    # where the target keeps them INT4, per channel otherwise (rexdeploy/resolve.py)
     granularity: Granularity = "auto"
     block_size: int | None = None       # input columns per block (granularity="block")
     clip_search: bool = False           # MSE-optimal weight clip instead of max-abs

@@ -114,10 +114,11 @@ _WEIGHTS = section(
     click.option("--block-size", type=click.IntRange(0), metavar="G",
                  help="Per-block weight scales over G input columns (e.g. 32, 64, 128) instead of "
                       "per output channel, on MatMul/Gemm weights (convolutions keep a scale per "
-                      "channel); 0: per output channel. Default: blocks of 32 for the 4-bit "
-                      "weights of a weight-only build (--weights int4 with float activations: "
-                      "all-MiniLM-L6-v2 mean cosine 0.945 per channel, 0.975 per block of 32; "
-                      "TensorRT's INT4 MatMul/Gemm weights need blocks), per channel otherwise."),
+                      "channel); 0: per output channel. Default: blocks of 32 for 4-bit weights "
+                      "(all-MiniLM-L6-v2 mean cosine, weight-only 0.945 per channel -> 0.975, "
+                      "W4A8 0.881 -> 0.962; TensorRT's INT4 MatMul/Gemm weights need blocks), "
+                      "except W4A8 for TensorRT (its INT4 is weight-only) and 8-bit weights: "
+                      "per channel."),
     click.option("--clip-search", is_flag=True, help="MSE-optimal weight clipping per channel."),
     field_option("--weight-balance",
                  help="Balance the weight columns of MatMul/Gemm layers whose input stays float "

@@ -283,17 +283,18 @@ def _expand(layer: LayerInfo, stats: dict[str, TensorStats], observed: dict[str,
 
 def layer_weights(layer: LayerInfo, config: QuantConfig) -> QuantConfig:
     """The config one layer's weights are quantized under. Per-block scales apply to the 2-D
-    weights of MatMul/Gemm: a convolution keeps per-channel scales (OpenVINO's ONNX frontend
-    refuses a blocked DequantizeLinear on a convolution's weight, and TensorRT takes INT4 blocks
-    on MatMul/Gemm weights alone). "auto" (a config no build resolved) as the build resolves
-    it."""
+    4-bit weights of MatMul/Gemm: a convolution keeps per-channel scales (OpenVINO's ONNX
+    frontend refuses a blocked DequantizeLinear on a convolution's weight, and TensorRT takes
+    INT4 blocks on MatMul/Gemm weights alone), and so do 8-bit weights (a layer --mixed-precision
+    raised: TensorRT takes block quantization with INT4 only). "auto" (a config no build
+    resolved) as the build resolves it for a target that keeps no INT4 beside int8 inputs."""
     from rexdeploy.resolve import weight_granularity
 
     resolved = weight_granularity(config)
     if resolved:
         config = config.with_(**resolved)
-    if config.granularity == "block" and (layer.op not in ("MatMul", "Gemm")
-                                          or layer.weight_array.ndim != 2):
+    if config.granularity == "block" and (layer.op not in ("MatMul", "Gemm") or
+                                          layer.weight_array.ndim != 2 or config.weight_bits > 4):
         return config.with_(granularity="channel", block_size=None)
     return config
 

@@ -18,7 +18,8 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
     int8 activations with per-channel weight scales; the note saying what it did, None when
     it changed nothing."""
     q = config.quant
-    if q.equalize == "off" or q.activations != "int8" or q.granularity != "channel":
+    # (convolutions keep per-channel weight scales under any granularity but "tensor")
+    if q.equalize == "off" or q.activations != "int8" or q.granularity == "tensor":
         return None
     from rexdeploy.passes.equalize import equalize_depthwise
     from rexdeploy.planning.quantize import use_stats

@@ -83,9 +83,13 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
     # 4-bit weights, int8 activations (issue 22's W4A8 transformer build)
     ("rexdeploy W4A8 data-free", {"weights": "int4"}),
+    ("rexdeploy W4A8 data-free, per channel (--block-size 0)",
+     {"weights": "int4", "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, FFN inputs rotated (--rotate ffn)",
      {"weights": "int4", "rotate": "ffn"}),
     ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8 data-free, REx K=2, per channel (--block-size 0)",
+     {"weights": "int4", "orders": 2, "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated (--rotate ffn)",
      {"weights": "int4", "orders": 2, "rotate": "ffn"}),
     # Bias correction's input means come from random tokens here (no BatchNorm to read them
@@ -139,7 +143,11 @@ PARAPHRASE_CONFIGS = [
     ("rexdeploy W4 weight-only, REx K=2, unbalanced (--weight-balance off)",
      {"weights": "int4", "activations": "none", "orders": 2, "weight_balance": "off"}),
     ("rexdeploy W4A8 data-free", {"weights": "int4"}),
+    ("rexdeploy W4A8 data-free, per channel (--block-size 0)",
+     {"weights": "int4", "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8 data-free, REx K=2, per channel (--block-size 0)",
+     {"weights": "int4", "orders": 2, "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated (--rotate ffn)",
      {"weights": "int4", "orders": 2, "rotate": "ffn"}),
 ]
