@@ -13,20 +13,25 @@ from rexdeploy.planning.stats import propagate_stats
 from tiny_models import TinyCNN, tiny_mlp
 
 
-def _calibrated_cnn(seed=0):
-    """TinyCNN whose BN running statistics are the real statistics of N(0,1) inputs."""
-    torch.manual_seed(seed)
-    m = TinyCNN()
+def _calibrated(m, shape, gamma=(0.5, 1.5), beta=0.3):
+    """`m` with BN running statistics that are the real statistics of N(0,1) inputs of
+    `shape` (BN scales uniform in `gamma`, shifts N(0, beta^2))."""
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.momentum = None  # cumulative average
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.normal_(0, 0.3)
+            mod.weight.data.uniform_(*gamma)
+            mod.bias.data.normal_(0, beta)
     m.train()
     with torch.no_grad():
         for _ in range(20):
-            m(torch.randn(16, 3, 32, 32))
+            m(torch.randn(16, *shape))
     return m.eval()
+
+
+def _calibrated_cnn(seed=0):
+    """TinyCNN whose BN running statistics are the real statistics of N(0,1) inputs."""
+    torch.manual_seed(seed)
+    return _calibrated(TinyCNN(), (3, 32, 32))
 
 
 def _export(model, shape):
@@ -153,16 +158,8 @@ class _Gates(torch.nn.Module):
 @pytest.fixture(scope="module")
 def gates():
     torch.manual_seed(0)
-    m = _Gates()
-    for bn in m.bns:
-        bn.momentum = None
-        bn.weight.data.uniform_(0.5, 2.0)
-        bn.bias.data.normal_(0, 1.0)
-    m.train()
-    with torch.no_grad():
-        for _ in range(20):
-            m(torch.randn(16, 3, 16, 16))
-    model = _export(m.eval(), (1, 3, 16, 16))
+    model = _export(_calibrated(_Gates(), (3, 16, 16), gamma=(0.5, 2.0), beta=1.0),
+                    (1, 3, 16, 16))
     rng = np.random.default_rng(0)
     samples = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
                for _ in range(16)]
