@@ -88,7 +88,8 @@ def _outlier_heavy(float_model, found: list, config: BuildConfig, loaded, log: S
     samples, what, natural = _range_samples(float_model, config, loaded, log)
     names = [node.inputs[0].name for node in found]
     observed = observe(float_model, names, samples, natural=natural)
-    ratios = [outlier_ratio(observed[n].channel_absmax) for n in names]
+    ratios = [0.0 if observed[n].channel_absmax is None else
+              outlier_ratio(observed[n].channel_absmax) for n in names]
     floor = max(OUTLIER_RATIO, ROTATE_SHARE * max(ratios))
     chosen = [node for node, r in zip(found, ratios) if r >= floor]
     return chosen, (f" (--rotate auto: outlier ratios {', '.join(f'{r:.0f}' for r in ratios)} "
