@@ -50,6 +50,17 @@ def _device_check(config: BuildConfig, isa, writer: ArtifactWriter, members: lis
                     deferred=result.info.get("engine") == "deferred")
 
 
+def _record_check(report: dict, plan, isa, config: BuildConfig, log: StageLog,
+                  checked: dict) -> None:
+    """The device check into the report, and the note on what to try when it reads the output
+    far from float (rexdeploy.evaluate.device_check.low_fidelity_hint)."""
+    record(report, plan, isa, config, checked)
+    hint = low_fidelity_hint(checked, config.quant)
+    if hint:
+        report["notes"].append(hint)
+        log.note(hint)
+
+
 def import_heavy() -> None:
     """Import torch and onnx before the first file is written. A Ctrl-C that lands inside
     `import torch` leaves it half-initialised, and the process can then crash (SIGSEGV) instead
@@ -182,13 +193,9 @@ def _compile(float_model, plan, layers, notes: list[str], config: BuildConfig,
     report["summary"]["float_precision"] = config.float_dtype
     _mark_centred(report, centred_tensors(qdq))
     files = {"onnx": "model.onnx", **result.files}
-    checked = _device_check(config, isa, writer, [{"files": files, "weight": 1.0}],
-                            float_model, loaded, log, result)
-    record(report, plan, isa, config, checked)
-    hint = low_fidelity_hint(checked, config.quant)
-    if hint:
-        report["notes"].append(hint)
-        log.note(hint)
+    _record_check(report, plan, isa, config, log, _device_check(
+        config, isa, writer, [{"files": files, "weight": 1.0}], float_model, loaded, log,
+        result))
     writer.write_json("report.json", report, "report")
     return BuildStages(loaded, specs, config, plan, result, report,
                        tuple(o.name for o in qdq.graph.outputs), dict(log.seconds),
@@ -382,7 +389,7 @@ def _build_ensemble(float_model, plan, ensemble, layers, notes, config: BuildCon
                    for mp in member_plans]
     report["summary"]["bops_ratio"] = round(sum(member_bops), 4)
     report["summary"]["bops_ratio_members"] = [round(b, 4) for b in member_bops]
-    record(report, plan, isa, config, _device_check(
+    _record_check(report, plan, isa, config, log, _device_check(
         config, isa, writer, [{"files": e["files"], "weight": e["weight"]} for e in entries],
         float_model, loaded, log, results[0]))
     writer.write_json("report.json", report, "report")

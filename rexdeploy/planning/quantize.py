@@ -18,6 +18,7 @@ from rexdeploy.planning.analyze import LayerInfo
 from rexdeploy.config import CALIB_RANGES, QuantConfig
 from rexdeploy.planning.observe import Observed
 from rexdeploy.planning.stats import TensorStats
+from rexdeploy.resolve import weight_granularity
 
 if TYPE_CHECKING:
     import torch
@@ -288,8 +289,6 @@ def layer_weights(layer: LayerInfo, config: QuantConfig) -> QuantConfig:
     INT4 blocks on MatMul/Gemm weights alone), and so do 8-bit weights (a layer --mixed-precision
     raised: TensorRT takes block quantization with INT4 only). "auto" (a config no build
     resolved) as the build resolves it for a target that keeps no INT4 beside int8 inputs."""
-    from rexdeploy.resolve import weight_granularity
-
     resolved = weight_granularity(config)
     if resolved:
         config = config.with_(**resolved)

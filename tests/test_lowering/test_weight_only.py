@@ -180,7 +180,7 @@ def test_cli_flags_reach_the_config(block_file, tmp_path):
 
 
 def test_block_size_zero_asks_for_a_scale_per_channel():
-    from rexdeploy.cli.build import build_config
+    from rexdeploy.cli.build import build, build_config
     from rexdeploy.resolve import for_target
 
     def weight(block_size, weights="int4"):
@@ -190,7 +190,6 @@ def test_block_size_zero_asks_for_a_scale_per_channel():
         config = for_target(build_config(ctx.params)).config.quant
         return config.granularity, config.block_size
 
-    from rexdeploy.cli.build import build
     assert weight(None) == ("block", 32)  # the 4-bit weight-only default
     assert weight(0) == ("channel", None)
     assert weight(64) == ("block", 64)
