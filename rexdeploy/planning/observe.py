@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from rexdeploy.planning.analyze import COMPUTE_OPS
-from rexdeploy.planning.stats import Extremes
+from rexdeploy.planning.stats import Extremes, clip_bounds
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +61,16 @@ class Observed(Extremes):
 # 30.5 widened)
 NATURAL_MARGIN = 1.25
 
+# ...but not past TYPICAL_SPREAD times the median over the images of each image's largest |x|:
+# a deep CNN's activations are heavy-tailed across images too, and one image's outlier set the
+# range. MobileNetV2 from torch.onnx.export: the stream after block 16 reached 22.0 on one of
+# the 64 images, 2.1 on the median one (the 50 real photos: 34.1 and 1.9; its BatchNorm
+# statistics say 2.5), and the logits read 17.3 dB on the photos (TorchScript, with its
+# BatchNorm: 20.5). Capped at 1.5 / 2 / 2.5 / 3 / 4 times the median: 19.8 / 20.0 / 19.7 /
+# 19.5 / 19.2 dB, EfficientNet-Lite0 from torch.onnx.export 23.1 / 23.7 (none capped, as at
+# any factor from 2) (docs/benchmarks.md, "Ranges from natural images: bounds and typical images")
+TYPICAL_SPREAD = 2.0
+
 # A user's real samples (--calib) give each tensor's extremes as the quantiles at TAIL and
 # 1 - TAIL of all its values over the samples, not the min and max: a deep CNN's activations
 # are heavy-tailed (MobileNetV2's stream after block 16: median channel kurtosis 55), and ranges
@@ -89,7 +99,7 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
     proto = with_outputs(ir.to_proto(model), names, copy=False)
     session = ort_session(proto.SerializeToString(), "the float model with its tensors marked",
                           threads=threads)
-    acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None] for n in names}
+    acc: dict[str, list] = {n: [np.inf, -np.inf, None, 0, None, []] for n in names}
     tails = {n: _Tails(tail, len(samples)) for n in names} if tail else {}
     for feeds in samples:
         outs = session.run(names, feeds)
@@ -106,17 +116,69 @@ def observe(model: ir.Model, names: list[str], samples: list[dict[str, np.ndarra
             a[3] += 1
             cmax = _channel_absmax(x)
             a[4] = cmax if a[4] is None else np.maximum(a[4], cmax)
+            a[5].append(float(np.abs(x).max()))
+    return _observed(model, acc, tails, natural)
+
+
+def _observed(model: ir.Model, acc: dict[str, list], tails: dict, natural: bool
+              ) -> dict[str, Observed]:
+    """observe()'s accumulators as Observed: natural images' extremes widened, within the
+    op's hard bounds and, where one image reached far past the others, TYPICAL_SPREAD times
+    the median image's maximum."""
     rectified = {v.name for node in model.graph if node.op_type in RECTIFIERS
                  for v in node.outputs if v is not None}
     deep = _after_compute(model) if natural else set()
+    bounds = hard_bounds(model)
     out = {}
     for n, a in acc.items():
         m = NATURAL_MARGIN if n in deep else 1.0  # the input's own range the images span
         lo, hi = tails[n].quantiles() if tails else (a[0], a[1])
-        out[n] = Observed(lo * m, hi * m, a[2] / a[3], None if a[4] is None else a[4] * m,
+        # never widened past what the op can produce (a ReLU6 output's 6): EfficientNet-Lite0
+        # from torch.onnx.export had 31 ReLU6 outputs at range 7.5, 25 % coarser for nothing
+        b = bounds.get(n, (-np.inf, np.inf))
+        if n in deep:
+            cap = TYPICAL_SPREAD * float(np.median(a[5]))
+            b = (max(b[0], -cap), min(b[1], cap))
+        out[n] = Observed(*_within((lo * m, hi * m), b), a[2] / a[3],
+                          None if a[4] is None else np.minimum(a[4] * m, max(map(abs, b))),
                           n in deep, n in rectified,
-                          (a[0] * m, a[1] * m) if tails else None)
+                          _within((a[0] * m, a[1] * m), b) if tails else None)
     return out
+
+
+def _within(pair: tuple[float, float], bounds: tuple[float, float]) -> tuple[float, float]:
+    return (float(np.clip(pair[0], *bounds)), float(np.clip(pair[1], *bounds)))
+
+
+# ops whose output lies within fixed bounds, and ops whose output lies within their first input's
+_BOUNDED = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0),
+            "Tanh": (-1.0, 1.0), "Relu": (0.0, np.inf)}
+_WITHIN_INPUT = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape",
+                 "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Split")
+
+
+def hard_bounds(model: ir.Model) -> dict[str, tuple[float, float]]:
+    """value name -> (lo, hi) that its values cannot leave whatever the input: outputs of
+    Clip with constant bounds, ReLU, Sigmoid, HardSigmoid, Softmax and Tanh, and what pooling and
+    reshaping ops make of them (a Concat of bounded inputs too)."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for node in model.graph:  # topological order
+        ins = [bounds.get(v.name) if v is not None else None for v in node.inputs]
+        if node.op_type == "Clip":
+            lo, hi = clip_bounds(node)
+            inner = ins[0] or (-np.inf, np.inf)
+            b = (max(inner[0], -np.inf if lo is None else lo),
+                 min(inner[1], np.inf if hi is None else hi))
+        elif node.op_type in _BOUNDED:
+            b = _BOUNDED[node.op_type]
+        elif node.op_type in _WITHIN_INPUT and ins and ins[0] is not None:
+            b = ins[0]
+        elif node.op_type == "Concat" and ins and all(i is not None for i in ins):
+            b = (min(i[0] for i in ins), max(i[1] for i in ins))
+        else:
+            continue
+        bounds.update({v.name: b for v in node.outputs if v is not None})
+    return bounds
 
 
 class _Tails:

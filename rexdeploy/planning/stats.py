@@ -130,7 +130,7 @@ def _visit(node: ir.Node, stats: dict[str, TensorStats], sigma: float) -> None:
     if op in _PASS_THROUGH and first is not None:
         result = _reshaped(first, _channels(out))
     elif op in ("Relu", "Clip") and first is not None:
-        lo, hi = (0.0, None) if op == "Relu" else _clip_bounds(node)
+        lo, hi = (0.0, None) if op == "Relu" else clip_bounds(node)
         result = _clipped(first, lo, hi, sigma)
     elif op == "Pad" and first is not None:
         result = TensorStats(first.mean, first.var, min(first.lo, 0.0), max(first.hi, 0.0),
@@ -390,7 +390,7 @@ def _step(node: ir.Node):
     if op == "Relu":
         return (lambda x: np.maximum(x, 0.0)), node.inputs[0]
     if op == "Clip":
-        lo, hi = _clip_bounds(node)
+        lo, hi = clip_bounds(node)
         low, high = -np.inf if lo is None else lo, np.inf if hi is None else hi
         return (lambda x: np.clip(x, low, high)), node.inputs[0]
     if op in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2:
@@ -433,7 +433,7 @@ def _reshaped(s: TensorStats, channels: int) -> TensorStats:
     return TensorStats(mean, var, s.lo, s.hi, s.roots, s.through_conv, extent)
 
 
-def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
+def clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
     bounds = []
     for i in (1, 2):
         v = node.inputs[i] if len(node.inputs) > i else None

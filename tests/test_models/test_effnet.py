@@ -134,9 +134,10 @@ def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_pat
 def test_folded_batchnorm_export_stays_close_to_the_torchscript_build(effnet, effnet_model,
                                                                      tmp_path):
     """The same model from torch.onnx.export (BatchNorm folded into the convolutions: ranges
-    observed on natural synthetic images, no statistics) keeps within 2.5 dB of the TorchScript
-    build on the 20 labelled photos (1.3 dB apart on the 50 photos). Per-channel scales from
-    the images' channel maxima on its ReLU6 outputs once took it to 5.3 dB: none are used."""
+    observed on natural synthetic images, no statistics) keeps within 1 dB of the TorchScript
+    build on the 20 labelled photos (0.1 dB apart on the 50 photos; 1.1 dB while its ReLU6
+    outputs were widened past 6). Per-channel scales from the images' channel maxima on its
+    ReLU6 outputs once took it to 5.3 dB: none are used, and no ReLU6 range passes 6."""
     import warnings
 
     import torch
@@ -156,8 +157,9 @@ def test_folded_batchnorm_export_stays_close_to_the_torchscript_build(effnet, ef
                           config=rexdeploy.api.BuildConfig(quant=rexdeploy.api.QuantConfig(
                               input_ranges=(("input", -1.0, 1.0),))))
     report = art.report()
-    assert not any(a.get("per_channel") for a in report["activations"]
-                   if "Clip" in a["tensor"]), report["activations"]
+    relu6 = [a for a in report["activations"] if "Clip" in a["tensor"]]
+    assert relu6 and not any(a.get("per_channel") for a in relu6), relu6
+    assert max(a["range"] for a in relu6) <= 6.0, relu6
     folded = rexdeploy.compare(art.path, str(tmp_path / "photos"), quiet=True)["sqnr_db"]
     script = rexdeploy.compare(effnet.path, str(tmp_path / "photos"), quiet=True)["sqnr_db"]
-    assert folded >= script - 2.5 and folded >= 18, (folded, script)
+    assert folded >= script - 1.0 and folded >= 20, (folded, script)

@@ -1,5 +1,6 @@
 """Ranges observed on natural synthetic images: what a compute op made of them is widened by
-NATURAL_MARGIN and its channel means serve the bias correction; the input itself, moved and
+NATURAL_MARGIN (never past what the op can produce, nor past TYPICAL_SPREAD times the median
+image's maximum) and its channel means serve the bias correction; the input itself, moved and
 rescaled by elementwise ops, keeps its observed range and its means are not the data's."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rexdeploy.planning.observe import NATURAL_MARGIN, observe
+from rexdeploy.planning.observe import NATURAL_MARGIN, TYPICAL_SPREAD, hard_bounds, observe
 
 
 def _model() -> ir.Model:
@@ -46,6 +47,69 @@ def test_natural_observations_widen_only_what_a_compute_op_made():
                                    NATURAL_MARGIN * plain[name].channel_absmax, rtol=1e-6)
         np.testing.assert_allclose(natural[name].channel_mean, plain[name].channel_mean)
     assert natural["relu"].rectified and not natural["conv"].rectified
+
+
+def _bounded_model() -> ir.Model:
+    """x -> Conv 3x3 -> Clip(0, 6) (bounds cast, as torch exports them) -> GlobalAveragePool
+    -> Flatten, and Conv -> Sigmoid."""
+    w = np.full((2, 1, 3, 3), 1.0, np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.0), "lo64"),
+             numpy_helper.from_array(np.array(6.0), "hi64")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", pads=[1] * 4),
+             helper.make_node("Cast", ["lo64"], ["lo"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["hi64"], ["hi"], to=TensorProto.FLOAT),
+             helper.make_node("Clip", ["conv", "lo", "hi"], ["relu6"], name="clip"),
+             helper.make_node("GlobalAveragePool", ["relu6"], ["pooled"], name="gap"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("Sigmoid", ["conv"], ["gate"], name="sigmoid")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("gate", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_natural_ranges_are_never_widened_past_what_the_op_can_produce():
+    """A ReLU6 output the images drive to 6 stays at 6 (EfficientNet-Lite0 from
+    torch.onnx.export had 31 of them at 7.5: 22.6 dB on the photos, 23.7 since), and so does
+    what pooling and reshaping make of it; a Sigmoid stays within 1."""
+    model = _bounded_model()
+    assert hard_bounds(model) == {"relu6": (0.0, 6.0), "pooled": (0.0, 6.0),
+                                  "flat": (0.0, 6.0), "gate": (0.0, 1.0)}
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.uniform(0, 2, (1, 1, 8, 8)).astype(np.float32)} for _ in range(4)]
+    names = ["conv", "relu6", "pooled", "gate"]
+    plain = observe(model, names, samples)
+    natural = observe(model, names, samples, natural=True)
+    assert plain["relu6"].hi == pytest.approx(6.0) and plain["gate"].hi > 0.99
+    assert natural["conv"].hi == pytest.approx(NATURAL_MARGIN * plain["conv"].hi)
+    assert natural["relu6"].hi == pytest.approx(6.0)
+    assert np.all(natural["relu6"].channel_absmax <= 6.0)
+    assert natural["gate"].hi <= 1.0
+    # the pooled mean is widened, within the ReLU6's bound
+    assert plain["pooled"].hi < natural["pooled"].hi <= 6.0
+
+
+def test_one_images_outlier_does_not_set_a_natural_range():
+    """Where one image reaches far past the others (a deep CNN's heavy tails: MobileNetV2 from
+    torch.onnx.export 17.3 -> 19.9 dB on the photos), a natural range is at most
+    TYPICAL_SPREAD times the median image's maximum; plain and --calib observations keep it."""
+    model = _model()
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.uniform(0.4, 0.6, (1, 1, 8, 8)).astype(np.float32)} for _ in range(7)]
+    samples.append({"x": rng.uniform(-4, 4, (1, 1, 8, 8)).astype(np.float32)})
+    per_image = [float(np.abs(observe(model, ["conv"], [f])["conv"].bound)) for f in samples]
+    cap = TYPICAL_SPREAD * float(np.median(per_image))
+    plain = observe(model, ["conv"], samples)
+    natural = observe(model, ["conv"], samples, natural=True)
+    assert plain["conv"].bound == pytest.approx(max(per_image))
+    assert plain["conv"].bound > 2 * cap  # the outlier image
+    assert natural["conv"].bound == pytest.approx(cap)
+    assert np.max(natural["conv"].channel_absmax) == pytest.approx(cap)
+    # without an outlier the cap stays out of the way
+    calm = observe(model, ["conv"], samples[:7], natural=True)
+    assert calm["conv"].bound == pytest.approx(NATURAL_MARGIN * observe(
+        model, ["conv"], samples[:7])["conv"].bound)
 
 
 @pytest.mark.parametrize("tail", [1e-2, 1e-3])
