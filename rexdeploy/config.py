@@ -228,6 +228,12 @@ class ActivationConfig:
     # --preprocess, rexdeploy.inputs.Preprocess.pixel_step); its int8 scale is step where the
     # pixel codes fit the integer range, so quantizing the input loses nothing
     input_grid: tuple[tuple[str, float], ...] = ()
+    # (input name, steps, offsets): an image input normalised per channel, x_c = (p - offsets_c)
+    # * steps_c for 8-bit pixels p (--preprocess with ImageNet's mean and std); unless
+    # align_input is off, the first convolution reads it moved onto one grid where every pixel is
+    # an exact int8 code (rexdeploy/passes/align_input.py)
+    input_pixels: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...] = ()
+    align_input: bool = True
     bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
     unsigned: bool = True               # uint8 (zero-point 0) for non-negative tensors where the
                                         # target allows it (OpenVINO); TensorRT forces int8
@@ -395,6 +401,8 @@ class QuantConfig:
         a = q.activation  # JSON wrote the tuples as lists
         return q.with_(input_ranges=tuple(tuple(r) for r in a.input_ranges),
                        input_grid=tuple(tuple(r) for r in a.input_grid),
+                       input_pixels=tuple((n, tuple(st), tuple(of))
+                                          for n, st, of in a.input_pixels),
                        exclude=tuple(q.exclude))
 
     @property

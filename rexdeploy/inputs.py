@@ -67,6 +67,16 @@ class Preprocess:
             return None
         return abs(self.scale / self.std[0])
 
+    def channel_grid(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(steps, offsets) per channel, in the input's channel order: pixel p of channel c
+        gives (p - offsets_c) * steps_c."""
+        means, stds = _per_channel(self.mean), _per_channel(self.std)
+        return (tuple(self.scale / s for s in stds), tuple(m / self.scale for m in means))
+
+    def step_bound(self) -> float:
+        """The largest step of any channel's pixel grid."""
+        return max(abs(s) for s in self.channel_grid()[0])
+
     def __str__(self) -> str:
         parts = []
         if self.resize:

@@ -15,8 +15,8 @@ from rexdeploy.config import BuildConfig
 from rexdeploy.evaluate.device_check import low_fidelity_hint, overflow_note, record
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
-from rexdeploy.planning.stage import (equalize_ranges, natural_samples, plan_quantization,
-                                      range_statistics, rotate_ffn_inputs)
+from rexdeploy.planning.stage import (align_inputs, equalize_ranges, natural_samples,
+                                      plan_quantization, range_statistics, rotate_ffn_inputs)
 from rexdeploy.resolve import for_model
 
 
@@ -74,7 +74,7 @@ def run_pipeline(model, config: BuildConfig, writer: ArtifactWriter, log: StageL
                  backend, preprocess: str | None, isa) -> BuildStages:
     """Every stage of a build into `writer`; returns what the manifest and the summary need."""
     loaded, float_model, specs, config, stats = _front(model, config, writer, log, preprocess)
-    layers, skipped, rewrites = _analyze(float_model, stats, config, loaded, writer, log)
+    layers, skipped, rewrites, config = _analyze(float_model, stats, config, loaded, writer, log)
     plan, notes, ensemble = _plan(float_model, layers, skipped, stats, config, loaded, writer,
                                   log, isa, rewrites)
     if ensemble is not None:
@@ -111,16 +111,18 @@ def _front(model, config: BuildConfig, writer: ArtifactWriter, log: StageLog,
 
 def _analyze(float_model, stats: dict, config: BuildConfig, loaded, writer: ArtifactWriter,
              log: StageLog):
-    """The quantizable layers and the ones kept float, after range equalization and the FFN
-    inputs' rotation (which rewrite float.onnx); returns (layers, skipped, the notes of those
-    rewrites)."""
+    """The quantizable layers and the ones kept float, after the input's alignment, range
+    equalization and the FFN inputs' rotation (which rewrite float.onnx); returns (layers,
+    skipped, the notes of those rewrites, the config with the aligned inputs' grids)."""
     import onnx_ir as ir
 
     from rexdeploy.planning.analyze import find_layers
 
     with log.stage("analyze"):
         layers, skipped = find_layers(float_model, dict(config.dims))
-        rewrites = [n for n in (equalize_ranges(float_model, layers, stats, config, log),
+        aligned, config = align_inputs(float_model, stats, config, log)
+        rewrites = [n for n in (aligned,
+                                equalize_ranges(float_model, layers, stats, config, log),
                                 rotate_ffn_inputs(float_model, layers, config, loaded,
                                                   log)) if n]
         if rewrites:
@@ -129,7 +131,7 @@ def _analyze(float_model, stats: dict, config: BuildConfig, loaded, writer: Arti
             ir.save(float_model, writer.path("float.onnx", "float_onnx"))
     if not layers:
         log.note("no Conv/Gemm/MatMul with constant weights: nothing to quantize")
-    return layers, skipped, rewrites
+    return layers, skipped, rewrites, config
 
 
 def _plan(float_model, layers, skipped, stats: dict, config: BuildConfig, loaded,

@@ -184,6 +184,12 @@ _ACTIVATIONS = section(
                  help="Migration strength in [0, 1]: 0 keeps the activations' spread, 1 moves it "
                       "all into the weights."),
     click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction."),
+    click.option("--no-align-input", is_flag=True,
+                 help="Keep an image input normalised per channel (--preprocess with per-channel "
+                      "std or a mean between pixel levels, e.g. ImageNet's) as it is: one int8 "
+                      "scale then rounds every pixel. By default the first convolution reads it "
+                      "moved onto one grid where every pixel is an exact int8 code (exact in "
+                      "float; a Pad, Mul and Add on the input)."),
     field_option("--recurrent",
                  help="LSTM/GRU layers. float: kept float and listed. int8 (OpenVINO): weights "
                       "and input int8 on OpenVINO's int8 RNN kernel, faster (ddddocr's "
@@ -369,7 +375,7 @@ def build_config(o: dict):
     quant = QuantConfig(
         weights=weights, ensemble=o["ensemble"] or 0, exclude=tuple(o["exclude"]),
         block_size=o["block_size"] or None,
-        bias_correction=not o["no_bias_correction"],
+        bias_correction=not o["no_bias_correction"], align_input=not o["no_align_input"],
         input_ranges=tuple(parse_range(r) for r in o["input_ranges"]),
         granularity="block" if o["block_size"] else "channel" if o["block_size"] == 0
         else "auto",

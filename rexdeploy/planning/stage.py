@@ -40,6 +40,40 @@ def equalize_ranges(float_model, layers, stats: dict, config: BuildConfig, log: 
     return note
 
 
+def align_inputs(float_model, stats: dict, config: BuildConfig, log: StageLog
+                 ) -> tuple[str | None, BuildConfig]:
+    """The image inputs normalised per channel (QuantConfig.input_pixels) moved onto one int8
+    grid before the convolution that reads them (rexdeploy/passes/align_input.py): the note
+    saying what it did (None when nothing) and the config with the aligned tensors' grids."""
+    import numpy as np
+
+    from rexdeploy.passes.align_input import ZERO, align_input, alignable
+    from rexdeploy.planning.stats import TensorStats
+
+    q = config.quant
+    if not (q.input_pixels and q.align_input and q.activations == "int8"):
+        return None, config
+    grids, done = [], []
+    for name, steps, offsets in q.input_pixels:
+        conv = alignable(float_model, name, len(steps))
+        if conv is None or conv.name in set(q.exclude):
+            continue
+        aligned, step = align_input(float_model, conv, steps, offsets)
+        # the pixels' codes p - ZERO, uniform over the 256 levels
+        stats[aligned] = TensorStats(np.zeros(1), np.full(1, (256 * step) ** 2 / 12.0),
+                                     -ZERO * step, (255 - ZERO) * step, frozenset({"input"}))
+        grids.append((aligned, step))
+        done.append(f"{name!r} (read by {conv.name})")
+    if not done:
+        return None, config
+    note = (f"input alignment: {', '.join(done)} normalised per channel by --preprocess, moved "
+            f"onto one int8 grid (x' = a x + d per channel, exact in float, the convolution "
+            f"takes 1/a): every pixel is an exact int8 code, the padding ring the one rounded "
+            f"value (--no-align-input: one scale rounds every pixel)")
+    log.note(note)
+    return note, replace(config, quant=q.with_(input_grid=q.input_grid + tuple(grids)))
+
+
 # --rotate auto rotates the FFN inputs whose outlier ratio (largest channel maximum over the
 # median one, on the build's synthetic inputs) is at least this share of the worst one's: the
 # layers where rotation pays, at a fraction of the latency of rotating all. all-MiniLM-L6-v2

@@ -91,6 +91,7 @@ ISSUE2_BUILD = "rexdeploy W8A8, REx budget 1.15, mixed activations, time budget"
 # switched off, and the wider builds
 MOBILENET_CONFIGS = [
     ("rexdeploy W8A8 (default)", {}),
+    ("rexdeploy W8A8, input not aligned", {"align_input": False}),
     ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),
     ("rexdeploy W8A8, no depthwise equalization", {"equalize": "off"}),
     ("rexdeploy W8A8, per-tensor depthwise inputs, no equalization",

@@ -196,6 +196,10 @@ MODELS = {  # key: (file, --input, input range, feeds, metric, label)
 }
 
 
+# how an image model's pixels are normalised (--preprocess), where the build can use it: the
+# detector's ImageNet std per channel (the input alignment puts every pixel on an int8 code)
+PREPROCESS = {"det": "scale=1/255," + IMAGENET[0]}
+
 # one level of the 8-bit image in each model's input units (tools/bench/wild_ceilings.py: the
 # float model's own noise floor, its inputs moved by up to half a level)
 PIXEL_LEVEL = {"det": 1 / 255 / np.array(IMAGENET[2], np.float32).reshape(1, 3, 1, 1),
@@ -246,6 +250,7 @@ def _rexdeploy_rows(key: str, out: str, feeds: list[dict], flag: str, quant: dic
     suffix = "" if not quant else "_" + "_".join(f"{k}{v}" for k, v in quant.items())
     art = rexdeploy.build(os.path.join(WILD, "models", file), [spec], force=True, quiet=True,
                           output=os.path.join(out, f"wild_{key}{suffix}.openvino"),
+                          preprocess=PREPROCESS.get(key),
                           config=BuildConfig(quant=QuantConfig(input_ranges=(rng,), **quant),
                                              dims=dims))
     build_s = time.perf_counter() - start

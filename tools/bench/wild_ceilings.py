@@ -53,6 +53,7 @@ def _build(key: str, out: str, tag: str, quant: dict):
     dims = wild.dims_for(key)
     return rexdeploy.build(os.path.join(wild.WILD, "models", file), [spec], force=True,
                            quiet=True, output=os.path.join(out, f"ceiling_{key}_{tag}"),
+                           preprocess=wild.PREPROCESS.get(key),
                            config=BuildConfig(target="reference", dims=dims,
                                               quant=QuantConfig(input_ranges=(rng,), **quant)))
 
