@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -251,8 +251,14 @@ def _add(node: ir.Node, inputs: list[TensorStats | None], sigma: float,
     if known is b and subtract:
         return None  # constant - tensor: rare, not worth a rule
     mean = known.mean + sign * shift
-    return _from_moments(mean, known.var * np.ones_like(mean), sigma, known.roots,
-                         known.through_conv)
+    moved = _from_moments(mean, known.var * np.ones_like(mean), sigma, known.roots,
+                          known.through_conv)
+    # the extent moves with the constant: where it is tighter than the moments' (an input's
+    # given range, uniform: mean +- 4 std reaches 2.3x past it), it stays. The Fashion-MNIST
+    # CNN's in-model (x - mean) / std read range 3.9 for the pixels' 2.0, and 37.1 dB fell to
+    # 26.5 while a missing rule had it observed instead
+    lo, hi = known.lo + float(np.min(sign * shift)), known.hi + float(np.max(sign * shift))
+    return replace(moved, lo=max(moved.lo, lo), hi=min(moved.hi, hi))
 
 
 def _concat(node: ir.Node, inputs: list[TensorStats | None], out: ir.Value) -> TensorStats | None:
