@@ -185,11 +185,11 @@ _ACTIVATIONS = section(
                       "all into the weights."),
     click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction."),
     click.option("--no-align-input", is_flag=True,
-                 help="Keep an image input normalised per channel (--preprocess with per-channel "
-                      "std or a mean between pixel levels, e.g. ImageNet's) as it is: one int8 "
-                      "scale then rounds every pixel. By default the first convolution reads it "
-                      "moved onto one grid where every pixel is an exact int8 code (exact in "
-                      "float; a Pad, Mul and Add on the input)."),
+                 help="Keep an image input normalised with a std per channel (--preprocess, e.g. "
+                      "ImageNet's) as it is: one int8 scale then rounds every pixel. By default "
+                      "the convolution that alone reads it reads it moved onto one grid where "
+                      "every pixel is an exact int8 code (exact in float; a Pad, Mul and Add on "
+                      "the input)."),
     field_option("--recurrent",
                  help="LSTM/GRU layers. float: kept float and listed. int8 (OpenVINO): weights "
                       "and input int8 on OpenVINO's int8 RNN kernel, faster (ddddocr's "

@@ -68,7 +68,8 @@ NATURAL_MARGIN = 1.25
 # statistics say 2.5), and the logits read 17.3 dB on the photos (TorchScript, with its
 # BatchNorm: 20.5). Capped at 1.5 / 2 / 2.5 / 3 / 4 times the median: 19.8 / 20.0 / 19.7 /
 # 19.5 / 19.2 dB, EfficientNet-Lite0 from torch.onnx.export 23.1 / 23.7 (none capped, as at
-# any factor from 2) (docs/benchmarks.md, "Ranges from natural images: bounds and typical images")
+# any factor from 2) (docs/benchmarks.md, "Ranges from natural images: within the op's bounds
+# and the typical image")
 TYPICAL_SPREAD = 2.0
 
 # A user's real samples (--calib) give each tensor's extremes as the quantiles at TAIL and

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rexdeploy.ort_session import session
+from rexdeploy.ort_session import session, with_outputs
 from rexdeploy.passes.align_input import ZERO, align_input, alignable
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -41,10 +41,7 @@ def _pixels(n: int = 3) -> list[np.ndarray]:
 
 
 def _run(model: ir.Model, x: np.ndarray, names=("y",)) -> list[np.ndarray]:
-    proto = ir.to_proto(model)
-    from rexdeploy.ort_session import with_outputs
-
-    proto = with_outputs(proto, list(names), copy=False)
+    proto = with_outputs(ir.to_proto(model), list(names), copy=False)
     return session(proto.SerializeToString(), "test").run(list(names), {"x": x})
 
 
