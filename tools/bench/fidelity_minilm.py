@@ -88,6 +88,9 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W4A8 data-free, FFN inputs rotated (--rotate ffn)",
      {"weights": "int4", "rotate": "ffn"}),
     ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    # second orders where the build's sensitivity says they pay, under a bit-operations budget
+    ("rexdeploy W4A8 data-free, --budget 1.25", {"weights": "int4", "budget": 1.25}),
+    ("rexdeploy W4A8 data-free, --budget 1.5", {"weights": "int4", "budget": 1.5}),
     ("rexdeploy W4A8 data-free, REx K=2, per channel (--block-size 0)",
      {"weights": "int4", "orders": 2, "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated (--rotate ffn)",
