@@ -60,22 +60,17 @@ class Preprocess:
         """The spacing of the values this spec gives, when every channel's lie on one grid of
         integer multiples of it: one std for all channels and mean / scale an integer, so pixel
         p gives (p - mean / scale) * step. None otherwise (e.g. ImageNet's per-channel std)."""
-        if len(set(self.std)) != 1 or self.std[0] < 0:
+        steps, offsets = self.channel_grid()
+        if len(set(steps)) != 1 or self.std[0] < 0 or \
+                any(abs(o - round(o)) > 1e-6 for o in offsets):
             return None
-        offsets = [m / self.scale for m in self.mean]
-        if any(abs(o - round(o)) > 1e-6 for o in offsets):
-            return None
-        return abs(self.scale / self.std[0])
+        return abs(steps[0])
 
     def channel_grid(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(steps, offsets) per channel, in the input's channel order: pixel p of channel c
         gives (p - offsets_c) * steps_c."""
         means, stds = _per_channel(self.mean), _per_channel(self.std)
         return (tuple(self.scale / s for s in stds), tuple(m / self.scale for m in means))
-
-    def step_bound(self) -> float:
-        """The largest step of any channel's pixel grid."""
-        return max(abs(s) for s in self.channel_grid()[0])
 
     def __str__(self) -> str:
         parts = []

@@ -138,21 +138,21 @@ def _pixel_input(config: BuildConfig, preprocess: str | None, log) -> BuildConfi
         q = q.with_(input_ranges=q.input_ranges + ((name, lo, hi),))
         log.note(f"value range of input {name!r} taken from --preprocess {preprocess}: "
                  f"{lo:.4g} to {hi:.4g}")
-    step = pre.pixel_step()
+    step, (steps, offsets) = pre.pixel_step(), pre.channel_grid()
     glo, ghi = given.get(name, (lo, hi))
     # a given range wider than the pixels' by more than a step says the input may hold other
     # values than these pixels: its scale then follows the range, not the grid
-    inside = glo >= lo - 1.001 * pre.step_bound() and ghi <= hi + 1.001 * pre.step_bound()
+    widest = max(abs(s) for s in steps)
+    inside = glo >= lo - 1.001 * widest and ghi <= hi + 1.001 * widest
     if step is not None and inside and name not in {n for n, _ in q.input_grid}:
         q = q.with_(input_grid=q.input_grid + ((name, step),))
-    elif step is None and inside and len(set(pre.channel_grid()[0])) > 1 \
+    elif step is None and inside and len(set(steps)) > 1 \
             and name not in {n for n, _, _ in q.input_pixels}:
         # channels on grids of different steps (ImageNet's std): one scale fits none of them.
         # Where only the offset is off the grid (mean 0.5, std 0.5: pixels at odd multiples of
         # half the step) the input stays as it is: aligning its pixels would take x = 0 off
         # the grid, and inputs padded with 0 after normalising (PP-OCRv4's text lines, as
         # RapidOCR feeds them) read worse (CTC exact match 0.62 -> 0.56)
-        steps, offsets = pre.channel_grid()
         q = q.with_(input_pixels=q.input_pixels + ((name, steps, offsets),))
     return replace(config, quant=q)
 

@@ -35,12 +35,10 @@ def alignable(model: ir.Model, name: str, channels: int) -> ir.Node | None:
         return None
     conv = value.uses()[0].node
     if conv.op_type != "Conv" or value.uses()[0].idx != 0 or len(conv.inputs) < 2 or \
-            _const(conv.inputs[1]) is None or \
             conv.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
     w = _const(conv.inputs[1])
-    groups = conv.attributes.get_int("group", 1)
-    if w.ndim != 4 or w.shape[1] * groups != channels:
+    if w is None or w.ndim != 4 or w.shape[1] * conv.attributes.get_int("group", 1) != channels:
         return None
     return conv
 
@@ -74,21 +72,19 @@ def align_input(model: ir.Model, conv: ir.Node, steps, offsets) -> tuple[str, fl
             per_channel).astype(np.float32))], outputs=[scaled], name=names.node(f"{base}/mul")),
         ir.Node("", "Add", [scaled, add_initializer(graph, names, f"{base}/shift", shift.reshape(
             per_channel).astype(np.float32))], outputs=[aligned], name=names.node(base))])
+    groups = conv.attributes.get_int("group", 1)
     w = _const(conv.inputs[1]).astype(np.float64)
-    w = w / _input_channel(scale, w.shape, conv.attributes.get_int("group", 1))
-    bias = _const(conv.inputs[2]).astype(np.float64) if len(conv.inputs) > 2 and \
-        conv.inputs[2] is not None else np.zeros(w.shape[0])
-    bias = bias - (w * _input_channel(shift, w.shape, conv.attributes.get_int("group", 1))
-                   ).sum(axis=(1, 2, 3))
+    w = w / _input_channel(scale, w.shape, groups)
+    has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
+    bias = _const(conv.inputs[2]).astype(np.float64) if has_bias else np.zeros(w.shape[0])
+    bias = bias - (w * _input_channel(shift, w.shape, groups)).sum(axis=(1, 2, 3))
     conv.replace_input_with(0, aligned)
     conv.replace_input_with(1, add_initializer(graph, names, f"{conv.inputs[1].name}/aligned",
                                                w.astype(np.float32)))
-    new_bias = add_initializer(graph, names, f"{base}/bias", bias.astype(np.float32))
-    if len(conv.inputs) > 2 and conv.inputs[2] is not None:
-        conv.replace_input_with(2, new_bias)
-    else:
+    if not has_bias:
         conv.resize_inputs(3)
-        conv.replace_input_with(2, new_bias)
+    conv.replace_input_with(2, add_initializer(graph, names, f"{base}/bias",
+                                               bias.astype(np.float32)))
     return aligned.name, step
 
 
