@@ -93,6 +93,7 @@ class TargetRules:
     defers: bool = False                 # builds without its runtime, the engine left to the device
     unavailable_hint: str | None = None  # the hint when the runtime is missing and it cannot defer
     unsigned_activations: bool = True    # non-negative activations may be uint8 (else signed only)
+    zero_point_activations: bool = False  # uint8 activations may carry a zero point
     centering: bool = False              # --centering applies (signed-only int8 activations)
     float16_graph: bool = False          # the float parts are written as float16 by default
     int4_weight_only: bool = False       # INT4 tensors only where a layer's input stays float

@@ -131,4 +131,5 @@ BACKEND = ReferenceBackend()
 RULES = TargetRules(device_check=False,  # the reference is the device
                     profile="none",      # ONNX Runtime is an oracle, not a deployment target
                     channel_activations=True,  # per-axis QuantizeLinear runs here
-                    int8_attention=True)  # as the OpenVINO build quantizes them
+                    int8_attention=True,  # as the OpenVINO build quantizes them
+                    zero_point_activations=True)

@@ -80,13 +80,14 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class ActivationPlan:
-    """Symmetric activation quantization (zero-point 0): per tensor, or per channel on the inputs
-    of depthwise convolutions (`channel_scale`)."""
+    """Activation quantization: symmetric (zero-point 0) per tensor, or per channel on the inputs
+    of depthwise convolutions (`channel_scale`); or, per tensor, uint8 with a zero point
+    (`zero_point`) for a tensor bounded below by a small negative value."""
 
     tensor: str        # ONNX value name
     scale: float       # real units per code step
     bits: int = 8
-    signed: bool = True  # False: uint8 [0, 255] with zero-point 0 (non-negative tensors)
+    signed: bool = True  # False: uint8 [0, 255] (non-negative tensors, or with a zero point)
     source: str = ""     # where the range came from: bn, ln, propagated, synthetic, input-range
     range: float = 0.0   # the clip value the scale was derived from
     # float32 [C] or None: the tensor is multiplied by this per channel (last axis) before it is
@@ -97,6 +98,9 @@ class ActivationPlan:
     # their largest; only on tensors read by depthwise convolutions alone, where channel c feeds
     # output channel c and the runtime folds the input's scale into that channel's weight scale
     channel_scale: np.ndarray | None = field(default=None, compare=False)
+    # the uint8 code of 0.0 (signed False, per tensor): the grid covers [-zero_point * scale,
+    # (255 - zero_point) * scale], e.g. a swish output's [-0.278, range]; 0: symmetric or [0, ..]
+    zero_point: int = 0
 
     @property
     def qmax(self) -> int:
@@ -187,7 +191,8 @@ class QuantPlan:
             "config": self.config,
             "layers": layers,
             "activations": [{k: v for k, v in vars(a).items()
-                             if k not in ("smooth", "channel_scale")} |
+                             if k not in ("smooth", "channel_scale")
+                             and not (k == "zero_point" and v == 0)} |
                             ({"smooth": True} if a.smooth is not None else {}) |
                             ({"channel_scale": True} if a.channel_scale is not None else {})
                             for a in self.activations],

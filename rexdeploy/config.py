@@ -237,6 +237,10 @@ class ActivationConfig:
     bias_correction: bool = True        # data-free DFQ-style correction from BN statistics
     unsigned: bool = True               # uint8 (zero-point 0) for non-negative tensors where the
                                         # target allows it (OpenVINO); TensorRT forces int8
+    # uint8 with a zero point for a tensor bounded below by a small negative value whatever the
+    # input (swish, hard-swish, GELU outputs: rexdeploy/planning/bounds.py), where the target
+    # runs one (TargetRules.zero_point_activations: OpenVINO); off: int8 over [-hi, hi] there
+    zero_points: bool = True
     smooth: SmoothMode = "auto"         # scale migration on MatMul/Gemm inputs with
                                         # synthetic ranges (calib_free.activations.smooth):
                                         # auto (outlier-heavy ones), all, off

@@ -97,6 +97,7 @@ def _activation_row(act) -> dict | None:
     return None if act is None else {
         "tensor": act.tensor, "scale": act.scale, "range": act.range,
         "dtype": "int8" if act.signed else "uint8", "source": act.source} | (
+        {"zero_point": act.zero_point} if act.zero_point else {}) | (
         {} if act.channel_scale is None else
         {"per_channel": True, "channels": len(act.channel_scale),
          "scale_min": float(min(act.channel_scale))})

@@ -184,6 +184,11 @@ _ACTIVATIONS = section(
                  help="Migration strength in [0, 1]: 0 keeps the activations' spread, 1 moves it "
                       "all into the weights."),
     click.option("--no-bias-correction", is_flag=True, help="Skip the data-free bias correction."),
+    click.option("--no-zero-points", is_flag=True,
+                 help="Quantize a tensor bounded below by a small negative value (a swish, "
+                      "hard-swish or GELU output) as int8 over [-max, max], as TensorRT must. By "
+                      "default, on OpenVINO, it takes uint8 with a zero point over [its lower "
+                      "bound, max]: about half the step."),
     click.option("--no-align-input", is_flag=True,
                  help="Keep an image input normalised with a std per channel (--preprocess, e.g. "
                       "ImageNet's) as it is: one int8 scale then rounds every pixel. By default "
@@ -376,6 +381,7 @@ def build_config(o: dict):
         weights=weights, ensemble=o["ensemble"] or 0, exclude=tuple(o["exclude"]),
         block_size=o["block_size"] or None,
         bias_correction=not o["no_bias_correction"], align_input=not o["no_align_input"],
+        zero_points=not o["no_zero_points"],
         input_ranges=tuple(parse_range(r) for r in o["input_ranges"]),
         granularity="block" if o["block_size"] else "channel" if o["block_size"] == 0
         else "auto",

@@ -5,8 +5,8 @@ Requires: every `ActivationPlan` names a non-constant value of the graph (graph 
 output), 8 bits, a positive finite scale; every planned layer reads its `input` at input 0;
 every planned attention MatMul is a node of the graph reading its two `inputs`, both planned.
 Ensures: every planned layer whose input has an ActivationPlan (all K branches), and both inputs
-of every planned attention MatMul, read it from a DequantizeLinear with zero point 0, fed by a
-QuantizeLinear; no Q/DQ sits between a Pad and a
+of every planned attention MatMul, read it from a DequantizeLinear with the planned zero point
+(0 unless `ActivationPlan.zero_point`), fed by a QuantizeLinear; no Q/DQ sits between a Pad and a
 Conv (TensorRT refuses that; the frontend fuses zero pads into the Conv, so one left here means
 a non-zero pad the plan should not have quantized).
 
@@ -34,7 +34,7 @@ import onnx_ir as ir
 from calib_free.plan import ActivationPlan, QuantPlan
 from rexdeploy.passes.qdq_nodes import (
     FLOAT_DTYPES, UniqueNames, add_initializer, branches, dequantize_node,
-    dq_zero_point_is_zero, layer_of, numpy_dtype, quantize_node)
+    const_array, dq_zero_point_is_zero, layer_of, numpy_dtype, quantize_node)
 
 
 class QuantizeActivationsPass(ir.passes.InPlacePass):
@@ -107,15 +107,17 @@ class QuantizeActivationsPass(ir.passes.InPlacePass):
         for a in self.plan.attention:
             node = nodes.get(a.name)
             for value in (node.inputs if node is not None else [None]):
-                problem = _activation_problem(value)
+                act = self.plan.activation(value.name) if value is not None else None
+                problem = _activation_problem(value, act.zero_point if act else 0)
                 if problem:
                     raise ir.passes.PostconditionError(f"attention MatMul {a.name!r}: {problem}")
         for lp in self.plan.layers:
-            if self.plan.activation(lp.input) is None:
+            act = self.plan.activation(lp.input)
+            if act is None:
                 continue
             for branch in branches(model.graph, lp.name):
                 node, _ = branch_input(branch)
-                problem = _activation_problem(node.inputs[0])
+                problem = _activation_problem(node.inputs[0], act.zero_point)
                 if problem:
                     raise ir.passes.PostconditionError(f"{node.name!r}: {problem}")
         for node in model.graph:
@@ -189,7 +191,8 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
     scale = add_initializer(graph, names, f"{value.name}/scale",
                             qdq_scale.astype(numpy_dtype(dtype)))
     zero = add_initializer(graph, names, f"{value.name}/zero_point",
-                           np.zeros(qdq_scale.shape, np.int8 if act.signed else np.uint8))
+                           np.full(qdq_scale.shape, act.zero_point,
+                                   np.int8 if act.signed else np.uint8))
     axis = 1 if qdq_scale.ndim else None
     head = []
     source = value
@@ -219,16 +222,23 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, act: ActivationPlan,
     return dq.outputs[0]
 
 
-def _activation_problem(value: ir.Value | None) -> str | None:
+def _activation_problem(value: ir.Value | None, zero_point: int = 0) -> str | None:
     dq = value.producer() if value is not None else None
     if dq is None or dq.op_type != "DequantizeLinear":
         return "activation input does not come from DequantizeLinear"
-    if not dq_zero_point_is_zero(dq):
+    if zero_point == 0 and not dq_zero_point_is_zero(dq):
         return "activation zero point is not 0"
+    if zero_point and not _zero_point_is(dq, zero_point):
+        return f"activation zero point is not the planned {zero_point}"
     q = dq.inputs[0].producer()
     if q is None or q.op_type != "QuantizeLinear":
         return "activation DequantizeLinear is not fed by QuantizeLinear"
     return None
+
+
+def _zero_point_is(dq: ir.Node, zero_point: int) -> bool:
+    zp = const_array(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
+    return zp is not None and zp.dtype == np.uint8 and bool(np.all(zp == zero_point))
 
 
 def _values(graph: ir.Graph) -> dict[str, ir.Value]:

@@ -14,7 +14,8 @@ import numpy as np
 import onnx_ir as ir
 
 from rexdeploy.planning.analyze import COMPUTE_OPS
-from rexdeploy.planning.stats import Extremes, clip_bounds
+from rexdeploy.planning.bounds import hard_bounds
+from rexdeploy.planning.stats import Extremes
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,37 +150,6 @@ def _observed(model: ir.Model, acc: dict[str, list], tails: dict, natural: bool
 
 def _within(pair: tuple[float, float], bounds: tuple[float, float]) -> tuple[float, float]:
     return (float(np.clip(pair[0], *bounds)), float(np.clip(pair[1], *bounds)))
-
-
-# ops whose output lies within fixed bounds, and ops whose output lies within their first input's
-_BOUNDED = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0),
-            "Tanh": (-1.0, 1.0), "Relu": (0.0, np.inf)}
-_WITHIN_INPUT = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape",
-                 "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice", "Split")
-
-
-def hard_bounds(model: ir.Model) -> dict[str, tuple[float, float]]:
-    """value name -> (lo, hi) that its values cannot leave whatever the input: outputs of
-    Clip with constant bounds, ReLU, Sigmoid, HardSigmoid, Softmax and Tanh, and what pooling and
-    reshaping ops make of them (a Concat of bounded inputs too)."""
-    bounds: dict[str, tuple[float, float]] = {}
-    for node in model.graph:  # topological order
-        ins = [bounds.get(v.name) if v is not None else None for v in node.inputs]
-        if node.op_type == "Clip":
-            lo, hi = clip_bounds(node)
-            inner = ins[0] or (-np.inf, np.inf)
-            b = (max(inner[0], -np.inf if lo is None else lo),
-                 min(inner[1], np.inf if hi is None else hi))
-        elif node.op_type in _BOUNDED:
-            b = _BOUNDED[node.op_type]
-        elif node.op_type in _WITHIN_INPUT and ins and ins[0] is not None:
-            b = ins[0]
-        elif node.op_type == "Concat" and ins and all(i is not None for i in ins):
-            b = (min(i[0] for i in ins), max(i[1] for i in ins))
-        else:
-            continue
-        bounds.update({v.name: b for v in node.outputs if v is not None})
-    return bounds
 
 
 class _Tails:

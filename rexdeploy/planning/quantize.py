@@ -81,8 +81,11 @@ def use_stats(s: TensorStats | None, mode: str) -> bool:
 
 def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: list[str],
               stats: dict[str, TensorStats], observed: dict[str, Observed],
-              config: QuantConfig, allow_unsigned: bool, sensitivity=None) -> QuantPlan:
+              config: QuantConfig, allow_unsigned: bool, sensitivity=None,
+              floors: dict[str, float] | None = None) -> QuantPlan:
     """The frozen plan for `layers` (BN already folded) and activation `tensors`.
+    floors: tensor -> its hard lower bound (rexdeploy.planning.bounds.zero_point_floors), for the
+    tensors that may take a uint8 grid with a zero point (the target runs one); None: none may.
     sensitivity (rexdeploy.planning.sensitivity.Sensitivity): steers the --budget allocation and the
     --mixed-precision raises (rexdeploy.planning.mixed); None: the plain allocation."""
     from rexdeploy.planning.cost_models import describe as describe_cost
@@ -92,17 +95,22 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
     skipped = list(skipped) + [SkippedLayer(layer.name, layer.op, "excluded by --exclude")
                                for layer in layers if layer.name in excluded]
     activations: list[ActivationPlan] = []
+    floors = floors or {}
     smooth = _smoothing(kept, tensors, stats, observed, config)
     if config.activations == "int8":
         wanted = set(layer.input for layer in kept)
         depthwise = depthwise_inputs(kept) if config.activation_scales == "depthwise" else {}
         for tensor in tensors:
             if tensor in wanted or tensor not in {layer.input for layer in layers}:
-                act = _activation(tensor, stats.get(tensor), observed.get(tensor), config,
-                                  allow_unsigned, smooth.get(tensor))
+                args = (tensor, stats.get(tensor), observed.get(tensor), config,
+                        allow_unsigned, smooth.get(tensor))
+                act = _activation(*args)
                 if act is not None and tensor in depthwise:
                     act = channel_scales(act, depthwise[tensor], stats.get(tensor),
                                          observed.get(tensor), config)
+                if act is not None and act.channel_scale is None and tensor in wanted and \
+                        tensor in floors:  # per-channel scales where they apply, else this
+                    act = _activation(*args, floors[tensor])
                 if act is not None:
                     activations.append(act)
     quantized = {a.tensor for a in activations}
@@ -522,22 +530,26 @@ def _overflow_metrics(w, order, pairs, bits: int) -> dict:
 
 
 def _activation(tensor: str, s: TensorStats | None, o: Observed | None, config: QuantConfig,
-                allow_unsigned: bool, smooth: "torch.Tensor | None" = None
-                ) -> ActivationPlan | None:
+                allow_unsigned: bool, smooth: "torch.Tensor | None" = None,
+                floor: float | None = None) -> ActivationPlan | None:
+    """The tensor's plan from its statistics or observed range (floor: its hard lower bound,
+    where the target takes a zero point)."""
     factor = None
     if use_stats(s, config.ranges):
-        bound, nonneg, source = s.bound, s.nonneg, s.source
+        bound, nonneg, source, hi = s.bound, s.nonneg, s.source, s.hi
     elif o is not None and smooth is not None:
         # the range of x / s, channel by channel, over the same synthetic inputs
         factor = (1.0 / smooth.numpy()).astype(np.float32)
         bound = float((o.channel_absmax * factor).max())
-        nonneg, source = o.nonneg, f"observed:{config.ranges}+smooth"
+        nonneg, source, hi = o.nonneg, f"observed:{config.ranges}+smooth", None
     elif o is not None:
-        bound, nonneg, source = o.bound, o.nonneg, f"observed:{config.ranges}"
+        bound, nonneg, source, hi = o.bound, o.nonneg, f"observed:{config.ranges}", o.hi
     else:
         return None
     from calib_free.activations.ranges import scale_from_clip
 
+    if floor is not None and hi is not None and not nonneg and -floor < hi:
+        return _with_zero_point(tensor, floor, float(hi), source)
     signed = not (allow_unsigned and config.unsigned_activations and nonneg)
     bound = max(bound, 1e-8)
     step = dict(config.input_grid).get(tensor)
@@ -552,6 +564,15 @@ def _activation(tensor: str, s: TensorStats | None, o: Observed | None, config: 
                                   float(step * q), factor)
     return ActivationPlan(tensor, float(scale_from_clip(bound, 8, signed)), 8, signed, source,
                           float(bound), factor)
+
+
+def _with_zero_point(tensor: str, floor: float, hi: float, source: str) -> ActivationPlan:
+    """uint8 over [floor, hi] with the zero point that puts 0.0 on a code: about half the step
+    of int8 over [-hi, hi] where the floor is small (a swish output's -0.278)."""
+    scale = (hi - floor) / 255.0
+    zero = int(round(-floor / scale))
+    return ActivationPlan(tensor, float(scale), 8, False, f"{source}+zero-point", hi,
+                          zero_point=zero)
 
 
 # Per-channel ranges on depthwise inputs (channel_scales). One channel's range, estimated without

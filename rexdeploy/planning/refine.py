@@ -382,8 +382,8 @@ def _sig(v: float) -> float:
 
 
 def _fake_quant(x, act):
-    """The activation Q/DQ of the plan (per tensor or per channel, zero-point 0), or x when
-    float."""
+    """The activation Q/DQ of the plan (per tensor or per channel; a uint8 zero point moves the
+    codes' window), or x when float."""
     import torch
 
     if act is None:
@@ -392,7 +392,8 @@ def _fake_quant(x, act):
     scale = act.scale
     if act.channel_scale is not None:  # per channel, axis 1
         scale = torch.from_numpy(act.qdq_scale).to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
-    return torch.clamp(torch.round(x / scale), lo, act.qmax) * scale
+    z = act.zero_point
+    return torch.clamp(torch.round(x / scale), lo - z, act.qmax - z) * scale
 
 
 def _matrix(info, t):

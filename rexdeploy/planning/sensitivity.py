@@ -189,7 +189,7 @@ def _activation_switches(proto, draft) -> dict[str, str]:
         axis = {} if act.channel_scale is None else {"axis": 1}
         proto.graph.initializer.extend([
             numpy_helper.from_array(scale, p + "scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, zp_dtype), p + "zp"),
+            numpy_helper.from_array(np.full(scale.shape, act.zero_point, zp_dtype), p + "zp"),
             numpy_helper.from_array(np.zeros((), np.float32), p + "switch")])
         x = act.tensor
         if act.smooth is not None:

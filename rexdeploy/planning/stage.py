@@ -179,6 +179,34 @@ def _observed_ranges(float_model, layers, tensors, recurrent_x, stats, calib,
                       f"{widened}); {len(ranged) - len(missing)} from statistics"]
 
 
+def zero_point_floors(float_model, config: BuildConfig) -> dict[str, float]:
+    """tensor -> hard lower bound, for the tensors that may take uint8 with a zero point: those
+    bounded below by a negative value whatever the input (rexdeploy/planning/bounds.py), where
+    the target runs a zero point and --no-zero-points is not given; else {}."""
+    import backends
+    from rexdeploy.planning.bounds import zero_point_floors as floors
+
+    q = config.quant
+    if not (q.zero_points and q.activations == "int8"
+            and backends.rules(config.target).zero_point_activations):
+        return {}
+    return floors(float_model)
+
+
+def _zero_point_notes(plan, log: StageLog) -> list[str]:
+    """One note naming how many activations took uint8 with a zero point, and their floors."""
+    moved = [a for a in plan.activations if a.zero_point]
+    if not moved:
+        return []
+    floors = sorted({round(-a.zero_point * a.scale, 3) for a in moved})
+    shown = ", ".join(f"{f:g}" for f in floors[:4]) + (", ..." if len(floors) > 4 else "")
+    note = (f"{len(moved)} activation(s) bounded below by a small negative value (swish, "
+            f"hard-swish, GELU outputs; lower bounds {shown}) as uint8 with a zero point: about "
+            "half the step of int8 over [-max, max] (--no-zero-points: int8)")
+    log.note(note)
+    return [note]
+
+
 # samples of the user's data the two range candidates are judged on (the first ones)
 RANGE_CHECK_SAMPLES = 16
 
@@ -198,7 +226,8 @@ def _user_ranges(float_model, layers, skipped, tensors, stats, tails: dict, cali
     if all((o.lo, o.hi) == (tails[n].lo, tails[n].hi) for n, o in extremes.items()):
         return tails
     q = config.quant.with_(budget=None, mixed_precision="off", orders=1, ensemble=0)
-    plans = [make_plan(layers, skipped, tensors, stats, obs, q, allow_unsigned)
+    floors = zero_point_floors(float_model, config)
+    plans = [make_plan(layers, skipped, tensors, stats, obs, q, allow_unsigned, floors=floors)
              for obs in (tails, extremes)]
     db_tails, db_extremes = end_to_end_db(float_model, plans,
                                           calib.samples[:RANGE_CHECK_SAMPLES])
@@ -236,7 +265,9 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     sensitivity = _sensitivity(float_model, layers, skipped, tensors, stats, observed, config,
                                loaded, calib, allow_unsigned, log, notes) \
         if q.uses_sensitivity else None
-    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity)
+    plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity,
+                     zero_point_floors(float_model, config))
+    notes.extend(_zero_point_notes(plan, log))
     if sensitivity is not None:
         notes.extend(_mixed_notes(plan, q, log))
     balanced = [lp.name for lp in plan.layers if lp.input_scale is not None]
@@ -352,7 +383,8 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
 
     q = config.quant
     draft = make_plan(layers, skipped, tensors, stats, observed,
-                      q.with_(orders=1, budget=None, mixed_precision="off"), allow_unsigned)
+                      q.with_(orders=1, budget=None, mixed_precision="off"), allow_unsigned,
+                      floors=zero_point_floors(float_model, config))
     if calib is not None and calib.user:
         samples, what = calib.samples, f"calibration inputs ({calib.source})"
     elif q.ranges == "zeroq":

@@ -378,7 +378,7 @@ def _chain(value: ir.Value, root: ir.Value, depth: int = 6):
     node = value.producer()
     if node is None or depth == 0 or not node.inputs or node.inputs[0] is None:
         return None
-    step = _step(node)
+    step = elementwise_step(node)
     if step is None:
         return None
     fn, source = step
@@ -388,7 +388,7 @@ def _chain(value: ir.Value, root: ir.Value, depth: int = 6):
     return None if inner is None else (lambda x: fn(inner(x)))
 
 
-def _step(node: ir.Node):
+def elementwise_step(node: ir.Node):
     """(f, its tensor input) of one unary elementwise node, or None."""
     op = node.op_type
     if op in _UNARY:

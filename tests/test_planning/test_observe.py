@@ -10,7 +10,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rexdeploy.planning.observe import NATURAL_MARGIN, TYPICAL_SPREAD, hard_bounds, observe
+from rexdeploy.planning.bounds import hard_bounds
+from rexdeploy.planning.observe import NATURAL_MARGIN, TYPICAL_SPREAD, observe
 
 
 def _model() -> ir.Model:

@@ -83,6 +83,12 @@ def _oracle_model(art, feeds: list[dict]):
             continue
         old = numpy_helper.to_array(init).astype(np.float64)
         new = old * (peak[a.tensor] / a.qmax) / old.max()
+        zero = inits.get(a.tensor + "/zero_point")
+        if a.zero_point and zero is not None:  # uint8 from the floor: [floor, peak]
+            floor = -a.zero_point * a.scale
+            new = np.asarray((peak[a.tensor] - floor) / 255.0)
+            zero.CopyFrom(numpy_helper.from_array(
+                np.asarray(round(-floor / float(new)), np.uint8), zero.name))
         init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
     return model
 
