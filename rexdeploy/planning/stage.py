@@ -198,11 +198,11 @@ def _zero_point_notes(plan, log: StageLog) -> list[str]:
     moved = [a for a in plan.activations if a.zero_point]
     if not moved:
         return []
-    floors = sorted({round(-a.zero_point * a.scale, 3) for a in moved})
-    shown = ", ".join(f"{f:g}" for f in floors[:4]) + (", ..." if len(floors) > 4 else "")
+    starts = sorted({round(-a.zero_point * a.scale, 3) for a in moved})
+    shown = ", ".join(f"{f:g}" for f in starts[:4]) + (", ..." if len(starts) > 4 else "")
     note = (f"{len(moved)} activation(s) bounded below by a small negative value (swish, "
-            f"hard-swish, GELU outputs; lower bounds {shown}) as uint8 with a zero point: about "
-            "half the step of int8 over [-max, max] (--no-zero-points: int8)")
+            f"hard-swish, GELU outputs) as uint8 with a zero point, their grids starting at "
+            f"{shown}: about half the step of int8 over [-max, max] (--no-zero-points: int8)")
     log.note(note)
     return [note]
 

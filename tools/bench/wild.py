@@ -20,9 +20,11 @@ real inputs, by the model's task:
     ddd_rec   ddddocr's CNN + LSTM CTC recogniser, grey 64 x W with W dynamic (each line at its
               own width), built for width W=dynamic: string exact match
 
-plus the SQNR of the first output, int8 coverage by count and by multiply-adds, the build's
+plus the SQNR of the first output (pooled over the inputs, and the median input's), int8
+coverage by count and by multiply-adds, the build's
 device check, and the latency against OpenVINO f32 on the float model (one request at a time,
-interleaved; the first input's shape). ddddocr's recogniser is also built with
+interleaved; the first input's shape). Each is also built with `--no-zero-points` (every
+activation int8 over [-hi, hi]), ddddocr's recogniser with
 `--recurrent int8` (its LSTM on OpenVINO's int8 RNN kernel). `--peers`: NNCF's post-training
 quantization of the same float graph with the same real inputs and with 32 random ones, run by
 OpenVINO, beside each row.
@@ -216,9 +218,12 @@ def dims_for(key: str) -> tuple:
 # -- runs -----------------------------------------------------------------------------------------
 # extra configurations beside the default, for the models they apply to
 # (--budget 1.5 --mixed-precision all: the fidelity-first recipe, docs/benchmarks.md)
+# (--no-zero-points: every activation int8 over [-hi, hi], as before the zero points)
 MIXED = ("--budget 1.5 --mixed-precision all", {"budget": 1.5, "mixed_precision": "all"})
-EXTRA = {"det": [MIXED], "rec": [MIXED], "ddd_det": [MIXED],
-         "ddd_rec": [("--recurrent int8", {"recurrent": "int8"}), MIXED]}
+NO_ZERO_POINTS = ("--no-zero-points", {"zero_points": False})
+EXTRA = {"det": [NO_ZERO_POINTS, MIXED], "rec": [NO_ZERO_POINTS, MIXED],
+         "ddd_det": [NO_ZERO_POINTS, MIXED],
+         "ddd_rec": [NO_ZERO_POINTS, ("--recurrent int8", {"recurrent": "int8"}), MIXED]}
 
 
 def run_model(key: str, out: str, peers: bool) -> list[dict]:
@@ -265,7 +270,8 @@ def _rexdeploy_rows(key: str, out: str, feeds: list[dict], flag: str, quant: dic
     for name in ("device", "reference"):
         m = metric(flt, outs[name])
         rows.append({"model": label, "key": key, "config": f"rexdeploy W8A8 {flag}, {name}",
-                     "n": len(feeds), "sqnr": _pooled_sqnr(flt, outs[name], sqnr_db), **m,
+                     "n": len(feeds), "sqnr": _pooled_sqnr(flt, outs[name], sqnr_db),
+                     "median": _median_sqnr(flt, outs[name], sqnr_db), **m,
                      "int8": s["int8_coverage"], "int8_macs": s.get("int8_coverage_macs"),
                      "check": (art.report().get("device_check") or {}).get("loss_db"),
                      "latency": latency if name == "device" else None, "build_s": build_s})
@@ -325,6 +331,13 @@ def _pooled_sqnr(ref: list[np.ndarray], test: list[np.ndarray], sqnr_db) -> floa
                    np.concatenate([t.ravel() for t in test]))
 
 
+def _median_sqnr(ref: list[np.ndarray], test: list[np.ndarray], sqnr_db) -> float:
+    """The median over the inputs of each one's SQNR: the pooled figure is the error energy of
+    all inputs over their signal, which the few inputs whose float output is near zero (a photo
+    with no text for a text detector) can set alone."""
+    return float(np.median([sqnr_db(r.ravel(), t.ravel()) for r, t in zip(ref, test)]))
+
+
 def _run_onnx(path: str, feeds: list[dict]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -362,13 +375,15 @@ def _nncf_rows(key, float_onnx, feeds, flt, metric, label, rng, out) -> list[dic
             continue
         m = metric(flt, test)
         rows.append({"model": label, "key": key, "config": f"NNCF W8A8, {what}", "n": len(feeds),
-                     "sqnr": _pooled_sqnr(flt, test, sqnr_db), **m})
+                     "sqnr": _pooled_sqnr(flt, test, sqnr_db),
+                     "median": _median_sqnr(flt, test, sqnr_db), **m})
         print(f"[wild] {label} NNCF ({what}): {m['task']} {m['value']:.3f}", flush=True)
     return rows
 
 
 # -- report ---------------------------------------------------------------------------------------
-HEADERS = ["model", "configuration", "inputs", "task metric vs float", "SQNR dB",
+HEADERS = ["model", "configuration", "inputs", "task metric vs float",
+           "SQNR dB: pooled / median input",
            "int8 layers", "int8 MACs", "device check loss dB", "latency vs f32"]
 
 
@@ -378,7 +393,8 @@ def _cells(r: dict) -> list[str]:
     task = f"{r['task']} {r['value']:.3f}" + (f" ({r['detail']})" if r.get("detail") else "") + \
         (f"; per position {r['per_position']:.3f}" if r.get("per_position") is not None else "")
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
-    return [r["model"], r["config"], str(r["n"]), task, f"{r['sqnr']:.1f}", pct(r.get("int8")),
+    sqnr = f"{r['sqnr']:.1f}" + (f" / {r['median']:.1f}" if r.get("median") is not None else "")
+    return [r["model"], r["config"], str(r["n"]), task, sqnr, pct(r.get("int8")),
             pct(r.get("int8_macs")), "-" if r.get("check") is None else f"{r['check']:.2f}",
             "-" if r.get("latency") is None else f"{r['latency']:.2f}x"]
 
