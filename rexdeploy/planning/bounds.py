@@ -99,7 +99,9 @@ def _function_bounds(node: ir.Node, bounds: dict[str, tuple[float, float]]
 
 
 def _ancestors(value: ir.Value) -> list[ir.Value]:
-    """The values `value` is computed from through elementwise nodes alone, farthest first."""
+    """The values `value` is computed from through elementwise nodes alone, nearest first: the
+    nearest one it is a function of gives the same bounds as any farther one (its own bounds,
+    found before it in topological order, are that function's range), at less cost."""
     seen: dict[int, ir.Value] = {}
     frontier = [value]
     for _ in range(_DEPTH):
@@ -113,7 +115,7 @@ def _ancestors(value: ir.Value) -> list[ir.Value]:
                     seen[id(i)] = i
                     nxt.append(i)
         frontier = nxt
-    return list(reversed(seen.values()))
+    return list(seen.values())
 
 
 def _elementwise(node: ir.Node) -> bool:
