@@ -6,7 +6,8 @@ Two uses:
 - a tensor bounded below by a small negative value (the output of swish, hard-swish or GELU,
   and what a scalar scale and shift make of it) can take a uint8 grid with a zero point on
   targets that run one (OpenVINO): its codes then cover [lo, hi] instead of [-hi, hi], about
-  half the step of a symmetric int8 grid (`zero_point_floors`, docs/algorithms.md section 1).
+  half the step of a symmetric int8 grid (`zero_point_floors`, docs/algorithms.md section
+  3.01).
 
 Where a value is an elementwise function of one tensor (x * Sigmoid(x), x * Clip(x + 3, 0, 6)
 / 6, 0.5 * x * (1 + Erf(x / sqrt 2)), a scalar scale and shift of those), the bounds are the

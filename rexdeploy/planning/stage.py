@@ -182,19 +182,21 @@ def _observed_ranges(float_model, layers, tensors, recurrent_x, stats, calib,
 def zero_point_floors(float_model, config: BuildConfig) -> dict[str, float]:
     """tensor -> hard lower bound, for the tensors that may take uint8 with a zero point: those
     bounded below by a negative value whatever the input (rexdeploy/planning/bounds.py), where
-    the target runs a zero point and --no-zero-points is not given; else {}."""
+    the target runs a zero point and neither zero points nor uint8 activations are turned off;
+    else {}."""
     import backends
     from rexdeploy.planning.bounds import zero_point_floors as floors
 
     q = config.quant
-    if not (q.zero_points and q.activations == "int8"
+    if not (q.zero_points and q.unsigned_activations and q.activations == "int8"
             and backends.rules(config.target).zero_point_activations):
         return {}
     return floors(float_model)
 
 
 def _zero_point_notes(plan, log: StageLog) -> list[str]:
-    """One note naming how many activations took uint8 with a zero point, and their floors."""
+    """One note naming how many activations took uint8 with a zero point, and where their grids
+    start."""
     moved = [a for a in plan.activations if a.zero_point]
     if not moved:
         return []
