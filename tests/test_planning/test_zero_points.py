@@ -143,3 +143,27 @@ def test_gated_outputs_take_a_zero_point_on_openvino_and_run_u8(builds):
     on, off = _sqnr(model, arts["on"], "reference"), _sqnr(model, arts["off"], "reference")
     assert on > off + 1.5, (on, off)
     assert _sqnr(model, arts["on"], None) > off + 1.0
+
+
+@pytest.mark.openvino
+def test_budget_and_refinement_measure_the_zero_point_grid(tmp_path):
+    """The budget's sensitivity switches and the refinement's fake quantization use the same
+    uint8 grid as the Q/DQ: both builds run, keep zero points, and stay as close to float."""
+    model = _gated()
+
+    def build(name, **quant):
+        config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(
+            input_ranges=(("input", -1.0, 1.0),), **quant))
+        return rexdeploy.build(model, ["input:1x3x16x16"], output=str(tmp_path / name),
+                               config=config, quiet=True)
+
+    plain = build("plain")
+    budget = build("budget", budget=1.25, mixed_precision="activations")
+    refined = build("refined", weights="int4", refine="flexround", calib="synthetic:4",
+                    refine_iters=15)
+    for art in (budget, refined):
+        assert _zero_points(art), art.path
+    assert any("mixed precision" in n for n in budget.report()["notes"])
+    assert _sqnr(model, budget, "reference") >= _sqnr(model, plain, "reference") - 0.5
+    rows = [row["refine"] for row in refined.report()["layers"] if row.get("refine")]
+    assert rows and all(r["error_after"] <= r["error_before"] for r in rows)
