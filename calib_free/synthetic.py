@@ -218,3 +218,57 @@ def _octaves(n: int, c: int, h: int, w: int, g: torch.Generator, first: int) -> 
                                                      align_corners=False)
         out += octave * (2.0 ** k)  # coarser octave, larger amplitude: 1/f
     return out
+
+
+DEAD_LEAVES_SIDE = 256
+
+
+def dead_leaves_images(shape: tuple[int, ...], n: int, seed: int = 0,
+                       value_range: tuple[float, float] | None = None,
+                       colour: bool | None = None) -> torch.Tensor:
+    """n images [n, C, H, W] of the dead-leaves model: opaque discs dropped one over another,
+    radii drawn from p(r) ~ r^-3 between 1 pixel and half the image (scale invariance: a 1/f
+    spectrum, as pink_noise_images), each of one colour (colour, default C == 3: natural colour
+    from ImageNet's RGB principal components; else grey levels per channel) uniformly over
+    `value_range` (default [-1, 1]). Unlike Gaussian 1/f noise they have what photos and
+    printed pages have at every scale: sharp edges between flat regions at full contrast
+    (Lee, Mumford and Huang, "Occlusion models for natural images", 2001). The larger discs
+    fall first, so the small ones stay visible."""
+    c, full_h, full_w = shape[-3], shape[-2], shape[-1]
+    colour = (c == 3) if colour is None else colour
+    if colour and c != 3:
+        raise ValueError(f"colour images have 3 channels, not {c}")
+    lo, hi = value_range if value_range is not None else (-1.0, 1.0)
+    g = torch.Generator().manual_seed(seed)
+    # drawn at most DEAD_LEAVES_SIDE on the long side (time grows with the pixels), then
+    # enlarged by nearest neighbour: the edges stay steps at full contrast
+    f = max(1, -(-max(full_h, full_w) // DEAD_LEAVES_SIDE))
+    h, w = -(-full_h // f), -(-full_w // f)
+    count = max(8, 2 * h * w // 32)  # enough to cover the image (most discs are small)
+    r_min, r_max = 1.0, max(h, w) / 2.0
+    ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    out = torch.empty(n, c, h, w)
+    for i in range(n):
+        u = torch.rand(count, generator=g, dtype=torch.float64)
+        radii = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5  # inverse CDF of r^-3
+        radii = radii.sort(descending=True).values.float()
+        cy, cx = torch.rand(count, generator=g) * h, torch.rand(count, generator=g) * w
+        if colour:  # photo-like colour around mid grey: luminance std 0.47, in [0, 1]
+            mix = torch.tensor(RGB_EIGENVECTORS) * torch.tensor(RGB_EIGENVALUES).sqrt()
+            tint = (0.5 + torch.randn(count, 3, generator=g) @ mix.T).clamp(0.0, 1.0)
+        else:
+            tint = torch.rand(count, c, generator=g)
+        levels = lo + tint * (hi - lo)
+        img = levels[0].reshape(c, 1, 1).expand(c, h, w).clone()
+        for k in range(count):
+            r = float(radii[k])
+            y0, y1 = max(0, int(cy[k] - r)), min(h, int(cy[k] + r) + 1)
+            x0, x1 = max(0, int(cx[k] - r)), min(w, int(cx[k] + r) + 1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            disc = (ys[y0:y1, None] - cy[k]) ** 2 + (xs[None, x0:x1] - cx[k]) ** 2 <= r * r
+            img[:, y0:y1, x0:x1][:, disc] = levels[k].reshape(c, 1)
+        out[i] = img
+    if f > 1:
+        out = out.repeat_interleave(f, 2).repeat_interleave(f, 3)[:, :, :full_h, :full_w]
+    return out

@@ -78,22 +78,28 @@ def measure_sensitivity(float_model, layers, draft, samples: list[dict], log=Non
 
 
 def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
-                        grids: dict | None = None, count: int = SAMPLES
+                        grids: dict | None = None, count: int = SAMPLES, edges: bool = False
                         ) -> tuple[list[dict], str]:
     """The first `count` of the build's synthetic `samples`, with every image-like input (float,
     [1, C, H, W], H and W >= 16) replaced by 1/f noise in its --input-range
     (calib_free.synthetic.pink_noise_images; three channels: RGB with luminance at every scale and
     colour only at coarse ones): white noise misranks CNN layers, and so does colour noise at
-    every scale (the stem's colour-opponent filters). An input with a pixel grid (`grids`,
-    QuantConfig.input_grid) gets its noise on that grid, as real pixels are: its int8 Q/DQ then
-    costs nothing, as on real images. Returns the samples and what they are, for the build log."""
-    from calib_free.synthetic import pink_noise_images
+    every scale (the stem's colour-opponent filters). edges: every second image is a
+    dead-leaves image instead (calib_free.synthetic.dead_leaves_images: sharp edges at full
+    contrast, which Gaussian 1/f noise lacks; what the sensitivity is measured on, not the
+    ranges). An input with a pixel grid (`grids`, QuantConfig.input_grid) gets its noise on that
+    grid, as real pixels are: its int8 Q/DQ then costs nothing, as on real images. Returns the
+    samples and what they are, for the build log."""
+    from calib_free.synthetic import dead_leaves_images, pink_noise_images
 
     samples = [dict(s) for s in samples[:count]]
     images = image_inputs(samples)
     for name in images:
         x = samples[0][name]
         noise = pink_noise_images(x.shape, len(samples), seed, input_ranges.get(name)).numpy()
+        if edges and len(samples) > 1:
+            noise[1::2] = dead_leaves_images(x.shape, len(samples) // 2, seed,
+                                             input_ranges.get(name)).numpy()
         step = (grids or {}).get(name)
         if step and name in input_ranges:
             from rexdeploy.inputs import on_grid
@@ -102,8 +108,9 @@ def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,
         for i, feeds in enumerate(samples):
             feeds[name] = noise[i:i + 1].astype(x.dtype)
     colour = any(samples[0][name].shape[1] == 3 for name in images)
-    what = "synthetic inputs" + (f" (images: 1/f noise{', natural colour' if colour else ''})"
-                                 if images else "")
+    kinds = f"1/f noise{', natural colour' if colour else ''}" + \
+        (" and dead leaves" if edges and len(samples) > 1 else "")
+    what = "synthetic inputs" + (f" (images: {kinds})" if images else "")
     return samples, what
 
 

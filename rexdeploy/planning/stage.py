@@ -397,7 +397,8 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
 
         samples, what = sensitivity_samples(
             _synthetic_samples(float_model, config, loaded, log),
-            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid))
+            {name: (lo, hi) for name, lo, hi in q.input_ranges}, q.seed, dict(q.input_grid),
+            edges=True)
     from rexdeploy.planning.mixed import raises_activations
 
     sens = measure_sensitivity(float_model, layers, draft, samples, log,

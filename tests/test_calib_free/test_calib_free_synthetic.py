@@ -147,3 +147,25 @@ def test_pink_noise_colour_images_have_natural_colour_statistics():
     assert torch.equal(g, pink_noise_images((1, 1, 64, 64), 2, seed=2, colour=False))
     with pytest.raises(ValueError, match="3 channels"):
         pink_noise_images((1, 4, 32, 32), 1, colour=True)
+
+
+def test_dead_leaves_images_are_flat_regions_with_sharp_edges():
+    """Opaque discs of one colour each: most neighbouring pixels equal, and steps between
+    regions at a large share of the range, which Gaussian 1/f noise never has; deterministic,
+    within the range, drawn small and enlarged for large inputs."""
+    from calib_free.synthetic import dead_leaves_images, pink_noise_images
+
+    x = dead_leaves_images((1, 3, 64, 64), 3, seed=4, value_range=(0.0, 255.0))
+    assert x.shape == (3, 3, 64, 64) and torch.equal(
+        x, dead_leaves_images((1, 3, 64, 64), 3, seed=4, value_range=(0.0, 255.0)))
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 255.0
+    for img in (x, pink_noise_images((1, 3, 64, 64), 3, 4, (0.0, 255.0))):
+        steps = (img[..., 1:] - img[..., :-1]).abs()
+        flat, sharp = float((steps == 0).float().mean()), float((steps > 64).float().mean())
+        if img is x:
+            assert flat > 0.5 and sharp > 0.01, (flat, sharp)
+        else:
+            assert flat < 0.01 and sharp < 0.001, (flat, sharp)
+    grey = dead_leaves_images((1, 1, 600, 300), 1, value_range=(-1.0, 1.0))
+    assert grey.shape == (1, 1, 600, 300)
+    assert torch.equal(grey[..., 0::3, :], grey[..., 1::3, :])  # drawn at 200 x 100, x3

@@ -118,6 +118,13 @@ def test_sensitivity_samples_replace_images_only():
         assert codes.max() <= 128 and len(np.unique(codes)) > 100
     grey = [{"img": np.zeros((1, 1, 32, 32), np.float32)}]
     assert sensitivity_samples(grey, {})[1] == "synthetic inputs (images: 1/f noise)"
+    # what the budget measures on: every second image a dead-leaves image (flat discs, sharp
+    # edges), the others 1/f noise
+    mixed, what = sensitivity_samples(samples, {"img": (0.0, 1.0)}, edges=True)
+    assert "dead leaves" in what
+    for i, feeds in enumerate(mixed):
+        flat = float((np.diff(feeds["img"], axis=-1) == 0).mean())
+        assert (flat > 0.5) if i % 2 else (flat < 0.01), (i, flat)
 
 
 # -- the measurement on a model with a deliberately damaged layer -----------------------------

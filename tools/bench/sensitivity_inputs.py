@@ -10,7 +10,9 @@ measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);
   - 1/f noise with independent channels (calib_free.synthetic.pink_noise_images, colour=False), the
     sensitivity's images before colour;
-  - 1/f noise with natural colour (colour=True, the default for three channels).
+  - 1/f noise with natural colour (colour=True, the default for three channels);
+  - dead-leaves images (calib_free.synthetic.dead_leaves_images: opaque discs of natural colour,
+    sharp edges at every scale).
 Printed: the tensors the photos rank worst with each input's NSR, and, over all tensors, the
 rank correlation (Spearman) of each synthetic kind with the photos (of each half of the photos
 with the other half: how far real images agree among themselves). The synthetic images fill the
@@ -71,12 +73,13 @@ def _run(args) -> int:
 def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | None = None,
             progress: bool = True) -> dict[str, dict[str, float]]:
     """{kind: {tensor: output NSR with only that tensor quantized}} for the kinds "photos 1st
-    half", "photos 2nd half", "1/f independent", "1/f colour" (n images each), over the
+    half", "photos 2nd half", "1/f independent", "1/f colour", "dead leaves", "half each" (the
+    first n/2 of the last two; n images each), over the
     artifact's planned activation tensors but the model input (or `tensors`):
     rexdeploy.planning.sensitivity's own measurement, on the artifact's float.onnx and plan."""
     import onnx_ir as ir
 
-    from calib_free.synthetic import pink_noise_images
+    from calib_free.synthetic import dead_leaves_images, pink_noise_images
     from calib_free.plan import QuantPlan
     from rexdeploy.api import load_artifact
     from rexdeploy.inputs import load_inputs, on_grid
@@ -101,7 +104,10 @@ def measure(artifact: str, photos_dir: str, n: int = 8, tensors: list[str] | Non
     half = len(photos) // 2
     kinds = {"photos 1st half": photos[:half], "photos 2nd half": photos[half:],
              "1/f independent": grid(pink_noise_images(shape, n, 0, lo_hi, colour=False).numpy()),
-             "1/f colour": grid(pink_noise_images(shape, n, 0, lo_hi).numpy())}
+             "1/f colour": grid(pink_noise_images(shape, n, 0, lo_hi).numpy()),
+             "dead leaves": grid(dead_leaves_images(shape, n, 0, lo_hi).numpy())}
+    kinds["half each"] = np.concatenate([kinds["1/f colour"][:n - n // 2],
+                                         kinds["dead leaves"][:n // 2]])
     float_model = ir.load(art.file("float_onnx"))  # measure_sensitivity copies it to a proto
     nsr = {}
     for i, (kind, x) in enumerate(kinds.items()):
