@@ -247,6 +247,7 @@ def dead_leaves_images(shape: tuple[int, ...], n: int, seed: int = 0,
     count = max(8, 2 * h * w // 32)  # enough to cover the image (most discs are small)
     r_min, r_max = 1.0, max(h, w) / 2.0
     ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    mix = torch.tensor(RGB_EIGENVECTORS) * torch.tensor(RGB_EIGENVALUES).sqrt()
     out = torch.empty(n, c, h, w)
     for i in range(n):
         u = torch.rand(count, generator=g, dtype=torch.float64)
@@ -254,7 +255,6 @@ def dead_leaves_images(shape: tuple[int, ...], n: int, seed: int = 0,
         radii = radii.sort(descending=True).values.float()
         cy, cx = torch.rand(count, generator=g) * h, torch.rand(count, generator=g) * w
         if colour:  # photo-like colour around mid grey: luminance std 0.47, in [0, 1]
-            mix = torch.tensor(RGB_EIGENVECTORS) * torch.tensor(RGB_EIGENVALUES).sqrt()
             tint = (0.5 + torch.randn(count, 3, generator=g) @ mix.T).clamp(0.0, 1.0)
         else:
             tint = torch.rand(count, c, generator=g)

@@ -84,8 +84,7 @@ def _function_bounds(node: ir.Node, bounds: dict[str, tuple[float, float]]
                      ) -> tuple[float, float] | None:
     """The bounds of `node`'s output where it is an elementwise function of one tensor and
     bounded on at least one side, else None."""
-    if node.op_type not in _BINARY and node.op_type not in _EXTRA_UNARY and \
-            elementwise_step(node) is None:
+    if not _elementwise(node):
         return None
     out = node.outputs[0] if node.outputs else None
     if out is None:

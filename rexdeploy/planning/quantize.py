@@ -104,13 +104,13 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
             if tensor in wanted or tensor not in {layer.input for layer in layers}:
                 args = (tensor, stats.get(tensor), observed.get(tensor), config,
                         allow_unsigned, smooth.get(tensor))
-                act = _activation(*args)
+                floor = floors.get(tensor) if tensor in wanted else None
+                act = _activation(*args, None if tensor in depthwise else floor)
                 if act is not None and tensor in depthwise:
                     act = channel_scales(act, depthwise[tensor], stats.get(tensor),
                                          observed.get(tensor), config)
-                if act is not None and act.channel_scale is None and tensor in wanted and \
-                        tensor in floors:  # per-channel scales where they apply, else this
-                    act = _activation(*args, floors[tensor])
+                    if act.channel_scale is None and floor is not None:
+                        act = _activation(*args, floor)  # per-channel scales first, else this
                 if act is not None:
                     activations.append(act)
     quantized = {a.tensor for a in activations}

@@ -214,7 +214,8 @@ RANGE_CHECK_SAMPLES = 16
 
 
 def _user_ranges(float_model, layers, skipped, tensors, stats, tails: dict, calib,
-                 config: BuildConfig, allow_unsigned: bool, notes: list[str]) -> dict:
+                 config: BuildConfig, allow_unsigned: bool, floors: dict,
+                 notes: list[str]) -> dict:
     """The ranges observed on the user's samples: their tail quantiles (`tails`) or their
     extremes, whichever gives the network output closer to the float model's on those samples
     (each as an order-1 plan lowered and run in ONNX Runtime). Neither wins everywhere: the tail
@@ -228,7 +229,6 @@ def _user_ranges(float_model, layers, skipped, tensors, stats, tails: dict, cali
     if all((o.lo, o.hi) == (tails[n].lo, tails[n].hi) for n, o in extremes.items()):
         return tails
     q = config.quant.with_(budget=None, mixed_precision="off", orders=1, ensemble=0)
-    floors = zero_point_floors(float_model, config)
     plans = [make_plan(layers, skipped, tensors, stats, obs, q, allow_unsigned, floors=floors)
              for obs in (tails, extremes)]
     db_tails, db_extremes = end_to_end_db(float_model, plans,
@@ -254,9 +254,10 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     import backends
 
     allow_unsigned = backends.rules(config.target).unsigned_activations
+    floors = zero_point_floors(float_model, config)
     if calib is not None and calib.user and observed:
         observed = _user_ranges(float_model, layers, skipped, tensors, stats, observed, calib,
-                                config, allow_unsigned, notes)
+                                config, allow_unsigned, floors, notes)
     assumed = [s.name for s in config.inputs if s.dtype.startswith("float")
                and s.name not in {n for n, _, _ in q.input_ranges}]
     if assumed and q.activations == "int8":
@@ -265,10 +266,10 @@ def plan_quantization(float_model, layers, skipped, stats, config: BuildConfig, 
     for n in notes:
         log.note(n)
     sensitivity = _sensitivity(float_model, layers, skipped, tensors, stats, observed, config,
-                               loaded, calib, allow_unsigned, log, notes) \
+                               loaded, calib, allow_unsigned, floors, log, notes) \
         if q.uses_sensitivity else None
     plan = make_plan(layers, skipped, tensors, stats, observed, q, allow_unsigned, sensitivity,
-                     zero_point_floors(float_model, config))
+                     floors)
     notes.extend(_zero_point_notes(plan, log))
     if sensitivity is not None:
         notes.extend(_mixed_notes(plan, q, log))
@@ -375,7 +376,7 @@ def _recurrent(plan, float_model, inputs: list[str], stats, observed, config: Bu
 
 
 def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config: BuildConfig,
-                 loaded, calib, allow_unsigned, log: StageLog, notes: list[str]):
+                 loaded, calib, allow_unsigned, floors: dict, log: StageLog, notes: list[str]):
     """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
     (rexdeploy/planning/sensitivity.py), on the build's synthetic inputs (the user's --calib data
     when
@@ -386,7 +387,7 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
     q = config.quant
     draft = make_plan(layers, skipped, tensors, stats, observed,
                       q.with_(orders=1, budget=None, mixed_precision="off"), allow_unsigned,
-                      floors=zero_point_floors(float_model, config))
+                      floors=floors)
     if calib is not None and calib.user:
         samples, what = calib.samples, f"calibration inputs ({calib.source})"
     elif q.ranges == "zeroq":
