@@ -106,7 +106,8 @@ def _expansion(cfg: QuantConfig, s: dict) -> str:
         parts.append(f"gamma {cfg.sparsity:g}")
     if cfg.budget is not None:
         cost = cfg.budget_cost
-        parts.append(f"budget {cfg.budget:g}" + (
+        parts.append(f"budget {cfg.budget:g}" + (" (the default: --budget auto)" if
+                                                  cfg.auto_budget else "") + (
             "" if cost in ("bops", "auto") else
             f" in the {cost} time model ({s.get('cost_ratio', 1.0):.2f}x the order-1 time "
             "estimated)"))

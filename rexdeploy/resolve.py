@@ -60,7 +60,13 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
         scales = "depthwise" if rules.channel_activations else "tensor"
     quant = config.quant.with_(int8_isa=isa.name, int8_saturates=isa.saturates,
                                activation_scales=scales,
-                               **weight_granularity(config.quant, rules))
+                               **weight_granularity(config.quant, rules),
+                               **default_budget(config.quant, timed=rules.cpu_cost_models and
+                                                config.device.upper().startswith("CPU")))
+    if quant.budget is None and quant.budget_cost != "auto":
+        raise UserError(f"--budget-cost {quant.budget_cost} says what a --budget counts, and "
+                        "this build spends none (the default budget is for W8A8 builds for "
+                        "OpenVINO CPU)", "add --budget X, e.g. --budget 1.1")
     if quant.budget is not None:  # what the budget counts on this target and device
         from rexdeploy.planning.cost_models import resolve
 
@@ -73,6 +79,27 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
         if quant.calib and not quant.calib_preprocess:  # images under --calib
             quant = quant.with_(calib_preprocess=preprocess)
     return Resolution(replace(config, quant=quant), backend, isa)
+
+
+def default_budget(q, timed: bool) -> dict:
+    """--budget auto made concrete: AUTO_BUDGET spent with --mixed-precision activations on a
+    W8A8 build that asked for no cost of its own (no --budget, --orders, --sparsity, --ensemble,
+    --mixed-precision, --refine; the uniform operator; the sensitivity not turned off), for a
+    target with a measured time model (`timed`: OpenVINO CPU, where the 5 % is 5 % of the time;
+    bit-operations cannot say what a float layer between int8 ones costs on TensorRT). Otherwise
+    {"auto_budget": False}, so that the resolved config says whether its budget came from here.
+    A 4-bit build, or one that chose its orders, is the user's trade already."""
+    from rexdeploy.config import AUTO_BUDGET
+
+    x = q.expansion
+    if x.auto_budget and x.budget == AUTO_BUDGET and x.mixed_precision == "activations":
+        return {}  # resolved already
+    plain = x.budget is None and x.orders == 1 and x.sparsity is None and not x.ensemble \
+        and x.mixed_precision == "off" and x.sensitivity != "off"
+    w8a8 = q.weights == "int8" and q.activations == "int8" and q.operator == "uniform"
+    if not (x.auto_budget and timed and plain and w8a8 and q.calibration.refine == "none"):
+        return {"auto_budget": False}
+    return {"budget": AUTO_BUDGET, "mixed_precision": "activations"}
 
 
 # input columns per block of --block-size's default for 4-bit weight-only builds: all-MiniLM-L6-v2

@@ -32,19 +32,32 @@ def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str]
     measured = [v for v in sensitivity.weights.values()]
     fallback = sum(measured) / len(measured) if measured else None  # unmeasured layer: mean
     eights = {e.layer.name: expand8(e) for e in expansions} if raises_weights(config) else {}
+    int8_only = _capped_matmul_inputs(expansions, config)
     rows = []
     for e in expansions:
         name = e.layer.name
         cost = e.layer.cost(e.errors, config.weight_bits, config.activation_bits)
+        floatable = e.layer.input in act_tensors and e.layer.input not in int8_only
         rows.append(MixedLayer(cost, sensitivity.weights.get(name, fallback),
                                eights[name].errors[0] if name in eights else None,
-                               e.layer.input if e.layer.input in act_tensors else None))
+                               e.layer.input if floatable else None))
     alloc = allocate_mixed(rows, config.budget, sensitivity.activations,
                            raise_weights=raises_weights(config),
                            float_activations=raises_activations(config),
                            whole_layers=config.budget_whole_layers,
                            cost_model=cost_models.get(config.budget_cost))
     return alloc, eights
+
+
+def _capped_matmul_inputs(expansions, config: QuantConfig) -> set[str]:
+    """The inputs that stay int8 in a build for a pre-VNNI CPU on OpenVINO: it runs a MatMul/Gemm
+    whose input is float and whose weights are integer on its compressed-weight kernel, chosen
+    by the CPU's own features, which ONEDNN_MAX_CPU_ISA does not hide, and oneDNN then refuses
+    it (backends.cpu_isa.cap_note). Such a build's device check runs under that cap on a newer
+    host (and a cross-build must equal the build made under it), so those inputs keep int8."""
+    if not (config.int8_saturates and config.budget_cost.startswith("openvino-cpu")):
+        return set()
+    return {e.layer.input for e in expansions if e.layer.op in ("MatMul", "Gemm")}
 
 
 def finish(plans: list, alloc: MixedAllocation, sensitivity, config: QuantConfig,

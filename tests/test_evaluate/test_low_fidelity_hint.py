@@ -1,5 +1,6 @@
 """A build whose own device check reads its output far from float says what to try; a faithful
-one, or one that already spends a budget, does not."""
+one, or one that already spends a budget of its own, does not; the default's small budget finds
+the activations that hurt by itself."""
 
 import pytest
 
@@ -19,7 +20,8 @@ def test_a_build_far_from_float_suggests_the_budget(tmp_path):
     # ranges of half a standard deviation clip most activations: far from float
     clipped = rexdeploy.build(model, ["input:1x3x32x32"], quiet=True,
                               output=str(tmp_path / "clipped"),
-                              config=BuildConfig(quant=QuantConfig(range_sigma=0.5)))
+                              config=BuildConfig(quant=QuantConfig(range_sigma=0.5,
+                                                                   auto_budget=False)))
     db = min(o["reference_db"] for o in clipped.report()["device_check"]["outputs"].values())
     assert db < LOW_FIDELITY_DB
     assert len(_hints(clipped)) == 1 and f"{db:.1f} dB" in _hints(clipped)[0]
@@ -31,3 +33,10 @@ def test_a_build_far_from_float_suggests_the_budget(tmp_path):
                             output=str(tmp_path / "budget"),
                             config=BuildConfig(quant=QuantConfig(range_sigma=0.5, budget=1.5)))
     assert not _hints(spent)  # the user already spends a budget
+    auto = rexdeploy.build(model, ["input:1x3x32x32"], quiet=True,
+                           output=str(tmp_path / "auto"),
+                           config=BuildConfig(quant=QuantConfig(range_sigma=0.5)))
+    q = auto.manifest["config"]["quant"]["expansion"]
+    assert q["auto_budget"] and q["mixed_precision"] == "activations"
+    fixed = min(o["reference_db"] for o in auto.report()["device_check"]["outputs"].values())
+    assert fixed > db + 10  # the clipped activations that hurt most stay float

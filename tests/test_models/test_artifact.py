@@ -130,6 +130,6 @@ def test_config_version_1_flat_reads_back(tmp_path):
     assert q == QuantConfig(weights="int4", orders=2, budget=1.25,
                             activation_scales="depthwise", unsigned_activations=False,
                             input_ranges=(("x", -1.0, 1.0),), exclude=("conv1",),
-                            int8_isa="avx2")
+                            int8_isa="avx2", auto_budget=False)  # it predates --budget auto
     assert q.weight.format == "int4" and q.expansion.budget == 1.25 and not q.activation.unsigned
     assert BuildConfig.from_dict(BuildConfig(quant=q).to_dict()).quant == q

@@ -43,7 +43,12 @@ def test_build_writes_complete_artifact(cnn_artifact):
     assert s["int8_coverage"] >= 0.85, report["runtime_layers"]
     for row in report["layers"]:
         assert row["weight_error"]["sqnr_db"] > 35
-        assert row["activation"] is not None
+        # every input int8 but those the default budget keeps float, each with its reason
+        float_input = "activation" in (row.get("mixed") or {})
+        assert (row["activation"] is None) == float_input, row
+        if float_input:
+            assert row["mixed"]["activation"]["precision"] == "float"
+            assert "alone costs the output" in row["mixed"]["activation"]["why"]
 
 
 def test_compare_synthetic(cnn_artifact):

@@ -116,15 +116,25 @@ def test_pre_vnni_build_is_pair_limited_and_faithful(effnet, tmp_path):
     assert result["top1_agreement"] >= 0.95
 
 
-def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, tmp_path):
+def test_colour_sensitivity_images_see_the_first_depthwise_input(effnet, effnet_model,
+                                                                 tmp_path):
     """The data-free sensitivity's images must rate the tensor real photos rate worst: the first
     depthwise convolution's input (half the default build's output noise on photos). Independent
     RGB noise rated it 10x too low; 1/f noise in natural colour (calib_free.synthetic) does not."""
     _link_photos(tmp_path)
+    import examples
     import sensitivity_inputs
 
     first = "/_swish/Clip_output_0"
-    nsr = sensitivity_inputs.measure(effnet.path, str(tmp_path), n=4, tensors=[first],
+    # the default budget keeps that tensor float: the order-1 plan quantizes every activation
+    from calib_free.plan import QuantPlan
+
+    assert first not in {a.tensor for a in QuantPlan.load(effnet.path).activations}
+    plain = rexdeploy.build(effnet_model, ["input:1x3x224x224"], quiet=True,
+                            output=str(tmp_path / "plain"), preprocess=examples.EFFNET_PREPROCESS,
+                            config=rexdeploy.api.BuildConfig(quant=rexdeploy.api.QuantConfig(
+                                input_ranges=(("input", -1.0, 1.0),), auto_budget=False)))
+    nsr = sensitivity_inputs.measure(plain.path, str(tmp_path), n=4, tensors=[first],
                                      progress=False)
     photos = (nsr["photos 1st half"][first] + nsr["photos 2nd half"][first]) / 2
     assert nsr["1/f colour"][first] > 5 * nsr["1/f independent"][first], nsr

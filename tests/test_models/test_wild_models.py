@@ -129,8 +129,9 @@ def test_a_float_gru_is_listed_and_counted_by_multiply_adds(tmp_path, kind):
     total = s["macs"] + s["macs_float"]
     assert s["int8_coverage_macs"] == pytest.approx((s["macs"]) / total, abs=1e-3)
     assert s["int8_coverage_macs"] < 0.8  # the GRU holds most of the work
-    # the compiled model's GRU counts among its compute layers, and it is not int8
-    assert s["runtime_compute_layers"] > s["runtime_int8_layers"] == 3
+    # the compiled model's GRU counts among its compute layers, and it is not int8 (the
+    # default budget may add a second order: a fourth int8 layer)
+    assert s["runtime_compute_layers"] > s["runtime_int8_layers"] >= 3
     assert any(r["type"] in ("RNNSeq", "GRUSequence") and not r["int8"]
                for r in report["runtime_layers"])
 

@@ -187,8 +187,9 @@ def test_budget_cost_without_a_budget_is_refused():
     from rexdeploy.errors import UserError
 
     with pytest.raises(UserError, match="no --budget was given"):
-        QuantConfig(budget_cost="time").validate()
+        QuantConfig(budget_cost="time", auto_budget=False).validate()  # --budget off
     QuantConfig().validate()  # auto without a budget: nothing to say
+    QuantConfig(budget_cost="bops").validate()  # it counts the default budget (--budget auto)
 
 
 def test_time_budget_without_a_model_is_refused_before_any_work(tmp_path):

@@ -48,7 +48,8 @@ def builds(tmp_path_factory):
     tmp, model = tmp_path_factory.mktemp("pixel"), tiny_cnn()
 
     def build(name, preprocess=None, target="openvino", **quant):
-        config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(**quant))
+        # every activation int8 (no default budget), so that the input's grid alone differs
+        config = rexdeploy.BuildConfig(quant=rexdeploy.QuantConfig(auto_budget=False, **quant))
         return rexdeploy.build(model, ["input:1x3x32x32"], target=target,
                                output=str(tmp / name), config=config, quiet=True,
                                preprocess=preprocess)

@@ -169,7 +169,8 @@ def test_auto_leaves_image_models_alone_without_real_data(tmp_path):
 
     plans = {}
     for smooth in ("auto", "all"):
-        cfg = BuildConfig(quant=QuantConfig(ranges="synthetic", smooth=smooth))
+        cfg = BuildConfig(quant=QuantConfig(ranges="synthetic", smooth=smooth,
+                                            auto_budget=False))  # every input int8
         art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], output=str(tmp_path / smooth),
                               config=cfg, quiet=True)
         plans[smooth] = QuantPlan.load(art.path)

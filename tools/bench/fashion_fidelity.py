@@ -23,6 +23,7 @@ TARGET_DROP = 0.5  # points
 EXPORTED = "rexdeploy W8A8 (default), from torch.onnx.export (BatchNorm folded)"
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
+    ("rexdeploy W8A8, --budget off (order 1, every activation int8)", {"auto_budget": False}),
     (EXPORTED, {}),
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
     ("rexdeploy W8 weight-only", {"activations": "none"}),

@@ -36,6 +36,8 @@ sys.path.insert(0, HERE)
 from rexdeploy.evaluate.fidelity import NEAR_TIE as MARGIN  # noqa: E402
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 (default)", {}),
+    # the default before --budget auto: order 1 everywhere, every activation int8
+    ("rexdeploy W8A8, --budget off (order 1, every activation int8)", {"auto_budget": False}),
     ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),
     ("rexdeploy W8A8, no bias correction", {"bias_correction": False}),
     ("rexdeploy W8A8, ranges from Gaussian inputs", {"ranges": "synthetic"}),
@@ -91,6 +93,7 @@ ISSUE2_BUILD = "rexdeploy W8A8, REx budget 1.15, mixed activations, time budget"
 # switched off, and the wider builds
 MOBILENET_CONFIGS = [
     ("rexdeploy W8A8 (default)", {}),
+    ("rexdeploy W8A8, --budget off (order 1, every activation int8)", {"auto_budget": False}),
     ("rexdeploy W8A8, input not aligned", {"align_input": False}),
     ("rexdeploy W8A8, per-tensor depthwise inputs", {"activation_scales": "tensor"}),
     ("rexdeploy W8A8, no depthwise equalization", {"equalize": "off"}),

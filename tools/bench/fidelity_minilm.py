@@ -39,6 +39,8 @@ FFN_OUT = tuple(f"/layers.{i}/output/MatMul" for i in range(6))
 FFN_IN = tuple(f"/layers.{i}/intermediate/MatMul" for i in range(6))
 CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W8A8 data-free (default)", {}),
+    # the default before --budget auto: order 1 everywhere, every activation int8
+    ("rexdeploy W8A8 data-free, --budget off", {"auto_budget": False}),
     ("rexdeploy W8A8 data-free, FFN inputs rotated (--rotate ffn)", {"rotate": "ffn"}),
     ("rexdeploy W8A8 data-free, no rotation (--rotate off)", {"rotate": "off"}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),
@@ -126,6 +128,7 @@ CONFIGS = [(label, q | {"budget_cost": "bops"} if "budget" in q else q) for labe
 # paraphrase-MiniLM-L3-v2 (the second encoder): the default, each data-free lever on and off
 PARAPHRASE_CONFIGS = [
     ("rexdeploy W8A8 data-free (default)", {}),
+    ("rexdeploy W8A8 data-free, --budget off", {"auto_budget": False}),
     ("rexdeploy W8A8 data-free, FFN inputs rotated (--rotate ffn)", {"rotate": "ffn"}),
     ("rexdeploy W8A8 data-free, no rotation (--rotate off)", {"rotate": "off"}),
     ("rexdeploy W8A8 data-free, no scale migration (--smooth off)", {"smooth": "off"}),

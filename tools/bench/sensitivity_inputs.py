@@ -4,7 +4,9 @@
     .venv/bin/python tools/bench/sensitivity_inputs.py [ARTIFACT] [--photos DIR] [-n 8]
 
 For every activation tensor an EfficientNet-Lite0 int8 artifact quantizes (default: the one
-the quick start builds, out/efficientnet_lite0.openvino), the output noise-to-signal ratio when
+the quick start builds, out/efficientnet_lite0.openvino; it keeps the worst one float, the
+default budget's choice: build the quick start's command with --budget off to see every
+tensor), the output noise-to-signal ratio when
 only that tensor is quantized at its planned scale (rexdeploy/planning/sensitivity.py's
 measurement), on:
   - the real photos (.cache/photos, tools/fetch_photos.py), in two halves (their spread);

@@ -219,11 +219,14 @@ def dims_for(key: str) -> tuple:
 # extra configurations beside the default, for the models they apply to
 # (--budget 1.5 --mixed-precision all: the fidelity-first recipe, docs/benchmarks.md)
 # (--no-zero-points: every activation int8 over [-hi, hi], as before the zero points)
+# (--budget off: order 1 everywhere and every activation int8, the default before --budget auto)
 MIXED = ("--budget 1.5 --mixed-precision all", {"budget": 1.5, "mixed_precision": "all"})
 NO_ZERO_POINTS = ("--no-zero-points", {"zero_points": False})
-EXTRA = {"det": [NO_ZERO_POINTS, MIXED], "rec": [NO_ZERO_POINTS, MIXED],
-         "ddd_det": [NO_ZERO_POINTS, MIXED],
-         "ddd_rec": [NO_ZERO_POINTS, ("--recurrent int8", {"recurrent": "int8"}), MIXED]}
+BUDGET_OFF = ("--budget off", {"auto_budget": False})
+EXTRA = {"det": [BUDGET_OFF, NO_ZERO_POINTS, MIXED], "rec": [BUDGET_OFF, NO_ZERO_POINTS, MIXED],
+         "ddd_det": [BUDGET_OFF, NO_ZERO_POINTS, MIXED],
+         "ddd_rec": [BUDGET_OFF, NO_ZERO_POINTS, ("--recurrent int8", {"recurrent": "int8"}),
+                     MIXED]}
 
 
 def run_model(key: str, out: str, peers: bool) -> list[dict]:

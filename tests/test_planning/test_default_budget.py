@@ -1,0 +1,96 @@
+"""--budget auto, the default: a W8A8 build for OpenVINO CPU spends AUTO_BUDGET with
+--mixed-precision activations (the few activations that hurt most stay float, each listed with
+its reason); a build that chose its own cost, a 4-bit one, or one for a target without a
+measured time model gets none; --budget off is order 1 with every activation int8."""
+
+import json
+
+import pytest
+
+import rexdeploy
+from rexdeploy.config import AUTO_BUDGET, BuildConfig, QuantConfig
+from rexdeploy.errors import UserError
+from rexdeploy.resolve import for_target
+from tiny_models import tiny_cnn
+
+
+def _resolved(target="openvino", **quant):
+    return for_target(BuildConfig(quant=QuantConfig(**quant)), ["x:1x3x8x8"], target).config.quant
+
+
+def test_the_default_budget_goes_to_plain_w8a8_builds_for_openvino_cpu():
+    q = _resolved()
+    assert (q.budget, q.mixed_precision, q.auto_budget) == (AUTO_BUDGET, "activations", True)
+    assert q.budget_cost == "openvino-cpu" or q.budget_cost.startswith("openvino-cpu")
+    assert for_target(BuildConfig(quant=q), (), "openvino").config.quant == q  # idempotent
+    for target in ("reference", "trt"):  # no measured time model: no default budget
+        q = _resolved(target)
+        assert q.budget is None and not q.auto_budget and q.mixed_precision == "off"
+    chose = [dict(auto_budget=False), dict(orders=2), dict(budget=1.25), dict(weights="int4"),
+             dict(activations="none"), dict(mixed_precision="all", budget=1.5),
+             dict(ensemble=2), dict(sensitivity="off"), dict(operator="power")]
+    for quant in chose:
+        q = _resolved(**quant)
+        assert not q.auto_budget and q.budget == quant.get("budget"), quant
+        assert q.mixed_precision == quant.get("mixed_precision", "off"), quant
+
+
+def test_budget_cost_names_what_the_default_budget_counts():
+    assert _resolved(budget_cost="bops").budget_cost == "bops"
+    with pytest.raises(UserError, match="this build spends none"):
+        _resolved("trt", budget_cost="bops")
+
+
+def test_an_artifact_from_before_the_default_budget_reads_without_it():
+    old = QuantConfig().to_dict()
+    del old["expansion"]["auto_budget"]
+    assert not QuantConfig.from_dict(old).auto_budget
+    assert QuantConfig.from_dict(QuantConfig().to_dict()).auto_budget
+
+
+def test_cli_budget_takes_auto_off_or_a_number(tmp_path):
+    from click.testing import CliRunner
+
+    from rexdeploy.cli import cli
+    from rexdeploy.cli.build import build_config
+
+    help_text = " ".join(CliRunner().invoke(cli, ["build", "--help"]).output.split())
+    assert "[auto|off|X]" in help_text and "gets 1.05 with" in help_text
+    result = CliRunner().invoke(cli, ["build", "m.onnx", "--budget", "lots"])
+    assert result.exit_code == 2 and "'lots'" in result.output and "auto or off" in result.output
+    ctx = cli.commands["build"].make_context("build", ["m.onnx", "--budget", "off"])
+    assert not build_config(ctx.params).quant.auto_budget
+    ctx = cli.commands["build"].make_context("build", ["m.onnx", "--budget", "1.25"])
+    q = build_config(ctx.params).quant
+    assert q.budget == 1.25 and not q.auto_budget
+    ctx = cli.commands["build"].make_context("build", ["m.onnx"])
+    q = build_config(ctx.params).quant
+    assert q.budget is None and q.auto_budget
+
+
+@pytest.mark.openvino
+def test_a_default_build_keeps_what_hurts_float_and_says_so(tmp_path):
+    model = tiny_cnn()
+    auto = rexdeploy.build(model, ["input:1x3x32x32"], output=str(tmp_path / "auto"),
+                           quiet=True)
+    off = rexdeploy.build(model, ["input:1x3x32x32"], output=str(tmp_path / "off"), quiet=True,
+                          config=BuildConfig(quant=QuantConfig(auto_budget=False)))
+    with open(auto.file("plan")) as f:
+        plan = json.load(f)["config"]
+    assert plan["budget"] == AUTO_BUDGET and plan["mixed_precision"] == "activations"
+    s, s_off = auto.report()["summary"], off.report()["summary"]
+    assert s_off["bops_ratio"] == 1.0 and "cost_ratio" not in s_off
+    assert 1.0 <= s["cost_ratio"] <= AUTO_BUDGET + 1e-9
+    kept = [r for r in auto.report()["layers"] if "activation" in (r.get("mixed") or {})]
+    assert kept and all(r["activation"] is None for r in kept)
+    assert any(n.startswith("mixed precision:") for n in auto.report()["notes"])
+    assert not any(n.startswith("mixed precision") for n in off.report()["notes"])
+    db = {k: min(o["reference_db"] for o in a.report()["device_check"]["outputs"].values())
+          for k, a in (("auto", auto), ("off", off))}
+    assert db["auto"] > db["off"], db  # what it keeps float is what the output loses most to
+    from rexdeploy.render import build_table
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(build_table(auto))
+    assert "budget 1.05 (the default: --budget auto)" in console.export_text()
