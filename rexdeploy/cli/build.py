@@ -247,9 +247,10 @@ _REX_EXPANSION_AND_BUDGET = section(
                       "whole second branch) it buys whole layers; with --sparse-form compact or "
                       "gather, single channels. Not with --sparsity. auto: a W8A8 build for "
                       "OpenVINO CPU that chose no --orders, --sparsity, --ensemble, "
-                      "--mixed-precision or --refine gets 1.05 with --mixed-precision activations (the few activations that "
-                      "hurt most stay float: EfficientNet-Lite0 23.7 -> 25.8 dB at 1.02x the "
-                      "time); other builds none. off: order 1 and int8 activations everywhere."),
+                      "--mixed-precision or --refine gets 1.05 with --mixed-precision "
+                      "activations (the few activations that hurt most stay float: "
+                      "EfficientNet-Lite0 23.7 -> 25.8 dB at 1.02x the time); other builds "
+                      "none. off: order 1 and int8 activations everywhere."),
     click.option("--budget-cost", default="auto", show_default=True,
                  metavar="[auto|bops|time|FILE.json]", callback=_budget_cost,
                  help="What --budget counts. bops: bit-operations (M x b_w x b_a per layer). "
