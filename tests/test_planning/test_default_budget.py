@@ -21,6 +21,8 @@ def _resolved(target="openvino", **quant):
 def test_the_default_budget_goes_to_plain_w8a8_builds_for_openvino_cpu():
     q = _resolved()
     assert (q.budget, q.mixed_precision, q.auto_budget) == (AUTO_BUDGET, "activations", True)
+    assert q.dynamic_quantization == 0  # a float-input MatMul stays float on the device
+    assert _resolved(dynamic_quantization=32).dynamic_quantization == 32
     assert q.budget_cost == "openvino-cpu" or q.budget_cost.startswith("openvino-cpu")
     assert for_target(BuildConfig(quant=q), (), "openvino").config.quant == q  # idempotent
     for target in ("reference", "trt"):  # no measured time model: no default budget
