@@ -5,7 +5,8 @@ records the choices as made (docs/design.md, "Config").
     for_target(config, inputs, target, preprocess) -> Resolution
         before any stage runs: the target and input specs merged in, validated, the backend
         checked, the device, the int8 ISA (and whether it saturates), the activation scales,
-        what a --budget counts, the --calib images' preprocessing
+        the default budget (--budget auto), what a --budget counts, no dynamic quantization
+        of inputs mixed precision keeps float, the --calib images' preprocessing
     for_model(config, specs, preprocess, log) -> BuildConfig
         once the front end has read the model's inputs: their specs, what --preprocess says
         of an image input's values, how sparse orders are lowered, the ranges' source
@@ -58,11 +59,12 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
     scales = config.quant.activation_scales
     if scales == "auto":
         scales = "depthwise" if rules.channel_activations else "tensor"
+    timed = rules.cpu_cost_models and config.device.upper().startswith("CPU")
     quant = config.quant.with_(int8_isa=isa.name, int8_saturates=isa.saturates,
                                activation_scales=scales,
                                **weight_granularity(config.quant, rules),
-                               **default_budget(config.quant, timed=rules.cpu_cost_models and
-                                                config.device.upper().startswith("CPU")))
+                               **default_budget(config.quant, timed=timed))
+    quant = quant.with_(**float_inputs_stay_float(quant, timed))
     if quant.budget is None and quant.budget_cost != "auto":
         raise UserError(f"--budget-cost {quant.budget_cost} says what a --budget counts, and "
                         "this build spends none (the default budget is for W8A8 builds for "
@@ -99,11 +101,19 @@ def default_budget(q, timed: bool) -> dict:
     w8a8 = q.weights == "int8" and q.activations == "int8" and q.operator == "uniform"
     if not (x.auto_budget and timed and plain and w8a8 and q.calibration.refine == "none"):
         return {"auto_budget": False}
-    # a MatMul/Gemm whose input it keeps float runs on OpenVINO's compressed FullyConnected,
-    # whose own dynamic activation quantization would quantize that input again (a test CNN's
-    # device check: 21 dB away from its reference); 0 keeps it float, as the plan means
-    dynamic = {} if q.dynamic_quantization is not None else {"dynamic_quantization": 0}
-    return {"budget": AUTO_BUDGET, "mixed_precision": "activations", **dynamic}
+    return {"budget": AUTO_BUDGET, "mixed_precision": "activations"}
+
+
+def float_inputs_stay_float(q, timed: bool) -> dict:
+    """--dynamic-quantization 0 for an 8-bit-weight build whose --mixed-precision may keep
+    activations float, on OpenVINO CPU, unless the user set it: a MatMul/Gemm whose input stays
+    float runs on OpenVINO's compressed FullyConnected, whose own dynamic activation
+    quantization would quantize that input again (a test CNN's device check: 21 dB away from
+    its reference; equal with 0). With 8-bit weights those are the only compressed layers."""
+    if timed and q.dynamic_quantization is None and q.weight_bits == 8 and \
+            q.activations == "int8" and q.mixed_precision in ("activations", "all"):
+        return {"dynamic_quantization": 0}
+    return {}
 
 
 # input columns per block of --block-size's default for 4-bit weight-only builds: all-MiniLM-L6-v2

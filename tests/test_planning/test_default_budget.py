@@ -23,6 +23,11 @@ def test_the_default_budget_goes_to_plain_w8a8_builds_for_openvino_cpu():
     assert (q.budget, q.mixed_precision, q.auto_budget) == (AUTO_BUDGET, "activations", True)
     assert q.dynamic_quantization == 0  # a float-input MatMul stays float on the device
     assert _resolved(dynamic_quantization=32).dynamic_quantization == 32
+    assert _resolved(budget=1.5, mixed_precision="all").dynamic_quantization == 0
+    assert _resolved(budget=1.5).dynamic_quantization is None  # no float inputs
+    assert _resolved(weights="int4", budget=1.5, mixed_precision="all").dynamic_quantization \
+        is None  # 4-bit MatMuls run compressed with int8 activations: the runtime's choice
+    assert _resolved("trt", budget=1.5, mixed_precision="all").dynamic_quantization is None
     assert q.budget_cost == "openvino-cpu" or q.budget_cost.startswith("openvino-cpu")
     assert for_target(BuildConfig(quant=q), (), "openvino").config.quant == q  # idempotent
     for target in ("reference", "trt"):  # no measured time model: no default budget
