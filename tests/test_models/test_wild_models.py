@@ -166,8 +166,9 @@ def test_conv_transpose_is_quantized_and_runs_int8(tmp_path, target):
     torch.manual_seed(0)
     art = rexdeploy.build(Decoder().eval(), ["x:1x3x32x32"], target=target, quiet=True,
                           output=str(tmp_path / f"decoder.{target}"),
-                          config=BuildConfig(quant=QuantConfig(input_ranges=(("x", -1.0, 1.0),))))
-    report = art.report()
+                          config=BuildConfig(quant=QuantConfig(input_ranges=(("x", -1.0, 1.0),),
+                                                               auto_budget=False)))
+    report = art.report()  # every input int8 (no default budget): all of it runs int8
     rows = {r["name"]: r for r in report["layers"]}
     up = [r for r in rows.values() if r["op"] == "ConvTranspose"]
     assert len(up) == 2 and not report["skipped"]
