@@ -28,7 +28,7 @@ def test_the_default_budget_goes_to_plain_w8a8_builds_for_openvino_cpu():
     assert _resolved(weights="int4", budget=1.5, mixed_precision="all").dynamic_quantization \
         is None  # 4-bit MatMuls run compressed with int8 activations: the runtime's choice
     assert _resolved("trt", budget=1.5, mixed_precision="all").dynamic_quantization is None
-    assert q.budget_cost == "openvino-cpu" or q.budget_cost.startswith("openvino-cpu")
+    assert q.budget_cost.startswith("openvino-cpu")  # the time model of this host's ISA
     assert for_target(BuildConfig(quant=q), (), "openvino").config.quant == q  # idempotent
     for target in ("reference", "trt"):  # no measured time model: no default budget
         q = _resolved(target)
