@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 REPORT_VERSION = 1
 # Runtime precisions of a compute layer that read integer weights: int8 kernels, or compressed
 # int8/int4 weights decompressed inside the kernel (weight-only builds, OpenVINO FullyConnected).
@@ -9,6 +11,18 @@ LOW_BIT = ("i8", "u8", "i4", "u4")
 TABLE_FLOAT_REASON = ("non-uniform codes have no integer kernel, and OpenVINO's CPU plugin "
                       "decompresses codebook (Gather) weights to f32; lowered as float weights "
                       "(f32 on OpenVINO, f16 on TensorRT), codes and table kept in plan.npz")
+
+
+def _stable_names(runtime: list[dict]) -> None:
+    """Names the runtime made up for nodes of its own (no original node; OpenVINO: "Multiply_"
+    and a process-wide counter, so two builds in one process differ) become "Multiply#k", the
+    k-th such node of the report, in place: the report stays the same from build to build."""
+    seen = 0
+    for r in runtime:
+        m = re.fullmatch(r"([A-Za-z]+)_\d+", r["name"])
+        if m and not r["original"]:
+            r["name"] = f"{m.group(1)}#{seen}"
+            seen += 1
 
 
 def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
@@ -19,6 +33,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
         {"name": l.name, "type": l.type, "precision": l.precision, "kernel": l.kernel,
          "int8": l.is_int8, "original": list(getattr(l, "original_names", ()) or ())}
         for l in result.layers]
+    _stable_names(runtime)
     acts = {a.tensor: a for a in plan.activations}
     bias_nodes = {info.name: info.bias_node for info in layers}
     assigned = _assign_runtime([lp.name for lp in plan.layers] +

@@ -63,7 +63,33 @@ def test_tiny_model_builds_byte_identical(tmp_path):
     ha, hb = _hashes(a), _hashes(b)
     assert set(ha) >= {"onnx", "plan", "plan_arrays", "ir_xml", "ir_bin", "float_onnx",
                        "report"}
+    with open(os.path.join(a, "report.json")) as fa, open(os.path.join(b, "report.json")) as fb:
+        ra, rb = json.load(fa), json.load(fb)
+    assert ra == rb, _differences(ra, rb)
     assert ha == hb, {role: (ha[role], hb.get(role)) for role in ha if ha[role] != hb.get(role)}
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """Where two JSON values differ (paths and both values), for a readable failure."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_names_the_runtime_made_up_do_not_reach_the_report():
+    """OpenVINO names a node of its own "Multiply_" and a counter that grows in the process:
+    two builds in one process would record different names (seen under the AVX2 lane)."""
+    from rexdeploy.report import _stable_names
+
+    runtime = [{"name": "Multiply_607152", "original": []},
+               {"name": "Conv_12", "original": ["Conv_12"]},  # a source node of that name
+               {"name": "/fc/Gemm", "original": []},
+               {"name": "Add_9", "original": []}]
+    _stable_names(runtime)
+    assert [r["name"] for r in runtime] == ["Multiply#0", "Conv_12", "/fc/Gemm", "Add#1"]
 
 
 def _effnet_file(tmp_path) -> str:
