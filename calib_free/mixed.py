@@ -85,11 +85,16 @@ WHOLE = -1  # the channel of an "order" candidate that stands for the whole laye
 
 
 class _State:
-    def __init__(self, layers: list[MixedLayer], model: CostModel):
+    def __init__(self, layers: list[MixedLayer], model: CostModel, floor: int = 1):
         self.layers = layers
         self.model = model
         self.kept = [[[] for _ in range(max(0, l.cost.errors.shape[0] - 1))] for l in layers]
         self.order = [torch.ones(l.cost.channels, dtype=torch.int64) for l in layers]
+        for li, l in enumerate(layers):  # each layer starts at `floor` orders (or all it has)
+            top = min(floor, l.cost.errors.shape[0]) if l.cost.macs > 0 else 1
+            self.order[li][:] = top
+            for k in range(2, top + 1):
+                self.kept[li][k - 2].extend(range(l.cost.channels))
         self.raised = [False] * len(layers)
         self.float_act = [False] * len(layers)
 
@@ -118,10 +123,14 @@ class _State:
 def allocate_mixed(layers: list[MixedLayer], budget: float,
                    act_nsr: dict[str, float] | None = None,
                    raise_weights: bool = False, float_activations: bool = False,
-                   whole_layers: bool = False, cost_model: CostModel = BOPS
-                   ) -> MixedAllocation:
+                   whole_layers: bool = False, cost_model: CostModel = BOPS,
+                   floor: int = 1) -> MixedAllocation:
     """Greedy allocation of orders, 8-bit weights and float activations under
     total BOPs <= budget x the order-1 BOPs, by expected output-NSR drop per BOP.
+
+    floor: every layer starts with this many orders (REx K=floor everywhere, or all the orders
+    it has), and the budget counts from that build's cost, not order 1's: budget x the cost at
+    `floor` orders. Candidates are then the orders above it, raises and float activations.
 
     act_nsr: measured output NSR per activation tensor (needed for float_activations).
     Layers without nsr_w weigh their order gains by 1 (as allocate_budget does).
@@ -132,14 +141,17 @@ def allocate_mixed(layers: list[MixedLayer], budget: float,
     bops_delta of each raise in the result stays in BOPs."""
     if budget < 1.0:
         raise ValueError(f"budget {budget}: must be >= 1 (1 = order 1 only)")
-    greedy = _Greedy(layers, act_nsr or {}, cost_model)
+    if floor < 1:
+        raise ValueError(f"floor {floor}: must be >= 1 (1 = the budget counts from order 1)")
+    greedy = _Greedy(layers, act_nsr or {}, cost_model, floor)
     base = greedy.spent
     for li, l in enumerate(layers):
         if l.cost.macs <= 0:
             continue
-        if l.cost.errors.shape[0] >= 2:
+        nxt = int(greedy.st.order[li][0]) + 1
+        if nxt <= l.cost.errors.shape[0]:
             for c in [WHOLE] if whole_layers else range(l.cost.channels):
-                greedy.push(("order", li, c, 2))
+                greedy.push(("order", li, c, nxt))
         if raise_weights and l.errors8 is not None and l.cost.bits_w < RAISED_WEIGHT_BITS:
             greedy.push(("weights", li, 0, 0))
     if float_activations:
@@ -155,10 +167,11 @@ class _Greedy:
     (layer index, channel or WHOLE, order k), "weights" (layer index), "act" (tensor), each
     scored by expected output-NSR drop per unit of the cost model, re-scored when stale."""
 
-    def __init__(self, layers: list[MixedLayer], act_nsr: dict[str, float], cost_model):
+    def __init__(self, layers: list[MixedLayer], act_nsr: dict[str, float], cost_model,
+                 floor: int = 1):
         self.layers, self.act_nsr, self.cost_model = layers, act_nsr, cost_model
-        self.st = _State(layers, cost_model)
-        self.spent = sum(cost_model.order1(l.cost) for l in layers)
+        self.st = _State(layers, cost_model, floor)
+        self.spent = sum(self.st.layer_cost(li) for li in range(len(layers)))
         self.readers: dict[str, list[int]] = {}
         for li, l in enumerate(layers):
             if l.act is not None:

@@ -51,12 +51,14 @@ BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
 # names (cost_models.py)
 MAX_ENSEMBLE = 8
-# the budget a W8A8 build gets when none is given (--budget auto, the default; rexdeploy/resolve.py
-# default_budget), spent with --mixed-precision activations: the activations whose int8 grid hurts
-# the output most on the build's synthetic inputs stay float, REx second orders where they pay
-# more. Measured against order 1 everywhere (docs/benchmarks.md, "A small budget by default"):
+# the budget a build with int8 activations gets when none is given (--budget auto, the default;
+# rexdeploy/resolve.py default_budget), spent with --mixed-precision activations: the activations
+# whose int8 grid hurts the output most on the build's synthetic inputs stay float, REx second
+# orders where they pay more (with --orders K: counted from the K-order build, order K + 1).
+# Measured against order 1 everywhere (docs/benchmarks.md, "A small budget by default"):
 # EfficientNet-Lite0 23.7 -> 25.8 dB at 1.02x the CPU time; ddddocr's detector keeps 0.92 -> 0.98
-# of the float detections, PP-OCRv4's recogniser reads 0.62 -> 0.87 of the lines exactly
+# of the float detections, PP-OCRv4's recogniser reads 0.62 -> 0.87 of the lines exactly;
+# EfficientNet-Lite0 W4A8 K=2 23.4 -> 25.5 dB ("The default budget over --orders K")
 AUTO_BUDGET = 1.05
 # a hint beside the "use one of" error, where the choices alone do not say enough
 _CHOICE_HINTS = {"refine_inputs": "quantized (default): each layer on the inputs the quantized "
@@ -174,16 +176,28 @@ class ExpansionConfig:
     # activations); auto: on with --mixed-precision, and with a --budget that buys whole layers
     sensitivity: SensitivityMode = "auto"
     mixed_precision: MixedMode = "off"  # off | weights | activations | all
-    # --budget auto (the default): a W8A8 build at order 1 given no --budget, --orders,
-    # --sparsity, --ensemble or --mixed-precision gets AUTO_BUDGET with --mixed-precision
-    # activations (rexdeploy/resolve.py default_budget); --budget off (False): order 1 and int8
-    # activations everywhere
+    # --budget auto (the default): a build with int8 activations given no --budget, --sparsity,
+    # --ensemble or --mixed-precision gets AUTO_BUDGET with --mixed-precision activations
+    # (rexdeploy/resolve.py default_budget; over --orders K when K >= 2); --budget off (False):
+    # exactly --orders and int8 activations everywhere
     auto_budget: bool = True
+    # the orders every layer keeps under a --budget, which then counts from that build's cost
+    # (budget x the cost at budget_from orders) and buys order budget_from + 1 and float
+    # activations above it; set by --budget auto for a build with --orders K >= 2 (1: the budget
+    # counts from order 1, as a --budget the user gives)
+    budget_from: int = 1
 
     def validate(self) -> None:
         check_choices(self)
         if not 1 <= self.orders <= 4:
             raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
+        if not 1 <= self.budget_from <= self.orders:
+            raise UserError(f"budget_from {self.budget_from}: the orders every layer keeps under "
+                            f"a budget must be 1..--orders ({self.orders})")
+        if self.budget_from > 1 and (self.budget is None or self.mixed_precision == "off"):
+            raise UserError(f"budget_from {self.budget_from} counts a --budget from REx "
+                            f"K={self.budget_from}, spent by --mixed-precision; this build has "
+                            "no budget or no --mixed-precision", "drop budget_from")
         if self.sparsity is not None:
             if not 0.0 < self.sparsity <= 1.0:
                 raise UserError(f"--sparsity {self.sparsity}: the kept fraction of channels must "
@@ -221,8 +235,11 @@ class ExpansionConfig:
 
     @property
     def max_orders(self) -> int:
-        """The highest order any layer gets: --orders, at least 2 under a budget or ensemble."""
-        return max(self.orders, 2) if (self.budget is not None or self.ensemble) else self.orders
+        """The highest order any layer gets: --orders, at least 2 under a budget or ensemble,
+        and one more than budget_from (up to 4) when the budget counts from there."""
+        if self.budget is not None or self.ensemble:
+            return max(self.orders, 2, min(self.budget_from + 1, 4))
+        return self.orders
 
 
 @dataclass(frozen=True)

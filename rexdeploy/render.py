@@ -93,7 +93,10 @@ def _quantization(cfg: QuantConfig) -> str:
 
 
 def _orders(cfg: QuantConfig) -> str:
-    """K=n, or K<=n where a budget or an ensemble gives some layers fewer orders."""
+    """K=n, K<=n where a budget or an ensemble gives some layers fewer orders, or K=m..n where
+    every layer keeps m orders under the budget."""
+    if cfg.budget and cfg.budget_from > 1:
+        return f"K={cfg.budget_from}..{cfg.max_orders}"
     if cfg.budget or cfg.ensemble:
         return f"K<={cfg.max_orders}"
     return f"K={cfg.orders}"
@@ -106,11 +109,15 @@ def _expansion(cfg: QuantConfig, s: dict) -> str:
         parts.append(f"gamma {cfg.sparsity:g}")
     if cfg.budget is not None:
         cost = cfg.budget_cost
-        parts.append(f"budget {cfg.budget:g}" + (" (the default: --budget auto)" if
-                                                  cfg.auto_budget else "") + (
-            "" if cost in ("bops", "auto") else
-            f" in the {cost} time model ({s.get('cost_ratio', 1.0):.2f}x the order-1 time "
-            "estimated)"))
+        budget = f"budget {cfg.budget:g}"
+        if cfg.budget_from > 1:
+            budget += f" over K={cfg.budget_from}"
+        if cfg.auto_budget:
+            budget += " (the default: --budget auto)"
+        if cost not in ("bops", "auto"):
+            budget += (f" in the {cost} time model ({s.get('cost_ratio', 1.0):.2f}x the order-1 "
+                       "time estimated)")
+        parts.append(budget)
     if cfg.ensemble:
         parts.append(f"ensemble: base + {cfg.ensemble} members "
                      f"({cfg.ensemble_partition} partition)")

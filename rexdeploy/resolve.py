@@ -67,8 +67,8 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
     quant = quant.with_(**float_inputs_stay_float(quant, timed))
     if quant.budget is None and quant.budget_cost != "auto":
         raise UserError(f"--budget-cost {quant.budget_cost} says what a --budget counts, and "
-                        "this build spends none (the default budget is for W8A8 builds for "
-                        "OpenVINO CPU)", "add --budget X, e.g. --budget 1.1")
+                        "this build spends none (the default budget is for builds with int8 "
+                        "activations for OpenVINO CPU)", "add --budget X, e.g. --budget 1.1")
     if quant.budget is not None:  # what the budget counts on this target and device
         from rexdeploy.planning.cost_models import resolve
 
@@ -85,23 +85,26 @@ def for_target(config: BuildConfig | None, inputs=(), target: str | None = None,
 
 def default_budget(q, timed: bool) -> dict:
     """--budget auto made concrete: AUTO_BUDGET spent with --mixed-precision activations on a
-    W8A8 build that asked for no cost of its own (no --budget, --orders, --sparsity, --ensemble,
-    --mixed-precision, --refine; the uniform operator; the sensitivity not turned off), for a
-    target with a measured time model (`timed`: OpenVINO CPU, where the 5 % is 5 % of the time;
-    bit-operations cannot say what a float layer between int8 ones costs on TensorRT). Otherwise
-    {"auto_budget": False}, so that the resolved config says whether its budget came from here.
-    A 4-bit build, or one that chose its orders, is the user's trade already."""
+    build with integer activations that asked for no cost of its own beyond its --orders (no
+    --budget, --sparsity, --ensemble, --mixed-precision, --refine; the uniform operator; the
+    sensitivity not turned off), for a target with a measured time model (`timed`: OpenVINO
+    CPU, where the 5 % is 5 % of the time; bit-operations cannot say what a float layer between
+    int8 ones costs on TensorRT). With --orders K >= 2 every layer keeps its K orders and the
+    budget counts from that build's time (budget_from K): the 5 % buys order K + 1 where it
+    pays most, and float activations. Otherwise {"auto_budget": False}, so that the resolved
+    config says whether its budget came from here."""
     from rexdeploy.config import AUTO_BUDGET
 
     x = q.expansion
-    if x.auto_budget and x.budget == AUTO_BUDGET and x.mixed_precision == "activations":
+    if x.auto_budget and x.budget == AUTO_BUDGET and x.mixed_precision == "activations" and \
+            x.budget_from == x.orders:
         return {}  # resolved already
-    plain = x.budget is None and x.orders == 1 and x.sparsity is None and not x.ensemble \
-        and x.mixed_precision == "off" and x.sensitivity != "off"
-    w8a8 = q.weights == "int8" and q.activations == "int8" and q.operator == "uniform"
-    if not (x.auto_budget and timed and plain and w8a8 and q.calibration.refine == "none"):
+    plain = x.budget is None and x.sparsity is None and not x.ensemble \
+        and x.mixed_precision == "off" and x.sensitivity != "off" and x.budget_from == 1
+    int8_inputs = q.activations == "int8" and q.operator == "uniform"
+    if not (x.auto_budget and timed and plain and int8_inputs and q.calibration.refine == "none"):
         return {"auto_budget": False}
-    return {"budget": AUTO_BUDGET, "mixed_precision": "activations"}
+    return {"budget": AUTO_BUDGET, "mixed_precision": "activations", "budget_from": x.orders}
 
 
 def float_inputs_stay_float(q, timed: bool) -> dict:

@@ -233,7 +233,9 @@ _REX_EXPANSION_AND_BUDGET = section(
     'REx expansion and budget',
     click.option("--orders", type=click.IntRange(1, 4), default=1, show_default=True,
                  help="REx residual expansion order K: each weight as a sum of K int8 kernels "
-                      "(the highest order under --budget / --ensemble; they use 2 at least)."),
+                      "(the highest order under --budget X / --ensemble; they use 2 at least). "
+                      "Under the default --budget auto every layer keeps its K orders and a few "
+                      "get K+1."),
     click.option("--sparsity", type=float, metavar="GAMMA",
                  help="Orders 2..K cover only this fraction of each layer's output channels (those "
                       "with the largest residual error), e.g. 0.25. Needs --orders >= 2."),
@@ -245,12 +247,15 @@ _REX_EXPANSION_AND_BUDGET = section(
                       "error per unit of cost. With the dense sparse "
                       "form (OpenVINO's and TensorRT's, where one kept channel runs the layer's "
                       "whole second branch) it buys whole layers; with --sparse-form compact or "
-                      "gather, single channels. Not with --sparsity. auto: a W8A8 build for "
-                      "OpenVINO CPU that chose no --orders, --sparsity, --ensemble, "
+                      "gather, single channels. Not with --sparsity. auto: a build for "
+                      "OpenVINO CPU with int8 activations that chose no --sparsity, --ensemble, "
                       "--mixed-precision or --refine gets 1.05 with --mixed-precision "
                       "activations (the few activations that hurt most stay float: "
-                      "EfficientNet-Lite0 23.7 -> 25.8 dB at 1.02x the time); other builds "
-                      "none. off: order 1 and int8 activations everywhere."),
+                      "EfficientNet-Lite0 23.7 -> 25.8 dB at 1.02x the time); with --orders "
+                      "K >= 2 every layer keeps its K orders and the 5 % counts from that "
+                      "build's time, for order K+1 where it pays and float activations "
+                      "(EfficientNet-Lite0 W4A8 K=2 23.4 -> 25.5 dB); other builds none. off: "
+                      "exactly --orders everywhere and int8 activations."),
     click.option("--budget-cost", default="auto", show_default=True,
                  metavar="[auto|bops|time|FILE.json]", callback=_budget_cost,
                  help="What --budget counts. bops: bit-operations (M x b_w x b_a per layer). "

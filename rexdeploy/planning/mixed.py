@@ -45,17 +45,24 @@ def allocate(expansions, config: QuantConfig, sensitivity, act_tensors: set[str]
                            raise_weights=raises_weights(config),
                            float_activations=raises_activations(config),
                            whole_layers=config.budget_whole_layers,
-                           cost_model=cost_models.get(config.budget_cost))
+                           cost_model=cost_models.get(config.budget_cost),
+                           floor=config.budget_from)
     return alloc, eights
 
 
 def _capped_matmul_inputs(expansions, config: QuantConfig) -> set[str]:
-    """The inputs that stay int8 in a build for a pre-VNNI CPU on OpenVINO: it runs a MatMul/Gemm
-    whose input is float and whose weights are integer on its compressed-weight kernel, chosen
-    by the CPU's own features, which ONEDNN_MAX_CPU_ISA does not hide, and oneDNN then refuses
-    it (backends.cpu_isa.cap_note). Such a build's device check runs under that cap on a newer
-    host (and a cross-build must equal the build made under it), so those inputs keep int8."""
-    if not (config.int8_saturates and config.budget_cost.startswith("openvino-cpu")):
+    """The MatMul/Gemm inputs that stay int8 on OpenVINO CPU, where such a layer whose input is
+    float and whose weights are integer runs on the compressed-weight kernel:
+    - in a build for a pre-VNNI CPU: OpenVINO chooses that kernel by the CPU's own features,
+      which ONEDNN_MAX_CPU_ISA does not hide, and oneDNN then refuses it
+      (backends.cpu_isa.cap_note). Such a build's device check runs under that cap on a newer
+      host (and a cross-build must equal the build made under it);
+    - in a build with weights below 8 bits whose runtime keeps its dynamic quantization: that
+      kernel would quantize the float input again (8-bit builds turn it off:
+      rexdeploy.resolve.float_inputs_stay_float), and the device would not run what the
+      reference does."""
+    requant = config.weight_bits < 8 and config.dynamic_quantization != 0
+    if not (config.budget_cost.startswith("openvino-cpu") and (config.int8_saturates or requant)):
         return set()
     return {e.layer.input for e in expansions if e.layer.op in ("MatMul", "Gemm")}
 

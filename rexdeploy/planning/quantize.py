@@ -120,7 +120,7 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
     if sensitivity is not None and config.budget is not None:  # rexdeploy/planning/mixed.py
         from rexdeploy.planning import mixed
 
-        cfg8 = config.with_(weights="int8", orders=1, budget=None)
+        cfg8 = config.with_(weights="int8", orders=1, budget=None, budget_from=1)
         alloc, eights = mixed.allocate(
             expansions, config, sensitivity, quantized,
             lambda e: _expand(e.layer, stats, observed, cfg8, smooth.get(e.layer.input)))
@@ -155,7 +155,8 @@ def make_plan(layers: list[LayerInfo], skipped: list[SkippedLayer], tensors: lis
                              "pair_limit": config.pair_limit}
                      | (describe_cost(config.budget_cost) if config.budget is not None else {})
                      | ({"sensitivity": "on", "mixed_precision": config.mixed_precision}
-                        if sensitivity is not None and config.budget is not None else {}))
+                        if sensitivity is not None and config.budget is not None else {})
+                     | ({"budget_from": config.budget_from} if config.budget_from > 1 else {}))
 
 
 @dataclass(frozen=True, eq=False)

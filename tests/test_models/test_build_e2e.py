@@ -152,8 +152,8 @@ def test_cli_round_trip(cnn_file, tmp_path):
 
 def test_report_maps_every_expansion_branch(cnn_file, tmp_path):
     a = rexdeploy.build(cnn_file, ["input:1x3x32x32"], output=str(tmp_path / "k2"), quiet=True,
-                        config=rexdeploy.api.BuildConfig(
-                            quant=rexdeploy.api.QuantConfig(orders=2)))
+                        config=rexdeploy.api.BuildConfig(  # exactly K=2, int8 inputs
+                            quant=rexdeploy.api.QuantConfig(orders=2, auto_budget=False)))
     for row in a.report()["layers"]:
         assert len(row["runtime"]) == 2, row
         assert row["runs_int8"], row
@@ -197,8 +197,8 @@ def test_keep_intermediates_dumps_each_stage(cnn_file, tmp_path):
 def test_low_bit_weights(cnn_file, tmp_path, weights, orders):
     import onnx
 
-    cfg = rexdeploy.api.BuildConfig(quant=rexdeploy.api.QuantConfig(weights=weights,
-                                                                    orders=orders))
+    cfg = rexdeploy.api.BuildConfig(quant=rexdeploy.api.QuantConfig(  # exactly K orders
+        weights=weights, orders=orders, auto_budget=False))
     a = rexdeploy.build(cnn_file, ["input:1x3x32x32"], output=str(tmp_path / weights), quiet=True,
                         config=cfg)
     bits = int(weights[3:])

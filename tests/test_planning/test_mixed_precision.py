@@ -72,6 +72,37 @@ def test_budget_is_never_exceeded(budget, whole):
         assert not alloc.raised_weights and not alloc.float_activations
 
 
+def _three_orders(name, channels=8, macs=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    e1 = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
+    return LayerCost(name, torch.stack([e1, e1 / 200, e1 / 40000]), macs, 4, 8)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_floor_keeps_its_orders_and_counts_the_budget_from_there(whole):
+    costs = [_three_orders(n, seed=i) for i, n in enumerate("abc")]
+    layers = [MixedLayer(c, n, None, f"t{i}") for i, (c, n) in
+              enumerate(zip(costs, (1e-6, 1e-3, 1e-6)))]
+    act = {"t0": 1e-9, "t1": 1e-9, "t2": 1e-2}
+    k2 = 3 * 1000 * 4 * 8 * 2  # every layer at K=2: the budget's base
+    none = allocate_mixed(layers, 1.0, act, float_activations=True, whole_layers=whole, floor=2)
+    assert none.base_bops == pytest.approx(k2) == none.total_bops
+    assert all(len(none.kept[n][0]) == 8 and len(none.kept[n][1]) == 0 for n in "abc")
+    # room for one layer's third order (+1/6 of the base), not for t2 in float (+3x its 64k)
+    alloc = allocate_mixed(layers, 1.2, act, float_activations=True, whole_layers=whole,
+                           floor=2)
+    assert all(len(alloc.kept[n][0]) == 8 for n in "abc")  # order 2 kept everywhere
+    assert len(alloc.kept["b"][1]) == 8 and not alloc.kept["a"][1].numel()  # the sensitive one
+    assert not alloc.float_activations
+    assert alloc.total_bops <= 1.2 * k2 * (1 + 1e-9)
+    wide = allocate_mixed(layers, 2.0, act, float_activations=True, whole_layers=whole, floor=2)
+    assert set(wide.float_activations) == {"t2"}  # the activation that hurts most
+    # floor 1 is the allocation counted from order 1, as before
+    assert allocate_mixed(layers, 1.0, act, floor=1).base_bops == pytest.approx(k2 / 2)
+    with pytest.raises(ValueError, match="floor 0"):
+        allocate_mixed(layers, 1.0, floor=0)
+
+
 def test_whole_layers_go_to_the_sensitive_layer():
     costs = [_cost("a", seed=0), _cost("b", seed=0), _cost("c", seed=0)]
     layers = [MixedLayer(costs[0], 1e-6), MixedLayer(costs[1], 1e-3), MixedLayer(costs[2], 1e-6)]
