@@ -83,13 +83,18 @@ CONFIGS = [  # label, QuantConfig overrides
     ("rexdeploy W4 weight-only, REx ensemble M=2", {"weights": "int4", "activations": "none",
                                                     "ensemble": 2}),
     ("rexdeploy W8A8, REx K=2", {"orders": 2}),
-    # 4-bit weights, int8 activations (issue 22's W4A8 transformer build)
+    ("rexdeploy W8A8, REx K=2, --budget off", {"orders": 2, "auto_budget": False}),
+    # 4-bit weights, int8 activations (issue 22's W4A8 transformer build); the default budget
+    # buys higher orders there (MatMul inputs stay int8: rexdeploy/planning/mixed.py)
     ("rexdeploy W4A8 data-free", {"weights": "int4"}),
+    ("rexdeploy W4A8 data-free, --budget off", {"weights": "int4", "auto_budget": False}),
     ("rexdeploy W4A8 data-free, per channel (--block-size 0)",
      {"weights": "int4", "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, FFN inputs rotated (--rotate ffn)",
      {"weights": "int4", "rotate": "ffn"}),
     ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8 data-free, REx K=2, --budget off",
+     {"weights": "int4", "orders": 2, "auto_budget": False}),
     # second orders where the build's sensitivity says they pay, under a bit-operations budget
     ("rexdeploy W4A8 data-free, --budget 1.25", {"weights": "int4", "budget": 1.25}),
     ("rexdeploy W4A8 data-free, --budget 1.5", {"weights": "int4", "budget": 1.5}),
@@ -149,9 +154,12 @@ PARAPHRASE_CONFIGS = [
     ("rexdeploy W4 weight-only, REx K=2, unbalanced (--weight-balance off)",
      {"weights": "int4", "activations": "none", "orders": 2, "weight_balance": "off"}),
     ("rexdeploy W4A8 data-free", {"weights": "int4"}),
+    ("rexdeploy W4A8 data-free, --budget off", {"weights": "int4", "auto_budget": False}),
     ("rexdeploy W4A8 data-free, per channel (--block-size 0)",
      {"weights": "int4", "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2", {"weights": "int4", "orders": 2}),
+    ("rexdeploy W4A8 data-free, REx K=2, --budget off",
+     {"weights": "int4", "orders": 2, "auto_budget": False}),
     ("rexdeploy W4A8 data-free, REx K=2, per channel (--block-size 0)",
      {"weights": "int4", "orders": 2, "granularity": "channel"}),
     ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated (--rotate ffn)",
@@ -165,6 +173,8 @@ PARAPHRASE_PAIRS = [
     ("rexdeploy W4 weight-only, REx K=2", "rexdeploy W4 weight-only, REx K=2, unbalanced"),
     ("rexdeploy W8A8 data-free, FFN inputs rotated", "rexdeploy W8A8 data-free (default)"),
     ("rexdeploy W4A8 data-free, REx K=2, FFN inputs rotated", "rexdeploy W4A8 data-free, REx K=2"),
+    ("rexdeploy W4A8 data-free", "rexdeploy W4A8 data-free, --budget off"),  # --budget auto
+    ("rexdeploy W4A8 data-free, REx K=2", "rexdeploy W4A8 data-free, REx K=2, --budget off"),
 ]
 
 
@@ -352,9 +362,12 @@ def verdicts(rows: list[dict], enc: Encoder | None = None) -> list[str]:
         import pareto
 
         out += pareto.peer_verdicts("minilm", rows)
+    def find(label):  # the row of that label, else the first whose label starts with it
+        return next((r for r in rows if r["label"] == label), None) or \
+            next((r for r in rows if r["label"].startswith(label)), None)
+
     for lever, without in enc.pairs:
-        a = next((r for r in rows if r["label"].startswith(lever)), None)
-        b = next((r for r in rows if r["label"].startswith(without)), None)
+        a, b = find(lever), find(without)
         if a is not None and b is not None:
             ok = a["cos_mean"] >= b["cos_mean"] - 1e-4
             out.append(f"{a['label'][len('rexdeploy '):]} {a['cos_mean']:.5f} vs "
