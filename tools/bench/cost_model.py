@@ -46,7 +46,8 @@ sys.path.insert(0, HERE)
 @dataclass
 class _Builder:
     """Builds the model under test (its inputs, preprocessing and input ranges) with QuantConfig
-    overrides into --out/NAME."""
+    overrides into --out/NAME; without the default budget unless asked (the fit needs exactly
+    K=1 and K=2 with every activation int8)."""
 
     model: str
     inputs: list
@@ -58,7 +59,8 @@ class _Builder:
         import rexdeploy
         from rexdeploy.config import BuildConfig, QuantConfig
 
-        cfg = BuildConfig(quant=QuantConfig(input_ranges=self.ranges, **quant))
+        cfg = BuildConfig(quant=QuantConfig(input_ranges=self.ranges,
+                                            **({"auto_budget": False} | quant)))
         print(f"building {name} ...", flush=True)
         return rexdeploy.build(self.model, self.inputs, config=cfg, force=True, quiet=True,
                                output=os.path.join(self.out, name), preprocess=self.preprocess)

@@ -78,7 +78,7 @@ def _build_int8(console, args, model: str) -> dict:
 
     arts = {}
     builds = (("rexdeploy int8", "lat_k1", {}),
-              ("rexdeploy int8 REx K=2", "lat_k2", {"orders": 2}),
+              ("rexdeploy int8 REx K=2", "lat_k2", {"orders": 2, "auto_budget": False}),
               (BUDGET, "lat_budget", {"budget": 1.15, "mixed_precision": "activations"}))
     with console.status("building the int8 artifacts"):
         for label, name, quant in builds:

@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 VARIANTS = {  # label -> QuantConfig overrides
-    "order 1 (int8)": {},
-    "K=2 dense": {"orders": 2},
+    "order 1 (int8)": {"auto_budget": False},  # exactly order 1 and K=2 (no default budget)
+    "K=2 dense": {"orders": 2, "auto_budget": False},
     "K=2 gamma=0.25 (dense rows)": {"orders": 2, "sparsity": 0.25, "sparse_form": "dense"},
     "K=2 gamma=0.25 (compact)": {"orders": 2, "sparsity": 0.25, "sparse_form": "compact"},
     "K=2 gamma=0.25 (gather)": {"orders": 2, "sparsity": 0.25, "sparse_form": "gather"},

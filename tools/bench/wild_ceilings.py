@@ -42,7 +42,7 @@ import wild  # noqa: E402  (tools/bench/wild.py: the models, inputs and task met
 
 ROWS = (("default", {}), ("weights int8 only", {"activations": "fp16"}),
         ("weights REx K=2 only", {"activations": "fp16", "orders": 2}),
-        ("activations int8 only", {"orders": 3}))
+        ("activations int8 only", {"orders": 3, "auto_budget": False}))
 
 
 def _build(key: str, out: str, tag: str, quant: dict):
