@@ -502,6 +502,17 @@ class QuantConfig:
     def max_orders(self) -> int:
         return self.expansion.max_orders
 
+    @property
+    def orders_label(self) -> str:
+        """K=n, K<=n where a budget or an ensemble gives some layers fewer orders, or K=m..n
+        where every layer keeps m orders under the budget."""
+        x = self.expansion
+        if x.budget and x.budget_from > 1:
+            return f"K={x.budget_from}..{x.max_orders}"
+        if x.budget or x.ensemble:
+            return f"K<={x.max_orders}"
+        return f"K={x.orders}"
+
     def validate(self) -> None:
         for group in _GROUPS:
             getattr(self, group).validate()

@@ -138,7 +138,7 @@ def _plan(float_model, layers, skipped, stats: dict, config: BuildConfig, loaded
           writer: ArtifactWriter, log: StageLog, isa, rewrites: list[str]):
     """The quantize stage: the plan (plan.json, plan.npz written), the notes the report
     carries, and the ensemble partition (None without --ensemble)."""
-    with log.stage("quantize", f"W{config.quant.weight_bits} K={config.quant.max_orders} "
+    with log.stage("quantize", f"W{config.quant.weight_bits} {config.quant.orders_label} "
                                f"A:{config.quant.activations}"):
         plan, notes, ensemble = plan_quantization(float_model, layers, skipped, stats, config,
                                                   loaded, log)

@@ -88,23 +88,13 @@ def _macs_text(s: dict) -> str:
 
 
 def _quantization(cfg: QuantConfig) -> str:
-    return (f"W:{cfg.weights} {_orders(cfg)} A:{cfg.activations}, ranges {cfg.ranges}, "
+    return (f"W:{cfg.weights} {cfg.orders_label} A:{cfg.activations}, ranges {cfg.ranges}, "
             f"bias correction {'on' if cfg.bias_correction else 'off'}")
-
-
-def _orders(cfg: QuantConfig) -> str:
-    """K=n, K<=n where a budget or an ensemble gives some layers fewer orders, or K=m..n where
-    every layer keeps m orders under the budget."""
-    if cfg.budget and cfg.budget_from > 1:
-        return f"K={cfg.budget_from}..{cfg.max_orders}"
-    if cfg.budget or cfg.ensemble:
-        return f"K<={cfg.max_orders}"
-    return f"K={cfg.orders}"
 
 
 def _expansion(cfg: QuantConfig, s: dict) -> str:
     """One line on the REx expansion: orders, sparsity/budget/ensemble and the BOPs it costs."""
-    parts = [_orders(cfg)]
+    parts = [cfg.orders_label]
     if cfg.sparsity is not None:
         parts.append(f"gamma {cfg.sparsity:g}")
     if cfg.budget is not None:

@@ -429,9 +429,19 @@ def _mixed_notes(plan, q: QuantConfig, log: StageLog) -> list[str]:
     if q.mixed_precision != "off" and not lines:
         lines.append(f"mixed precision ({q.mixed_precision}): no raise was worth its BOPs under "
                      f"--budget {q.budget:g}; the budget went to REx orders")
+    if q.budget is not None and q.budget_from > 1:
+        lines.append(_above_floor(plan, q.budget_from))
     for line in lines:
         log.note(line)
     return lines
+
+
+def _above_floor(plan, floor: int) -> str:
+    """Which layers the budget gave more than the K=floor orders every layer keeps."""
+    up = [lp.name for lp in plan.layers if len(lp.orders) > floor]
+    shown = ", ".join(up[:4]) + (f" and {len(up) - 4} more" if len(up) > 4 else "")
+    return (f"REx orders: every layer keeps K={floor}; the budget gave order {floor + 1} to "
+            f"{len(up)} of {len(plan.layers)} layers" + (f" ({shown})" if up else ""))
 
 
 def _calibration(float_model, config: BuildConfig, loaded, log: StageLog):

@@ -134,6 +134,9 @@ def test_a_default_k2_build_keeps_k2_and_spends_the_budget_above_it(tmp_path):
     assert (plan["budget"], plan["budget_from"], plan["orders"]) == (AUTO_BUDGET, 2, 3)
     layers = auto.report()["layers"]
     assert all(r["orders"] >= 2 for r in layers if r.get("macs"))  # K=2 everywhere, as asked
+    up = sum(r["orders"] == 3 for r in layers)
+    assert any(n.startswith(f"REx orders: every layer keeps K=2; the budget gave order 3 to {up} "
+                            f"of {len(layers)} layers") for n in auto.report()["notes"])
     s, s_off = auto.report()["summary"], off.report()["summary"]
     assert s_off["bops_ratio"] == 2.0 and s["bops_ratio"] >= 2.0
     db = {k: min(o["reference_db"] for o in a.report()["device_check"]["outputs"].values())
