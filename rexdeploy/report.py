@@ -13,6 +13,16 @@ TABLE_FLOAT_REASON = ("non-uniform codes have no integer kernel, and OpenVINO's 
                       "(f32 on OpenVINO, f16 on TensorRT), codes and table kept in plan.npz")
 
 
+def _runtime_rows(layers) -> list[dict]:
+    """The runtime's compute layers as report rows, under stable names (_stable_names)."""
+    runtime = [
+        {"name": l.name, "type": l.type, "precision": l.precision, "kernel": l.kernel,
+         "int8": l.is_int8, "original": list(getattr(l, "original_names", ()) or ())}
+        for l in layers]
+    _stable_names(runtime)
+    return runtime
+
+
 def _stable_names(runtime: list[dict]) -> None:
     """Names the runtime made up for nodes of its own (no original node; OpenVINO: "Multiply_"
     and a process-wide counter, so two builds in one process differ) become "Multiply#k", the
@@ -29,11 +39,7 @@ def build_report(plan, layers, result, lowered: dict, notes: list[str]) -> dict:
     """Join the plan (decisions), the analysis (MACs) and the backend's runtime precisions.
     Nothing run-dependent goes in (stage timings live in the manifest), so two builds of one
     model give the same report.json byte for byte."""
-    runtime = [
-        {"name": l.name, "type": l.type, "precision": l.precision, "kernel": l.kernel,
-         "int8": l.is_int8, "original": list(getattr(l, "original_names", ()) or ())}
-        for l in result.layers]
-    _stable_names(runtime)
+    runtime = _runtime_rows(result.layers)
     acts = {a.tensor: a for a in plan.activations}
     bias_nodes = {info.name: info.bias_node for info in layers}
     assigned = _assign_runtime([lp.name for lp in plan.layers] +
