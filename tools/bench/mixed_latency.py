@@ -3,6 +3,7 @@
 precision costs in time, beside what it costs in bit-operations).
 
     .venv/bin/python tools/bench/mixed_latency.py ART [ART ...] [--rounds 3] [-n 20]
+        [--dim W=320]   # a named dynamic dim's size (each one not given: 1, and said so)
 
 Each artifact runs on its own backend with one inference thread; this process's CPU
 milliseconds per inference (tools/bench/cpu_time.py: contention on the shared machine does not
@@ -27,15 +28,27 @@ def main() -> int:
     ap.add_argument("artifacts", nargs="+")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=20, help="inferences per artifact per round")
+    ap.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                    help="the size of a named dynamic dim (repeatable); one not given is 1")
     args = ap.parse_args()
     from cpu_time import interleaved_cpu_ms
 
     from rexdeploy.api import artifact_runner, load_artifact
 
+    dims = {}
+    for d in args.dim:
+        name, _, value = d.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            ap.error(f"--dim {d}: give NAME=VALUE with a positive size, e.g. W=320")
+        dims[name] = int(value)
     arts = [load_artifact(p) for p in args.artifacts]
-    feeds = [{i["name"]: np.zeros([d if isinstance(d, int) else 1 for d in i["shape"]],
-                                  i.get("dtype", "float32")) for i in a.manifest["inputs"]}
-             for a in arts]
+    unset = sorted({d for a in arts for i in a.manifest["inputs"] for d in i["shape"]
+                    if not isinstance(d, int) and d not in dims})
+    if unset:
+        print(f"dynamic dims timed at 1 (give --dim NAME=VALUE): {', '.join(map(str, unset))}")
+    feeds = [{i["name"]: np.zeros([d if isinstance(d, int) else dims.get(d, 1)
+                                   for d in i["shape"]], i.get("dtype", "float32"))
+              for i in a.manifest["inputs"]} for a in arts]
     meds = interleaved_cpu_ms([lambda a=a: artifact_runner(a, threads=1) for a in arts], feeds,
                               args.rounds, args.n)
     base = meds[0]
