@@ -51,6 +51,7 @@ BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
 # names (cost_models.py)
 MAX_ENSEMBLE = 8
+MAX_ORDERS = 4  # the highest REx order (--orders 1..MAX_ORDERS)
 # the budget a build with int8 activations gets when none is given (--budget auto, the default;
 # rexdeploy/resolve.py default_budget), spent with --mixed-precision activations: the activations
 # whose int8 grid hurts the output most on the build's synthetic inputs stay float, REx second
@@ -189,8 +190,8 @@ class ExpansionConfig:
 
     def validate(self) -> None:
         check_choices(self)
-        if not 1 <= self.orders <= 4:
-            raise UserError(f"--orders {self.orders}: the expansion order must be 1..4")
+        if not 1 <= self.orders <= MAX_ORDERS:
+            raise UserError(f"--orders {self.orders}: the expansion order must be 1..{MAX_ORDERS}")
         if not 1 <= self.budget_from <= self.orders:
             raise UserError(f"budget_from {self.budget_from}: the orders every layer keeps under "
                             f"a budget must be 1..--orders ({self.orders})")
@@ -236,9 +237,9 @@ class ExpansionConfig:
     @property
     def max_orders(self) -> int:
         """The highest order any layer gets: --orders, at least 2 under a budget or ensemble,
-        and one more than budget_from (up to 4) when the budget counts from there."""
+        and one more than budget_from (up to MAX_ORDERS) when the budget counts from there."""
         if self.budget is not None or self.ensemble:
-            return max(self.orders, 2, min(self.budget_from + 1, 4))
+            return max(self.orders, 2, min(self.budget_from + 1, MAX_ORDERS))
         return self.orders
 
 
@@ -507,7 +508,7 @@ class QuantConfig:
         """K=n, K<=n where a budget or an ensemble gives some layers fewer orders, or K=m..n
         where every layer keeps m orders under the budget."""
         x = self.expansion
-        if x.budget and x.budget_from > 1:
+        if x.budget_from > 1:  # validated: only under a budget
             return f"K={x.budget_from}..{x.max_orders}"
         if x.budget or x.ensemble:
             return f"K<={x.max_orders}"

@@ -13,7 +13,7 @@ from backends.cpu_isa import CHOICES as ISA_CHOICES
 from rexdeploy.cli.common import (SectionedCommand, console, dim_option, field_option,
                                   parse_dim, parse_dim_range, parse_range, quiet_option, section,
                                   user_errors)
-from rexdeploy.config import BUDGET_COST_CHOICES, WEIGHT_BITS  # pure Python, no torch
+from rexdeploy.config import BUDGET_COST_CHOICES, MAX_ORDERS, WEIGHT_BITS  # pure Python, no torch
 
 WEIGHT_CHOICES = tuple(WEIGHT_BITS)
 
@@ -231,7 +231,7 @@ _ACTIVATIONS = section(
 
 _REX_EXPANSION_AND_BUDGET = section(
     'REx expansion and budget',
-    click.option("--orders", type=click.IntRange(1, 4), default=1, show_default=True,
+    click.option("--orders", type=click.IntRange(1, MAX_ORDERS), default=1, show_default=True,
                  help="REx residual expansion order K: each weight as a sum of K int8 kernels "
                       "(the highest order under --budget X / --ensemble; they use 2 at least). "
                       "Under the default --budget auto every layer keeps its K orders and a few "

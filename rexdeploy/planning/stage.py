@@ -429,7 +429,7 @@ def _mixed_notes(plan, q: QuantConfig, log: StageLog) -> list[str]:
     if q.mixed_precision != "off" and not lines:
         lines.append(f"mixed precision ({q.mixed_precision}): no raise was worth its BOPs under "
                      f"--budget {q.budget:g}; the budget went to REx orders")
-    if q.budget is not None and q.budget_from > 1:
+    if q.budget_from > 1:
         lines.append(_above_floor(plan, q.budget_from))
     for line in lines:
         log.note(line)
