@@ -35,12 +35,14 @@ def main() -> int:
 
     from rexdeploy.api import artifact_runner, load_artifact
 
-    dims = {}
-    for d in args.dim:
-        name, _, value = d.partition("=")
-        if not value.isdigit() or int(value) < 1:
-            ap.error(f"--dim {d}: give NAME=VALUE with a positive size, e.g. W=320")
-        dims[name] = int(value)
+    import click
+
+    from rexdeploy.cli.common import parse_dim
+
+    try:
+        dims = dict(parse_dim(d) for d in args.dim)
+    except click.BadParameter as exc:
+        ap.error(exc.format_message())
     arts = [load_artifact(p) for p in args.artifacts]
     unset = sorted({d for a in arts for i in a.manifest["inputs"] for d in i["shape"]
                     if not isinstance(d, int) and d not in dims})
