@@ -57,11 +57,11 @@ def _capped_matmul_inputs(expansions, config: QuantConfig) -> set[str]:
       which ONEDNN_MAX_CPU_ISA does not hide, and oneDNN then refuses it
       (backends.cpu_isa.cap_note). Such a build's device check runs under that cap on a newer
       host (and a cross-build must equal the build made under it);
-    - in a build with weights below 8 bits whose runtime keeps its dynamic quantization: that
-      kernel would quantize the float input again (8-bit builds turn it off:
-      rexdeploy.resolve.float_inputs_stay_float), and the device would not run what the
-      reference does."""
-    requant = config.weight_bits < 8 and config.dynamic_quantization != 0
+    - in a build whose runtime keeps its dynamic quantization (4-bit builds, and 8-bit ones
+      whose user set --dynamic-quantization N > 0; otherwise 8-bit builds turn it off:
+      rexdeploy.resolve.float_inputs_stay_float): that kernel would quantize the float input
+      again, and the device would not run what the reference does."""
+    requant = config.dynamic_quantization != 0
     if not (config.budget_cost.startswith("openvino-cpu") and (config.int8_saturates or requant)):
         return set()
     return {e.layer.input for e in expansions if e.layer.op in ("MatMul", "Gemm")}

@@ -173,3 +173,5 @@ def test_a_4bit_default_build_keeps_matmul_inputs_int8(tmp_path):
             assert r["activation"] is not None, r["name"]  # every MatMul input int8
     w8 = build("w8_wide", **wide)  # int8 weights: no runtime requantization, floats allowed
     assert any("activation" in (r.get("mixed") or {}) for r in w8.report()["layers"])
+    w8 = build("w8_dq", dynamic_quantization=32, **wide)  # the user's: the runtime requantizes
+    assert all("activation" not in (r.get("mixed") or {}) for r in w8.report()["layers"])
