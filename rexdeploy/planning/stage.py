@@ -379,8 +379,7 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
                  loaded, calib, allow_unsigned, floors: dict, log: StageLog, notes: list[str]):
     """Measure each layer's data-free output sensitivity on an order-1 draft of the plan
     (rexdeploy/planning/sensitivity.py), on the build's synthetic inputs (the user's --calib data
-    when
-    given)."""
+    when given)."""
     from rexdeploy.planning.quantize import make_plan
     from rexdeploy.planning.sensitivity import measure_sensitivity
 
@@ -406,9 +405,10 @@ def _sensitivity(float_model, layers, skipped, tensors, stats, observed, config:
                                activations=raises_activations(q))
     worst = ", ".join(f"{name} ({'weights' if kind == 'weights' else 'input'}, NSR {v:.2g})"
                       for kind, name, v in sens.ranking()[:3])
+    heads = ", ".join(f"{out} at its {op}'s input {x}" for out, (op, x) in sens.logits.items())
     note = (f"sensitivity of {len(sens.weights)} layers"
             + (f" and {len(sens.activations)} activations" if sens.activations else "") +
-            f" measured on {sens.samples} {what}")
+            f" measured on {sens.samples} {what}" + (f", on the logits ({heads})" if heads else ""))
     notes.append(f"{note}; worst: {worst}")  # the report stays the same from build to build
     log.note(f"{note} in {sens.seconds:.1f} s; worst: {worst}")
     return sens

@@ -230,6 +230,54 @@ def test_measured_nsr_matches_the_analytic_one(tmp_path):
     assert row["sensitivity"]["activation_nsr"] == pytest.approx(nsr_a, rel=2e-3)
 
 
+class _SigmoidHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x) - 6.0)  # a mostly empty map, as a detector's
+
+
+def test_an_output_through_a_sigmoid_is_measured_on_its_logits(tmp_path):
+    """The NSR of a Sigmoid output is that of its input: on a map near 0 the probabilities
+    measure only how far noise lifts it."""
+    from calib_free.plan import QuantPlan
+    from rexdeploy.inputs import synthetic_inputs
+
+    model = _SigmoidHead().eval()
+    art = _build(model, tmp_path, "head", weights="int4", budget=1.1, bias_correction=False,
+                 mixed_precision="activations")
+    w1 = torch.from_numpy(QuantPlan.load(art.path).layers[0].orders[0].dequantize()).double()
+    w, b = model.fc.weight.detach().double(), model.fc.bias.detach().double() - 6.0
+    xs = [torch.from_numpy(f["input"]).double() for _, f in
+          synthetic_inputs([{"name": "input", "shape": [1, 32], "dtype": "float32"}], 4, 0)]
+    logits = output_nsr([x @ w.T + b for x in xs], [x @ w1.T + b for x in xs])
+    probs = output_nsr([torch.sigmoid(x @ w.T + b) for x in xs],
+                       [torch.sigmoid(x @ w1.T + b) for x in xs])
+    got = art.report()["layers"][0]["sensitivity"]["weights_nsr"]
+    assert got == pytest.approx(logits, rel=2e-3) and got != pytest.approx(probs, rel=0.1)
+    assert any("on the logits (" in n and "at its Sigmoid's input" in n
+               for n in art.report()["notes"])
+
+
+def test_measure_at_logits_looks_through_layout_ops_only():
+    from onnx import TensorProto, helper
+
+    from rexdeploy.planning.sensitivity import measure_at_logits
+
+    v = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"]), helper.make_node("Transpose", ["p"], ["pt"]),
+         helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "s"], ["m"]),
+         helper.make_node("Relu", ["x"], ["r"])],
+        "g", [v("x")], [v("pt"), v("m"), v("r")])
+    proto = helper.make_model(graph)
+    assert measure_at_logits(proto) == {"pt": ("Softmax", "x")}
+    assert [o.name for o in proto.graph.output] == ["x", "m", "r"]
+
+
 def _kept(rep):
     return [(r["kept_fraction"] or [0.0])[0] for r in rep["layers"]]
 
