@@ -66,13 +66,24 @@ def compare(artifact: str, inputs: str | None = None, *, synthetic: int | None =
                               (" and its Q/DQ reference (onnxruntime)" if qdq_runner else "")):
         with ref_runner as r, test_runner as t, (qdq_runner or contextlib.nullcontext()) as q:
             result = run_compare(r, t, samples, labels=labels, qdq_runner=q, slices=slices,
-                                 tolerance_db=art.config.device_tolerance)
+                                 tolerance_db=art.config.device_tolerance,
+                                 heads=_heads(art))
     _describe(result, art, ref_name, backend, len(samples),
               (inputs or f"synthetic:{synthetic or 16}") + (", ten crops each" if ten_crop else ""))
     if per_layer:
         result["per_layer"] = _per_layer(art, samples, threshold_db, top, log,
                                          on_device and device_check)
     return result
+
+
+def _heads(art: Artifact) -> dict[str, str]:
+    """The outputs a Sigmoid or Softmax makes, which the device check reads as logits (as the
+    build's own check does)."""
+    from rexdeploy.evaluate.fidelity import model_heads
+
+    if "float_onnx" not in art.files or not os.path.exists(art.file("float_onnx")):
+        return {}
+    return model_heads(art.file("float_onnx"))
 
 
 def _samples(art: Artifact, inputs: str | None, synthetic: int | None, preprocess: str | None,

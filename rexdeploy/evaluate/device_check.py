@@ -13,6 +13,12 @@ Runtime) on its own synthetic inputs and records, per output:
                            device_loss_db: the smaller of reference_db - device_db and what its
                            departure would cost if independent of the plan's error)
 
+An output that a Sigmoid or Softmax makes is compared as logits ("on": "logits";
+rexdeploy.evaluate.fidelity.head_logits): a detector's map is almost 0 on synthetic inputs, where
+ONNX Runtime's Sigmoid returns 0 and OpenVINO's 1e-12, and as probabilities a faithful device
+lost 2.8 dB against its reference (PP-OCRv4's text detector; 0 dB as logits, and its device and
+reference within 0.2 dB of each other on real pages).
+
 A loss above the tolerance (1 dB by default) is a loud warning naming the likely cause, or with
 `--strict-device-check` an error. Where the target CPU is another than this host's (a
 cross-build, `--int8-isa`), the check runs in a child process under ONEDNN_MAX_CPU_ISA when this
@@ -72,7 +78,7 @@ def measure(spec: CheckSpec, samples: list[dict]) -> dict:
     """Per float output: reference_db, device_db, loss_db and device_vs_reference_db (module
     docstring, rexdeploy.evaluate.fidelity.device_vs_reference), in this process; an integer output
     gets the fraction of its elements the device matches exactly."""
-    from rexdeploy.evaluate.fidelity import device_vs_reference, sqnr_db
+    from rexdeploy.evaluate.fidelity import device_vs_reference, model_heads, sqnr_db
 
     runs = {"float": [], "reference": [], "device": []}
     with _float_runner(spec) as f, _runner(spec, "reference") as r, _runner(spec, None) as d:
@@ -82,13 +88,15 @@ def measure(spec: CheckSpec, samples: list[dict]) -> dict:
     ref, dev, flt = ({name: np.stack([np.asarray(o[name]) for o in runs[key]])
                       for name in runs[key][0]} for key in ("reference", "device", "float"))
     rows = device_vs_reference({n: a for n, a in flt.items()
-                                if n in ref and a.shape == ref[n].shape}, dev, ref)["outputs"]
+                                if n in ref and a.shape == ref[n].shape}, dev, ref,
+                               heads=model_heads(os.path.join(spec.root, spec.float_onnx))
+                               )["outputs"]
     out = {}
     for name in ref:
         if not np.issubdtype(ref[name].dtype, np.floating):
             out[name] = {"exact_match": float(np.mean(ref[name] == dev[name]))}
         elif name in rows:
-            out[name] = {k: round(v, 3) if k == "loss_db" else _db(v)
+            out[name] = {k: v if k == "on" else round(v, 3) if k == "loss_db" else _db(v)
                          for k, v in rows[name].items()}
         else:  # no float output of that shape to compare with
             out[name] = {"device_vs_reference_db": _db(sqnr_db(ref[name], dev[name]))}
@@ -197,17 +205,19 @@ def summary_line(result: dict) -> str:
     where = f" (under {_env_text(result['environment'])})" if result.get("environment") else ""
     verdict = f"agrees (loses {result['loss_db']:.2f} dB)" if result["agrees"] else \
         f"DISAGREES: loses {result['loss_db']:.1f} dB (tolerance {result['tolerance_db']:g} dB)"
-    return (f"{verdict}: device vs reference {worst['device_vs_reference_db']:.1f} dB; against "
-            f"float: device {worst['device_db']:.1f} dB, reference {worst['reference_db']:.1f} "
-            f"dB; {result['samples']} {result['inputs']}{where}")
+    logits = " (as logits: its Sigmoid/Softmax read back)" if worst.get("on") else ""
+    return (f"{verdict}: device vs reference {worst['device_vs_reference_db']:.1f} dB{logits}; "
+            f"against float: device {worst['device_db']:.1f} dB, reference "
+            f"{worst['reference_db']:.1f} dB; {result['samples']} {result['inputs']}{where}")
 
 
 # under this SQNR against float on the build's synthetic inputs (noise at 1 % of the signal
 # power, the bad-layer mark of compare --per-layer), the build suggests spending a budget on the
 # activations that hurt. Measured on the build's own check: EfficientNet-Lite0 23.9 dB,
 # MiniLM 22.9, ddddocr's detector 32.8 stay quiet; MobileNetV2 19.8 and the OCR models of
-# tools/bench/wild.py (PP-OCRv4's recogniser 15.7, detector about 0, ddddocr's recogniser 5.8)
-# get the hint, and their task metrics gain with the budget
+# tools/bench/wild.py (PP-OCRv4's recogniser 15.7, its detector about 0; as logits, since they
+# are read so, 16.9 and 5.3; ddddocr's recogniser 5.8) get the hint, and their task metrics gain
+# with the budget
 LOW_FIDELITY_DB = 20.0
 
 

@@ -157,10 +157,12 @@ def nn_label_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(labels[nearest_neighbours(x)] == labels))
 
 
-def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = None) -> dict:
+def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = None,
+                   positions: bool = True) -> dict:
     """All metrics of one stacked output. classifier: None decides from the shape (an
     embedding, see `is_embedding`, is no classifier); True treats the last axis as classes;
-    False leaves top-1/KL out (None). nn_agreement: for embeddings only, else None."""
+    False leaves top-1/KL out (None). nn_agreement: for embeddings only, else None. positions:
+    False where the last axis holds no classes (a Sigmoid's map): no per-position top-1."""
     cos = cosine(ref, test)
     r, t = ref, test
     if classifier is True and as_logits(ref) is None:
@@ -174,7 +176,8 @@ def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = 
     if ties is not None and not ties.all():
         same = np.argmax(logits, axis=1) == np.argmax(as_logits(t), axis=1)
         decisive = float(same[~ties].mean())
-    pos = [position_top1(ref[i], test[i]) for i in range(len(ref))] if agree is None else []
+    pos = [position_top1(ref[i], test[i]) for i in range(len(ref))] \
+        if agree is None and positions else []
     position = float(np.mean(pos)) if pos and all(p is not None for p in pos) else None
     return {"sqnr_db": sqnr_db(ref, test), "cosine_mean": float(cos.mean()),
             "cosine_min": float(cos.min()), "top1_agreement": agree,
@@ -188,26 +191,29 @@ def output_metrics(ref: np.ndarray, test: np.ndarray, classifier: bool | None = 
 
 
 def compare_outputs(ref: dict, test: dict, classifier: bool | None = None,
-                    slices: tuple = ()) -> dict:
+                    slices: tuple = (), heads: dict | None = None) -> dict:
     """Metrics per output ({"outputs": {name: metrics}}) plus the headline output's metrics at
     the top level (keys METRICS) and its name under "output" (headline_output: the first
     floating-point one). An output is a stacked array [N, ...]
     or, where its shape changes from sample to sample (a dynamic width), a list of N arrays:
     then the metrics are taken sample by sample and pooled (ragged_metrics). slices: (output,
-    axis, start, end, label) named parts of an output (OutputSlice), each with its own row."""
+    axis, start, end, label) named parts of an output (OutputSlice), each with its own row.
+    heads: output -> Sigmoid/Softmax (model_heads); a Sigmoid's map gets no per-position
+    top-1."""
     if set(ref) != set(test):
         raise UserError(f"the models' outputs differ: reference {', '.join(ref)} vs test "
                         f"{', '.join(test)}", "compare builds of the same model")
     per = {}
     for name, r in ref.items():
         t = test[name]
+        classes = (heads or {}).get(name) != "Sigmoid"
         if isinstance(r, list) or isinstance(t, list):
-            per[name] = ragged_metrics(list(r), list(t), name)
+            per[name] = ragged_metrics(list(r), list(t), name, positions=classes)
             continue
         r, t = np.asarray(r), np.asarray(t)
         if r.shape != t.shape:
             raise UserError(f"output {name}: reference shape {r.shape} vs test shape {t.shape}")
-        per[name] = output_metrics(r, t, classifier)
+        per[name] = output_metrics(r, t, classifier, positions=classes)
     for sl in slices:
         if sl.output not in ref:
             raise UserError(f"--output-slice {sl}: the model has no output {sl.output!r}",
@@ -279,7 +285,7 @@ def parse_output_slice(text: str) -> OutputSlice:
     return OutputSlice(name, axis, start, end, label.strip())
 
 
-def ragged_metrics(ref: list, test: list, name: str) -> dict:
+def ragged_metrics(ref: list, test: list, name: str, positions: bool = True) -> dict:
     """Metrics of an output whose shape changes from sample to sample: SQNR pooled over every
     element of every sample, cosine per sample, the largest error, and for a sequence (classes
     on the last axis) the per-position top-1 agreement. Top-1 over samples and KL are left out
@@ -298,7 +304,8 @@ def ragged_metrics(ref: list, test: list, name: str) -> dict:
     out.update(sqnr_db=sqnr_db(flat_r, flat_t), cosine_mean=float(cos.mean()),
                cosine_min=float(cos.min()), max_abs=max_abs_error(flat_r, flat_t),
                shapes=sorted({str(tuple(np.shape(r))) for r in ref}))
-    pos = [position_top1(np.asarray(r), np.asarray(t)) for r, t in zip(ref, test)]
+    pos = [position_top1(np.asarray(r), np.asarray(t)) for r, t in zip(ref, test)] \
+        if positions else [None]
     if all(p is not None for p in pos):
         out["position_top1"] = float(np.mean(pos))
     return out
@@ -317,7 +324,8 @@ def position_top1(ref: np.ndarray, test: np.ndarray) -> float | None:
 
 def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
                 progress=None, labels: np.ndarray | None = None, qdq_runner=None,
-                tolerance_db: float = 1.0, slices: tuple = ()) -> dict:
+                tolerance_db: float = 1.0, slices: tuple = (), heads: dict | None = None
+                ) -> dict:
     """Run both (active) runners on every sample and compare their outputs.
 
     progress: called as progress(done, total) after each sample. Returns `compare_outputs`'
@@ -329,7 +337,8 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
     qdq_runner: the test model's own Q/DQ ONNX in ONNX Runtime, where the test runs on a device:
     adds "device_check" (per output the Q/DQ reference's SQNR against the reference, the
     device's against the Q/DQ reference, and the dB the device loses; "agrees" within
-    tolerance_db).
+    tolerance_db). heads: output -> Sigmoid/Softmax (model_heads): the device check reads them
+    as logits (device_vs_reference), a Sigmoid's map gets no per-position top-1.
     """
     if labels is not None and len(labels) != len(samples):
         raise UserError(f"{len(labels)} labels for {len(samples)} samples")
@@ -347,9 +356,10 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
         if progress:
             progress(i + 1, len(samples))
     ref, test = _stack(refs), _stack(tests)
-    result = compare_outputs(ref, test, slices=slices)
+    result = compare_outputs(ref, test, slices=slices, heads=heads)
     if qdq_runner is not None:
-        result["device_check"] = device_vs_reference(ref, test, _stack(qdqs), tolerance_db)
+        result["device_check"] = device_vs_reference(ref, test, _stack(qdqs), tolerance_db,
+                                                     heads)
     first = result["output"]
     if isinstance(ref[first], list):  # shapes vary by sample: per-sample figures only
         cos = np.array([float(cosine(np.asarray(r).reshape(1, -1),
@@ -374,6 +384,53 @@ def run_compare(reference_runner, test_runner, samples: list[tuple[str, dict]],
     elif labels is not None:
         result["accuracy"] = _accuracy(ref[first], test[first], labels, first)
     return result
+
+
+HEADS = ("Sigmoid", "Softmax")  # output heads whose outputs the checks read as logits
+LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def output_heads(graph) -> dict[str, tuple[str, str]]:
+    """output -> (head op, the head's input) for each output of an ONNX GraphProto that a
+    Sigmoid or Softmax makes, through layout ops only (a detector's probability map, a
+    recogniser's per-position class probabilities)."""
+    made = {o: n for n in graph.node for o in n.output}
+    heads = {}
+    for out in graph.output:
+        node = made.get(out.name)
+        while node is not None and node.op_type in LAYOUT and node.input:
+            node = made.get(node.input[0])
+        if node is not None and node.op_type in HEADS:
+            heads[out.name] = (node.op_type, node.input[0])
+    return heads
+
+
+def model_heads(path: str) -> dict[str, str]:
+    """output -> head op of the ONNX file's outputs that a Sigmoid or Softmax makes."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return {out: op for out, (op, _) in output_heads(graph).items()}
+
+
+# the smallest probability the checks read back as logits: ONNX Runtime's Sigmoid returns 0 from
+# about 1e-7 down and OpenVINO's 1e-12 where the float model says 1e-9 (PP-OCRv4's detector on
+# synthetic inputs), so below it the logits say which runtime computed them, not the model
+HEAD_FLOOR = 1e-6
+
+
+def head_logits(x, head: str) -> np.ndarray:
+    """A Sigmoid's or Softmax's output read back as logits above those of HEAD_FLOOR, float64:
+    log(p / (1 - p)) and log p (a Softmax's logits up to a constant per row), p clipped to
+    [HEAD_FLOOR, 1 - HEAD_FLOOR], less the floor's logit, so an element at or under the floor
+    counts 0. On a probability map that is almost 0 everywhere (a detector on synthetic inputs)
+    the SQNR of p measures only how far noise lifts an empty map, and swings by tens of dB;
+    the logits' does not."""
+    flat = np.concatenate([np.asarray(a).ravel() for a in x]) if isinstance(x, list) else x
+    p = np.clip(np.asarray(flat, np.float64), HEAD_FLOOR, 1.0 - HEAD_FLOOR)
+    if head == "Sigmoid":
+        return np.log(p) - np.log1p(-p) - (math.log(HEAD_FLOOR) - math.log1p(-HEAD_FLOOR))
+    return np.log(p) - math.log(HEAD_FLOOR)
 
 
 def device_error_db(reference_db: float, device_vs_reference_db: float) -> float:
@@ -402,11 +459,13 @@ def device_loss_db(reference_db: float, device_db: float, device_vs_reference_db
 
 
 def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray],
-                        qdq: dict[str, np.ndarray], tolerance_db: float = 1.0) -> dict:
+                        qdq: dict[str, np.ndarray], tolerance_db: float = 1.0,
+                        heads: dict[str, str] | None = None) -> dict:
     """Per float output: the Q/DQ reference's SQNR against `ref` (reference_db), the device's
     (device_db), the dB the device loses (loss_db, 0 when it does better) and the device against
     the Q/DQ reference (device_vs_reference_db); "agrees" when no output loses more than
-    tolerance_db."""
+    tolerance_db. heads: output -> Sigmoid/Softmax (model_heads): those outputs are compared as
+    logits (head_logits), and their row says so ("on": "logits")."""
     def flat(x):
         return np.concatenate([np.asarray(a).ravel() for a in x]) if isinstance(x, list) \
             else np.asarray(x)
@@ -417,10 +476,13 @@ def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray
         if name not in qdq or not np.issubdtype(r.dtype, np.floating):
             continue
         q, d = flat(qdq[name]), flat(device[name])
+        head = (heads or {}).get(name)
+        if head:
+            r, q, d = (head_logits(x, head) for x in (r, q, d))
         ref_db, dev_db, dvr = sqnr_db(r, q), sqnr_db(r, d), sqnr_db(q, d)
         outputs[name] = {"reference_db": ref_db, "device_db": dev_db,
                          "loss_db": device_loss_db(ref_db, dev_db, dvr),
-                         "device_vs_reference_db": dvr}
+                         "device_vs_reference_db": dvr} | ({"on": "logits"} if head else {})
     loss = max((o["loss_db"] for o in outputs.values()), default=0.0)
     return {"outputs": outputs, "loss_db": loss, "tolerance_db": tolerance_db,
             "agrees": bool(loss <= tolerance_db)}
@@ -504,6 +566,10 @@ def render_table(result: dict):
                             f"near ties (reference top-1/top-2 probability within {NEAR_TIE}; "
                             f"any perturbation may flip them): agreement on the others "
                             f"{m['top1_agreement_decisive']:.1%}")
+    as_logits_ = [n for n, c in (check or {}).get("outputs", {}).items() if c.get("on")]
+    if as_logits_:
+        captions.append(f"device check on {', '.join(as_logits_)} as logits (its Sigmoid/Softmax "
+                        "read back): a probability map near 0 hides what the device computes")
     if check and not check["agrees"]:
         why = check.get("likely_cause") or ("the runtime does not compute what the plan means; "
                                             "--per-layer names the layer where it departs")

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SAMPLES = 4  # synthetic inputs the sensitivity is measured on (the first of the build's)
-HEADS = ("Sigmoid", "Softmax")  # an output they make is measured at their input
-LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 @dataclass(frozen=True)
@@ -93,21 +91,21 @@ def measure_at_logits(proto) -> dict[str, tuple[str, str]]:
     head's input instead; returns output -> (the head's op, the tensor measured in its place)."""
     from onnx import TensorProto, helper
 
-    made = {o: n for n in proto.graph.node for o in n.output}
-    outputs, swapped = [], {}
+    from rexdeploy.evaluate.fidelity import output_heads
+
+    heads, measured = output_heads(proto.graph), set()
+    outputs = []
     for out in proto.graph.output:
-        node = made.get(out.name)
-        while node is not None and node.op_type in LAYOUT and node.input:
-            node = made.get(node.input[0])
-        if node is not None and node.op_type in HEADS and \
-                node.input[0] not in {x for _, x in swapped.values()}:
-            swapped[out.name] = (node.op_type, node.input[0])
-            outputs.append(helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None))
+        head = heads.get(out.name)
+        if head is not None and head[1] not in measured:
+            measured.add(head[1])
+            outputs.append(helper.make_tensor_value_info(head[1], TensorProto.FLOAT, None))
         else:
             outputs.append(out)
+            heads.pop(out.name, None)
     del proto.graph.output[:]
     proto.graph.output.extend(outputs)
-    return swapped
+    return heads
 
 
 def sensitivity_samples(samples: list[dict], input_ranges: dict, seed: int = 0,

@@ -224,3 +224,63 @@ def test_embeddings_get_neighbour_metrics_not_top1(rng):
     assert nn_label_accuracy(x, np.arange(10)) == 0.0  # every label unique: no match
     with pytest.raises(ValueError):
         nn_label_accuracy(x, labels[:3])
+
+
+# -- outputs a Sigmoid or Softmax makes: the device check reads them as logits ----------------
+def test_head_logits_read_back_what_the_head_squashed():
+    from rexdeploy.evaluate.fidelity import HEAD_FLOOR, head_logits
+
+    z = np.array([-30.0, -14.0, -5.0, 0.0, 5.0, 30.0])
+    got = head_logits(1 / (1 + np.exp(-z)), "Sigmoid")
+    floor = math.log(HEAD_FLOOR / (1 - HEAD_FLOOR))
+    assert got[0] == 0.0 and got[-1] == pytest.approx(-2 * floor)  # clipped at the floor
+    assert np.allclose(got[2:5], z[2:5] - floor)  # exact in between
+    p = np.exp(z[2:5]) / np.exp(z[2:5]).sum()
+    assert np.allclose(np.diff(head_logits(p, "Softmax")), np.diff(z[2:5]))
+
+
+def test_a_sigmoid_map_near_0_is_checked_as_logits(rng):
+    """Two runtimes' Sigmoids differ far out in the tail (ONNX Runtime returns 0 where OpenVINO
+    returns 1e-12): as probabilities the device seems to lose everything, as logits above
+    HEAD_FLOOR it agrees, and a real departure still shows."""
+    from rexdeploy.evaluate.fidelity import device_vs_reference
+
+    z = rng.normal(-25.0, 3.0, (4, 1, 32, 32))
+    z[:, :, :4, :4] = rng.normal(0.0, 2.0, (4, 1, 4, 4))  # a little text
+    flt = 1 / (1 + np.exp(-z))
+    qdq = 1 / (1 + np.exp(-(z + 0.05 * rng.standard_normal(z.shape))))
+    qdq[z < -17] = 0.0  # ONNX Runtime's tail
+    dev = np.where(z < -17, 1e-12, qdq)  # OpenVINO's
+    plain = device_vs_reference({"p": flt}, {"p": dev}, {"p": qdq})["outputs"]["p"]
+    heads = {"p": "Sigmoid"}
+    read = device_vs_reference({"p": flt}, {"p": dev}, {"p": qdq}, heads=heads)
+    assert read["agrees"] and read["outputs"]["p"]["on"] == "logits"
+    assert read["outputs"]["p"]["device_vs_reference_db"] > plain["device_vs_reference_db"] + 20
+    wrong = dev.copy()
+    wrong[:, :, :4, :4] = 1 - wrong[:, :, :4, :4]  # the text region inverted
+    assert not device_vs_reference({"p": flt}, {"p": wrong}, {"p": qdq}, heads=heads)["agrees"]
+
+
+def test_a_sigmoid_map_has_no_per_position_top1(rng):
+    ref = rng.random((3, 1, 1, 8, 16))
+    test = ref + 0.01 * rng.standard_normal(ref.shape)
+    assert "position_top1" in compare_outputs({"p": ref}, {"p": test})["outputs"]["p"]
+    got = compare_outputs({"p": ref}, {"p": test}, heads={"p": "Sigmoid"})["outputs"]["p"]
+    assert "position_top1" not in got
+    soft = compare_outputs({"p": ref}, {"p": test}, heads={"p": "Softmax"})["outputs"]["p"]
+    assert "position_top1" in soft  # classes on the last axis
+
+
+def test_model_heads_through_layout_ops(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rexdeploy.evaluate.fidelity import model_heads
+
+    v = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Reshape", ["s", "k"], ["r"]),
+         helper.make_node("Softmax", ["x"], ["p"]), helper.make_node("Relu", ["p"], ["q"])],
+        "g", [v("x"), v("k")], [v("r"), v("q")])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert model_heads(str(tmp_path / "m.onnx")) == {"r": "Sigmoid"}

@@ -43,3 +43,28 @@ def test_a_build_far_from_float_suggests_the_budget(tmp_path):
         assert fixed > db - 0.5           # int8 (mixed.py), so the budget buys little here
     else:
         assert fixed > db + 10  # the clipped activations that hurt most stay float
+
+
+@pytest.mark.openvino
+def test_a_sigmoid_output_is_checked_and_measured_as_logits(tmp_path):
+    """A detector-like head (a Sigmoid mostly near 0): the build's device check and its
+    sensitivity both read the logits, and each says so."""
+    import torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = tiny_cnn()
+
+        def forward(self, x):
+            return torch.sigmoid(self.body(x) - 8.0)
+
+    art = rexdeploy.build(Head().eval(), ["input:1x3x32x32"], quiet=True,
+                          output=str(tmp_path / "head"))
+    check = art.report()["device_check"]
+    (row,) = check["outputs"].values()
+    assert row["on"] == "logits" and check["agrees"], check
+    assert any("on the logits (" in n and "Sigmoid's input" in n for n in art.report()["notes"])
+    from rexdeploy.evaluate.device_check import summary_line
+
+    assert "as logits" in summary_line(check)
