@@ -553,8 +553,7 @@ def natural_samples(float_model, config: BuildConfig, loaded, log: StageLog, cou
                      ) -> tuple[list[dict], str]:
     """`count` inputs for the build's checks and ranges, and what they are: an image input as
     natural synthetic images (rexdeploy.planning.sensitivity.sensitivity_samples), others the
-    build's
-    synthetic inputs."""
+    build's synthetic inputs."""
     from rexdeploy.planning.sensitivity import sensitivity_samples
 
     q = config.quant

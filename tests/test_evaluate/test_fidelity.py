@@ -284,3 +284,22 @@ def test_model_heads_through_layout_ops(tmp_path):
         "g", [v("x"), v("k")], [v("r"), v("q")])
     onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
     assert model_heads(str(tmp_path / "m.onnx")) == {"r": "Sigmoid"}
+
+
+def test_an_empty_map_gets_no_verdict(rng):
+    """A detector's map on noise: the float model says < 1e-6 everywhere, so the inputs say
+    nothing of the device; the check names the output and gives no verdict on it."""
+    from rexdeploy.evaluate.device_check import summary_line
+    from rexdeploy.evaluate.fidelity import device_vs_reference
+
+    z = rng.normal(-25.0, 2.0, (4, 1, 32, 32))
+    flt, qdq = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-(z + 3.0)))
+    got = device_vs_reference({"p": flt, "y": z}, {"p": qdq * 50, "y": z}, {"p": qdq, "y": z},
+                              heads={"p": "Sigmoid"})
+    assert set(got["outputs"]["p"]) == {"on", "informative"} and got["agrees"]
+    result = {"samples": 4, "inputs": "noise", "outputs": got["outputs"], "loss_db": 0.0,
+              "agrees": True, "tolerance_db": 1.0, "no_verdict": ["p"]}
+    line = summary_line(result)
+    assert line.startswith("agrees") and "no verdict on p" in line and "--inputs" in line
+    del result["outputs"]["y"]
+    assert summary_line(result).startswith("no verdict on p")
