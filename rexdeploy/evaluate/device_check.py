@@ -224,9 +224,10 @@ def summary_line(result: dict) -> str:
 # power, the bad-layer mark of compare --per-layer), the build suggests spending a budget on the
 # activations that hurt. Measured on the build's own check: EfficientNet-Lite0 23.9 dB,
 # MiniLM 22.9, ddddocr's detector 32.8 stay quiet; MobileNetV2 19.8 and the OCR models of
-# tools/bench/wild.py (PP-OCRv4's recogniser 15.7, its detector about 0; as logits, since they
-# are read so, 16.9 and 5.3; ddddocr's recogniser 5.8) get the hint, and their task metrics gain
-# with the budget
+# tools/bench/wild.py (PP-OCRv4's recogniser 15.7, 16.9 as the logits it is now read as;
+# ddddocr's recogniser 5.8) get the hint, and their task metrics gain with the budget.
+# PP-OCRv4's detector, whose map the check's inputs leave empty, gets no verdict instead
+# (summary_line: compare it on real inputs)
 LOW_FIDELITY_DB = 20.0
 
 
