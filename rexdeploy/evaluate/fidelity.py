@@ -413,9 +413,10 @@ def model_heads(path: str) -> dict[str, str]:
     return {out: op for out, (op, _) in output_heads(graph).items()}
 
 
-# the smallest probability the checks read back as logits: ONNX Runtime's Sigmoid returns 0 from
-# about 1e-7 down and OpenVINO's 1e-12 where the float model says 1e-9 (PP-OCRv4's detector on
-# synthetic inputs), so below it the logits say which runtime computed them, not the model
+# the smallest probability the checks read back as logits: far out in a Sigmoid's tail the
+# runtimes part by orders of magnitude (PP-OCRv4's detector on synthetic inputs: 98.7 % of its
+# map exactly 0 in ONNX Runtime, the Q/DQ reference and the float model alike, about 2.5e-12 on
+# OpenVINO), so below it the logits say which runtime computed them, not what the model means
 HEAD_FLOOR = 1e-6
 # under this fraction of a head's float elements above HEAD_FLOOR the output says nothing on
 # these inputs (PP-OCRv4's detector on 1/f noise: 0-0.02 %), and the check gives no verdict on it

@@ -93,16 +93,18 @@ def measure_at_logits(proto) -> dict[str, tuple[str, str]]:
 
     from rexdeploy.evaluate.fidelity import output_heads
 
-    heads, measured = output_heads(proto.graph), set()
+    heads = output_heads(proto.graph)
+    measured = {o.name for o in proto.graph.output}  # a head whose logits are an output already
+    known = {v.name: v for v in proto.graph.value_info}  # is measured there, once
     outputs = []
     for out in proto.graph.output:
         head = heads.get(out.name)
-        if head is not None and head[1] not in measured:
-            measured.add(head[1])
-            outputs.append(helper.make_tensor_value_info(head[1], TensorProto.FLOAT, None))
-        else:
+        if head is None:
             outputs.append(out)
-            heads.pop(out.name, None)
+        elif head[1] not in measured:
+            measured.add(head[1])
+            outputs.append(known.get(head[1]) or
+                           helper.make_tensor_value_info(head[1], TensorProto.FLOAT, None))
     del proto.graph.output[:]
     proto.graph.output.extend(outputs)
     return heads

@@ -276,6 +276,10 @@ def test_measure_at_logits_looks_through_layout_ops_only():
     proto = helper.make_model(graph)
     assert measure_at_logits(proto) == {"pt": ("Softmax", "x")}
     assert [o.name for o in proto.graph.output] == ["x", "m", "r"]
+    both = helper.make_model(helper.make_graph(  # the logits are an output too: measured once
+        [helper.make_node("Sigmoid", ["x"], ["s"])], "g", [v("x")], [v("x"), v("s")]))
+    assert measure_at_logits(both) == {"s": ("Sigmoid", "x")}
+    assert [o.name for o in both.graph.output] == ["x"]
 
 
 def _kept(rep):
