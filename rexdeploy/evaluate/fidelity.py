@@ -296,8 +296,7 @@ def ragged_metrics(ref: list, test: list, name: str, positions: bool = True) -> 
         if np.shape(r) != np.shape(t):
             raise UserError(f"output {name}: reference shape {np.shape(r)} vs test shape "
                             f"{np.shape(t)} on the same input")
-    flat_r = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])
-    flat_t = np.concatenate([np.asarray(t, np.float64).ravel() for t in test])
+    flat_r, flat_t = (np.asarray(_flat(x), np.float64) for x in (ref, test))
     cos = np.array([float(cosine(np.asarray(r).reshape(1, -1), np.asarray(t).reshape(1, -1))[0])
                     for r, t in zip(ref, test)])
     out = dict.fromkeys(METRICS)
@@ -430,8 +429,7 @@ def head_logits(x, head: str) -> np.ndarray:
     counts 0. On a probability map that is almost 0 everywhere (a detector on synthetic inputs)
     the SQNR of p measures only how far noise lifts an empty map, and swings by tens of dB;
     the logits' does not."""
-    flat = np.concatenate([np.asarray(a).ravel() for a in x]) if isinstance(x, list) else x
-    p = np.clip(np.asarray(flat, np.float64), HEAD_FLOOR, 1.0 - HEAD_FLOOR)
+    p = np.clip(np.asarray(x, np.float64), HEAD_FLOOR, 1.0 - HEAD_FLOOR)
     if head == "Sigmoid":
         return np.log(p) - np.log1p(-p) - (math.log(HEAD_FLOOR) - math.log1p(-HEAD_FLOOR))
     return np.log(p) - math.log(HEAD_FLOOR)
@@ -472,16 +470,12 @@ def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray
     logits (head_logits), and their row says so ("on": "logits"); where under HEAD_INFORMATIVE
     of the float elements rise above HEAD_FLOOR the row holds only that fraction
     ("informative") and no verdict."""
-    def flat(x):
-        return np.concatenate([np.asarray(a).ravel() for a in x]) if isinstance(x, list) \
-            else np.asarray(x)
-
     outputs = {}
     for name, r in ref.items():
-        r = flat(r)
+        r = _flat(r)
         if name not in qdq or not np.issubdtype(r.dtype, np.floating):
             continue
-        q, d = flat(qdq[name]), flat(device[name])
+        q, d = _flat(qdq[name]), _flat(device[name])
         head = (heads or {}).get(name)
         if head:
             r, q, d = (head_logits(x, head) for x in (r, q, d))
@@ -509,6 +503,13 @@ def _accuracy(ref: np.ndarray, test: np.ndarray, labels: np.ndarray, name: str) 
     acc_ref, acc_test = top1_accuracy(ref, labels), top1_accuracy(test, labels)
     return {"labels": len(labels), "reference": acc_ref, "test": acc_test,
             "drop": acc_ref - acc_test}
+
+
+def _flat(x) -> np.ndarray:
+    """An output's samples as one array: a ragged list (shapes varying by sample) flattened and
+    joined, a stacked array as it is."""
+    return np.concatenate([np.asarray(a).ravel() for a in x]) if isinstance(x, list) \
+        else np.asarray(x)
 
 
 def _stack(outputs: dict[str, list]) -> dict[str, np.ndarray | list]:
