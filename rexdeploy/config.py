@@ -46,6 +46,7 @@ Recurrent = Literal["float", "int8"]
 Attention = Literal["scores", "int8", "float"]
 Balance = Literal["auto", "sinkhorn", "off"]
 Rotate = Literal["auto", "off", "ffn"]
+SplitIdentity = Literal["auto", "all", "off"]
 
 BUDGET_COST_CHOICES = get_args(BudgetCostChoice)
 BUDGET_COSTS = BUDGET_COST_CHOICES + ("openvino-cpu", "openvino-cpu-avx2")  # + resolved
@@ -133,6 +134,10 @@ class WeightConfig:
     # stays float, the input multiplied by the inverse in front of them: sinkhorn at any bits,
     # auto below 8 bits with the uniform operator, off never
     balance: Balance = "auto"           # --weight-balance
+    # a convolution's dominant diagonal (a reparameterised block's folded identity) computed
+    # beside it as a float per-channel Mul (rexdeploy/passes/split_identity.py): auto where that
+    # raises the layer's weight SQNR by 3 dB or more, off never
+    split_identity: SplitIdentity = "auto"
 
     def validate(self) -> None:
         check_choices(self)

@@ -16,7 +16,8 @@ from rexdeploy.evaluate.device_check import low_fidelity_hint, overflow_note, re
 from rexdeploy.errors import UserError
 from rexdeploy.progress import StageLog
 from rexdeploy.planning.stage import (align_inputs, equalize_ranges, natural_samples,
-                                      plan_quantization, range_statistics, rotate_ffn_inputs)
+                                      plan_quantization, range_statistics, rotate_ffn_inputs,
+                                      split_identities)
 from rexdeploy.resolve import for_model
 
 
@@ -123,6 +124,7 @@ def _analyze(float_model, stats: dict, config: BuildConfig, loaded, writer: Arti
         aligned, config = align_inputs(float_model, stats, config, log)
         rewrites = [n for n in (aligned,
                                 equalize_ranges(float_model, layers, stats, config, log),
+                                split_identities(float_model, layers, config, log),
                                 rotate_ffn_inputs(float_model, layers, config, loaded,
                                                   log)) if n]
         if rewrites:

@@ -182,6 +182,12 @@ _ACTIVATIONS = section(
                       "(from BatchNorm statistics) differ, scale each channel up to the largest "
                       "there and down in the depthwise kernel: exact in float, free for weights "
                       "with a scale per channel, and every channel gets the whole int8 range."),
+    field_option("--split-identity",
+                 help="Reparameterised networks (RepVGG, MobileOne, PP-LCNetV3) fold an identity "
+                      "branch onto a convolution's diagonal, where one weight can dwarf its row "
+                      "and coarsen that row's int8 scale. auto: where it raises the layer's "
+                      "weight SQNR by 3 dB or more, that diagonal runs beside the layer as a "
+                      "float per-channel multiply of its input (exact); off: never."),
     field_option("--smooth",
                  help="Data-free scale migration (SmoothQuant-style) on the int8 inputs of "
                       "MatMul/Gemm layers whose ranges come from synthetic inputs (transformers): "
@@ -397,7 +403,7 @@ def build_config(o: dict):
             "operator", "rounding", "dynamic_quantization", "calib", "refine",
             "refine_iters", "refine_inputs", "sensitivity", "mixed_precision", "int8_isa",
             "overflow_fix", "equalize", "activation_scales", "recurrent", "attention",
-            "weight_balance", "rotate")
+            "weight_balance", "rotate", "split_identity")
     quant = QuantConfig(
         weights=weights, ensemble=o["ensemble"] or 0, exclude=tuple(o["exclude"]),
         block_size=o["block_size"] or None,

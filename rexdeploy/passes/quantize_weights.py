@@ -477,11 +477,13 @@ def _claim_bias_add(node: ir.Node, lp: LayerPlan) -> None:
 
 
 def layer_output(node: ir.Node) -> ir.Value:
-    """The value holding the layer's (summed) result: order 1's output, or the last sum Add's."""
+    """The value holding the layer's (summed) result: order 1's output, or the last Add's that
+    sums its orders or its split diagonal (rexdeploy/passes/split_identity.py)."""
     out = node.outputs[0]
+    layer = layer_of(node)[0]
     while True:
         uses = list(out.uses())
-        sums = [u for u, _ in uses if layer_of(u) == (layer_of(node)[0], "sum")]
+        sums = [u for u, _ in uses if layer_of(u) in ((layer, "sum"), (layer, "diagonal"))]
         if not sums:
             return out
         out = sums[0].outputs[0]

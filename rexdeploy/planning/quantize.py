@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from calib_free.plan import ActivationPlan, LayerPlan, QuantPlan, SkippedLayer, WeightOrder
+from rexdeploy.passes.qdq_nodes import layer_of
 from rexdeploy.planning.analyze import LayerInfo
 from rexdeploy.config import CALIB_RANGES, QuantConfig
 from rexdeploy.planning.observe import Observed
@@ -37,8 +38,8 @@ def activation_tensors(model: ir.Model, layers: list[LayerInfo]) -> list[str]:
         for out in node.outputs:
             order[out.name] = i
     for node in model.graph:
-        if node.op_type != "Add" or len(node.inputs) != 2:
-            continue
+        if node.op_type != "Add" or len(node.inputs) != 2 or layer_of(node) is not None:
+            continue  # (a layer's own Add: its split diagonal, rexdeploy/passes/split_identity.py)
         a, b = node.inputs
         if a is None or b is None or a.const_value is not None or b.const_value is not None:
             continue

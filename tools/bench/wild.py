@@ -25,7 +25,9 @@ coverage by count and by multiply-adds, the build's
 device check, and the latency against OpenVINO f32 on the float model (one request at a time,
 interleaved; the first input's shape). Each is also built with `--no-zero-points` (every
 activation int8 over [-hi, hi]), ddddocr's recogniser with
-`--recurrent int8` (its LSTM on OpenVINO's int8 RNN kernel). `--peers`: NNCF's post-training
+`--recurrent int8` (its LSTM on OpenVINO's int8 RNN kernel), the two PP-OCRv4 models (whose
+reparameterised convolutions carry folded identities) with `--split-identity off` and with
+`--budget 1.5 --mixed-precision all --split-identity all`. `--peers`: NNCF's post-training
 quantization of the same float graph with the same real inputs and with 32 random ones, run by
 OpenVINO, beside each row.
 """
@@ -223,7 +225,13 @@ def dims_for(key: str) -> tuple:
 MIXED = ("--budget 1.5 --mixed-precision all", {"budget": 1.5, "mixed_precision": "all"})
 NO_ZERO_POINTS = ("--no-zero-points", {"zero_points": False})
 BUDGET_OFF = ("--budget off", {"auto_budget": False})
-EXTRA = {"det": [BUDGET_OFF, NO_ZERO_POINTS, MIXED], "rec": [BUDGET_OFF, NO_ZERO_POINTS, MIXED],
+# (--split-identity off: the reparameterised convolutions' diagonals left in their kernels;
+# all: the depthwise ones split too, with the fidelity-first recipe)
+SPLIT_OFF = ("--split-identity off", {"split_identity": "off"})
+MIXED_SPLIT = ("--budget 1.5 --mixed-precision all --split-identity all",
+               {"budget": 1.5, "mixed_precision": "all", "split_identity": "all"})
+EXTRA = {"det": [BUDGET_OFF, NO_ZERO_POINTS, SPLIT_OFF, MIXED, MIXED_SPLIT],
+         "rec": [BUDGET_OFF, NO_ZERO_POINTS, SPLIT_OFF, MIXED, MIXED_SPLIT],
          "ddd_det": [BUDGET_OFF, NO_ZERO_POINTS, MIXED],
          "ddd_rec": [BUDGET_OFF, NO_ZERO_POINTS, ("--recurrent int8", {"recurrent": "int8"}),
                      MIXED]}
