@@ -94,27 +94,28 @@ def split_identity(model: ir.Model, splits: list[IdentitySplit]) -> None:
     by_name = {node.name: node for node in graph}
     for split in splits:
         node = by_name[split.layer]
+        dtype = _const(node.inputs[1]).dtype  # the graph's float type (a float16 model's too)
         w, index, rows = _diagonal(node)
         d = np.where(rows, w[index], 0.0)
         rest = w.copy()
         rest[index] = np.where(rows, 0.0, rest[index])
         node.replace_input_with(1, add_initializer(
-            graph, names, f"{node.inputs[1].name}/off_diagonal", rest.astype(np.float32)))
-        _add_diagonal(graph, node, d, names)
+            graph, names, f"{node.inputs[1].name}/off_diagonal", rest.astype(dtype)))
+        _add_diagonal(graph, node, d.reshape((1, -1) + (1,) * (w.ndim - 2)).astype(dtype), names)
 
 
 def _add_diagonal(graph: ir.Graph, node: ir.Node, d: np.ndarray, names: UniqueNames) -> None:
+    """node's output y -> Add(y', Mul(x, d)) under y's name (d shaped [1, C, 1, ...])."""
     out, x = node.outputs[0], node.inputs[0]
     uses = list(out.uses())
     graph_outputs = [i for i, v in enumerate(graph.outputs) if v is out]
     original = out.name
     out.name = names.value(f"{original}/off_diagonal")
     base = f"diagonal{node.name}"  # not "<layer>/...": the report maps runtime layers by prefix
-    shape = (1, -1) + (1,) * (len(node.inputs[1].const_value.shape) - 2)
     scaled = ir.Value(name=names.value(f"{base}/scaled"), type=out.type, shape=out.shape)
     total = ir.Value(name=original, type=out.type, shape=out.shape)
-    mul = ir.Node("", "Mul", [x, add_initializer(graph, names, f"{base}/d", d.reshape(
-        shape).astype(np.float32))], outputs=[scaled], name=names.node(f"{base}/mul"))
+    mul = ir.Node("", "Mul", [x, add_initializer(graph, names, f"{base}/d", d)],
+                  outputs=[scaled], name=names.node(f"{base}/mul"))
     add = ir.Node("", "Add", [out, scaled], outputs=[total], name=names.node(base))
     for n in (mul, add):  # the layer's own: no residual Add, no Q/DQ of its own
         tag(n, node.name, ROLE)
@@ -141,10 +142,11 @@ def _diagonal(node: ir.Node):
     dilations = node.attributes.get_ints("dilations", [1] * dims)
     pads = node.attributes.get_ints("pads", [0] * 2 * dims)
     same = [dl * (k - 1) // 2 for k, dl in zip(spatial, dilations)]
+    auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
     if any(k % 2 == 0 for k in spatial) or any(s != 1 for s in strides) or \
-            node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET" or \
-            list(pads) != same + same:
-        return None
+            auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER") or \
+            (auto_pad == "NOTSET" and list(pads) != same + same):
+        return None  # (an odd kernel at stride 1 pads SAME symmetrically)
     rows = np.arange(channels)
     index = (rows, rows if groups == 1 else np.zeros_like(rows)) + tuple(k // 2 for k in spatial)
     w = w.astype(np.float64)

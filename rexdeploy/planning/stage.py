@@ -83,9 +83,9 @@ ROTATE_SHARE = 0.5
 
 
 def split_identities(float_model, layers, config: BuildConfig, log: StageLog) -> str | None:
-    """A reparameterised block's folded identity taken off its convolution's diagonal where that
-    raises the layer's weight SQNR by MIN_GAIN_DB or more (rexdeploy/passes/split_identity.py);
-    the note saying what it did, None when it changed nothing."""
+    """A reparameterised block's folded identity taken off its convolution's diagonal where
+    --split-identity says (rexdeploy/passes/split_identity.py): the note saying what it did,
+    None when it changed nothing."""
     q = config.quant
     if q.split_identity == "off" or q.operator != "uniform":
         return None
@@ -97,9 +97,9 @@ def split_identities(float_model, layers, config: BuildConfig, log: StageLog) ->
         return None
     split_identity(float_model, splits)
     worst = min(splits, key=lambda s: s.before_db)
-    note = (f"identity split: {len(splits)} convolution(s) carry a dominant diagonal (a "
-            f"reparameterised block's folded identity), now computed beside the layer as a "
-            f"float per-channel multiply of its input (exact in float); their weight SQNR "
+    note = (f"identity split: {len(splits)} convolution(s) carry a dominant diagonal (as a "
+            f"reparameterised block's folded identity leaves it), now computed beside them as a "
+            f"float per-channel multiply of their input (exact in float); their weight SQNR "
             f"rises {min(s.after_db - s.before_db for s in splits):.1f}-"
             f"{max(s.after_db - s.before_db for s in splits):.1f} dB ({worst.layer}: "
             f"{worst.before_db:.1f} -> {worst.after_db:.1f} dB, {worst.rows} of "

@@ -169,3 +169,26 @@ def test_rex_orders_sum_before_the_split_diagonal(tmp_path):
         got = _run(qdq, x)
         db[orders] = 10 * np.log10((want ** 2).sum() / ((got - want) ** 2).sum())
     assert db[2] > db[1] + 20, db
+
+
+def test_a_float16_graph_and_same_padding_keep_their_types():
+    """A float16 model's kernels stay float16, and SAME_UPPER padding at stride 1 (symmetric
+    for an odd kernel) is eligible like explicit padding."""
+    rng = np.random.default_rng(3)
+    w = _rep_weights(rng, 1, 3).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", auto_pad="SAME_UPPER",
+                          kernel_shape=[3, 3])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, C, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, C, 12, 12])],
+        [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before, after = ir.from_proto(proto), ir.from_proto(proto)
+    splits = identity_splits(after, {"conv"}, bits=8)
+    assert [s.layer for s in splits] == ["conv"]
+    split_identity(after, splits)
+    assert {v.const_value.dtype for v in after.graph.initializers.values()} == \
+        {ir.DataType.FLOAT16}
+    x = rng.normal(0, 1, (1, C, 12, 12)).astype(np.float16)
+    want = _run(before, x).astype(np.float32)
+    np.testing.assert_allclose(_run(after, x), want, atol=2e-2 * np.abs(want).max())

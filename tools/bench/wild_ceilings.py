@@ -9,7 +9,9 @@ Every row runs the Q/DQ ONNX in ONNX Runtime (the reference, `--target reference
 real inputs as tools/bench/wild.py, against the float model, by the model's task:
 
     default                     the data-free W8A8 build
-    weights int8 only           --activations fp16 (float activations, int8 weights)
+    weights int8 only           --activations fp16 (float activations, int8 weights); also
+                                with --split-identity off and all (reparameterised kernels'
+                                diagonals left in, or split in depthwise layers too)
     weights REx K=2 only        --activations fp16 --orders 2
     activations int8 only       --orders 3 (weights near exact: three int8 kernels)
     activations, real ranges    the build above with each activation's scale set from the
@@ -41,6 +43,10 @@ sys.path.insert(0, HERE)
 import wild  # noqa: E402  (tools/bench/wild.py: the models, inputs and task metrics)
 
 ROWS = (("default", {}), ("weights int8 only", {"activations": "fp16"}),
+        ("weights int8 only, --split-identity off", {"activations": "fp16",
+                                                     "split_identity": "off"}),
+        ("weights int8 only, --split-identity all", {"activations": "fp16",
+                                                     "split_identity": "all"}),
         ("weights REx K=2 only", {"activations": "fp16", "orders": 2}),
         ("activations int8 only", {"orders": 3, "auto_budget": False}))
 
