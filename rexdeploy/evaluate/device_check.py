@@ -22,7 +22,12 @@ everywhere (that detector's map on 1/f noise), the inputs say nothing of it: no 
 output ("no_verdict"), and the build says to compare on real inputs.
 
 A loss above the tolerance (1 dB by default) is a loud warning naming the likely cause, or with
-`--strict-device-check` an error. Where the target CPU is another than this host's (a
+`--strict-device-check` an error, unless the inputs' scatter explains it: two runtimes that round
+a deep network's int8 codes a little differently drift apart layer by layer, to the size of the
+quantization noise, and then either may read better on a given input. Input by input
+(per_input_loss_db, its standard error per_input_loss_se, over 4 inputs or more) a device that
+computes something else loses on every input; where the mean loss is within twice its standard
+error, the check agrees and says "within the inputs' scatter" (fidelity.loses_within). Where the target CPU is another than this host's (a
 cross-build, `--int8-isa`), the check runs in a child process under ONEDNN_MAX_CPU_ISA when this
 host can run the target's kernels (it falls back to an older ISA on request), else it is skipped
 and says so.
@@ -69,12 +74,15 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
             return {"skipped": outputs, "environment": env}
     else:
         outputs = measure(spec, samples)
-    loss = max((o["loss_db"] for o in outputs.values() if o.get("loss_db") is not None),
-               default=0.0)
+    from rexdeploy.evaluate.fidelity import loses_within
+
+    rows = [o for o in outputs.values() if o.get("loss_db") is not None]
+    loss = max((o["loss_db"] for o in rows), default=0.0)
     empty = [name for name, o in outputs.items() if "informative" in o]
     return {"samples": len(samples), "inputs": inputs, "tolerance_db": tolerance_db,
             "environment": env or {}, "outputs": outputs, "loss_db": round(loss, 3),
-            "agrees": bool(loss <= tolerance_db)} | ({"no_verdict": empty} if empty else {})
+            "agrees": all(loses_within(o, tolerance_db) for o in rows)} | \
+        ({"no_verdict": empty} if empty else {})
 
 
 def measure(spec: CheckSpec, samples: list[dict]) -> dict:
@@ -99,8 +107,9 @@ def measure(spec: CheckSpec, samples: list[dict]) -> dict:
         if not np.issubdtype(ref[name].dtype, np.floating):
             out[name] = {"exact_match": float(np.mean(ref[name] == dev[name]))}
         elif name in rows:
-            out[name] = {k: v if k == "on" else round(v, 6) if k == "informative" else
-                         round(v, 3) if k == "loss_db" else _db(v) for k, v in rows[name].items()}
+            out[name] = {k: v if k in ("on", "inputs") else round(v, 6) if k == "informative"
+                         else round(v, 3) if k.startswith(("loss", "per_input")) else _db(v)
+                         for k, v in rows[name].items()}
         else:  # no float output of that shape to compare with
             out[name] = {"device_vs_reference_db": _db(sqnr_db(ref[name], dev[name]))}
     return out
@@ -213,6 +222,10 @@ def summary_line(result: dict) -> str:
     where = f" (under {_env_text(result['environment'])})" if result.get("environment") else ""
     verdict = f"agrees (loses {result['loss_db']:.2f} dB)" if result["agrees"] else \
         f"DISAGREES: loses {result['loss_db']:.1f} dB (tolerance {result['tolerance_db']:g} dB)"
+    if result["agrees"] and worst["loss_db"] > result["tolerance_db"]:
+        verdict = (f"agrees within the inputs' scatter (loses {worst['loss_db']:.1f} dB pooled, "
+                   f"input by input {worst['per_input_loss_db']:.1f} +- "
+                   f"{worst['per_input_loss_se']:.1f} dB)")
     logits = " (as logits: its Sigmoid/Softmax read back)" if worst.get("on") else ""
     return (f"{verdict}: device vs reference {worst['device_vs_reference_db']:.1f} dB{logits}; "
             f"against float: device {worst['device_db']:.1f} dB, reference "

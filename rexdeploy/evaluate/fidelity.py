@@ -471,8 +471,8 @@ def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray
     of the float elements rise above HEAD_FLOOR the row holds only that fraction
     ("informative") and no verdict."""
     outputs = {}
-    for name, r in ref.items():
-        r = _flat(r)
+    for name, samples in ref.items():
+        r = _flat(samples)
         if name not in qdq or not np.issubdtype(r.dtype, np.floating):
             continue
         q, d = _flat(qdq[name]), _flat(device[name])
@@ -486,10 +486,47 @@ def device_vs_reference(ref: dict[str, np.ndarray], device: dict[str, np.ndarray
         ref_db, dev_db, dvr = sqnr_db(r, q), sqnr_db(r, d), sqnr_db(q, d)
         outputs[name] = {"reference_db": ref_db, "device_db": dev_db,
                          "loss_db": device_loss_db(ref_db, dev_db, dvr),
-                         "device_vs_reference_db": dvr} | ({"on": "logits"} if head else {})
-    loss = max((o["loss_db"] for o in outputs.values() if "loss_db" in o), default=0.0)
-    return {"outputs": outputs, "loss_db": loss, "tolerance_db": tolerance_db,
-            "agrees": bool(loss <= tolerance_db)}
+                         "device_vs_reference_db": dvr} | ({"on": "logits"} if head else {}) \
+            | _per_input_loss(samples, qdq[name], device[name], head)
+    return {"outputs": outputs, "loss_db": max(
+        (o["loss_db"] for o in outputs.values() if "loss_db" in o), default=0.0),
+        "tolerance_db": tolerance_db, "agrees": all(
+            loses_within(o, tolerance_db) for o in outputs.values() if "loss_db" in o)}
+
+
+# the fewest inputs whose per-input losses can clear a pooled loss as scatter (loses_within)
+SCATTER_MIN_INPUTS = 4
+
+
+def _per_input_loss(ref, qdq, device, head: str | None) -> dict:
+    """The device's loss against its reference input by input (reference_db - device_db of
+    each): {"per_input_loss_db": mean, "per_input_loss_se": its standard error, "inputs": n},
+    or {} with fewer than SCATTER_MIN_INPUTS inputs."""
+    if len(ref) < SCATTER_MIN_INPUTS:
+        return {}
+    losses = []
+    for r, q, d in zip(ref, qdq, device):
+        r, q, d = (np.asarray(x).ravel() for x in (r, q, d))
+        if head:
+            r, q, d = (head_logits(x, head) for x in (r, q, d))
+        losses.append(min(sqnr_db(r, q), 120.0) - min(sqnr_db(r, d), 120.0))
+    losses = np.asarray(losses)
+    return {"per_input_loss_db": float(losses.mean()),
+            "per_input_loss_se": float(losses.std(ddof=1) / np.sqrt(len(losses))),
+            "inputs": len(losses)}
+
+
+def loses_within(row: dict, tolerance_db: float) -> bool:
+    """Whether a device_vs_reference row agrees: its loss_db within tolerance_db, or a pooled
+    loss the inputs' scatter explains: input by input the device loses no more than twice its
+    standard error (PP-OCRv4's recogniser, its device within rounding of its reference layer by
+    layer: 1.4 dB pooled on 8 synthetic images, one image 3.4 dB, per input 0.5 +- 0.5 dB; on
+    the 77 real lines device and reference both read 18.9 dB). A device that computes something
+    else (int8 saturation: 16 dB) loses on every input."""
+    if row["loss_db"] <= tolerance_db:
+        return True
+    mean, se = row.get("per_input_loss_db"), row.get("per_input_loss_se")
+    return mean is not None and mean <= 2 * se
 
 
 def _accuracy(ref: np.ndarray, test: np.ndarray, labels: np.ndarray, name: str) -> dict:
@@ -517,6 +554,35 @@ def _stack(outputs: dict[str, list]) -> dict[str, np.ndarray | list]:
     sample to sample (inputs of varying width: compared one by one, ragged_metrics)."""
     return {name: np.stack(values) if len({v.shape for v in values}) == 1 else list(values)
             for name, values in outputs.items()}
+
+
+def _check_captions(check: dict | None) -> list[str]:
+    """render_table's lines on the device check (None: no device run)."""
+    captions = []
+    as_logits_ = [n for n, c in (check or {}).get("outputs", {}).items() if c.get("on")]
+    if as_logits_:
+        captions.append(f"device check on {', '.join(as_logits_)} as logits (its Sigmoid/Softmax "
+                        "read back): a probability map near 0 hides what the device computes")
+    empty = [n for n, c in (check or {}).get("outputs", {}).items() if "informative" in c]
+    if empty:
+        captions.append(f"no device verdict on {', '.join(empty)}: the float output is under "
+                        f"{HEAD_FLOOR:g} almost everywhere on these inputs (compare real ones)")
+    if check and not check["agrees"]:
+        why = check.get("likely_cause") or ("the runtime does not compute what the plan means; "
+                                            "--per-layer names the layer where it departs")
+        captions.append(f"[bold red]the device loses {check['loss_db']:.1f} dB against its own "
+                        f"Q/DQ reference (ONNX Runtime; tolerance {check['tolerance_db']:g} dB): "
+                        f"{why}[/]")
+    elif check and check["loss_db"] > check["tolerance_db"]:
+        row = max((c for c in check["outputs"].values() if "loss_db" in c),
+                  key=lambda c: c["loss_db"])
+        captions.append(f"device agrees with its Q/DQ reference (ONNX Runtime) within the inputs' "
+                        f"scatter: {check['loss_db']:.1f} dB pooled, input by input "
+                        f"{row['per_input_loss_db']:.1f} +- {row['per_input_loss_se']:.1f} dB")
+    elif check:
+        captions.append(f"device within {check['tolerance_db']:g} dB of its Q/DQ reference "
+                        f"(ONNX Runtime; loss {check['loss_db']:.2f} dB)")
+    return captions
 
 
 def _fmt(value, spec: str) -> str:
@@ -577,23 +643,7 @@ def render_table(result: dict):
                             f"near ties (reference top-1/top-2 probability within {NEAR_TIE}; "
                             f"any perturbation may flip them): agreement on the others "
                             f"{m['top1_agreement_decisive']:.1%}")
-    as_logits_ = [n for n, c in (check or {}).get("outputs", {}).items() if c.get("on")]
-    if as_logits_:
-        captions.append(f"device check on {', '.join(as_logits_)} as logits (its Sigmoid/Softmax "
-                        "read back): a probability map near 0 hides what the device computes")
-    empty = [n for n, c in (check or {}).get("outputs", {}).items() if "informative" in c]
-    if empty:
-        captions.append(f"no device verdict on {', '.join(empty)}: the float output is under "
-                        f"{HEAD_FLOOR:g} almost everywhere on these inputs (compare real ones)")
-    if check and not check["agrees"]:
-        why = check.get("likely_cause") or ("the runtime does not compute what the plan means; "
-                                            "--per-layer names the layer where it departs")
-        captions.append(f"[bold red]the device loses {check['loss_db']:.1f} dB against its own "
-                        f"Q/DQ reference (ONNX Runtime; tolerance {check['tolerance_db']:g} dB): "
-                        f"{why}[/]")
-    elif check:
-        captions.append(f"device within {check['tolerance_db']:g} dB of its Q/DQ reference "
-                        f"(ONNX Runtime; loss {check['loss_db']:.2f} dB)")
+    captions += _check_captions(check)
     acc = result.get("accuracy")
     if acc:
         captions.append(f"top-1 accuracy on {acc['labels']} labels: reference "

@@ -303,3 +303,28 @@ def test_an_empty_map_gets_no_verdict(rng):
     assert line.startswith("agrees") and "no verdict on p" in line and "--inputs" in line
     del result["outputs"]["y"]
     assert summary_line(result).startswith("no verdict on p")
+
+
+def test_a_pooled_loss_that_one_input_makes_is_scatter_not_a_disagreement(rng):
+    """Two runtimes round a deep network's codes a little differently, and the difference grows
+    to the size of the quantization noise: input by input either may read better. A pooled loss
+    that one input makes agrees within the inputs' scatter; a device that loses on every input,
+    or a pooled loss over too few inputs to judge, disagrees."""
+    from rexdeploy.evaluate.device_check import summary_line
+    from rexdeploy.evaluate.fidelity import SCATTER_MIN_INPUTS, device_vs_reference
+
+    flt = rng.normal(0, 1, (8, 64))
+    qdq = flt + 0.1 * rng.standard_normal(flt.shape)
+    dev = flt + 0.1 * rng.standard_normal(flt.shape)  # another realization, as good
+    dev[6] = flt[6] + 0.6 * rng.standard_normal(64)     # and one input it reads worse
+    got = device_vs_reference({"y": flt}, {"y": dev}, {"y": qdq})
+    row = got["outputs"]["y"]
+    assert row["loss_db"] > 1.0 and got["agrees"], row
+    assert row["per_input_loss_db"] <= 2 * row["per_input_loss_se"] and row["inputs"] == 8
+    result = {"samples": 8, "inputs": "noise", "outputs": got["outputs"], "agrees": True,
+              "loss_db": row["loss_db"], "tolerance_db": 1.0, "environment": {}}
+    assert summary_line(result).startswith("agrees within the inputs' scatter")
+    worse = flt + 0.2 * rng.standard_normal(flt.shape)  # 6 dB on every input
+    assert not device_vs_reference({"y": flt}, {"y": worse}, {"y": qdq})["agrees"]
+    few = [6, 0, 1][:SCATTER_MIN_INPUTS - 1]
+    assert not device_vs_reference({"y": flt[few]}, {"y": dev[few]}, {"y": qdq[few]})["agrees"]
