@@ -45,3 +45,33 @@ def test_the_noise_floor_moves_each_input_by_at_most_half_a_pixel_level():
     assert noisy["x"].dtype == np.float32 and (noisy["ids"] == feeds[0]["ids"]).all()
     assert (moved <= level / 2 + 1e-6).all()
     assert (moved.max(axis=(0, 2, 3)) > 0.8 * level.ravel() / 2).all()  # and it does move
+
+
+def test_a_rate_gets_its_interval_and_a_variant_its_flips_against_the_default():
+    import wild
+
+    base = [True] * 60 + [False] * 17
+    variant = [False] + [True] * 59 + [True, True] + [False] * 15  # one lost, two gained
+    rows = [{"key": "rec", "config": f"rexdeploy W8A8 {flag}, {backend}", "n": 77,
+             **wild.ctc_match(*_ctc_pair(items))}
+            for flag, items in (("(default)", base), ("--budget off", variant))
+            for backend in ("device", "reference")]
+    rows.append({"key": "rec", "config": "NNCF W8A8, real data", "n": 77,
+                 **wild.ctc_match(*_ctc_pair(variant))})
+    rows = wild.with_intervals(rows)
+    default, other, nncf = rows[0], rows[2], rows[4]
+    assert default["value"] == pytest.approx(60 / 77) and "flips" not in default
+    lo, hi = default["ci"]
+    assert 0.67 < lo < 60 / 77 < hi < 0.86  # Wilson, 95 %: about +-0.09 here
+    assert other["flips"] == [2, 1] and rows[3]["flips"] == [2, 1]
+    assert "flips" not in nncf and nncf["ci"]  # a peer: its interval, no default to pair with
+    cells = wild._cells({**other, "model": "m", "sqnr": 18.0})
+    assert "vs default +2 -1" in cells[3] and "[95% " in cells[3]
+
+
+def _ctc_pair(items: list[bool]) -> tuple[list, list]:
+    """Float and test class scores [1, 2, 3] whose greedy CTC strings agree where items say."""
+    ref = [np.array([[[0.1, 0.9, 0.0], [0.9, 0.1, 0.0]]]) for _ in items]
+    test = [r if ok else np.array([[[0.1, 0.0, 0.9], [0.9, 0.1, 0.0]]])
+            for r, ok in zip(ref, items)]
+    return ref, test
