@@ -30,7 +30,11 @@ computes something else loses on every input; where the mean loss is within twic
 error, the check agrees and says "within the inputs' scatter" (fidelity.loses_within). Where the target CPU is another than this host's (a
 cross-build, `--int8-isa`), the check runs in a child process under ONEDNN_MAX_CPU_ISA when this
 host can run the target's kernels (it falls back to an older ISA on request), else it is skipped
-and says so.
+and says so. A build's check always runs in a child process: OpenVINO 2026.4 crashes (SIGSEGV)
+running PP-OCRv4's recogniser under ONEDNN_MAX_CPU_ISA=AVX2, its float model too, and in the
+build's own process that crash took the build and its artifact with it. Now the artifact is
+written, the check says the runtime crashed ("crashed" in report.json) and whether the float
+model crashes there too.
 """
 
 from __future__ import annotations
@@ -63,15 +67,18 @@ class CheckSpec:
 
 
 def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None = None,
-          tolerance_db: float = DEFAULT_TOLERANCE_DB) -> dict:
+          tolerance_db: float = DEFAULT_TOLERANCE_DB, isolate: bool = False) -> dict:
     """The device check on `samples` (feeds dicts), `inputs` saying what they are; in a child
-    process under `env` (e.g. {"ONEDNN_MAX_CPU_ISA": "AVX2"}) when given. Returns the
+    process under `env` (e.g. {"ONEDNN_MAX_CPU_ISA": "AVX2"}) when given, or with `isolate`
+    (a runtime that crashes on the model then costs the check, not the build). Returns the
     report.json entry (see the module docstring), with "agrees" and "loss_db" (the worst
-    output's)."""
-    if env:
-        outputs = _in_child(spec, samples, env)
+    output's); where the runtime crashed, "skipped" saying so and "crashed": True."""
+    if env or isolate:
+        outputs = _in_child(spec, samples, env or {})
         if isinstance(outputs, str):  # the child could not run this host as the target
-            return {"skipped": outputs, "environment": env}
+            return {"skipped": outputs, "environment": env or {}}
+        if "crashed" in outputs:
+            return {"skipped": outputs["crashed"], "crashed": True, "environment": env or {}}
     else:
         outputs = measure(spec, samples)
     from rexdeploy.evaluate.fidelity import loses_within
@@ -154,25 +161,55 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
             json.dump(asdict(spec), f)
         np.savez(os.path.join(tmp, "samples.npz"),
                  **{f"{i}/{name}": x for i, s in enumerate(samples) for name, x in s.items()})
-        proc = subprocess.run([sys.executable, "-m", "rexdeploy.evaluate.device_check", tmp],
-                              env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=1800)
+        proc = _run_child(tmp, env)
+        if proc.returncode < 0:  # killed by a signal: the runtime crashed on the model
+            return {"crashed": _crash_text(spec, tmp, env, proc.returncode)}
         if proc.returncode != 0:
             lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
             last = next((l for l in reversed(lines) if "Error" in l), lines[-1] if lines
                         else "no output")
-            return (f"this host could not run the target's kernels under {_env_text(env)} "
+            where = f"under {_env_text(env)}" if env else "on this host"
+            return (f"this host could not run the target's kernels {where} "
                     f"({last.strip()[:300]}); run `rexdeploy compare ART --synthetic 8` on "
                     "the target to check it there")
         with open(os.path.join(tmp, "result.json")) as f:
             return json.load(f)
 
 
+def _run_child(tmp: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rexdeploy.evaluate.device_check", tmp, *args],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def _crash_text(spec: CheckSpec, tmp: str, env: dict, returncode: int) -> str:
+    """What a crash of the target's runtime on the compiled model means, having run the float
+    model on the same runtime in another child: a crash there too is the runtime's fault with
+    this model on this CPU, not the quantization's."""
+    import signal
+
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    runtime = {"openvino": "OpenVINO"}.get(spec.target, spec.target)
+    where = f"under {_env_text(env)}" if env else "on this host"
+    text = f"{runtime} crashed ({name}) running the compiled model {where}"
+    if _run_child(tmp, env, "--float").returncode < 0:
+        text += (f", and it crashes on the float model too: a fault of {runtime} with this "
+                 "model on this CPU, not of the quantization")
+    else:
+        text += (", though the float model runs there: rexdeploy compare ART --synthetic 8 "
+                 "names the layer where it stops")
+    return text + ("; the artifact is written but cannot be checked here, run it on the "
+                   "target CPU (or another runtime version) before deploying")
+
+
 def _env_text(env: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in env.items())
 
 
-def _child(tmp: str) -> None:
+def _child(tmp: str, float_only: bool = False) -> None:
     with open(os.path.join(tmp, "spec.json")) as f:
         d = json.load(f)
     spec = CheckSpec(**{**d, "members": tuple(d["members"])})
@@ -181,6 +218,15 @@ def _child(tmp: str) -> None:
     for key in arrays.files:
         index, name = key.split("/", 1)
         samples.setdefault(int(index), {})[name] = arrays[key]
+    if float_only:  # does the target's runtime run the float model? (_crash_text)
+        import backends
+        from backends.base import RunOptions
+
+        runner = backends.get(spec.target).runner(spec.root, {"onnx": spec.float_onnx},
+                                                  RunOptions(device=spec.device))
+        with runner as r:
+            r.infer(samples[0])
+        return
     result = measure(spec, [samples[i] for i in sorted(samples)])
     with open(os.path.join(tmp, "result.json"), "w") as f:
         json.dump(result, f)
@@ -292,7 +338,8 @@ def at_build(config, isa, root: str, members: list[dict], float_onnx: str, sampl
     where = f" under {_env_text(env)}" if env else ""
     with log.stage("device check", f"{config.target} vs reference on {len(feeds)} {what}"
                                    f"{where}"):
-        return check(spec, feeds, what, env=env, tolerance_db=config.device_tolerance)
+        return check(spec, feeds, what, env=env, tolerance_db=config.device_tolerance,
+                     isolate=True)
 
 
 def put(report: dict, result: dict, target: str, isa: dict | None = None,
@@ -305,7 +352,8 @@ def put(report: dict, result: dict, target: str, isa: dict | None = None,
         result["likely_cause"] = likely_cause(isa, pair_limit, target, recurrent_count(report))
     report["device_check"] = result
     report["summary"]["device_check"] = {k: result[k] for k in ("agrees", "loss_db", "skipped",
-                                                                "no_verdict") if k in result}
+                                                                "crashed", "no_verdict")
+                                         if k in result}
 
 
 def record(report: dict, plan, isa, config, result: dict) -> None:
@@ -341,6 +389,9 @@ def say(result: dict | None, log) -> None:
     if not result:
         return
     line = summary_line(result)
+    if result.get("crashed"):
+        log.console.print(f"[bold red]! device check not run: {result['skipped']}[/]")
+        return
     if result.get("skipped") or result.get("agrees", True):
         log.info(f"device check: {line}")
         return
@@ -349,7 +400,14 @@ def say(result: dict | None, log) -> None:
 
 
 def strict(config, result: dict) -> None:
-    """--strict-device-check: a disagreement is a UserError (the artifact is not written)."""
+    """--strict-device-check: a disagreement, or a runtime that crashed on the model, is a
+    UserError (the artifact is not written)."""
+    if config.strict_device_check and result and result.get("crashed"):
+        from rexdeploy.errors import UserError
+
+        raise UserError(f"device check (--strict-device-check): {result['skipped']}",
+                        "nothing was written; rebuild without --strict-device-check to keep the "
+                        "artifact")
     if config.strict_device_check and result and not result.get("skipped") \
             and not result.get("agrees", True):
         from rexdeploy.errors import UserError
@@ -361,4 +419,4 @@ def strict(config, result: dict) -> None:
 
 
 if __name__ == "__main__":  # the child of `_in_child`
-    _child(sys.argv[1])
+    _child(sys.argv[1], "--float" in sys.argv[2:])
