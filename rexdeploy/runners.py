@@ -92,7 +92,26 @@ def usable_backend(art: Artifact, name: str):
     ok, why = b.available()
     if not ok:
         raise UserError(f"{name} is unavailable here: {why}")
+    if name == art.target:
+        refuse_if_crashed(art)
     return b
+
+
+def refuse_if_crashed(art: Artifact) -> None:
+    """A UserError where the build's device check saw the artifact's runtime crash on it on
+    this CPU, under the same ISA cap and runtime version: running it again would take this
+    process down with it (rexdeploy/evaluate/device_check.py)."""
+    if not ((art.manifest.get("summary") or {}).get("device_check") or {}).get("crashed"):
+        return
+    check = art.report().get("device_check") or {}
+    from rexdeploy.evaluate.device_check import crash_host
+
+    if check.get("host") == crash_host(art.target):
+        raise UserError(f"the build's device check saw this artifact crash here: "
+                        f"{check['skipped']}",
+                        "`rexdeploy compare ART --backend reference` runs its Q/DQ ONNX in ONNX "
+                        "Runtime instead; run the artifact itself on the target CPU or with "
+                        "another runtime version")
 
 
 def ensemble_runner(art: Artifact, b, options):

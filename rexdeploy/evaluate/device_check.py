@@ -78,7 +78,8 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
         if isinstance(outputs, str):  # the child could not run this host as the target
             return {"skipped": outputs, "environment": env or {}}
         if "crashed" in outputs:
-            return {"skipped": outputs["crashed"], "crashed": True, "environment": env or {}}
+            return {"skipped": outputs["crashed"], "crashed": True, "environment": env or {},
+                    "host": crash_host(spec.target, env or {})}
     else:
         outputs = measure(spec, samples)
     from rexdeploy.evaluate.fidelity import loses_within
@@ -180,6 +181,22 @@ def _run_child(tmp: str, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rexdeploy.evaluate.device_check", tmp, *args],
                           env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=1800)
+
+
+def crash_host(target: str, env: dict | None = None) -> dict:
+    """Where a runtime crash was seen, so that compare and profile can refuse to crash again
+    there: the CPU, the ISA cap in force (ONEDNN_MAX_CPU_ISA, from `env` or this process's
+    environment) and the runtime's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from rexdeploy.devinfo import device_info
+
+    try:
+        runtime = version(target) if target == "openvino" else None
+    except PackageNotFoundError:
+        runtime = None
+    cap = (env or {}).get("ONEDNN_MAX_CPU_ISA", os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    return {"cpu": device_info()["cpu_model"], "isa_cap": cap, "runtime": runtime}
 
 
 def _crash_text(spec: CheckSpec, tmp: str, env: dict, returncode: int) -> str:

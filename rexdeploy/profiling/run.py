@@ -118,7 +118,10 @@ def _variants(arts, config: ProfileConfig, compare: bool) -> list[dict]:
         raise UserError(f"openvino is unavailable here: {why}")
     out, floats = [], []
     labels = _labels(arts)
+    from rexdeploy.runners import refuse_if_crashed
+
     for art, label in zip(arts, labels):
+        refuse_if_crashed(art)
         opts = RunOptions(device=config.device or art.manifest.get("device", "CPU"),
                           precision="f32", mode="latency", batch=config.batch,
                           throughput_streams=config.streams)

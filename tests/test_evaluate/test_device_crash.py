@@ -60,3 +60,25 @@ def test_the_check_in_its_child_agrees_with_the_device_as_before(tmp_path):
                           output=str(tmp_path / "cnn.openvino"))
     check = art.report()["device_check"]
     assert check["agrees"] and check["samples"] == 8 and "crashed" not in check
+
+
+def test_compare_and_profile_refuse_to_crash_where_the_build_saw_it(tmp_path, monkeypatch):
+    """Where the build saw the runtime crash (this CPU, the same ISA cap and runtime version),
+    running the compiled model again would take compare or profile down with it: one clear
+    error instead, naming the reference backend; the reference still runs."""
+    from rexdeploy import compare, profile
+
+    _crashing(monkeypatch, True)
+    out = tmp_path / "cnn.openvino"
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], quiet=True, output=str(out))
+    assert art.report()["device_check"]["host"]["runtime"]
+    with pytest.raises(UserError, match="saw this artifact crash here") as info:
+        compare(str(out), synthetic=2, quiet=True)
+    assert "--backend reference" in info.value.hint
+    with pytest.raises(UserError, match="saw this artifact crash here"):
+        profile(str(out), iterations=2, rounds=1, layers=False, throughput=False,
+                quiet=True)
+    assert compare(str(out), synthetic=2, backend="reference", quiet=True)
+    # under another ISA cap (or on another CPU, or another runtime) it runs
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert compare(str(out), synthetic=2, quiet=True)
