@@ -75,6 +75,8 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
     output's); where the runtime crashed, "skipped" saying so and "crashed": True."""
     if env or isolate:
         outputs = _in_child(spec, samples, env or {})
+        if isinstance(outputs, str) and not env:  # not the host: an error, raised here as
+            outputs = measure(spec, samples)       # before (a UserError, or a bug's traceback)
         if isinstance(outputs, str):  # the child could not run this host as the target
             return {"skipped": outputs, "environment": env or {}}
         if "crashed" in outputs:

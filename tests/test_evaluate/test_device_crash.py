@@ -82,3 +82,18 @@ def test_compare_and_profile_refuse_to_crash_where_the_build_saw_it(tmp_path, mo
     # under another ISA cap (or on another CPU, or another runtime) it runs
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
     assert compare(str(out), synthetic=2, quiet=True)
+
+
+def test_an_error_in_the_child_is_raised_in_the_build_as_before(tmp_path, monkeypatch):
+    """Not a crash: an exception in the native check's child (a bug, or a compile error) runs
+    the check again in the build's process, where it is raised as it always was, rather than
+    read as a host that cannot run the target."""
+    monkeypatch.setattr(device_check, "_run_child",
+                        lambda tmp, env, *args: subprocess.CompletedProcess([], 1, "", "Error"))
+    seen = []
+    real = device_check.measure
+    monkeypatch.setattr(device_check, "measure", lambda spec, samples: seen.append(1) or
+                        real(spec, samples))
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], quiet=True,
+                          output=str(tmp_path / "cnn.openvino"))
+    assert seen == [1] and art.report()["device_check"]["agrees"]
