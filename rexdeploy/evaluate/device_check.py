@@ -218,10 +218,10 @@ def _crash_text(spec: CheckSpec, tmp: str, env: dict, returncode: int) -> str:
         text += (f", and it crashes on the float model too: a fault of {runtime} with this "
                  "model on this CPU, not of the quantization")
     else:
-        text += (", though the float model runs there: rexdeploy compare ART --synthetic 8 "
-                 "names the layer where it stops")
-    return text + ("; the artifact is written but cannot be checked here, run it on the "
-                   "target CPU (or another runtime version) before deploying")
+        text += (", though the float model runs there: the quantized graph is what it cannot "
+                 f"run (a fault to report to {runtime} with the artifact)")
+    return text + ("; it could not be checked here: run it on the target CPU (or with another "
+                   "runtime version) before deploying")
 
 
 def _env_text(env: dict) -> str:
@@ -409,7 +409,8 @@ def say(result: dict | None, log) -> None:
         return
     line = summary_line(result)
     if result.get("crashed"):
-        log.console.print(f"[bold red]! device check not run: {result['skipped']}[/]")
+        log.console.print(f"[bold red]! device check not run: {result['skipped']} (the "
+                          "artifact is written)[/]")
         return
     if result.get("skipped") or result.get("agrees", True):
         log.info(f"device check: {line}")
