@@ -109,6 +109,8 @@ class TargetRules:
     profile: str = "variants"            # variants (with float baselines) | engine (alone) | none
     pins_cores: bool = False             # ensemble members each get their own cores
     channel_activations: bool = False    # per-channel int8 scales on depthwise convolution inputs
+    runtime: str | None = None           # the runtime's name as users know it ("OpenVINO")
+    runtime_package: str | None = None   # its Python distribution, for its version ("openvino")
     sparse_form: str = "dense"           # how group-sparse REx orders are lowered by default:
     # dense zero rows, or compact (kept channels only); measured: tools/bench/rex_latency.py
 

@@ -628,7 +628,8 @@ BACKEND = OpenVINOBackend()
 # inputs dequantized, the CPU plugin fuses attention into one int8 MHA kernel (AMX/VNNI) or runs
 # int8 MatMuls (AVX2), measured as faithful as the reference on both (docs/algorithms.md section 10)
 RULES = TargetRules(cpu_cost_models=True, int8_recurrent=True, pins_cores=True,
-                    channel_activations=True, int8_attention=True, zero_point_activations=True)
+                    channel_activations=True, int8_attention=True, zero_point_activations=True,
+                    runtime="OpenVINO", runtime_package="openvino")
 
 
 def _probe_onnx() -> bytes:

@@ -469,4 +469,4 @@ RULES = TargetRules(
     attention_float_reason="attention MatMuls stay float for TensorRT (int8 attention there "
                            "is not verified: this project builds no engine without TensorRT); "
                            "kept in float",
-    profile="engine")
+    profile="engine", runtime="TensorRT", runtime_package="tensorrt")

@@ -191,10 +191,12 @@ def crash_host(target: str, env: dict | None = None) -> dict:
     environment) and the runtime's version."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import backends
     from rexdeploy.devinfo import device_info
 
+    package = backends.rules(target).runtime_package
     try:
-        runtime = version(target) if target == "openvino" else None
+        runtime = version(package) if package else None
     except PackageNotFoundError:
         runtime = None
     cap = (env or {}).get("ONEDNN_MAX_CPU_ISA", os.environ.get("ONEDNN_MAX_CPU_ISA"))
@@ -211,7 +213,9 @@ def _crash_text(spec: CheckSpec, tmp: str, env: dict, returncode: int) -> str:
         name = signal.Signals(-returncode).name
     except ValueError:
         name = f"signal {-returncode}"
-    runtime = {"openvino": "OpenVINO"}.get(spec.target, spec.target)
+    import backends
+
+    runtime = backends.rules(spec.target).runtime or spec.target
     where = f"under {_env_text(env)}" if env else "on this host"
     text = f"{runtime} crashed ({name}) running the compiled model {where}"
     if _run_child(tmp, env, "--float").returncode < 0:
