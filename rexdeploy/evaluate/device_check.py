@@ -30,10 +30,11 @@ computes something else loses on every input; where the mean loss is within twic
 error, the check agrees and says "within the inputs' scatter" (fidelity.loses_within). Where the target CPU is another than this host's (a
 cross-build, `--int8-isa`), the check runs in a child process under ONEDNN_MAX_CPU_ISA when this
 host can run the target's kernels (it falls back to an older ISA on request), else it is skipped
-and says so. A build's check always runs in a child process: OpenVINO 2026.4 crashes (SIGSEGV)
-running PP-OCRv4's recogniser under ONEDNN_MAX_CPU_ISA=AVX2, its float model too, and in the
-build's own process that crash took the build and its artifact with it. Now the artifact is
-written, the check says the runtime crashed ("crashed" in report.json) and whether the float
+and says so. A build's check always runs outside the build's process, in a worker kept warm
+across builds: OpenVINO 2026.4 crashes (SIGSEGV) running PP-OCRv4's recogniser under
+ONEDNN_MAX_CPU_ISA=AVX2, its float model too, and in the build's own process that crash took
+the build and its artifact with it. Now the artifact is written, and a child of its own runs the
+check once more to say that the runtime crashed ("crashed" in report.json) and whether the float
 model crashes there too.
 """
 
@@ -74,9 +75,11 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
     report.json entry (see the module docstring), with "agrees" and "loss_db" (the worst
     output's); where the runtime crashed, "skipped" saying so and "crashed": True."""
     if env or isolate:
-        outputs = _in_child(spec, samples, env or {})
-        if isinstance(outputs, str) and not env:  # not the host: an error, raised here as
-            outputs = measure(spec, samples)       # before (a UserError, or a bug's traceback)
+        state, outputs = ("died", None) if env else _in_worker(spec, samples)
+        if state == "died":  # cross-ISA, or the warm worker died on it: a child of its own says how
+            outputs = _in_child(spec, samples, env or {})
+        if not env and (state == "error" or isinstance(outputs, str)):
+            outputs = measure(spec, samples)  # an error, not the host: raised here as before
         if isinstance(outputs, str):  # the child could not run this host as the target
             return {"skipped": outputs, "environment": env or {}}
         if "crashed" in outputs:
@@ -160,10 +163,7 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
     the child fails, why (a str): OpenVINO picks some kernels (bf16, compressed weights) by the
     host's own features, which oneDNN then refuses under the cap."""
     with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp:
-        with open(os.path.join(tmp, "spec.json"), "w") as f:
-            json.dump(asdict(spec), f)
-        np.savez(os.path.join(tmp, "samples.npz"),
-                 **{f"{i}/{name}": x for i, s in enumerate(samples) for name, x in s.items()})
+        _write(tmp, spec, samples)
         proc = _run_child(tmp, env)
         if proc.returncode < 0:  # killed by a signal: the runtime crashed on the model
             return {"crashed": _crash_text(spec, tmp, env, proc.returncode)}
@@ -177,6 +177,90 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
                     "the target to check it there")
         with open(os.path.join(tmp, "result.json")) as f:
             return json.load(f)
+
+
+def _write(tmp: str, spec: CheckSpec, samples: list[dict]) -> None:
+    with open(os.path.join(tmp, "spec.json"), "w") as f:
+        json.dump(asdict(spec), f)
+    np.savez(os.path.join(tmp, "samples.npz"),
+             **{f"{i}/{name}": x for i, s in enumerate(samples) for name, x in s.items()})
+
+
+# The build's native check runs in a worker process kept warm across the builds of one process:
+# a child started per check paid about 1 s of imports and start each time (the test suite's
+# builds, 5 minutes of a CI run). It is restarted where it died or the ISA environment changed.
+_WORKER: dict = {}
+_REPLY = "rexdeploy-check:"  # the worker's reply lines; anything else it prints is passed over
+_ENV_PREFIXES = ("ONEDNN_", "DNNL_", "OV_", "OMP_", "KMP_", "TBB_")
+
+
+def _in_worker(spec: CheckSpec, samples: list[dict]) -> tuple[str, dict | None]:
+    """measure() in the warm worker: ("ok", outputs), ("error", None) where it raised (the
+    caller raises it again here), ("died", None) where the worker died on it (a crash)."""
+    with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp:
+        _write(tmp, spec, samples)
+        proc = _worker()
+        reply = ""
+        try:
+            proc.stdin.write(tmp + "\n")
+            proc.stdin.flush()
+            while not reply.startswith(_REPLY):
+                reply = proc.stdout.readline()
+                if not reply:
+                    break
+        except OSError:  # a broken pipe: it died
+            reply = ""
+        if not reply:
+            _stop_worker()
+            return "died", None
+        if reply.strip() != _REPLY + " ok":
+            return "error", None
+        with open(os.path.join(tmp, "result.json")) as f:
+            return "ok", json.load(f)
+
+
+def _worker() -> subprocess.Popen:
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    proc = _WORKER.get("proc")
+    if proc is not None and (proc.poll() is not None or _WORKER.get("key") != key):
+        _stop_worker()
+        proc = None
+    if proc is None:
+        proc = subprocess.Popen([sys.executable, "-m", "rexdeploy.evaluate.device_check",
+                                 "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        if not _WORKER:
+            import atexit
+
+            atexit.register(_stop_worker)
+        _WORKER.update(proc=proc, key=key)
+    return proc
+
+
+def _stop_worker() -> None:
+    proc = _WORKER.pop("proc", None)
+    if proc is None:
+        return
+    try:
+        proc.stdin.close()  # its loop ends
+        proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+def _serve() -> None:
+    """The worker's loop: one temporary directory per line, measured as _child does, one reply
+    line each."""
+    for line in sys.stdin:
+        try:
+            _child(line.strip())
+            reply = "ok"
+        except Exception:  # noqa: BLE001 (the caller raises it again, in its own process)
+            reply = "error"
+        sys.stdout.write(f"{_REPLY} {reply}\n")
+        sys.stdout.flush()
 
 
 def _run_child(tmp: str, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -442,5 +526,8 @@ def strict(config, result: dict) -> None:
                         "artifact and inspect it")
 
 
-if __name__ == "__main__":  # the child of `_in_child`
-    _child(sys.argv[1], "--float" in sys.argv[2:])
+if __name__ == "__main__":  # the child of `_in_child`, or the warm worker (`_worker`)
+    if sys.argv[1] == "--serve":
+        _serve()
+    else:
+        _child(sys.argv[1], "--float" in sys.argv[2:])

@@ -7,6 +7,7 @@ run the real child."""
 
 import subprocess
 
+import numpy as np
 import pytest
 
 import rexdeploy
@@ -17,8 +18,10 @@ from tiny_models import tiny_cnn
 
 
 def _crashing(monkeypatch, float_crashes: bool):
+    """The warm worker dies on the check, and so does the child that asks why."""
     real = device_check._run_child
     calls = []
+    monkeypatch.setattr(device_check, "_in_worker", lambda spec, samples: ("died", None))
 
     def run(tmp, env, *args):
         calls.append(args)
@@ -85,11 +88,10 @@ def test_compare_and_profile_refuse_to_crash_where_the_build_saw_it(tmp_path, mo
 
 
 def test_an_error_in_the_child_is_raised_in_the_build_as_before(tmp_path, monkeypatch):
-    """Not a crash: an exception in the native check's child (a bug, or a compile error) runs
+    """Not a crash: an exception in the native check's worker (a bug, or a compile error) runs
     the check again in the build's process, where it is raised as it always was, rather than
     read as a host that cannot run the target."""
-    monkeypatch.setattr(device_check, "_run_child",
-                        lambda tmp, env, *args: subprocess.CompletedProcess([], 1, "", "Error"))
+    monkeypatch.setattr(device_check, "_in_worker", lambda spec, samples: ("error", None))
     seen = []
     real = device_check.measure
     monkeypatch.setattr(device_check, "measure", lambda spec, samples: seen.append(1) or
@@ -97,3 +99,32 @@ def test_an_error_in_the_child_is_raised_in_the_build_as_before(tmp_path, monkey
     art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], quiet=True,
                           output=str(tmp_path / "cnn.openvino"))
     assert seen == [1] and art.report()["device_check"]["agrees"]
+
+
+def test_a_worker_that_dies_by_a_signal_is_a_crash_and_a_dead_one_is_replaced(tmp_path):
+    """The warm worker for real: one that a signal kills while it checks reads as "died" (the
+    build then asks a child of its own how); one found dead before a check is started again."""
+    import os
+    import signal
+    import sys
+
+    art = rexdeploy.build(tiny_cnn(), ["input:1x3x32x32"], quiet=True,
+                          output=str(tmp_path / "cnn.openvino"))
+    spec = device_check.CheckSpec(art.path, "openvino", "CPU",
+                                  ({"files": art.files, "weight": 1.0},), art.files["float_onnx"])
+    feeds = [{"input": np.zeros((1, 3, 32, 32), np.float32)}]
+    state, out = device_check._in_worker(spec, feeds)
+    assert state == "ok" and out
+    worker = device_check._WORKER["proc"]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    state, _ = device_check._in_worker(spec, feeds)  # found dead: a new worker runs it
+    assert state == "ok" and device_check._WORKER["proc"].pid != worker.pid
+    # a stand-in worker that a SIGSEGV kills on its first request
+    fake = subprocess.Popen([sys.executable, "-c", "import os, signal, sys; "
+                             "sys.stdin.readline(); os.kill(os.getpid(), signal.SIGSEGV)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    device_check._stop_worker()
+    device_check._WORKER.update(proc=fake, key=device_check._WORKER.get("key"))
+    assert device_check._in_worker(spec, feeds) == ("died", None)
+    assert fake.returncode == -signal.SIGSEGV and "proc" not in device_check._WORKER
