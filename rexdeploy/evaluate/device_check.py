@@ -46,6 +46,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -190,6 +191,7 @@ def _write(tmp: str, spec: CheckSpec, samples: list[dict]) -> None:
 # a child started per check paid about 1 s of imports and start each time (the test suite's
 # builds, 5 minutes of a CI run). It is restarted where it died or the ISA environment changed.
 _WORKER: dict = {}
+_LOCK = threading.Lock()  # builds in threads of one process take turns on the one worker
 _REPLY = "rexdeploy-check:"  # the worker's reply lines; anything else it prints is passed over
 _ENV_PREFIXES = ("ONEDNN_", "DNNL_", "OV_", "OMP_", "KMP_", "TBB_")
 
@@ -197,7 +199,7 @@ _ENV_PREFIXES = ("ONEDNN_", "DNNL_", "OV_", "OMP_", "KMP_", "TBB_")
 def _in_worker(spec: CheckSpec, samples: list[dict]) -> tuple[str, dict | None]:
     """measure() in the warm worker: ("ok", outputs), ("error", None) where it raised (the
     caller raises it again here), ("died", None) where the worker died on it (a crash)."""
-    with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rexdeploy-check-") as tmp, _LOCK:
         _write(tmp, spec, samples)
         proc = _worker()
         reply = ""

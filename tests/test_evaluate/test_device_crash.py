@@ -115,6 +115,11 @@ def test_a_worker_that_dies_by_a_signal_is_a_crash_and_a_dead_one_is_replaced(tm
     feeds = [{"input": np.zeros((1, 3, 32, 32), np.float32)}]
     state, out = device_check._in_worker(spec, feeds)
     assert state == "ok" and out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:  # builds in threads take turns on the one worker
+        states = list(pool.map(lambda _: device_check._in_worker(spec, feeds)[0], range(3)))
+    assert states == ["ok"] * 3
     worker = device_check._WORKER["proc"]
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
