@@ -78,8 +78,7 @@ def identity_splits(model: ir.Model, layers: set[str], bits: int, mode: str = "a
         if diagonal is None:
             continue
         w, index, rows = diagonal
-        rest = w.copy()
-        rest[index] = np.where(rows, 0.0, rest[index])
+        rest = _off_diagonal(w, index, rows)
         signal = max(float((w ** 2).sum()), 1e-30)  # the diagonal beside the layer is exact
         before, after = (10 * np.log10(signal / _rounding_noise(v, bits)) for v in (w, rest))
         if after - before >= (MIN_GAIN_DB if mode == "auto" else ALL_MIN_GAIN_DB):
@@ -97,10 +96,9 @@ def split_identity(model: ir.Model, splits: list[IdentitySplit]) -> None:
         dtype = _const(node.inputs[1]).dtype  # the graph's float type (a float16 model's too)
         w, index, rows = _diagonal(node)
         d = np.where(rows, w[index], 0.0)
-        rest = w.copy()
-        rest[index] = np.where(rows, 0.0, rest[index])
         node.replace_input_with(1, add_initializer(
-            graph, names, f"{node.inputs[1].name}/off_diagonal", rest.astype(dtype)))
+            graph, names, f"{node.inputs[1].name}/off_diagonal",
+            _off_diagonal(w, index, rows).astype(dtype)))
         _add_diagonal(graph, node, d.reshape((1, -1) + (1,) * (w.ndim - 2)).astype(dtype), names)
 
 
@@ -150,10 +148,17 @@ def _diagonal(node: ir.Node):
     rows = np.arange(channels)
     index = (rows, rows if groups == 1 else np.zeros_like(rows)) + tuple(k // 2 for k in spatial)
     w = w.astype(np.float64)
-    rest = np.abs(w.copy())
+    rest = np.abs(w)
     rest[index] = 0.0
     dominant = np.abs(w[index]) > rest.reshape(channels, -1).max(axis=1)
     return (w, index, dominant) if dominant.any() else None
+
+
+def _off_diagonal(w: np.ndarray, index: tuple, rows: np.ndarray) -> np.ndarray:
+    """w with its diagonal's centre taps zeroed in `rows` (what the layer keeps)."""
+    rest = w.copy()
+    rest[index] = np.where(rows, 0.0, rest[index])
+    return rest
 
 
 def _rounding_noise(w: np.ndarray, bits: int) -> float:
