@@ -24,7 +24,7 @@ def device_info() -> dict:
     "python", "openvino": {"version", "devices", "cpu_name", "cpu_capabilities"} or None}."""
     cpu = _cpuinfo()
     return {
-        "cpu_model": cpu.get("model name") or cpu.get("Model") or platform.processor() or None,
+        "cpu_model": cpu_model(cpu),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
@@ -133,6 +133,13 @@ def _cpu_mhz(cpu: dict[str, str]) -> float | None:
         return round(int(khz) / 1e3, 1) if khz else round(float(cpu["cpu MHz"]), 1)
     except (KeyError, ValueError):
         return None
+
+
+def cpu_model(cpu: dict[str, str] | None = None) -> str | None:
+    """The CPU's model name (from /proc/cpuinfo where there is one), without device_info's
+    probing of runtimes and boards."""
+    cpu = _cpuinfo() if cpu is None else cpu
+    return cpu.get("model name") or cpu.get("Model") or platform.processor() or None
 
 
 def _cpuinfo() -> dict[str, str]:

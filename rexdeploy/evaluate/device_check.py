@@ -75,26 +75,29 @@ def check(spec: CheckSpec, samples: list[dict], inputs: str, *, env: dict | None
     (a runtime that crashes on the model then costs the check, not the build). Returns the
     report.json entry (see the module docstring), with "agrees" and "loss_db" (the worst
     output's); where the runtime crashed, "skipped" saying so and "crashed": True."""
-    if env or isolate:
-        state, outputs = ("died", None) if env else _in_worker(spec, samples)
-        if state == "died":  # cross-ISA, or the warm worker died on it: a child of its own says how
-            outputs = _in_child(spec, samples, env or {})
-        if not env and (state == "error" or isinstance(outputs, str)):
+    env = env or {}
+    if env:  # another ISA: a child under it, which may say the host cannot run it (a str)
+        outputs = _in_child(spec, samples, env)
+        if isinstance(outputs, str):
+            return {"skipped": outputs, "environment": env}
+    elif isolate:
+        state, outputs = _in_worker(spec, samples)
+        if state == "died":  # a fresh child of its own runs it again: a crash there is this
+            outputs = _in_child(spec, samples, env)  # model's, and it says how
+        if state == "error" or isinstance(outputs, str):
             outputs = measure(spec, samples)  # an error, not the host: raised here as before
-        if isinstance(outputs, str):  # the child could not run this host as the target
-            return {"skipped": outputs, "environment": env or {}}
-        if "crashed" in outputs:
-            return {"skipped": outputs["crashed"], "crashed": True, "environment": env or {},
-                    "host": crash_host(spec.target, env or {})}
     else:
         outputs = measure(spec, samples)
+    if "crashed" in outputs:
+        return {"skipped": outputs["crashed"], "crashed": True, "environment": env,
+                "host": crash_host(spec.target, env)}
     from rexdeploy.evaluate.fidelity import loses_within
 
     rows = [o for o in outputs.values() if o.get("loss_db") is not None]
     loss = max((o["loss_db"] for o in rows), default=0.0)
     empty = [name for name, o in outputs.items() if "informative" in o]
     return {"samples": len(samples), "inputs": inputs, "tolerance_db": tolerance_db,
-            "environment": env or {}, "outputs": outputs, "loss_db": round(loss, 3),
+            "environment": env, "outputs": outputs, "loss_db": round(loss, 3),
             "agrees": all(loses_within(o, tolerance_db) for o in rows)} | \
         ({"no_verdict": empty} if empty else {})
 
@@ -172,8 +175,7 @@ def _in_child(spec: CheckSpec, samples: list[dict], env: dict) -> dict | str:
             lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
             last = next((l for l in reversed(lines) if "Error" in l), lines[-1] if lines
                         else "no output")
-            where = f"under {_env_text(env)}" if env else "on this host"
-            return (f"this host could not run the target's kernels {where} "
+            return (f"this host could not run the target's kernels under {_env_text(env)} "
                     f"({last.strip()[:300]}); run `rexdeploy compare ART --synthetic 8` on "
                     "the target to check it there")
         with open(os.path.join(tmp, "result.json")) as f:
@@ -278,7 +280,7 @@ def crash_host(target: str, env: dict | None = None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     import backends
-    from rexdeploy.devinfo import device_info
+    from rexdeploy.devinfo import cpu_model
 
     package = backends.rules(target).runtime_package
     try:
@@ -286,7 +288,7 @@ def crash_host(target: str, env: dict | None = None) -> dict:
     except PackageNotFoundError:
         runtime = None
     cap = (env or {}).get("ONEDNN_MAX_CPU_ISA", os.environ.get("ONEDNN_MAX_CPU_ISA"))
-    return {"cpu": device_info()["cpu_model"], "isa_cap": cap, "runtime": runtime}
+    return {"cpu": cpu_model(), "isa_cap": cap, "runtime": runtime}
 
 
 def _crash_text(spec: CheckSpec, tmp: str, env: dict, returncode: int) -> str:
